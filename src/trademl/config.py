@@ -1,0 +1,165 @@
+"""Every setting of trademl, with the guide's defaults and names.
+
+Settings come from pydantic defaults, then `trademl.toml` (or the file named by
+``--config`` / ``TRADEML_CONFIG``), then command-line flags. Section names follow the
+flow: [data], [costs], [lgbm], [lstm], [ppo], [ensemble], [backtest], [serve], [monitor].
+Where the guide names a setting (SEQUENCE_LENGTH, initial_balance, clip_epsilon, ...)
+the field has exactly that name.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trademl.errors import TradeMLError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    symbol: str = "ES"
+    horizons: list[int] = Field(default_factory=lambda: [5, 30])
+    # A gap longer than this (minutes) between consecutive bars starts a new segment:
+    # features restart and no label or sequence spans it.
+    max_gap_minutes: int = 15
+    resample_minutes: int = 1
+    # Extra numeric bar columns passed through as features (exogenous signals).
+    extra_feature_columns: list[str] = Field(default_factory=list)
+    chunk_rows: int = 500_000
+
+
+class CostsConfig(_Section):
+    """The one cost model: used by labels, the PPO environment and the backtester."""
+
+    commission_per_side: float = 2.25  # dollars per contract per side
+    slippage_ticks: float = 1.0  # ticks against us on every fill
+    # Signal threshold: a move counts as buy/sell only beyond this multiple of round-trip costs.
+    signal_cost_multiple: float = 1.5
+
+
+class LGBMConfig(_Section):
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    n_estimators: int = 500
+    min_child_samples: int = 200
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    early_stopping_rounds: int = 50
+    n_folds: int = 4
+    seed: int = 7
+
+
+class LSTMConfig(_Section):
+    SEQUENCE_LENGTH: int = 60
+    PREDICTION_HORIZON: int = 5
+    HIDDEN_SIZE: int = 128
+    NUM_LAYERS: int = 2
+    DROPOUT: float = 0.2
+    BATCH_SIZE: int = 256
+    LEARNING_RATE: float = 1e-3
+    EPOCHS: int = 20
+    PATIENCE: int = 3
+    N_FOLDS: int = 3
+    MIN_SEQUENCES: int = 200
+    seed: int = 7
+
+
+class PPOConfig(_Section):
+    initial_balance: float = 100_000.0
+    max_position_size: int = 5
+    learning_rate: float = 3e-4
+    total_timesteps: int = 1_000_000
+    clip_epsilon: float = 0.2
+    n_steps: int = 128
+    n_envs: int = 64
+    batch_size: int = 4096
+    n_epochs: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.01
+    window: int = 16
+    episode_length: int = 390
+    reward: str = "sharpe"  # "pnl" or "sharpe" (differential Sharpe ratio)
+    drawdown_penalty: float = 0.0
+    trade_penalty: float = 0.0
+    MIN_ROWS: int = 1000
+    seed: int = 7
+
+
+class EnsembleConfig(_Section):
+    # Weights per model; None = from each model's validation skill.
+    weights: dict[str, float] | None = None
+    win_threshold: float = 0.5
+
+
+class BacktestConfig(_Section):
+    confidence_threshold: float = 0.7
+    max_position_size: int = 5
+    n_folds: int = 4
+    initial_balance: float = 100_000.0
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token_env: str = "TRADEML_TOKEN"
+    max_body_bytes: int = 1_000_000
+
+
+class MonitorConfig(_Section):
+    psi_threshold: float = 0.2
+    calibration_threshold: float = 0.1
+
+
+class PathsConfig(_Section):
+    data_dir: str = "artifacts/data"
+    model_root: str = "artifacts/models"
+    log_dir: str = "logs"
+    report_dir: str = "artifacts/reports"
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
+    lgbm: LGBMConfig = Field(default_factory=LGBMConfig)
+    lstm: LSTMConfig = Field(default_factory=LSTMConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+
+
+DEFAULT_CONFIG_FILE = "trademl.toml"
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
+    """Defaults <- TOML file (if any) <- overrides ({"ppo": {"total_timesteps": 1000}})."""
+    path = path or os.environ.get("TRADEML_CONFIG")
+    raw: dict = {}
+    if path is not None or Path(DEFAULT_CONFIG_FILE).exists():
+        p = Path(path or DEFAULT_CONFIG_FILE)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise TradeMLError("config file not found", where=str(p)) from None
+        except tomllib.TOMLDecodeError as e:
+            raise TradeMLError(f"not valid TOML: {e}", where=str(p)) from None
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        raise TradeMLError(f"invalid configuration: {problems}", where=str(path or "config")) from None

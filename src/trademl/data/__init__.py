@@ -1,0 +1,1 @@
+"""Bars in, causal features, labels, decision log, splits, datasets."""

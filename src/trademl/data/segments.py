@@ -1,0 +1,63 @@
+"""Segments: runs of bars with no gap and no contract roll inside.
+
+Every causal computation (features, labels, sequences, episodes) restarts at a segment
+boundary, so nothing ever bleeds across a weekend, a session break or a roll.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def segment_ids(bars: pd.DataFrame, max_gap_minutes: float = 15) -> np.ndarray:
+    """Segment number (0, 1, 2, ...) of every bar.
+
+    A new segment starts where the time since the previous bar exceeds
+    ``max_gap_minutes`` or where the ``contract`` column (if present) changes.
+    """
+    n = len(bars)
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    stamps = bars.index.asi8  # ns since epoch, UTC
+    breaks = np.zeros(n, dtype=bool)
+    breaks[1:] = np.diff(stamps) > int(max_gap_minutes * 60e9)
+    if "contract" in bars.columns:
+        c = bars["contract"].to_numpy()
+        breaks[1:] |= c[1:] != c[:-1]
+    return np.cumsum(breaks, dtype=np.int64).astype(np.int32)
+
+
+def segment_starts(seg: np.ndarray) -> np.ndarray:
+    """Index of the first bar of each bar's segment (same length as ``seg``)."""
+    n = len(seg)
+    starts = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return starts
+    is_start = np.ones(n, dtype=bool)
+    is_start[1:] = seg[1:] != seg[:-1]
+    first = np.flatnonzero(is_start)
+    return first[np.cumsum(is_start) - 1]
+
+
+def segment_ends(seg: np.ndarray) -> np.ndarray:
+    """Index of the last bar of each bar's segment (same length as ``seg``)."""
+    n = len(seg)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    is_end = np.ones(n, dtype=bool)
+    is_end[:-1] = seg[1:] != seg[:-1]
+    last = np.flatnonzero(is_end)
+    # the segment index of each bar in order of appearance
+    order = np.cumsum(np.r_[True, seg[1:] != seg[:-1]]) - 1
+    return last[order]
+
+
+def bars_since_start(seg: np.ndarray) -> np.ndarray:
+    """0 for the first bar of a segment, 1 for the next, ..."""
+    return np.arange(len(seg)) - segment_starts(seg)
+
+
+def bars_to_end(seg: np.ndarray) -> np.ndarray:
+    """How many bars follow in the same segment (0 for the last bar)."""
+    return segment_ends(seg) - np.arange(len(seg))

@@ -1,0 +1,1 @@
+"""Market facts (contract specs) and the one execution model every simulator uses."""
