@@ -1,0 +1,1 @@
+"""Trained models and the versioned store they live in."""
