@@ -19,7 +19,7 @@ def segment_ids(bars: pd.DataFrame, max_gap_minutes: float = 15) -> np.ndarray:
     n = len(bars)
     if n == 0:
         return np.zeros(0, dtype=np.int32)
-    stamps = bars.index.asi8  # ns since epoch, UTC
+    stamps = bars.index.as_unit("ns").asi8  # ns since epoch (pandas 3 may store s or us)
     breaks = np.zeros(n, dtype=bool)
     breaks[1:] = np.diff(stamps) > int(max_gap_minutes * 60e9)
     if "contract" in bars.columns:

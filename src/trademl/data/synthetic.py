@@ -130,7 +130,7 @@ def synthetic_bars(
     open_[0] = close[0]
     open_[1:] = close[:-1]
     # Opening gap at each session start (a separate auction): a small extra jump.
-    new_session = np.r_[True, np.diff(stamps.asi8) > 60_000_000_000]
+    new_session = np.r_[True, np.diff(stamps.as_unit("ns").asi8) > 60_000_000_000]
     gap = np.where(new_session, rng.standard_normal(n_bars) * sigma * 5, 0.0)
     open_ = np.round(open_ * np.exp(gap) / spec.tick_size) * spec.tick_size
     body_hi = np.maximum(open_, close)

@@ -1,0 +1,367 @@
+"""Bars (+ decision log) -> features + labels -> a Parquet dataset with a manifest.
+
+A dataset folder holds ``data.parquet`` (one row per bar: segment, OHLCV, features,
+labels), ``manifest.json`` (symbol and contract spec, feature schema, label columns,
+span, rows, label balance, segments, costs) and, when a decision log was given,
+``decisions.parquet``. It is written into a temporary folder and renamed into place,
+so a killed build never leaves a half-written dataset.
+
+Large files are processed segment by segment in chunks: features and labels restart at
+every segment boundary anyway, so a chunk that ends on a boundary is computed exactly
+as the whole file would be, and memory stays bounded by the chunk size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trademl.config import Config
+from trademl.data.labels import label_columns, make_labels
+from trademl.data.segments import segment_ids
+from trademl.errors import DataError, TradeMLError
+from trademl.market.contracts import ContractSpec, contract_spec
+from trademl.market.execution import ExecutionModel
+
+DATA_FILE = "data.parquet"
+DECISIONS_FILE = "decisions.parquet"
+MANIFEST_FILE = "manifest.json"
+BAR_COLUMNS = ["open", "high", "low", "close", "volume"]
+
+
+@dataclass
+class Dataset:
+    """A built dataset in memory: the frame and what describes it."""
+
+    frame: pd.DataFrame
+    manifest: dict
+    decisions: pd.DataFrame | None = None
+    path: Path | None = None
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.manifest["feature_schema"]["names"])
+
+    @property
+    def schema(self):
+        from trademl.data.features import FeatureSchema
+
+        return FeatureSchema.from_dict(self.manifest["feature_schema"])
+
+    @property
+    def horizons(self) -> list[int]:
+        return list(self.manifest["horizons"])
+
+    @property
+    def symbol(self) -> str:
+        return self.manifest["symbol"]
+
+    @property
+    def spec(self) -> ContractSpec:
+        s = self.manifest["contract"]
+        return ContractSpec(s["root"], s["description"], s["tick_size"], s["tick_value"], s.get("exchange", "CME"))
+
+    @property
+    def segments(self) -> np.ndarray:
+        return self.frame["segment"].to_numpy()
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.frame[self.feature_names].to_numpy(np.float32)
+
+    def bars(self) -> pd.DataFrame:
+        cols = [c for c in BAR_COLUMNS + ["contract"] if c in self.frame.columns]
+        out = self.frame[cols].copy()
+        out.attrs["symbol"] = self.symbol
+        return out
+
+    def execution_model(self, costs, max_position: int = 5) -> ExecutionModel:
+        return ExecutionModel.from_config(self.spec, costs, max_position)
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    manifest: dict
+    written: list[Path] = field(default_factory=list)
+
+
+def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec, config: Config) -> pd.DataFrame:
+    from trademl.data.features import compute_features
+
+    extra = tuple(c for c in config.data.extra_feature_columns if c in bars.columns)
+    missing = [c for c in config.data.extra_feature_columns if c not in bars.columns]
+    if missing:
+        raise DataError(f"extra feature columns {missing} are not in the bars", where=bars.attrs.get("source"))
+    feats = compute_features(
+        bars, symbol=spec.root, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra
+    )
+    execution = ExecutionModel.from_config(spec, config.costs, config.ppo.max_position_size)
+    labels = make_labels(bars, seg, execution, config.data.horizons, config.costs.signal_cost_multiple)
+    keep = [c for c in BAR_COLUMNS + ["contract"] if c in bars.columns]
+    frame = pd.concat([bars[keep], feats, labels], axis=1)
+    frame.insert(0, "segment", seg.astype(np.int32))
+    frame.attrs["schema"] = feats.attrs.get("schema")
+    return frame
+
+
+def dataset_from_bars(bars: pd.DataFrame, config: Config | None = None, symbol: str | None = None) -> Dataset:
+    """Build a dataset in memory (what tests and notebooks use)."""
+    config = config or Config()
+    symbol = symbol or bars.attrs.get("symbol") or config.data.symbol
+    spec = contract_spec(symbol)
+    seg = segment_ids(bars, config.data.max_gap_minutes)
+    frame = _features_and_labels(bars, seg, spec, config)
+    tally = _LabelTally(config.data.horizons)
+    tally.add(frame)
+    manifest = _manifest(tally, frame.attrs["schema"], symbol, spec, config, source=bars.attrs.get("source"))
+    return Dataset(frame, manifest)
+
+
+class _LabelTally:
+    """Label balance and span, accumulated chunk by chunk (no need to keep the rows)."""
+
+    def __init__(self, horizons):
+        self.horizons = list(horizons)
+        self.rows = 0
+        self.segments = 0
+        self.start = self.end = None
+        self.sums = {str(h): {"n": 0, "long": 0.0, "short": 0.0, "hold": 0, "buy": 0, "sell": 0} for h in self.horizons}
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        self.rows += len(frame)
+        self.segments += int(frame["segment"].nunique())
+        self.start = self.start if self.start is not None else frame.index[0]
+        self.end = frame.index[-1]
+        for h in self.horizons:
+            t = self.sums[str(h)]
+            wl = frame[f"win_long_{h}"].to_numpy()
+            ok = ~np.isnan(wl)
+            t["n"] += int(ok.sum())
+            t["long"] += float(np.nansum(wl))
+            t["short"] += float(np.nansum(frame[f"win_short_{h}"].to_numpy()))
+            sig = frame[f"signal_{h}"].to_numpy()
+            for code, name in ((0, "hold"), (1, "buy"), (2, "sell")):
+                t[name] += int((sig == code).sum())
+
+    def balance(self) -> dict:
+        out = {}
+        for h, t in self.sums.items():
+            n = t["n"]
+            out[h] = {
+                "rows_labelled": n,
+                "win_long_rate": round(t["long"] / n, 6) if n else None,
+                "win_short_rate": round(t["short"] / n, 6) if n else None,
+                "signal_counts": {k: t[k] for k in ("hold", "buy", "sell")},
+            }
+        return out
+
+
+def _manifest(tally: _LabelTally, schema, symbol: str, spec: ContractSpec, config: Config, source=None, extra=None) -> dict:
+    return {
+        "format": "trademl-dataset/1",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "source": str(source) if source else None,
+        "symbol": symbol,
+        "contract": spec.to_dict(),
+        "rows": tally.rows,
+        "span": {
+            "start": tally.start.isoformat() if tally.start is not None else None,
+            "end": tally.end.isoformat() if tally.end is not None else None,
+        },
+        "segments": tally.segments,
+        "horizons": list(config.data.horizons),
+        "feature_schema": schema.to_dict(),
+        "label_columns": label_columns(config.data.horizons),
+        "label_balance": tally.balance(),
+        "costs": config.costs.model_dump(),
+        "max_gap_minutes": config.data.max_gap_minutes,
+        **(extra or {}),
+    }
+
+
+def _complete_segments(chunks, max_gap_minutes: float):
+    """Re-cut a stream of bar chunks so every yielded frame ends on a segment boundary."""
+    carry = None
+    for chunk in chunks:
+        frame = chunk if carry is None else pd.concat([carry, chunk])
+        frame.attrs.update(chunk.attrs)
+        seg = segment_ids(frame, max_gap_minutes)
+        if seg[-1] == 0:  # one open segment so far: wait for its end
+            carry = frame
+            continue
+        cut = int(np.searchsorted(seg, seg[-1]))
+        done, carry = frame.iloc[:cut], frame.iloc[cut:]
+        done.attrs.update(chunk.attrs)
+        yield done
+    if carry is not None and len(carry):
+        yield carry
+
+
+def build_dataset(
+    bars_path=None,
+    out_dir=None,
+    decisions_path=None,
+    symbol: str | None = None,
+    repair: bool = False,
+    resample_minutes: int | None = None,
+    config: Config | None = None,
+    progress: bool = False,
+) -> BuildResult:
+    """Build a dataset folder from a bars file (default: the bundled ES sample)."""
+    from trademl.data import bars as bars_mod
+
+    config = config or Config()
+    bars_path = Path(bars_path) if bars_path else bars_mod.bundled_sample_path()
+    if not bars_path.exists():
+        raise DataError("bars file not found", where=str(bars_path))
+    symbol = symbol or _symbol_from_name(bars_path) or config.data.symbol
+    spec = contract_spec(symbol)
+    resample_minutes = resample_minutes or config.data.resample_minutes
+    out_dir = Path(out_dir) if out_dir else Path(config.paths.data_dir) / bars_path.name.split(".")[0]
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair)
+        manifest = _write_chunks(chunks, tmp, spec, symbol, config, resample_minutes, progress, bars_path)
+        if decisions_path:
+            manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        if out_dir.exists():
+            backup = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, backup)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    written = [out_dir / DATA_FILE, out_dir / MANIFEST_FILE]
+    if decisions_path:
+        written.append(out_dir / DECISIONS_FILE)
+    return BuildResult(out_dir, manifest, written)
+
+
+def _symbol_from_name(path: Path) -> str | None:
+    """'es_1min_lean.csv' -> 'ES' when the first token is a known contract root."""
+    from trademl.market.contracts import CONTRACTS, root_of
+
+    token = path.name.split("_")[0].split(".")[0].upper()
+    return token if root_of(token) in CONTRACTS else None
+
+
+def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minutes, progress, source) -> dict:
+    from trademl.data.bars import resample_bars
+
+    writer = None
+    seg_offset = 0
+    schema = None
+    tally = _LabelTally(config.data.horizons)
+    repairs = []
+    bar = _progress(progress, source)
+    try:
+        for bars in _complete_segments(chunks, config.data.max_gap_minutes):
+            if "repair_report" in bars.attrs:
+                repairs.append(str(bars.attrs["repair_report"]))
+            if resample_minutes and resample_minutes > 1:
+                bars = resample_bars(bars, resample_minutes, max_gap_minutes=config.data.max_gap_minutes)
+            seg = segment_ids(bars, config.data.max_gap_minutes) + seg_offset
+            seg_offset = int(seg[-1]) + 1
+            frame = _features_and_labels(bars, seg, spec, config)
+            schema = frame.attrs["schema"]
+            table = pa.Table.from_pandas(frame, preserve_index=True)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp / DATA_FILE, table.schema, compression="zstd")
+            writer.write_table(table)
+            tally.add(frame)
+            if bar:
+                bar[0].advance(bar[1], len(frame))
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar:
+            bar[0].stop()
+    if writer is None:
+        raise DataError("no bars in file", where=str(source))
+    extra = {"repairs": repairs} if repairs else {}
+    extra["resample_minutes"] = resample_minutes or 1
+    return _manifest(tally, schema, symbol, spec, config, source=source, extra=extra)
+
+
+def _write_decisions(path: Path, tmp: Path, config: Config) -> dict:
+    from trademl.data.decisions import join_decisions, load_decisions
+
+    frame = pd.read_parquet(tmp / DATA_FILE)
+    decisions = load_decisions(path)
+    joined = join_decisions(decisions, frame, frame["segment"].to_numpy(), frame)
+    joined.to_parquet(tmp / DECISIONS_FILE)
+    return {"source": str(path), "rows": int(len(joined))}
+
+
+def _progress(enabled: bool, source):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    p = Progress(TextColumn("building dataset"), BarColumn(), TextColumn("{task.completed:,} bars"), TimeElapsedColumn(), transient=True)
+    task = p.add_task("build", total=None)
+    p.start()
+    return p, task
+
+
+def load_dataset(path) -> Dataset:
+    """Read a dataset folder written by ``build_dataset``."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DataError("not a dataset folder (no manifest.json)", where=str(path), hint="run `trademl data build` first")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        frame = pd.read_parquet(path / DATA_FILE)
+    except (OSError, ValueError) as e:
+        raise DataError(f"unreadable dataset: {e}", where=str(path)) from None
+    decisions = pd.read_parquet(path / DECISIONS_FILE) if (path / DECISIONS_FILE).exists() else None
+    return Dataset(frame, manifest, decisions, path)
+
+
+def print_summary(result: BuildResult, console) -> None:
+    """The table `trademl data build` ends with."""
+    from rich.table import Table
+
+    m = result.manifest
+    t = Table(title=f"dataset {result.path}")
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    t.add_row("symbol", f"{m['symbol']} (tick {m['contract']['tick_size']}, ${m['contract']['point_value']:g}/pt)")
+    t.add_row("rows", f"{m['rows']:,}")
+    t.add_row("span", f"{m['span']['start']} .. {m['span']['end']}")
+    t.add_row("segments", str(m["segments"]))
+    t.add_row("features", f"{len(m['feature_schema']['names'])} (schema {m['feature_schema']['hash'][:12]})")
+    for h, b in m["label_balance"].items():
+        sc = b["signal_counts"]
+        t.add_row(
+            f"labels {h}m",
+            f"{b['rows_labelled']:,} labelled; win long {b['win_long_rate']}, win short {b['win_short_rate']}; "
+            f"hold/buy/sell {sc['hold']}/{sc['buy']}/{sc['sell']}",
+        )
+    if m.get("decisions"):
+        t.add_row("decisions", f"{m['decisions']['rows']} joined")
+    for r in m.get("repairs", []):
+        t.add_row("repaired", r)
+    console.print(t)
+    console.print("written:")
+    for p in result.written:
+        console.print(f"  {p}")

@@ -1,0 +1,105 @@
+"""Labels at horizon h (5 and 30 bars by default), all priced through the execution model.
+
+For a decision at the close of bar t, a trade of one contract enters at the open of
+bar t+1 and exits at the open of bar t+h+1 (the bot decides to exit at the close of
+bar t+h), each fill moved against us by the slippage, each side paying commission:
+exactly what `trademl.market.execution` charges. Per horizon h:
+
+- ``win_long_h`` / ``win_short_h``: 1 if that trade's net P&L is > 0, else 0.
+- ``signal_h``: 1 buy / 2 sell when the gross move is beyond ``signal_cost_multiple``
+  round-trip costs in that direction, else 0 hold (the PPO action coding).
+- ``movement_h``: forward log return log(close[t+h] / close[t]).
+- ``risk_h``: the larger adverse excursion over bars t+1..t+h of a long or a short
+  entered at close[t], in units of 3 x ATR(14) at t, clipped to [0, 1].
+- ``pnl_long_h``: net dollar P&L of the long trade (the short's is -gross - costs).
+
+A label needs bars up to t+h+1 in the same segment; otherwise it is NaN, so no label
+ever spans a gap or a contract roll.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+
+from trademl.data.segments import bars_to_end, segment_starts
+from trademl.market.execution import ExecutionModel
+
+ATR_WINDOW = 14
+RISK_ATR_MULTIPLE = 3.0
+HOLD, BUY, SELL = 0, 1, 2
+
+
+def label_columns(horizons) -> list[str]:
+    return [f"{name}_{h}" for h in horizons for name in ("win_long", "win_short", "signal", "movement", "risk", "pnl_long")]
+
+
+def _shift_forward(x: np.ndarray, k: int) -> np.ndarray:
+    """x[t + k], NaN past the end."""
+    out = np.full(len(x), np.nan)
+    if k < len(x):
+        out[: len(x) - k] = x[k:]
+    return out
+
+
+def _window_extreme(x: np.ndarray, h: int, fn) -> np.ndarray:
+    """fn over x[t+1 .. t+h] for every t (NaN where the window runs past the end)."""
+    out = np.full(len(x), np.nan)
+    if len(x) > h:
+        out[: len(x) - h] = fn(sliding_window_view(x[1:], h), axis=1)
+    return out
+
+
+def segment_atr(high, low, close, seg, window: int = ATR_WINDOW) -> np.ndarray:
+    """Simple-average true range over the last ``window`` bars of the same segment (NaN before)."""
+    prev_close = np.r_[np.nan, close[:-1]]
+    starts = segment_starts(seg)
+    first = np.arange(len(close)) == starts
+    prev_close[first] = close[first]  # no previous close across a gap: use the bar's own range
+    tr = np.maximum(high, prev_close) - np.minimum(low, prev_close)
+    csum = np.r_[0.0, np.cumsum(tr)]
+    idx = np.arange(len(close))
+    lo = idx - window + 1
+    atr = (csum[idx + 1] - csum[np.maximum(lo, 0)]) / window
+    return np.where(lo >= starts, atr, np.nan)
+
+
+def make_labels(
+    bars: pd.DataFrame,
+    segments: np.ndarray,
+    execution: ExecutionModel,
+    horizons=(5, 30),
+    signal_cost_multiple: float = 1.5,
+) -> pd.DataFrame:
+    """Labels frame (same index as bars), columns from ``label_columns(horizons)``."""
+    o = bars["open"].to_numpy(np.float64)
+    h_ = bars["high"].to_numpy(np.float64)
+    l_ = bars["low"].to_numpy(np.float64)
+    c = bars["close"].to_numpy(np.float64)
+    seg = np.asarray(segments)
+    left = bars_to_end(seg)
+    atr = segment_atr(h_, l_, c, seg)
+    pv = execution.spec.point_value
+    rt_cost = execution.round_trip_cost
+    out = {}
+    for h in horizons:
+        valid = left >= h + 1
+        entry = _shift_forward(o, 1)
+        exit_ = _shift_forward(o, h + 1)
+        gross_long = (exit_ - entry) * pv
+        pnl_long = np.where(valid, gross_long - rt_cost, np.nan)
+        pnl_short = np.where(valid, -gross_long - rt_cost, np.nan)
+        threshold = signal_cost_multiple * rt_cost
+        signal = np.where(gross_long > threshold, BUY, np.where(gross_long < -threshold, SELL, HOLD)).astype(float)
+        lowest = _window_extreme(l_, h, np.min)
+        highest = _window_extreme(h_, h, np.max)
+        excursion = np.maximum(c - lowest, highest - c)
+        risk = np.clip(excursion / (RISK_ATR_MULTIPLE * atr), 0.0, 1.0)
+        out[f"win_long_{h}"] = np.where(valid, (pnl_long > 0).astype(float), np.nan)
+        out[f"win_short_{h}"] = np.where(valid, (pnl_short > 0).astype(float), np.nan)
+        out[f"signal_{h}"] = np.where(valid, signal, np.nan)
+        out[f"movement_{h}"] = np.where(valid, np.log(_shift_forward(c, h) / c), np.nan)
+        out[f"risk_{h}"] = np.where(valid & np.isfinite(atr) & (atr > 0), risk, np.nan)
+        out[f"pnl_long_{h}"] = pnl_long
+    return pd.DataFrame(out, index=bars.index)[label_columns(horizons)]
