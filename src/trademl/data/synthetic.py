@@ -26,7 +26,7 @@ def _session_stamps(n_bars: int, start: str) -> pd.DatetimeIndex:
     day = pd.Timestamp(start, tz="UTC").normalize()
     chunks, total = [], 0
     while total < n_bars:
-        if day.dayofweek < 5:  # the session that ends on this weekday at 22:00
+        if day.day_of_week < 5:  # the session that ends on this weekday at 22:00
             open_ = day - pd.Timedelta(hours=1)
             chunks.append(open_.value + np.arange(SESSION_MINUTES, dtype=np.int64) * 60_000_000_000)
             total += SESSION_MINUTES
