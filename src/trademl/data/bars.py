@@ -1,0 +1,781 @@
+"""Bars in: read, validate, repair and resample minute bars.
+
+The result is the bars frame every later step takes: indexed by a tz-aware UTC
+``DatetimeIndex`` named ``timestamp`` holding the bar-OPEN time (nanosecond unit, which
+``trademl.data.segments`` relies on), float64 columns open, high, low, close and volume
+(volume absent when the file has none), an optional string column ``contract``, and any
+extra numeric columns of the file as float64. ``attrs`` carries ``symbol`` and ``source``.
+
+Accepted shapes: CSV/TXT with or without a header, ``,`` ``;`` tab or ``|`` separated,
+gzip/bz2/xz by extension, and Parquet. Timestamps may be ISO strings with or without an
+offset, ``YYYYMMDD HHMMSS``, ``YYYYMMDD HH:MM:SS``, ``MM/DD/YYYY HH:MM``, separate date and
+time columns, or unix seconds / milliseconds / microseconds / nanoseconds (told apart by
+magnitude). Naive stamps are read in ``tz`` (default UTC) and converted to UTC.
+
+Every row is checked; a bad row is an error naming the file, its 1-based line (row for
+Parquet) and the problem, unless ``repair=True``, which drops it and says so in a
+``RepairReport``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import bz2
+import csv
+import gzip
+import io
+import lzma
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from trademl.data.segments import segment_ids
+from trademl.errors import DataError
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+BAR_COLUMNS = (*PRICE_COLUMNS, "volume")
+_NAT = np.iinfo(np.int64).min
+_NS_PER_MINUTE = 60_000_000_000
+
+# Header names are normalised (lower case, '<>' and quotes stripped, spaces and dashes
+# to '_') and then looked up here. The first alias found wins.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "timestamp": ("timestamp", "timestamp_utc", "datetime", "datetime_utc", "date_time", "time_utc",
+                  "ts", "dt", "bar_time", "open_time", "time_stamp"),
+    "date": ("date", "day", "trade_date"),
+    "time": ("time", "time_of_day", "bar_time_of_day"),
+    "open": ("open", "o", "open_price", "first", "opening_price"),
+    "high": ("high", "h", "high_price", "max"),
+    "low": ("low", "l", "low_price", "min"),
+    "close": ("close", "c", "close_price", "last", "closing_price"),
+    "volume": ("volume", "vol", "v", "tick_volume", "tickvol", "qty", "quantity", "size"),
+    "contract": ("contract", "contract_yyyymm", "contract_month", "expiry", "symbol", "ticker", "instrument"),
+}
+
+_TEXT_SUFFIXES = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_PARQUET_SUFFIXES = {".parquet", ".pq"}
+_SNIFF_LINES = 200
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class DroppedRow:
+    """One row that repair removed: where it was, its stamp as written, and why."""
+
+    line: int
+    stamp: str | None
+    reason: str
+
+
+@dataclass
+class RepairReport:
+    """What ``repair=True`` dropped from a file. ``print(report)`` shows it."""
+
+    source: str
+    rows_read: int = 0
+    dropped: list[DroppedRow] = field(default_factory=list)
+    unit: str = "line"  # "row" for Parquet, where there are no lines
+
+    def __len__(self) -> int:
+        return len(self.dropped)
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows_read - len(self.dropped)
+
+    def reasons(self) -> Counter:
+        """How many rows were dropped per kind of problem (the reason without its details)."""
+        return Counter(re.match(r"[^\d'\"(:]*", d.reason).group().strip() for d in self.dropped)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([vars(d) for d in self.dropped], columns=["line", "stamp", "reason"])
+
+    def extend(self, other: RepairReport) -> None:
+        """Fold the report of a later chunk of the same file into this one."""
+        self.rows_read += other.rows_read
+        self.dropped.extend(other.dropped)
+
+    def __str__(self, limit: int = 20) -> str:
+        head = f"{self.source}: read {self.rows_read} rows, dropped {len(self.dropped)}"
+        if not self.dropped:
+            return head + " (nothing to repair)"
+        kinds = ", ".join(f"{n} {k}" for k, n in self.reasons().most_common())
+        rows = [f"  {self.unit} {d.line}: {d.reason}" + (f" [{d.stamp}]" if d.stamp else "")
+                for d in self.dropped[:limit]]
+        more = [f"  ... and {len(self.dropped) - limit} more"] if len(self.dropped) > limit else []
+        return "\n".join([f"{head}: {kinds}", *rows, *more])
+
+
+# --------------------------------------------------------------------------- timestamps
+
+# Fixed-format stamps: (regex the text must match, strptime format).
+_STAMP_FORMATS = (
+    (r"\d{14}", "%Y%m%d%H%M%S"),
+    (r"\d{12}", "%Y%m%d%H%M"),
+    (r"\d{8}", "%Y%m%d"),
+    (r"\d{8} \d{6}", "%Y%m%d %H%M%S"),
+    (r"\d{8}T\d{6}", "%Y%m%dT%H%M%S"),
+    (r"\d{8} \d{4}", "%Y%m%d %H%M"),
+    (r"\d{8} \d{1,2}:\d{2}:\d{2}", "%Y%m%d %H:%M:%S"),
+    (r"\d{8} \d{1,2}:\d{2}", "%Y%m%d %H:%M"),
+    (r"\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}:\d{2}", "%m/%d/%Y %H:%M:%S"),
+    (r"\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}", "%m/%d/%Y %H:%M"),
+    (r"\d{1,2}/\d{1,2}/\d{4}", "%m/%d/%Y"),
+)
+_ISO_RE = r"\d{4}-\d{2}-\d{2}([ T].*)?"
+_OFFSET_RE = r".*(Z|[+-]\d{2}:?\d{2})"
+_EPOCH_RE = r"\d+(\.\d*)?"
+
+
+def _majority(sample: pd.Series, regex: str) -> bool:
+    """Most of the sample matches: one garbage line must not change how a file is read."""
+    return len(sample) > 0 and sample.str.fullmatch(regex).mean() > 0.5
+
+
+def _epoch_to_ns(text: pd.Series) -> np.ndarray:
+    """Unix stamps; the unit (s, ms, us, ns) is told by the magnitude of the median."""
+    numbers = pd.to_numeric(text, errors="coerce")
+    median = np.nanmedian(np.abs(numbers.to_numpy(dtype=float))) if numbers.notna().any() else 0.0
+    factor = next(f for limit, f in ((1e11, 10**9), (1e14, 10**6), (1e17, 10**3), (np.inf, 1)) if median < limit)
+    values = numbers.to_numpy(dtype=float)
+    out = np.full(len(values), _NAT, dtype=np.int64)
+    ok = np.isfinite(values)
+    if numbers.dtype.kind in "iu":  # exact for ns-scale integers, which float64 would round
+        out[ok] = numbers.to_numpy()[ok].astype(np.int64) * factor
+    else:
+        out[ok] = np.round(values[ok] * factor).astype(np.int64)
+    return out
+
+
+def _localize(naive: pd.DatetimeIndex, tz: str | None) -> pd.DatetimeIndex:
+    """Naive local stamps -> UTC. A repeated fall-back hour is inferred from the order."""
+    if tz in (None, "UTC", "utc"):
+        return naive.tz_localize("UTC")
+    try:
+        return naive.tz_localize(tz, ambiguous="infer", nonexistent="NaT").tz_convert("UTC")
+    except (ValueError, TypeError):  # order does not tell: leave those stamps unreadable
+        return naive.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").tz_convert("UTC")
+
+
+def parse_timestamps(values, *, tz: str | None = None) -> np.ndarray:
+    """Timestamps in any accepted shape -> int64 ns since epoch, UTC; unreadable -> NaT.
+
+    ``tz`` is the zone of naive stamps (default UTC); stamps with an offset keep theirs.
+    """
+    s = pd.Series(values).reset_index(drop=True)
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return pd.DatetimeIndex(s).tz_convert("UTC").as_unit("ns").asi8
+    if s.dtype.kind == "M":
+        return _localize(pd.DatetimeIndex(s), tz).as_unit("ns").asi8
+    if s.dtype.kind in "iuf":
+        # integers that are really YYYYMMDD[HHMM[SS]] stamps go through the text path
+        as_int = s.dropna()
+        if len(as_int) and (as_int % 1 == 0).all() and as_int.astype("int64").astype(str).str.len().isin([8, 12, 14]).all():
+            s = s.astype("Int64").astype("string")
+        else:
+            return _epoch_to_ns(s)
+    text = s.astype("string").str.strip()
+    sample = text.dropna()
+    sample = sample[sample != ""].head(_SNIFF_LINES)
+    if _majority(sample, _ISO_RE):
+        return _parse_iso(text, sample, tz)
+    for regex, fmt in _STAMP_FORMATS:
+        if _majority(sample, regex):
+            return _parse_fixed(text, fmt, tz)
+    if _majority(sample, _EPOCH_RE):
+        return _epoch_to_ns(text)
+    return np.full(len(text), _NAT, dtype=np.int64)  # nothing readable: every row is reported
+
+
+def _parse_fixed(text: pd.Series, fmt: str, tz: str | None) -> np.ndarray:
+    parsed = pd.to_datetime(text, format=fmt, errors="coerce")
+    if fmt.startswith("%m/%d") and parsed.isna().sum() > text.isna().sum():
+        day_first = pd.to_datetime(text, format=fmt.replace("%m/%d", "%d/%m"), errors="coerce")
+        if day_first.isna().sum() < parsed.isna().sum():  # 25/01/2024 is day-first
+            parsed = day_first
+    return _localize(pd.DatetimeIndex(parsed), tz).as_unit("ns").asi8
+
+
+def _parse_iso(text: pd.Series, sample: pd.Series, tz: str | None) -> np.ndarray:
+    has_offset = _majority(sample, _OFFSET_RE)
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=has_offset)
+    except (ValueError, TypeError):  # a mix of offsets and naive stamps
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+    index = pd.DatetimeIndex(parsed)
+    index = index.tz_convert("UTC") if index.tz is not None else _localize(index, tz)
+    return index.as_unit("ns").asi8
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _normalise_name(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().strip("\"'<>").strip().lower())
+
+
+def _map_columns(names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Canonical column -> position, plus the other columns (name -> position)."""
+    normal = [_normalise_name(n) for n in names]
+    found: dict[str, int] = {}
+    for canonical, aliases in _ALIASES.items():
+        for alias in aliases:
+            if alias in normal and normal.index(alias) not in found.values():
+                found[canonical] = normal.index(alias)
+                break
+    extras = {normal[i]: i for i in range(len(names)) if i not in found.values() and normal[i]}
+    return found, extras
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a text file is read, decided once from its first lines."""
+
+    delimiter: str
+    skiprows: int  # lines before the first data line (blank lines + header)
+    n_fields: int
+    columns: dict[str, int]
+    extras: dict[str, int]
+    ninjatrader: bool  # headerless ';' file with YYYYMMDD HHMMSS stamps: bar-close labels
+    quoted: bool
+
+
+def _open_text(path: Path):
+    opener = _TEXT_SUFFIXES.get(path.suffix.lower())
+    return opener(path, "rt", encoding="utf-8-sig", newline="") if opener else open(path, encoding="utf-8-sig", newline="")
+
+
+def _read_head(path: Path) -> list[str]:
+    try:
+        with _open_text(path) as f:
+            return [line for _, line in zip(range(_SNIFF_LINES + 50), f)]
+    except FileNotFoundError:
+        raise DataError("file not found", where=str(path)) from None
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise DataError(f"cannot read as text: {e}", where=str(path)) from None
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token.strip().strip("\"'"))
+        return True
+    except ValueError:
+        return False
+
+
+def _sniff_layout(path: Path) -> _Layout:
+    head = _read_head(path)
+    first = next((i for i, line in enumerate(head) if line.strip()), None)
+    if first is None:
+        raise DataError("the file is empty: no bars", where=str(path))
+    line = head[first].rstrip("\r\n")
+    counts = {d: line.count(d) for d in (",", ";", "\t", "|")}
+    delimiter = max(counts, key=counts.get)
+    if counts[delimiter] == 0:
+        raise DataError("cannot tell the column separator (expected ',', ';', tab or '|')",
+                        where=f"{path}, line {first + 1}")
+    fields = line.split(delimiter)
+    quoted = '"' in line
+    has_header = sum(_is_number(f) for f in fields) < 4  # a data line has at least 4 prices
+    if has_header:
+        columns, extras = _map_columns(fields)
+        skiprows = first + 1
+    else:
+        columns, extras = _headerless_columns(path, fields, first)
+        skiprows = first
+    _check_required(columns, fields if has_header else None, path)
+    extras = _numeric_extras(head[skiprows:], delimiter, extras, path)
+    ninjatrader = (not has_header and delimiter == ";"
+                   and re.fullmatch(r"\d{8} \d{6}", fields[0].strip()) is not None)
+    return _Layout(delimiter, skiprows, len(fields), columns, extras, ninjatrader, quoted)
+
+
+def _headerless_columns(path: Path, fields: list[str], first: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Positional layout: stamp (or date, time), open, high, low, close[, volume[, more]]."""
+    split_time = len(fields) >= 6 and re.fullmatch(r"\d{1,2}:?\d{2}(:?\d{2})?", fields[1].strip()) is not None
+    start = 2 if split_time else 1
+    if len(fields) < start + 4:
+        raise DataError(
+            f"{len(fields)} fields and no header; a headerless bars file needs "
+            "timestamp, open, high, low, close[, volume]", where=f"{path}, line {first + 1}")
+    columns = {"date": 0, "time": 1} if split_time else {"timestamp": 0}
+    columns |= {name: start + k for k, name in enumerate(BAR_COLUMNS) if start + k < len(fields)}
+    extras = {f"column_{i + 1}": i for i in range(start + 5, len(fields))}
+    return columns, extras
+
+
+def _check_required(columns: dict[str, int], header: list[str] | None, path: Path) -> None:
+    has_stamp = "timestamp" in columns or "date" in columns
+    missing = [c for c in PRICE_COLUMNS if c not in columns] + ([] if has_stamp else ["timestamp"])
+    if missing:
+        found = f" (columns found: {', '.join(h.strip() for h in header)})" if header else ""
+        raise DataError(f"missing required column(s) {', '.join(missing)}{found}", where=str(path),
+                        hint="a bars file needs timestamp, open, high, low, close and ideally volume")
+
+
+def _numeric_extras(lines: list[str], delimiter: str, extras: dict[str, int], path: Path) -> dict[str, int]:
+    """Keep the extra columns that hold numbers (exogenous signals); say which are ignored."""
+    rows = [ln.rstrip("\r\n").split(delimiter) for ln in lines if ln.strip()]
+    kept = {}
+    for name, pos in extras.items():
+        values = [r[pos].strip().strip('"') for r in rows if pos < len(r) and r[pos].strip()]
+        if values and sum(_is_number(v) for v in values) > 0.9 * len(values):
+            kept[name] = pos
+        elif values:
+            warnings.warn(f"{path}: ignoring non-numeric column {name!r}", stacklevel=4)
+    return kept
+
+
+# --------------------------------------------------------------------------- raw chunks
+
+
+@dataclass
+class _Raw:
+    """A chunk as read: canonical columns (not yet typed), line numbers, shape problems."""
+
+    frame: pd.DataFrame
+    lines: np.ndarray
+    shape_problems: np.ndarray  # object array: None or a reason found while reading
+    blank: np.ndarray  # blank lines carry no data and are skipped, not reported
+
+
+def _csv_chunks(path: Path, layout: _Layout, chunk_rows: int | None) -> Iterator[_Raw]:
+    try:
+        yield from _csv_chunks_with(path, layout, chunk_rows, engine="c")
+    except pd.errors.ParserError:
+        # a line with many more fields than the first one stops the fast parser; the python
+        # parser cuts such lines down so they are reported (or dropped) like any bad row
+        yield from _csv_chunks_with(path, layout, chunk_rows, engine="python")
+
+
+def _csv_chunks_with(path: Path, layout: _Layout, chunk_rows: int | None, engine: str) -> Iterator[_Raw]:
+    # Spare names give room for lines with too many fields, so they are reported with
+    # their line number instead of stopping the parser; blank lines are kept as rows so
+    # that row i is always line skiprows + 1 + i.
+    width = layout.n_fields + 4
+    text_columns = {layout.columns[c]: "string" for c in ("timestamp", "date", "time", "contract") if c in layout.columns}
+    options = {"on_bad_lines": lambda fields: fields[:width]} if engine == "python" else {}
+    try:
+        reader = pd.read_csv(
+            path, sep=layout.delimiter, header=None, names=range(width), skiprows=layout.skiprows,
+            skip_blank_lines=False, engine=engine, encoding="utf-8-sig", compression="infer",
+            quoting=csv.QUOTE_MINIMAL if layout.quoted else csv.QUOTE_NONE,
+            chunksize=chunk_rows or None, dtype=text_columns,
+            keep_default_na=False, na_values=["", "NaN", "nan", "NA", "N/A", "null", "None"], **options,
+        )
+        for raw in reader if chunk_rows else [reader]:
+            yield _raw_from_positions(raw, layout)
+    except (UnicodeDecodeError, EOFError, OSError) as e:
+        raise DataError(f"cannot read: {e}", where=str(path)) from None
+
+
+def _raw_from_positions(raw: pd.DataFrame, layout: _Layout) -> _Raw:
+    lines = layout.skiprows + 1 + raw.index.to_numpy(dtype=np.int64)
+    present = raw.notna().to_numpy()
+    first_text = raw[0].astype("string").str.strip()
+    blank = ~present[:, 1:].any(axis=1) & (first_text.isna() | (first_text == "")).to_numpy()
+    problems = np.full(len(raw), None, dtype=object)
+    over = present[:, layout.n_fields:].any(axis=1)
+    problems[over] = f"more fields than the {layout.n_fields} of the first line"
+    wanted = layout.columns | layout.extras
+    frame = pd.DataFrame({name: raw[pos] for name, pos in wanted.items()})
+    frame.index = raw.index
+    return _Raw(frame, lines, problems, blank)
+
+
+def _parquet_chunks(path: Path, chunk_rows: int | None) -> Iterator[_Raw]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"cannot read as Parquet: {e}", where=str(path)) from None
+    names = pf.schema_arrow.names
+    columns, extras = _map_columns(names)
+    if "timestamp" not in columns and "date" not in columns and "__index_level_0__" in names:
+        columns["timestamp"] = names.index("__index_level_0__")
+    _check_required(columns, names, path)
+    numeric = {n: p for n, p in extras.items()
+               if pa.types.is_integer(pf.schema_arrow.field(p).type) or pa.types.is_floating(pf.schema_arrow.field(p).type)}
+    wanted = columns | numeric
+    row = 1
+    for batch in pf.iter_batches(batch_size=chunk_rows or max(pf.metadata.num_rows, 1)):
+        # column by column: to_pandas on the whole batch would turn a stored index into the index
+        frame = pd.DataFrame({name: batch.column(pos).to_pandas() for name, pos in wanted.items()})
+        n = len(frame)
+        yield _Raw(frame, np.arange(row, row + n, dtype=np.int64), np.full(n, None, dtype=object), np.zeros(n, dtype=bool))
+        row += n
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _State:
+    """What one chunk tells the next: the last good stamp (for order) and the bar period."""
+
+    last_stamp: int = _NAT
+    last_line: int = 0
+    bar_period_ns: int | None = None
+
+
+class _Problems:
+    """The first problem found in each row (None where the row is fine)."""
+
+    def __init__(self, n: int, initial: np.ndarray | None = None):
+        self.reasons = np.full(n, None, dtype=object) if initial is None else initial.copy()
+        self.any = np.not_equal(self.reasons, None)
+
+    def flag(self, mask: np.ndarray, reason) -> None:
+        """Record ``reason`` (text, or a function of the row) for rows without a problem yet."""
+        todo = mask & ~self.any
+        if not todo.any():
+            return
+        idx = np.flatnonzero(todo)
+        self.reasons[idx] = [reason(i) for i in idx] if callable(reason) else reason
+        self.any[idx] = True
+
+
+def _numeric(raw: pd.DataFrame, name: str, problems: _Problems, required: bool) -> np.ndarray:
+    column = raw[name]
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    if not required:
+        return values
+    missing = column.isna().to_numpy()
+    bad_text = ~missing & np.isnan(values)
+    text = column.to_numpy()
+    problems.flag(bad_text, lambda i: f"{name} is not a number: {str(text[i]).strip()!r}")
+    problems.flag(missing, f"{name} is missing (empty or NaN)")
+    problems.flag(np.isinf(values), f"{name} is infinite")
+    return values
+
+
+def _check_prices(o, h, lo, c, problems: _Problems) -> None:
+    with np.errstate(invalid="ignore"):
+        problems.flag((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price")
+        problems.flag(h < lo, "high < low")
+        problems.flag(h < np.maximum(o, c), "high < max(open, close)")
+        problems.flag(lo > np.minimum(o, c), "low > min(open, close)")
+
+
+def _stamp_text(ns: int) -> str:
+    return str(pd.Timestamp(ns, tz="UTC")) if ns != _NAT else "?"
+
+
+def _check_order(stamps: np.ndarray, lines: np.ndarray, problems: _Problems, state: _State) -> None:
+    """Duplicated stamps, then stamps that break the increasing order.
+
+    A duplicate keeps its first occurrence. For the order, the longest strictly increasing
+    run of stamps is kept and the rows off it are reported: one mistyped stamp then costs
+    one row, not every row after it.
+    """
+    idx = np.flatnonzero(~problems.any)
+    s = stamps[idx]
+    dup = pd.Series(s).duplicated(keep="first").to_numpy()
+    if dup.any():
+        uniq, first_pos = np.unique(s, return_index=True)
+        first_line = lines[idx[first_pos[np.searchsorted(uniq, s)]]]
+        problems.flag(_expand(idx, dup, len(stamps)),
+              lambda i: f"duplicated timestamp {_stamp_text(stamps[i])} (first at line {first_line[np.searchsorted(idx, i)]})")
+    same_as_before = s == state.last_stamp
+    if same_as_before.any():
+        problems.flag(_expand(idx, same_as_before, len(stamps)),
+              lambda i: f"duplicated timestamp {_stamp_text(stamps[i])} (first at line {state.last_line})")
+    idx = np.flatnonzero(~problems.any)
+    s = stamps[idx]
+    if len(s) and ((s[0] <= state.last_stamp) or (np.diff(s) <= 0).any()):
+        keep = _longest_increasing(s, state.last_stamp)
+        prev = np.maximum.accumulate(np.where(keep, np.arange(len(s)), -1))
+        bad = np.flatnonzero(~keep)
+        for j in bad:
+            before = prev[j]
+            after = (f"line {lines[idx[before]]}'s {_stamp_text(s[before])}" if before >= 0
+                     else f"the previous chunk's {_stamp_text(state.last_stamp)}")
+            problems.reasons[idx[j]] = f"out of order: timestamp {_stamp_text(s[j])} is not after {after}"
+            problems.any[idx[j]] = True
+    idx = np.flatnonzero(~problems.any)
+    if len(idx):
+        state.last_stamp, state.last_line = int(stamps[idx[-1]]), int(lines[idx[-1]])
+
+
+def _expand(idx: np.ndarray, sub_mask: np.ndarray, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[idx[sub_mask]] = True
+    return mask
+
+
+def _longest_increasing(s: np.ndarray, floor: int) -> np.ndarray:
+    """Mask of one longest strictly increasing subsequence of s whose values exceed floor."""
+    tails: list[int] = []  # tails[k]: smallest last value of an increasing run of length k+1
+    tail_pos: list[int] = []
+    parent = np.full(len(s), -1, dtype=np.int64)
+    for i, v in enumerate(s.tolist()):
+        if v <= floor:
+            continue
+        k = bisect.bisect_left(tails, v)
+        parent[i] = tail_pos[k - 1] if k else -1
+        if k == len(tails):
+            tails.append(v)
+            tail_pos.append(i)
+        else:
+            tails[k], tail_pos[k] = v, i
+    keep = np.zeros(len(s), dtype=bool)
+    i = tail_pos[-1] if tail_pos else -1
+    while i >= 0:
+        keep[i] = True
+        i = parent[i]
+    return keep
+
+
+def _raise_first(problems: _Problems, lines: np.ndarray, path: Path, unit: str) -> None:
+    bad = np.flatnonzero(problems.any)
+    if not len(bad):
+        return
+    first, others = bad[0], bad[1:]
+    listed = ", ".join(str(lines[i]) for i in others[:8]) + (", ..." if len(others) > 8 else "")
+    tail = (f"; {len(others)} other row(s) also have problems ({unit}s {listed})" if len(others)
+            else "; no other row has a problem")
+    raise DataError(f"{problems.reasons[first]}{tail}", where=f"{path}, {unit} {lines[first]}",
+                    hint="fix the file, or load with repair=True (--repair) to drop bad rows and get a report")
+
+
+def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, repair: bool,
+               state: _State, report: RepairReport) -> pd.DataFrame:
+    """Type, check and (with repair) clean one chunk; returns the bars frame of the good rows."""
+    unit = "line" if layout is not None else "row"
+    keep_rows = ~raw.blank
+    frame, lines = raw.frame[keep_rows], raw.lines[keep_rows]
+    problems = _Problems(len(frame), raw.shape_problems[keep_rows])
+    stamp_text = _stamp_source(frame)
+    stamps = parse_timestamps(stamp_text, tz=tz)
+    problems.flag(stamps == _NAT, lambda i: f"cannot read timestamp {_as_text(stamp_text.iloc[i])!r}"
+                  if pd.notna(stamp_text.iloc[i]) else "timestamp is missing")
+    prices = {c: _numeric(frame, c, problems, required=True) for c in PRICE_COLUMNS}
+    volume = _numeric(frame, "volume", problems, required=True) if "volume" in frame else None
+    if volume is not None:
+        with np.errstate(invalid="ignore"):
+            problems.flag(volume < 0, "negative volume")
+    _check_prices(prices["open"], prices["high"], prices["low"], prices["close"], problems)
+    contract = None
+    if "contract" in frame:
+        text = frame["contract"].astype("string").str.strip()
+        problems.flag((text.isna() | (text == "")).to_numpy(dtype=bool, na_value=True), "contract is missing")
+        contract = text.to_numpy(dtype=object, na_value=None)
+    if layout is not None and layout.ninjatrader:
+        stamps = _shift_close_to_open(stamps, state)
+    _check_order(stamps, lines, problems, state)
+    report.rows_read += len(frame)
+    bad = problems.any
+    if bad.any():
+        if not repair:
+            _raise_first(problems, lines, path, unit)
+        report.dropped.extend(
+            DroppedRow(int(lines[i]), None if pd.isna(stamp_text.iloc[i]) else _as_text(stamp_text.iloc[i]), problems.reasons[i])
+            for i in np.flatnonzero(bad))
+    good = ~bad
+    columns = {c: prices[c][good] for c in PRICE_COLUMNS}
+    if volume is not None:
+        columns["volume"] = volume[good]
+    if contract is not None:
+        columns["contract"] = pd.array(contract[good], dtype="str")
+    for name in (layout.extras if layout is not None else [c for c in frame if c not in _ALIASES]):
+        if name in frame:
+            columns[name] = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[good]
+    index = pd.DatetimeIndex(stamps[good].view("datetime64[ns]"), name="timestamp").tz_localize("UTC")
+    return pd.DataFrame(columns, index=index)
+
+
+def _as_text(value) -> str:
+    return str(value).strip()
+
+
+def _stamp_source(frame: pd.DataFrame) -> pd.Series:
+    """The stamp column, or date and time joined into one text."""
+    if "timestamp" in frame:
+        return frame["timestamp"].reset_index(drop=True)
+    date = frame["date"].astype("string").str.strip()
+    if "time" not in frame:
+        return date.reset_index(drop=True)
+    time = frame["time"].astype("string").str.strip().str.replace(r"\.0$", "", regex=True)
+    digits = time.str.fullmatch(r"\d{1,6}").fillna(False)
+    if digits.any():  # 90100 lost its leading zero when a tool stored it as a number
+        width = 6 if (time[digits].str.len() > 4).any() else 4
+        time = time.where(~digits, time.str.zfill(width))
+    return (date + " " + time).reset_index(drop=True)
+
+
+def _shift_close_to_open(stamps: np.ndarray, state: _State) -> np.ndarray:
+    """Bar-close labels -> bar-open labels: back by one bar period (the median spacing)."""
+    if state.bar_period_ns is None:
+        valid = np.sort(stamps[stamps != _NAT])
+        steps = np.diff(valid)
+        steps = steps[steps > 0]
+        state.bar_period_ns = int(np.median(steps)) if len(steps) else _NS_PER_MINUTE
+    out = stamps.copy()
+    out[stamps != _NAT] -= state.bar_period_ns
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _guess_symbol(path: Path, bars: pd.DataFrame) -> str:
+    """From the contract column when it names a known root (ESH14), else the file name (es_...)."""
+    from trademl.market.contracts import CONTRACTS, root_of
+
+    if "contract" in bars and len(bars):
+        root = root_of(str(bars["contract"].iloc[-1]))
+        if root in CONTRACTS:
+            return root
+    name = path.name.split(".")[0]
+    return re.split(r"[_\-\s.]", name)[0].upper() or name.upper()
+
+
+def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp) -> Iterator[pd.DataFrame]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", where=str(path))
+    if bar_stamp not in ("auto", "open", "close"):
+        raise DataError(f"bar_stamp must be 'auto', 'open' or 'close', not {bar_stamp!r}", where="bar_stamp")
+    is_parquet = path.suffix.lower() in _PARQUET_SUFFIXES
+    layout = None if is_parquet else _sniff_layout(path)
+    if layout is not None and bar_stamp != "auto":
+        layout = _Layout(**{**vars(layout), "ninjatrader": bar_stamp == "close"})
+    raws = _parquet_chunks(path, chunk_rows) if is_parquet else _csv_chunks(path, layout, chunk_rows)
+    state = _State()
+    warned = False
+    for raw in raws:
+        report = RepairReport(str(path), unit="row" if is_parquet else "line")
+        bars = _validated(raw, path, layout, tz, repair, state, report)
+        if "volume" not in bars and not warned:
+            warnings.warn(f"{path}: no volume column; volume features will be left out", stacklevel=3)
+            warned = True
+        bars.attrs["symbol"] = symbol or _guess_symbol(path, bars)
+        bars.attrs["source"] = str(path)
+        bars.attrs["max_gap_minutes"] = max_gap_minutes
+        if layout is not None and layout.ninjatrader:
+            bars.attrs["stamps_shifted_from_close_ns"] = state.bar_period_ns
+        if repair:
+            bars.attrs["repair_report"] = report
+        yield bars
+
+
+def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str | None = None,
+              max_gap_minutes: float = 15, bar_stamp: str = "auto") -> pd.DataFrame:
+    """Read a bars file into the bars frame; every row is validated.
+
+    ``tz`` is the zone of naive stamps (default UTC). ``repair=True`` drops bad rows
+    (keeping the first of duplicated stamps) and attaches a printable ``RepairReport`` as
+    ``bars.attrs["repair_report"]``; otherwise the first bad row raises ``DataError``
+    naming the file, line and problem, and counting the others.
+
+    NinjaTrader minute exports (no header, ``;``, ``YYYYMMDD HHMMSS``) label each bar with
+    its CLOSE time; they are shifted back one bar period (the median spacing) so that the
+    index is the bar-open time like every other source. ``bar_stamp="open"`` or ``"close"``
+    overrides that guess for any text file.
+    ``max_gap_minutes`` is recorded in ``attrs`` for ``describe_bars``.
+    """
+    frames = list(_chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=None,
+                          max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp))
+    if not frames or frames[0].empty:
+        raise DataError("no valid bars in the file", where=str(path))
+    return frames[0]
+
+
+def read_bars_chunks(path, chunk_rows: int, *, symbol: str | None = None, repair: bool = False,
+                     tz: str | None = None, max_gap_minutes: float = 15,
+                     bar_stamp: str = "auto") -> Iterator[pd.DataFrame]:
+    """Validated bars frames of at most ``chunk_rows`` rows each, for files larger than memory.
+
+    Order and duplicates are checked across chunks too (against the last good stamp of the
+    previous chunk). With ``repair=True`` each frame's ``attrs["repair_report"]`` covers
+    its own chunk; fold them with ``RepairReport.extend``.
+    """
+    if chunk_rows < 1:
+        raise DataError(f"chunk_rows must be >= 1, not {chunk_rows}", where="chunk_rows")
+    yield from _chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=int(chunk_rows),
+                       max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp)
+
+
+def bundled_sample_path() -> Path:
+    """The bundled real ES minute bars (QuantConnect Lean sample, see resources/NOTICE)."""
+    return Path(str(resources.files("trademl") / "resources" / "es_1min_lean.csv"))
+
+
+def median_bar_minutes(bars: pd.DataFrame) -> float:
+    """Median spacing between consecutive bars, in minutes (the bar length)."""
+    steps = np.diff(bars.index.asi8)
+    steps = steps[steps > 0]
+    return float(np.median(steps)) / _NS_PER_MINUTE if len(steps) else float("nan")
+
+
+def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | None = None) -> pd.DataFrame:
+    """Aggregate to ``minutes``-minute bars labelled by their open time.
+
+    Buckets are aligned on the clock (epoch multiples of ``minutes``) and never merge bars
+    of different segments: a bucket that straddles a gap or a roll becomes two bars.
+    open = first, high = max, low = min, close = last, volume = sum, extra numeric
+    columns = last value (what is known at the close of the bucket).
+    """
+    if int(minutes) != minutes or minutes < 1:
+        raise DataError(f"resample minutes must be a positive whole number, not {minutes}", where="resample")
+    minutes = int(minutes)
+    if bars.empty:
+        return bars.copy()
+    step = median_bar_minutes(bars)
+    if not np.isnan(step) and (minutes < step or minutes % step):
+        raise DataError(f"cannot resample {step:g}-minute bars to {minutes}-minute bars (not a multiple)",
+                        where="resample")
+    gap = max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes", 15)
+    seg = segment_ids(bars, gap)
+    bucket = bars.index.asi8 // (minutes * _NS_PER_MINUTE)
+    starts = np.flatnonzero(np.r_[True, (bucket[1:] != bucket[:-1]) | (seg[1:] != seg[:-1])])
+    ends = np.r_[starts[1:], len(bars)] - 1
+    columns = {
+        "open": bars["open"].to_numpy(float)[starts],
+        "high": np.maximum.reduceat(bars["high"].to_numpy(float), starts),
+        "low": np.minimum.reduceat(bars["low"].to_numpy(float), starts),
+        "close": bars["close"].to_numpy(float)[ends],
+    }
+    if "volume" in bars:
+        columns["volume"] = np.add.reduceat(bars["volume"].to_numpy(float), starts)
+    if "contract" in bars:
+        columns["contract"] = bars["contract"].array[starts]
+    for name in bars.columns:
+        if name not in columns and pd.api.types.is_numeric_dtype(bars[name]):
+            columns[name] = bars[name].to_numpy()[ends]
+    stamps = (bucket[starts] * minutes * _NS_PER_MINUTE).view("datetime64[ns]")
+    out = pd.DataFrame(columns, index=pd.DatetimeIndex(stamps, name="timestamp").tz_localize("UTC"))
+    out.attrs = {k: v for k, v in bars.attrs.items() if k != "repair_report"} | {"bar_minutes": minutes}
+    return out
+
+
+def describe_bars(bars: pd.DataFrame, max_gap_minutes: float | None = None) -> dict:
+    """What a bars frame holds: rows, span, timezone, segments, contracts, bar spacing."""
+    gap = max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes", 15)
+    seg = segment_ids(bars, gap)
+    contracts = list(dict.fromkeys(bars["contract"].astype(str))) if "contract" in bars else []
+    return {
+        "symbol": bars.attrs.get("symbol"),
+        "source": bars.attrs.get("source"),
+        "rows": len(bars),
+        "first": bars.index[0] if len(bars) else None,
+        "last": bars.index[-1] if len(bars) else None,
+        "tz": str(bars.index.tz) if bars.index.tz is not None else None,
+        "segments": int(seg[-1]) + 1 if len(seg) else 0,
+        "contracts": contracts,
+        "median_bar_minutes": median_bar_minutes(bars),
+        "has_volume": "volume" in bars,
+        "zero_volume_bars": int((bars["volume"] == 0).sum()) if "volume" in bars else None,
+        "columns": list(bars.columns),
+    }
