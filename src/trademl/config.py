@@ -55,6 +55,15 @@ class LGBMConfig(_Section):
     early_stopping_rounds: int = 50
     n_folds: int = 4
     seed: int = 7
+    # Share of each fold's training rows (its latest part, purged) used for early stopping.
+    valid_fraction: float = 0.2
+    # Bars dropped after the purge between training and test; None = the horizon.
+    embargo_bars: int | None = None
+    # Fewer labelled rows than this (both sides counted) cannot give honest figures.
+    min_rows: int = 2000
+    # At most this many equal-count bins feed the isotonic calibration map.
+    calibration_bins: int = 50
+    num_threads: int = 0  # 0 = LightGBM's default (all cores)
 
 
 class LSTMConfig(_Section):
@@ -69,6 +78,8 @@ class LSTMConfig(_Section):
     PATIENCE: int = 3
     N_FOLDS: int = 3
     MIN_SEQUENCES: int = 200
+    # Two cores on the reference machine; the same count also keeps results bit-identical.
+    TORCH_THREADS: int = 2
     seed: int = 7
 
 
