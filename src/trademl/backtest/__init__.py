@@ -1,0 +1,1 @@
+"""Backtests through the shared execution model: engine, metrics, baselines and the HTML report."""

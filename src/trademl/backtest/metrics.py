@@ -1,0 +1,209 @@
+"""Performance metrics of a backtest, with the statistics that say whether a Sharpe is real.
+
+Returns-based figures come from DAILY P&L, grouped by futures session: CME Globex trades
+from 23:00 UTC the evening before, so a bar belongs to the session of (timestamp + 1h)'s
+date, and a year has 252 sessions. The probabilistic Sharpe ratio (Bailey & Lopez de
+Prado, 2012) is the probability that the true Sharpe exceeds a benchmark given the sample
+length, skewness and kurtosis of the daily returns; the deflated Sharpe ratio (Bailey &
+Lopez de Prado, 2014) raises that benchmark to the Sharpe the best of N unskilled trials
+would show by luck. The normal distribution is the standard library's.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+SESSIONS_PER_YEAR = 252
+EULER_GAMMA = 0.5772156649015329
+_NORMAL = NormalDist()
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+def session_dates(index: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """Trading-session date of each bar: the session that opens at 23:00 UTC belongs to the next day."""
+    utc = index.tz_convert("UTC") if index.tz is not None else index
+    return (utc + pd.Timedelta(hours=1)).floor("D").tz_localize(None)
+
+
+def daily_pnl(pnl: np.ndarray, index: pd.DatetimeIndex) -> pd.Series:
+    """Net dollars per session, indexed by session date."""
+    return pd.Series(np.asarray(pnl, dtype=np.float64), index=session_dates(index)).groupby(level=0).sum()
+
+
+def daily_returns(pnl: np.ndarray, index: pd.DatetimeIndex, initial_balance: float) -> pd.Series:
+    """Each session's P&L over the initial balance.
+
+    The strategy trades a fixed number of contracts, so its P&L does not compound with the
+    account; dividing by the running balance would also flip the sign of every return once
+    a losing account went below zero.
+    """
+    return daily_pnl(pnl, index) / initial_balance
+
+
+# ----------------------------------------------------------------------------- Sharpe statistics
+
+
+def sharpe_moments(returns) -> tuple[float, float, float, int]:
+    """(per-period Sharpe, skewness, kurtosis (3 for a normal), number of periods)."""
+    r = np.asarray(returns, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    t = len(r)
+    if t < 2:
+        return math.nan, math.nan, math.nan, t
+    sd = r.std(ddof=1)
+    if sd == 0:
+        return math.nan, math.nan, math.nan, t
+    z = (r - r.mean()) / r.std(ddof=0)
+    return float(r.mean() / sd), float(np.mean(z**3)), float(np.mean(z**4)), t
+
+
+def probabilistic_sharpe_ratio(sharpe: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0,
+                               benchmark: float = 0.0) -> float:
+    """P(true Sharpe > benchmark): Phi((SR - SR*) sqrt(T-1) / sqrt(1 - g3 SR + (g4-1)/4 SR^2)).
+
+    ``sharpe`` and ``benchmark`` are per period (not annualised), as are the moments.
+    """
+    if not (math.isfinite(sharpe) and n_obs >= 2):
+        return math.nan
+    variance = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
+    if variance <= 0:
+        return math.nan
+    return _NORMAL.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(variance))
+
+
+def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
+    """The Sharpe the best of ``n_trials`` skill-less trials reaches by luck (per period)."""
+    if n_trials <= 1 or not sharpe_variance > 0:
+        return 0.0
+    q1 = _NORMAL.inv_cdf(1 - 1 / n_trials)
+    q2 = _NORMAL.inv_cdf(1 - 1 / (n_trials * math.e))
+    return math.sqrt(sharpe_variance) * ((1 - EULER_GAMMA) * q1 + EULER_GAMMA * q2)
+
+
+def deflated_sharpe_ratio(sharpe: float, n_obs: int, skew: float, kurtosis: float, *, n_trials: int,
+                          sharpe_variance: float) -> float:
+    """PSR against the expected maximum Sharpe of ``n_trials`` trials whose Sharpes vary by ``sharpe_variance``."""
+    return probabilistic_sharpe_ratio(sharpe, n_obs, skew, kurtosis, expected_max_sharpe(n_trials, sharpe_variance))
+
+
+# ----------------------------------------------------------------------------- drawdown
+
+
+def drawdowns(equity: np.ndarray, initial_balance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Dollars and fraction below the running peak (the initial balance counts as a peak)."""
+    peak = np.maximum.accumulate(np.r_[initial_balance, equity])[1:]
+    dd = peak - equity
+    return dd, np.where(peak > 0, dd / peak, np.nan)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def trade_statistics(trades: pd.DataFrame) -> dict:
+    pnl = trades["pnl"].to_numpy(dtype=np.float64)
+    wins, losses = pnl[pnl > 0].sum(), -pnl[pnl < 0].sum()
+    n = len(pnl)
+    return {
+        "trades": int(n),
+        "contracts_traded_in_trades": int(trades["qty"].sum()),
+        "win_rate": float((pnl > 0).mean()) if n else math.nan,
+        "profit_factor": float(wins / losses) if losses > 0 else (math.inf if wins > 0 else math.nan),
+        "avg_trade": float(pnl.mean()) if n else math.nan,
+        "avg_bars_held": float(trades["bars_held"].mean()) if n else math.nan,
+    }
+
+
+def compute_metrics(result, *, n_trials: int = 1, sharpe_variance: float = 0.0) -> dict:
+    """Every figure of one backtest result. With ``n_trials`` > 1 the DSR deflates for selection."""
+    initial = result.initial_balance
+    equity = result.equity
+    rets = daily_returns(result.pnl, result.index, initial)
+    sr, skew, kurt, t = sharpe_moments(rets.to_numpy())
+    r = rets.to_numpy()
+    downside = math.sqrt(np.mean(np.minimum(r, 0.0) ** 2)) if len(r) else 0.0
+    final = float(equity[-1]) if len(equity) else initial
+    total_return = final / initial - 1
+    cagr = (final / initial) ** (SESSIONS_PER_YEAR / t) - 1 if t and final > 0 else math.nan
+    dd_usd, dd_pct = drawdowns(equity, initial)
+    max_dd_usd = float(dd_usd.max()) if len(dd_usd) else 0.0
+    max_dd_pct = float(np.nanmax(dd_pct)) if len(dd_pct) else 0.0
+    contracts = float(np.abs(result.trade_qty).sum())
+    out = {
+        "total_pnl": float(final - initial),
+        "total_return": total_return,
+        "cagr": cagr,
+        "sharpe": sr * math.sqrt(SESSIONS_PER_YEAR) if math.isfinite(sr) else math.nan,
+        "sortino": float(np.mean(r) / downside * math.sqrt(SESSIONS_PER_YEAR)) if downside > 0 else math.nan,
+        "max_drawdown_usd": max_dd_usd,
+        "max_drawdown_pct": max_dd_pct,
+        "calmar": cagr / max_dd_pct if max_dd_pct > 0 and math.isfinite(cagr) else math.nan,
+        **trade_statistics(result.trades),
+        "exposure": float(np.mean(result.position != 0)) if len(result.position) else 0.0,
+        "turnover_contracts": contracts,
+        "turnover_per_session": contracts / t if t else math.nan,
+        "costs_paid": float(np.sum(result.costs)),
+        "sessions": int(t),
+        "daily_sharpe": sr,
+        "daily_skew": skew,
+        "daily_kurtosis": kurt,
+        "psr": probabilistic_sharpe_ratio(sr, t, skew, kurt),
+        "dsr": deflated_sharpe_ratio(sr, t, skew, kurt, n_trials=n_trials, sharpe_variance=sharpe_variance),
+        "dsr_trials": int(n_trials),
+    }
+    return out
+
+
+def deflate_all(metrics: dict[str, dict], trials: list[str] | None = None, *, n_trials: int | None = None,
+                sharpe_variance: float | None = None) -> dict[str, dict]:
+    """Recompute every DSR against the best Sharpe that luck gives among the ``trials``.
+
+    ``trials`` names the candidates that were compared to pick a strategy (default: every
+    entry with a finite Sharpe). ``n_trials`` and ``sharpe_variance`` override what is
+    measured from them, e.g. when more configurations were tried than are in the table.
+    """
+    names = list(metrics) if trials is None else trials
+    sharpes = [metrics[k]["daily_sharpe"] for k in names if math.isfinite(metrics[k]["daily_sharpe"])]
+    variance = float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0
+    variance = variance if sharpe_variance is None else sharpe_variance
+    n = max(len(sharpes), 1) if n_trials is None else n_trials
+    out = {}
+    for name, m in metrics.items():
+        dsr = deflated_sharpe_ratio(m["daily_sharpe"], m["sessions"], m["daily_skew"], m["daily_kurtosis"],
+                                    n_trials=n, sharpe_variance=variance)
+        out[name] = m | {"dsr": dsr, "dsr_trials": n}
+    return out
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def hit_rate_by_confidence(open_, close, action, confidence, segments, *, horizon: int = 5,
+                           bins: int = 10) -> pd.DataFrame:
+    """Realized hit rate of the signals by confidence bucket.
+
+    A signal at bar t (action != 0) hits when the price moved its way from the fill at the
+    open of t+1 to the close of t+horizon; windows that cross a segment end are left out.
+    Buckets are confidence quantiles; returns mean confidence, hit rate and count per bucket.
+    """
+    open_, close = np.asarray(open_, np.float64), np.asarray(close, np.float64)
+    action, confidence = np.asarray(action, np.float64), np.asarray(confidence, np.float64)
+    seg = np.asarray(segments)
+    n = len(close)
+    t = np.flatnonzero((action != 0) & np.isfinite(confidence))
+    t = t[t + horizon < n]
+    t = t[seg[t + horizon] == seg[t]]
+    columns = ["confidence", "hit_rate", "count"]
+    if len(t) == 0:
+        return pd.DataFrame(columns=columns)
+    hit = action[t] * (close[t + horizon] - open_[t + 1]) > 0
+    frame = pd.DataFrame({"confidence": confidence[t], "hit": hit.astype(float)})
+    bucket = pd.qcut(frame["confidence"].rank(method="first"), min(bins, len(t)), labels=False)
+    table = frame.groupby(bucket).agg(confidence=("confidence", "mean"), hit_rate=("hit", "mean"),
+                                      count=("hit", "size"))
+    return table.reset_index(drop=True)[columns]

@@ -1,0 +1,223 @@
+"""The backtest report: one self-contained HTML file that opens offline.
+
+plotly.js is inlined once (no CDN). The page carries a tiny error collector, installed
+before any other script, that records uncaught errors and console.error calls and, once
+the page has loaded, writes them and the number of rendered plots into
+``<pre id="report-status">``: a headless browser test reads that back.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trademl.backtest.baselines import comparison_table
+from trademl.backtest.engine import BacktestResult
+from trademl.backtest.metrics import daily_pnl, drawdowns, hit_rate_by_confidence
+from trademl.errors import TradeMLError
+
+MAX_POINTS_PER_LINE = 4000  # a 1M-bar equity curve is decimated to this many points (last of each step)
+
+_ERROR_COLLECTOR = """<script>
+window.__reportErrors = [];
+window.addEventListener('error', function (e) { window.__reportErrors.push('error: ' + e.message); });
+window.addEventListener('unhandledrejection', function (e) { window.__reportErrors.push('rejection: ' + e.reason); });
+(function () {
+  var original = console.error;
+  console.error = function () {
+    window.__reportErrors.push('console.error: ' + Array.prototype.join.call(arguments, ' '));
+    return original.apply(console, arguments);
+  };
+})();
+window.addEventListener('load', function () {
+  setTimeout(function () {
+    var plots = document.querySelectorAll('.js-plotly-plot').length;
+    var rendered = document.querySelectorAll('.js-plotly-plot .main-svg').length;
+    var status = document.getElementById('report-status');
+    status.setAttribute('data-errors', String(window.__reportErrors.length));
+    status.setAttribute('data-plots', String(plots));
+    status.setAttribute('data-rendered-svgs', String(rendered));
+    status.textContent = 'errors: ' + window.__reportErrors.length + '; plots: ' + plots +
+      (window.__reportErrors.length ? '\\n' + window.__reportErrors.join('\\n') : '');
+  }, 0);
+});
+</script>"""
+
+_STYLE = """<style>
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+table.metrics { border-collapse: collapse; font-size: 0.85em; }
+table.metrics th, table.metrics td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
+table.metrics th:first-child, table.metrics td:first-child { text-align: left; }
+.note { color: #666; font-size: 0.9em; }
+#report-status { color: #999; font-size: 0.75em; }
+</style>"""
+
+
+def _decimate(index: pd.DatetimeIndex, *arrays: np.ndarray):
+    step = max(1, math.ceil(len(index) / MAX_POINTS_PER_LINE))
+    keep = np.r_[np.arange(step - 1, len(index), step), len(index) - 1] if len(index) else np.zeros(0, int)
+    keep = np.unique(keep)
+    return (index[keep], *(a[keep] for a in arrays))
+
+
+def equity_figure(runs: dict[str, BacktestResult]):
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.05,
+                        subplot_titles=("Equity ($)", "Drawdown (% below peak)"))
+    for name, run in runs.items():
+        dd_usd, dd_pct = drawdowns(run.equity, run.initial_balance)
+        x, equity, dd = _decimate(run.index, run.equity, dd_pct)
+        fig.add_trace(go.Scatter(x=x, y=equity, name=name, legendgroup=name, mode="lines"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=-100 * dd, name=name, legendgroup=name, mode="lines", showlegend=False),
+                      row=2, col=1)
+    fig.update_layout(height=600, margin=dict(t=40, b=30))
+    return fig
+
+
+def trade_pnl_figure(run: BacktestResult):
+    import plotly.graph_objects as go
+
+    pnl = run.trades["pnl"]
+    fig = go.Figure(go.Histogram(x=pnl, nbinsx=60, marker_color="#4472c4"))
+    fig.update_layout(title=f"Trade P&L, net of costs ($) - {run.name}: {len(pnl)} round trips",
+                      xaxis_title="P&L per round trip ($)", yaxis_title="trades", height=380, margin=dict(t=50, b=40))
+    return fig
+
+
+def daily_heatmap_figure(run: BacktestResult):
+    """Calendar: one column per week, one row per weekday, colour = session P&L."""
+    import plotly.graph_objects as go
+
+    day = daily_pnl(run.pnl, run.index)
+    dates = pd.DatetimeIndex(day.index)
+    week = (dates - pd.to_timedelta(dates.dayofweek, unit="D")).strftime("%Y-%m-%d")
+    weekday = dates.day_name().str[:3]
+    grid = pd.DataFrame({"week": week, "weekday": weekday, "pnl": day.to_numpy()}).pivot_table(
+        index="weekday", columns="week", values="pnl", aggfunc="sum")
+    rows = [d for d in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun") if d in grid.index]
+    grid = grid.reindex(rows)
+    limit = float(np.nanmax(np.abs(grid.to_numpy()))) if grid.size else 1.0
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=list(grid.columns), y=rows, colorscale="RdBu", zmid=0,
+                               zmin=-limit, zmax=limit, colorbar=dict(title="$"),
+                               hovertemplate="week of %{x}, %{y}: $%{z:,.0f}<extra></extra>"))
+    fig.update_layout(title=f"Daily P&L by session ({run.name})", xaxis_title="week starting",
+                      yaxis=dict(autorange="reversed"), height=320, margin=dict(t=50, b=40))
+    return fig
+
+
+def hit_rate_figure(calibration: pd.DataFrame, name: str, threshold: float | None):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=calibration["confidence"], y=calibration["hit_rate"], mode="lines+markers",
+                               name="realized", text=[f"{c} signals" for c in calibration["count"]]))
+    lo = float(min(calibration["confidence"].min(), 0.5))
+    hi = float(max(calibration["confidence"].max(), 0.5))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="confidence = hit rate",
+                             line=dict(dash="dot", color="#999")))
+    fig.add_hline(y=0.5, line_dash="dash", line_color="#ccc")
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", line_color="#c00", annotation_text="threshold")
+    fig.update_layout(title=f"Confidence vs realized hit rate ({name})", xaxis_title="confidence (bucket mean)",
+                      yaxis_title="hit rate", height=380, margin=dict(t=50, b=40))
+    return fig
+
+
+def _format_value(column: str, value) -> str:
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,d}"
+    if value is None or not np.isfinite(value):
+        return "-" if value is None or np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if column in ("total_return", "cagr", "max_drawdown_pct", "win_rate", "exposure"):
+        return f"{100 * value:.2f}%"
+    if column in ("total_pnl", "max_drawdown_usd", "avg_trade", "costs_paid", "turnover_contracts"):
+        return f"{value:,.0f}"
+    return f"{value:.3f}"
+
+
+def table_html(table: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.index.name or "run", *table.columns])
+    body = []
+    for name, row in table.iterrows():
+        cells = "".join(f"<td>{_format_value(c, row[c])}</td>" for c in table.columns)
+        body.append(f"<tr><td>{html.escape(str(name))}</td>{cells}</tr>")
+    return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | None = None, main: str | None = None,
+                 table: pd.DataFrame | None = None, title: str = "trademl backtest",
+                 confidence_threshold: float | None = None, hit_rate_horizon: int = 5) -> Path:
+    """Write the report for ``runs`` (the strategy and its baselines) to ``path``; returns the path.
+
+    ``main`` names the run whose trades, days and signals are detailed (default: the first).
+    The confidence chart needs ``bars`` (to measure realized moves) and a run made from signals.
+    """
+    if not runs:
+        raise TradeMLError("nothing to report: no backtest runs given", where="write_report")
+    main = main or next(iter(runs))
+    if main not in runs:
+        raise TradeMLError(f"no run named {main!r}; runs: {', '.join(runs)}", where="write_report.main")
+    run = runs[main]
+    table = comparison_table(runs) if table is None else table
+    figures = [("Equity and drawdown", equity_figure(runs)), ("Trade P&L", trade_pnl_figure(run)),
+               ("Daily P&L", daily_heatmap_figure(run))]
+    notes = []
+    if bars is not None and run.action is not None:
+        calibration = hit_rate_by_confidence(bars["open"].to_numpy(), bars["close"].to_numpy(), run.action,
+                                             run.confidence, run.segments, horizon=hit_rate_horizon)
+        if len(calibration):
+            figures.append(("Confidence", hit_rate_figure(calibration, main, confidence_threshold)))
+        else:
+            notes.append("No BUY/SELL signal with a complete outcome window: no confidence chart.")
+    else:
+        notes.append("No per-bar signals with confidence (target-position run, or bars not given): "
+                     "no confidence vs hit-rate chart.")
+
+    parts = []
+    for i, (heading, fig) in enumerate(figures):
+        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+        parts.append(f"<h2>{html.escape(heading)}</h2>{div}")
+    span = f"{run.index[0]} .. {run.index[-1]}" if len(run.index) else "no bars"
+    spec = run.model.spec
+    summary = (f"{len(run.index):,} bars, {span}; contract {spec.root} (point value ${spec.point_value:g}); "
+               f"commission ${run.model.commission_per_side:g}/side, slippage {run.model.slippage_ticks:g} tick(s); "
+               f"max position {run.model.max_position}; fills at the next bar's open.")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+{_ERROR_COLLECTOR}
+{_STYLE}</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="note">{html.escape(summary)}</p>
+<h2>Strategy vs baselines</h2>
+{table_html(table)}
+<p class="note">Sharpe and Sortino are annualised from daily (session) P&amp;L, 252 sessions a year. PSR is the
+probability that the true Sharpe is above zero; DSR deflates it for the {int(table["dsr_trials"].max())} runs compared
+(a DSR above 0.95 is a significant edge).</p>
+{"".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
+{"".join(parts)}
+<pre id="report-status">not loaded</pre>
+</body></html>
+"""
+    out = Path(path)
+    _atomic_write_text(out, page)
+    return out
