@@ -98,7 +98,7 @@ def daily_heatmap_figure(run: BacktestResult):
 
     day = daily_pnl(run.pnl, run.index)
     dates = pd.DatetimeIndex(day.index)
-    week = (dates - pd.to_timedelta(dates.dayofweek, unit="D")).strftime("%Y-%m-%d")
+    week = (dates - pd.to_timedelta(dates.day_of_week, unit="D")).strftime("%Y-%m-%d")
     weekday = dates.day_name().str[:3]
     grid = pd.DataFrame({"week": week, "weekday": weekday, "pnl": day.to_numpy()}).pivot_table(
         index="weekday", columns="week", values="pnl", aggfunc="sum")
