@@ -232,6 +232,8 @@ def _map_columns(names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
             if alias in normal and normal.index(alias) not in found.values():
                 found[canonical] = normal.index(alias)
                 break
+    if "timestamp" not in found and "date" not in found and "time" in found:
+        found["timestamp"] = found.pop("time")  # a lone 'time' column holds the whole stamp
     extras = {normal[i]: i for i in range(len(names)) if i not in found.values() and normal[i]}
     return found, extras
 
@@ -301,7 +303,9 @@ def _sniff_layout(path: Path) -> _Layout:
 
 def _headerless_columns(path: Path, fields: list[str], first: int) -> tuple[dict[str, int], dict[str, int]]:
     """Positional layout: stamp (or date, time), open, high, low, close[, volume[, more]]."""
-    split_time = len(fields) >= 6 and re.fullmatch(r"\d{1,2}:?\d{2}(:?\d{2})?", fields[1].strip()) is not None
+    split_time = (len(fields) >= 6
+                  and re.fullmatch(r"\d{8}|\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{4}", fields[0].strip()) is not None
+                  and re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?|\d{4}|\d{6}", fields[1].strip()) is not None)
     start = 2 if split_time else 1
     if len(fields) < start + 4:
         raise DataError(
@@ -712,9 +716,14 @@ def bundled_sample_path() -> Path:
     return Path(str(resources.files("trademl") / "resources" / "es_1min_lean.csv"))
 
 
+def _ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """Stamps as int64 nanoseconds whatever the index unit (pandas 3 often picks us)."""
+    return index.as_unit("ns").asi8
+
+
 def median_bar_minutes(bars: pd.DataFrame) -> float:
     """Median spacing between consecutive bars, in minutes (the bar length)."""
-    steps = np.diff(bars.index.asi8)
+    steps = np.diff(_ns(bars.index))
     steps = steps[steps > 0]
     return float(np.median(steps)) / _NS_PER_MINUTE if len(steps) else float("nan")
 
@@ -738,7 +747,7 @@ def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | 
                         where="resample")
     gap = max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes", 15)
     seg = segment_ids(bars, gap)
-    bucket = bars.index.asi8 // (minutes * _NS_PER_MINUTE)
+    bucket = _ns(bars.index) // (minutes * _NS_PER_MINUTE)
     starts = np.flatnonzero(np.r_[True, (bucket[1:] != bucket[:-1]) | (seg[1:] != seg[:-1])])
     ends = np.r_[starts[1:], len(bars)] - 1
     columns = {

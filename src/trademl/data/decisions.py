@@ -222,7 +222,7 @@ def join_decisions(decisions: pd.DataFrame, bars: pd.DataFrame, segments: np.nda
     holds the bar label at every horizon found in ``labels``.
 
     Decisions before the first bar closed, more than ``max_stale_minutes`` after the last
-    closed bar (default: the gap threshold, 15), or for another symbol are left out and
+    closed bar (default: the gap threshold, 15, or one bar length if longer), or for another symbol are left out and
     listed in ``attrs["join_report"]`` (a warning says how many).
     """
     n_bars = len(bars)
@@ -230,8 +230,9 @@ def join_decisions(decisions: pd.DataFrame, bars: pd.DataFrame, segments: np.nda
         raise DataError(f"bars ({n_bars}), segments ({len(segments)}) and labels "
                         f"({'none' if labels is None else len(labels)}) must have one row per bar", where="join_decisions")
     minutes = bar_minutes or bars.attrs.get("bar_minutes") or median_bar_minutes(bars)
-    stale = max_stale_minutes if max_stale_minutes is not None else bars.attrs.get("max_gap_minutes", 15)
-    closes = bars.index.asi8 + int(round(minutes * _NS_PER_MINUTE))
+    # a decision inside a long bar is up to one bar length after the last close: not stale
+    stale = max_stale_minutes if max_stale_minutes is not None else max(bars.attrs.get("max_gap_minutes", 15), minutes)
+    closes = bars.index.as_unit("ns").asi8 + int(round(minutes * _NS_PER_MINUTE))
     stamps = pd.DatetimeIndex(decisions["timestamp"])
     if stamps.tz is None:
         raise DataError("decision timestamps must be tz-aware (load_decisions gives UTC)", where="join_decisions")
