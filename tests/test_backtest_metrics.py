@@ -1,0 +1,160 @@
+"""Backtest metrics, the Sharpe statistics that keep them honest, and the baselines."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trademl.backtest.baselines import comparison_table, random_target, run_baselines
+from trademl.backtest.engine import run_backtest
+from trademl.backtest.metrics import (
+    compute_metrics, deflate_all, deflated_sharpe_ratio, drawdowns, expected_max_sharpe,
+    hit_rate_by_confidence, probabilistic_sharpe_ratio, session_dates,
+)
+from trademl.config import CostsConfig
+from trademl.data.segments import bars_to_end
+from trademl.data.synthetic import synthetic_bars
+
+from test_backtest_engine import ACTION, CONFIDENCE, hand_bars
+
+NO_COSTS = CostsConfig(commission_per_side=0.0, slippage_ticks=0.0)
+
+
+def test_session_dates_follow_globex():
+    stamps = pd.DatetimeIndex(["2024-03-03 23:00", "2024-03-04 13:30", "2024-03-04 21:59",
+                               "2024-03-04 23:00", "2024-03-08 21:00"], tz="UTC")
+    got = [d.strftime("%Y-%m-%d") for d in session_dates(stamps)]
+    # Sunday 23:00 opens Monday's session; Monday 23:00 opens Tuesday's.
+    assert got == ["2024-03-04", "2024-03-04", "2024-03-04", "2024-03-05", "2024-03-08"]
+
+
+def test_sharpe_and_sortino_come_from_daily_session_pnl():
+    bars = synthetic_bars(6000, seed=4, symbol="ES")
+    result = run_backtest(bars, target=np.sign(np.sin(np.arange(len(bars)) / 37.0)))
+    by_day: dict = {}
+    for stamp, pnl in zip(bars.index, result.pnl):
+        day = (stamp + pd.Timedelta(hours=1)).date()
+        by_day[day] = by_day.get(day, 0.0) + pnl
+    r = np.array(list(by_day.values())) / 100_000
+    m = result.metrics
+    assert m["sessions"] == len(by_day) == 5
+    assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(252))
+    assert m["sortino"] == pytest.approx(r.mean() / math.sqrt(np.mean(np.minimum(r, 0) ** 2)) * math.sqrt(252))
+    assert m["total_pnl"] == pytest.approx(result.pnl.sum())
+    assert m["cagr"] == pytest.approx((1 + m["total_return"]) ** (252 / 5) - 1)
+
+
+def test_drawdown_in_dollars_and_percent():
+    dd_usd, dd_pct = drawdowns(np.array([100.0, 110.0, 90.0, 120.0, 60.0]), initial_balance=100.0)
+    assert list(dd_usd) == [0, 0, 20, 0, 60]
+    assert dd_pct[2] == pytest.approx(20 / 110) and dd_pct[4] == pytest.approx(0.5)
+
+
+def test_trade_metrics_of_the_hand_computed_run():
+    result = run_backtest(hand_bars("NQ"), {"action": ACTION, "confidence": CONFIDENCE})
+    m = result.metrics
+    assert m["trades"] == 3
+    assert m["win_rate"] == pytest.approx(2 / 3)
+    assert m["profit_factor"] == pytest.approx((30.50 + 35.50) / 4.50)
+    assert m["avg_trade"] == pytest.approx(61.50 / 3)
+    assert m["costs_paid"] == pytest.approx(6 * 7.25)
+    assert m["exposure"] == pytest.approx(5 / 8)
+    assert m["turnover_contracts"] == 6
+    assert m["max_drawdown_usd"] == pytest.approx(7.25)  # the last bar: -7.25 from the peak of 68.75
+
+
+def test_psr_and_dsr_match_the_published_example():
+    """Bailey & Lopez de Prado (2014), 'The Deflated Sharpe Ratio', numerical example:
+    annualised SR 2.5 over 1250 days, skew -3, kurtosis 10, 100 trials whose annualised
+    Sharpes have variance 0.5 -> expected max SR ~0.1132 per day, DSR ~0.90."""
+    sr, t = 2.5 / math.sqrt(252), 1250
+    sr0 = expected_max_sharpe(100, 0.5 / 252)
+    assert sr0 == pytest.approx(0.1132, abs=5e-4)
+    assert deflated_sharpe_ratio(sr, t, -3, 10, n_trials=100, sharpe_variance=0.5 / 252) == pytest.approx(0.9004, abs=2e-3)
+    # PSR against zero, normal returns: Phi(SR sqrt(T-1) / sqrt(1 + SR^2 / 2))
+    expected = NormalDist().cdf(sr * math.sqrt(t - 1) / math.sqrt(1 + sr**2 / 2))
+    assert probabilistic_sharpe_ratio(sr, t, 0, 3) == pytest.approx(expected)
+    assert probabilistic_sharpe_ratio(0.0, t) == pytest.approx(0.5)
+    assert expected_max_sharpe(1, 0.1) == 0.0  # one trial: nothing to deflate
+
+
+def test_random_strategies_on_a_random_walk_show_no_significant_edge():
+    bars = synthetic_bars(30_000, seed=4, edge_ic=0.0)
+    rng = np.random.default_rng(0)
+    runs = {k: run_backtest(bars, target=np.sign(rng.standard_normal(len(bars))), costs=NO_COSTS)
+            for k in range(20)}
+    metrics = deflate_all({k: r.metrics for k, r in runs.items()})
+    psr = np.array([m["psr"] for m in metrics.values()])
+    dsr = np.array([m["dsr"] for m in metrics.values()])
+    assert (dsr < 0.95).all(), dsr
+    assert (dsr <= psr).all()  # deflating for 20 trials only ever lowers the evidence
+    # without deflation, the luckiest of 20 coin-flip strategies looks significant: why DSR exists
+    assert psr.max() > 0.9
+
+
+@pytest.mark.parametrize("horizon", [1, 5])
+def test_a_planted_edge_is_significant(horizon):
+    bars = synthetic_bars(30_000, seed=3, edge_ic=0.1, edge_horizon=horizon)
+    edge = bars["edge"].to_numpy()
+    confidence = 2 * np.vectorize(NormalDist().cdf)(np.abs(edge)) - 1  # |edge| > 1.04 passes 0.7
+    result = run_backtest(bars, {"action": np.sign(edge), "confidence": confidence})  # default costs
+    assert result.metrics["psr"] > 0.95
+    assert result.metrics["total_pnl"] > 0
+    # the same rule on shuffled signals (no edge left) has nothing to show after costs
+    shuffled = np.random.default_rng(1).permutation(edge)
+    noise = run_backtest(bars, {"action": np.sign(shuffled), "confidence": confidence})
+    assert noise.metrics["psr"] < 0.95
+
+
+def test_hit_rate_rises_with_confidence_on_a_planted_edge_only():
+    for edge_ic, check in ((0.1, lambda t: t["hit_rate"].iloc[-1] > t["hit_rate"].iloc[0] + 0.05),
+                           (0.0, lambda t: (t["hit_rate"] - 0.5).abs().max() < 0.06)):
+        bars = synthetic_bars(20_000, seed=6, edge_ic=edge_ic, edge_horizon=5)
+        edge = bars["edge"].to_numpy()
+        seg = np.zeros(len(bars), dtype=np.int32)
+        table = hit_rate_by_confidence(bars["open"], bars["close"], np.sign(edge), np.abs(edge), seg, horizon=5, bins=5)
+        assert list(table.columns) == ["confidence", "hit_rate", "count"] and len(table) == 5
+        assert table["confidence"].is_monotonic_increasing
+        assert check(table), table
+
+
+def test_hit_rate_windows_never_cross_a_segment_end():
+    bars = hand_bars("NQ")
+    seg = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    table = hit_rate_by_confidence(bars["open"], bars["close"], np.ones(8), np.ones(8), seg, horizon=2, bins=1)
+    assert table["count"].sum() == 4  # bars 0, 1 and 4, 5: a 2-bar window stays in its segment
+
+
+def test_baselines_share_the_engine_and_the_trade_count():
+    bars = synthetic_bars(8000, seed=8, edge_ic=0.1, edge_horizon=5, symbol="MNQ")
+    edge = bars["edge"].to_numpy()
+    signals = {"action": np.sign(edge), "confidence": np.abs(edge) / 3}
+    strategy = run_backtest(bars, signals, confidence_threshold=0.4, name="ensemble")
+    other = {"action": -np.sign(edge), "confidence": np.abs(edge) / 3}
+    runs = run_baselines(bars, strategy, model_signals={"lgbm": signals, "contrarian": other},
+                         confidence_threshold=0.4, seed=3)
+    assert list(runs) == ["ensemble", "flat", "buy_and_hold", "random (seed 3)", "lgbm alone", "contrarian alone"]
+    assert runs["flat"].pnl.sum() == 0 and runs["flat"].metrics["trades"] == 0
+    hold = runs["buy_and_hold"]
+    left = bars_to_end(strategy.segments)
+    assert (hold.position[(left >= 1) & (np.arange(len(bars)) >= 1)] == 5).sum() > 0.99 * len(bars) - 10
+    assert (hold.position[left == 0] == 0).all()
+    assert len(runs["random (seed 3)"].trades) == len(strategy.trades)
+    assert np.array_equal(runs["lgbm alone"].pnl, strategy.pnl)  # same signals, same engine, same numbers
+    table = comparison_table(runs)
+    assert list(table.index) == list(runs)
+    assert table.loc["ensemble", "total_pnl"] > 0 > table.loc["contrarian alone", "total_pnl"]
+    assert (table["dsr_trials"] == 3).all()  # ensemble + two models; baselines are not candidates
+    assert table.loc["ensemble", "dsr"] <= table.loc["ensemble", "psr"]
+
+
+def test_random_target_is_seeded_and_exact():
+    seg = np.repeat([0, 1, 2], 400).astype(np.int32)
+    a, b = random_target(seg, 50, seed=1), random_target(seg, 50, seed=1)
+    assert np.array_equal(a, b) and not np.array_equal(a, random_target(seg, 50, seed=2))
+    starts = np.flatnonzero((a != 0) & (np.r_[0, a[:-1]] == 0))
+    assert len(starts) == 50 and set(np.unique(a)) <= {-1.0, 0.0, 1.0}
