@@ -72,6 +72,89 @@ def data_build(
     print_summary(result, console())
 
 
+def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
+    """Train lgb_5m and lgb_30m into the store with a progress bar, then print their tables."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from trademl.models.lgbm import load_training_dataset, print_reports, train_lgbm
+    from trademl.models.store import ModelStore
+
+    out = console()
+    dataset = load_training_dataset(dataset_path, cfg)
+    store = ModelStore(cfg.paths.model_root)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out, transient=True) as bar:
+        task = bar.add_task("lgbm", total=None)
+
+        def step(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        reports = train_lgbm(dataset, cfg, store=store, progress=step, source=source)
+    print_reports(reports, out)
+
+
+@train_app.command("lgbm")
+@friendly_errors
+def train_lgbm_command(
+    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample)."),
+    rows: str = typer.Option("auto", "--rows", help="Training rows: auto (decision log if any), bars or decisions."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """LightGBM win models lgb_5m and lgb_30m: walk-forward, calibrated, ONNX, stored."""
+    from trademl.config import load_config
+
+    _train_lgbm(dataset, load_config(config), rows)
+
+
+@train_app.command("all")
+@friendly_errors
+def train_all_command(
+    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Every model kind on one dataset, into the model store."""
+    from trademl.config import load_config
+
+    cfg = load_config(config)
+    _train_lgbm(dataset, cfg)
+
+
+@models_app.command("list")
+@friendly_errors
+def models_list(config: Optional[Path] = ConfigOpt):
+    """Every stored model: kind, version, when, what it was trained on, its headline figures."""
+    from rich.table import Table
+
+    from trademl.config import load_config
+    from trademl.models.store import ModelStore
+
+    cfg = load_config(config)
+    manifests = ModelStore(cfg.paths.model_root).list()
+    out = console()
+    if not manifests:
+        out.print(f"no models in {cfg.paths.model_root} (run `trademl train all`)")
+        return
+    t = Table(title=f"models in {cfg.paths.model_root}")
+    for col in ("kind", "version", "created", "trained on", "schema", "out-of-sample"):
+        t.add_column(col)
+    for m in manifests:
+        span = m.get("training_span", {})
+        trained = f"{str(span.get('start', '?'))[:10]}..{str(span.get('end', '?'))[:10]}, {span.get('rows', '?')} rows"
+        schema = m.get("feature_schema", {})
+        t.add_row(m["kind"], m["version"], m["created_at"][:19], trained,
+                  f"{len(schema.get('names', []))} feat {str(schema.get('hash', ''))[:8]}", _headline(m.get("metrics", {})))
+    out.print(t)
+
+
+def _headline(metrics: dict) -> str:
+    """One line of the model's out-of-sample figures, whatever the kind stored."""
+    oos = metrics.get("out_of_sample", metrics)
+    parts = [f"{k} {oos[k]:.3f}" for k in ("auc", "log_loss", "accuracy", "sharpe") if isinstance(oos.get(k), (int, float))]
+    verdict = metrics.get("verdict", {})
+    if "beats_base_rate" in verdict:
+        parts.append("beats base rate" if verdict["beats_base_rate"] else "not above base rate")
+    return ", ".join(parts) or "-"
+
+
 @app.command("demo")
 @friendly_errors
 def demo(config: Optional[Path] = ConfigOpt):

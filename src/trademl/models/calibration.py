@@ -134,10 +134,27 @@ def auc_with_ci(scores, labels, clusters=None, z: float = 1.96) -> tuple[float, 
     return auc, auc - z * se, auc + z * se
 
 
-def log_loss(p, y) -> float:
+def row_log_loss(p, y) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+
+
+def log_loss(p, y) -> float:
+    return float(np.mean(row_log_loss(p, y)))
+
+
+def clustered_mean_ci(values, clusters, z: float = 1.96) -> tuple[float, float, float]:
+    """Mean of ``values`` and its ~95% interval, with the rows of a cluster counted as one draw."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    _, cid = np.unique(np.asarray(clusters), return_inverse=True)
+    k = int(cid.max()) + 1 if len(cid) else 0
+    if k < 2:
+        return mean, float("nan"), float("nan")
+    sums = np.bincount(cid, weights=values - mean, minlength=k)
+    se = math.sqrt(k / (k - 1) * float(np.sum(sums**2))) / len(values)
+    return mean, mean - z * se, mean + z * se
 
 
 def brier(p, y) -> float:

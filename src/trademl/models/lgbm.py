@@ -35,9 +35,11 @@ from trademl.models.calibration import (
     IsotonicCalibrator,
     auc_with_ci,
     brier,
+    clustered_mean_ci,
     expected_calibration_error,
     log_loss,
     reliability_table,
+    row_log_loss,
 )
 
 SIDE_COLUMN = "side"
@@ -72,10 +74,17 @@ class WinRows:
     source: str  # "bars" (both sides of every labelled bar) or "decisions"
 
 
-def win_rows(dataset, horizon: int) -> WinRows:
-    """Both sides of every labelled bar, or the decision log's rows when it has any."""
+def win_rows(dataset, horizon: int, source: str = "auto") -> WinRows:
+    """Training rows from ``source``: "bars" (both sides of every labelled bar), "decisions"
+    (the decision log joined into the dataset) or "auto" (decisions when there are any)."""
+    if source not in ("auto", "bars", "decisions"):
+        raise ValueError(f"source must be auto, bars or decisions, not {source!r}")
     decisions = getattr(dataset, "decisions", None)
-    if decisions is not None and len(decisions):
+    has_decisions = decisions is not None and len(decisions) > 0
+    if source == "decisions" and not has_decisions:
+        raise DataError("the dataset carries no decision log", where=_dataset_where(dataset),
+                        hint="build it with `trademl data build --decisions LOG`")
+    if has_decisions and source != "bars":
         return _rows_from_decisions(dataset, decisions, horizon)
     frame = dataset.frame
     names = dataset.feature_names
@@ -107,13 +116,15 @@ def win_rows(dataset, horizon: int) -> WinRows:
 def _rows_from_decisions(dataset, decisions, horizon: int) -> WinRows:
     """One row per decision of the bot: the features of its bar, its side, its realized win.
 
-    The joined frame names the dataset row of each decision (``bar_index``, else its
-    ``timestamp`` is looked up); the realized outcome is ``win`` (else ``win_{horizon}``).
+    The joined frame (``trademl.data.decisions.join_decisions``) names the dataset row of
+    each decision (``bar_index``, else its ``timestamp`` is looked up). The label is the
+    realized outcome where the log gave one (``label_source`` "outcome": ``win``), else the
+    bar label of the decision's side at this horizon (``win_{horizon}``).
     """
     where = f"{_dataset_where(dataset)} (decision log)"
     frame = dataset.frame
     names = dataset.feature_names
-    win_col = "win" if "win" in decisions.columns else f"win_{horizon}"
+    win_col = f"win_{horizon}" if f"win_{horizon}" in decisions.columns else "win"
     for col in (SIDE_COLUMN, win_col):
         if col not in decisions.columns:
             raise DataError(f"the joined decision log has no {col!r} column", where=where)
@@ -126,6 +137,8 @@ def _rows_from_decisions(dataset, decisions, horizon: int) -> WinRows:
             raise DataError(f"{int((bar < 0).sum())} decisions have no bar in the dataset", where=where)
     side = _side_values(decisions[SIDE_COLUMN], where)
     y = decisions[win_col].to_numpy(np.float64)
+    if "label_source" in decisions.columns and "win" in decisions.columns:
+        y = np.where(decisions["label_source"].to_numpy() == "outcome", decisions["win"].to_numpy(np.float64), y)
     ok = np.isfinite(y) & (bar >= 0)
     order = np.argsort(bar[ok], kind="stable")
     bar, side, y = bar[ok][order], side[ok][order], y[ok][order]
@@ -327,7 +340,9 @@ def score_out_of_sample(rows: WinRows, results: list[FoldResult], horizon: int, 
     base = np.concatenate([np.full(len(r.test_rows), r.train_base_rate) for r in results])
     clusters = rows.bar[test] // (CLUSTER_HORIZONS * (horizon + 1))
     auc, lo, hi = auc_with_ci(p, y, clusters)
-    oos = {**_scores(p, y, base), "auc": auc, "auc_ci": [lo, hi], "raw_auc": auc_with_ci(raw, y)[0],
+    gain, gain_lo, gain_hi = clustered_mean_ci(row_log_loss(base, y) - row_log_loss(p, y), clusters)
+    oos = {**_scores(p, y, base), "auc": auc, "auc_ci": [lo, hi], "log_loss_gain": gain,
+           "log_loss_gain_ci": [gain_lo, gain_hi], "raw_auc": auc_with_ci(raw, y)[0],
            "raw_log_loss": log_loss(raw, y), "raw_ece": expected_calibration_error(raw, y)}
     return {
         "horizon": horizon,
@@ -340,15 +355,22 @@ def score_out_of_sample(rows: WinRows, results: list[FoldResult], horizon: int, 
 
 
 def verdict(oos: dict) -> dict:
-    """Plain words: does the model know more than the base rate, out of sample?"""
+    """Plain words: does the model know more than the base rate, out of sample?
+
+    Both must hold, each beyond its ~95% interval with serially correlated rows counted
+    as clusters: the AUC interval excludes 0.5 (it ranks wins above losses), and the
+    log-loss gain over always predicting the training base rate is above 0 (its
+    probabilities are better, not just ordered).
+    """
     lo, hi = oos["auc_ci"]
+    g_lo, g_hi = oos["log_loss_gain_ci"]
     separates = bool(np.isfinite(lo) and lo > 0.5)
-    sharper = oos["log_loss"] < oos["base_log_loss"]
+    sharper = bool(np.isfinite(g_lo) and g_lo > 0)
     beats = separates and sharper
     auc_text = f"AUC {oos['auc']:.3f} (95% CI {lo:.3f}..{hi:.3f}) {'excludes' if separates else 'includes'} 0.5"
     loss_text = (
-        f"log-loss {oos['log_loss']:.4f} {'<' if sharper else '>='} {oos['base_log_loss']:.4f} of the base rate "
-        f"{oos['base_rate']:.3f}"
+        f"log-loss {oos['log_loss']:.4f} vs {oos['base_log_loss']:.4f} for the base rate {oos['base_rate']:.3f}, "
+        f"gain {oos['log_loss_gain']:.5f} (95% CI {g_lo:.5f}..{g_hi:.5f}) {'above' if sharper else 'not above'} 0"
     )
     head = "beats the base rate" if beats else "does NOT beat the base rate"
     return {"beats_base_rate": beats, "text": f"{head}: {auc_text}; {loss_text}"}
@@ -405,12 +427,12 @@ class WinModelReport:
 
 
 def train_win_model(dataset, horizon: int, config, store=None, progress: Progress | None = None,
-                    expected_schema=None) -> WinModelReport:
+                    expected_schema=None, source: str = "auto") -> WinModelReport:
     """Cross-validate, calibrate, refit, export and (with a store) save one win model."""
     cfg = config.lgbm
     kind = kind_for(horizon)
     check_dataset_schema(dataset, expected_schema)
-    rows = win_rows(dataset, horizon)
+    rows = win_rows(dataset, horizon, source)
     check_trainable(rows, cfg.min_rows, kind)
     names = list(dataset.feature_names) + [SIDE_COLUMN]
     results = walk_forward(rows, horizon, cfg, names, progress)
@@ -461,37 +483,59 @@ def _write_json(path: Path, obj) -> None:
 
 
 def train_lgbm(dataset, config, store=None, horizons=None, progress: Progress | None = None,
-               expected_schema=None) -> list[WinModelReport]:
+               expected_schema=None, source: str = "auto") -> list[WinModelReport]:
     """lgb_5m and lgb_30m (or the horizons given) on one dataset."""
     horizons = list(horizons or [h for h in (5, 30) if h in dataset.horizons] or dataset.horizons)
-    return [train_win_model(dataset, h, config, store, progress, expected_schema) for h in horizons]
+    return [train_win_model(dataset, h, config, store, progress, expected_schema, source) for h in horizons]
+
+
+def load_training_dataset(path, config):
+    """A dataset folder, or a bars file built in memory; by default the built bundled
+    sample (``[paths] data_dir``/es_1min_lean), else the bundled sample built in memory."""
+    from trademl.data.bars import bundled_sample_path, load_bars
+    from trademl.data.dataset import MANIFEST_FILE, dataset_from_bars, load_dataset
+
+    if path is None:
+        default = Path(config.paths.data_dir) / bundled_sample_path().name.split(".")[0]
+        path = default if (default / MANIFEST_FILE).is_file() else bundled_sample_path()
+    path = Path(path)
+    if path.is_dir():
+        return load_dataset(path)
+    if not path.exists():
+        raise DataError("no such dataset folder or bars file", where=str(path))
+    dataset = dataset_from_bars(load_bars(path), config)
+    dataset.path = path
+    return dataset
 
 
 # --- presentation ----------------------------------------------------------------------
 
 
 def report_tables(report: WinModelReport):
-    """Rich tables: one row per fold, then the out-of-sample row; the verdict below."""
+    """A rich table, one row per fold then the out-of-sample row; the verdict text beside it."""
+    from rich import box
     from rich.table import Table
 
     m = report.metrics
-    t = Table(title=f"{report.kind}: win probability at {report.horizon} bars ({m['rows_source']} rows)")
-    for col in ("fold", "test span", "rows", "trees", "AUC", "log-loss", "base log-loss", "Brier", "base Brier",
-                "ECE", "base rate"):
-        t.add_column(col, justify="right" if col not in ("fold", "test span") else "left")
+    t = Table(title=f"{report.kind}: win probability at {report.horizon} bars ({m['rows_source']} rows)",
+              box=box.SIMPLE_HEAD, padding=(0, 1))
+    t.add_column("fold")
+    t.add_column("test span")
+    for col in ("rows", "trees", "AUC", "log-loss (base)", "Brier (base)", "ECE", "base rate"):
+        t.add_column(col, justify="right")
     for f in m["folds"]:
-        t.add_row(str(f["fold"]), f"{f['test_start'][:16]} .. {f['test_end'][:16]}", f"{f['rows']:,}",
-                  str(f["best_iteration"]), *_metric_cells(f))
+        span = f"{f['test_start'][:10]}..{f['test_end'][:10]}"
+        t.add_row(str(f["fold"]), span, f"{f['rows']:,}", str(f["best_iteration"]), *_metric_cells(f))
     o = m["out_of_sample"]
     lo, hi = o["auc_ci"]
-    t.add_row("OOS", f"AUC 95% CI {lo:.3f}..{hi:.3f}", f"{o['rows']:,}", str(m["final_iterations"]),
-              *_metric_cells(o), style="bold")
+    t.add_row("OOS", f"AUC CI {lo:.3f}..{hi:.3f}", f"{o['rows']:,}", str(m["final_iterations"]), *_metric_cells(o),
+              style="bold")
     return t, m["verdict"]["text"], m["verdict"]["beats_base_rate"]
 
 
 def _metric_cells(d: dict) -> list[str]:
-    return [f"{d['auc']:.3f}", f"{d['log_loss']:.4f}", f"{d['base_log_loss']:.4f}", f"{d['brier']:.4f}",
-            f"{d['base_brier']:.4f}", f"{d['ece']:.4f}", f"{d['base_rate']:.3f}"]
+    return [f"{d['auc']:.3f}", f"{d['log_loss']:.4f} ({d['base_log_loss']:.4f})",
+            f"{d['brier']:.4f} ({d['base_brier']:.4f})", f"{d['ece']:.4f}", f"{d['base_rate']:.3f}"]
 
 
 def print_reports(reports: list[WinModelReport], console) -> None:
