@@ -155,6 +155,26 @@ def _headline(metrics: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+@train_app.command("lstm")
+@friendly_errors
+def train_lstm_command(
+    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder (default: <data_dir>/es_1min_lean, what `trademl data build` writes)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last per-epoch checkpoint."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Per-epoch checkpoints (default: artifacts/checkpoints/lstm)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override EPOCHS of the lstm config section."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Bidirectional LSTM (signal, movement, risk): walk-forward CV, then store model.onnx."""
+    from trademl.config import load_config
+    from trademl.data.dataset import load_dataset
+    from trademl.models.lstm import stored_summary, train_lstm
+
+    cfg = load_config(config, {"lstm": {"EPOCHS": epochs}} if epochs else None)
+    ds = load_dataset(dataset or Path(cfg.paths.data_dir) / "es_1min_lean")
+    result = train_lstm(ds, cfg, checkpoint_dir=checkpoint_dir, resume=resume, progress=True)
+    console().print(stored_summary(result.stored))
+
+
 @app.command("demo")
 @friendly_errors
 def demo(config: Optional[Path] = ConfigOpt):
