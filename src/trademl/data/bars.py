@@ -136,9 +136,13 @@ _OFFSET_RE = r".*(Z|[+-]\d{2}:?\d{2})"
 _EPOCH_RE = r"\d+(\.\d*)?"
 
 
+def _share(sample: pd.Series, regex: str) -> float:
+    """Share of the sample that matches: one garbage line must not change how a file is read."""
+    return float(sample.str.fullmatch(regex).mean()) if len(sample) else 0.0
+
+
 def _majority(sample: pd.Series, regex: str) -> bool:
-    """Most of the sample matches: one garbage line must not change how a file is read."""
-    return len(sample) > 0 and sample.str.fullmatch(regex).mean() > 0.5
+    return _share(sample, regex) > 0.5
 
 
 def _epoch_to_ns(text: pd.Series) -> np.ndarray:
@@ -166,10 +170,12 @@ def _localize(naive: pd.DatetimeIndex, tz: str | None) -> pd.DatetimeIndex:
         return naive.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").tz_convert("UTC")
 
 
-def parse_timestamps(values, *, tz: str | None = None) -> np.ndarray:
+def parse_timestamps(values, *, tz: str | None = None, mixed: bool = False) -> np.ndarray:
     """Timestamps in any accepted shape -> int64 ns since epoch, UTC; unreadable -> NaT.
 
-    ``tz`` is the zone of naive stamps (default UTC); stamps with an offset keep theirs.
+    The shape is the one most of the values have; ``mixed=True`` (for hand-written logs)
+    then reads the values left over with the next best shape, and so on. ``tz`` is the
+    zone of naive stamps (default UTC); stamps with an offset keep theirs.
     """
     s = pd.Series(values).reset_index(drop=True)
     if isinstance(s.dtype, pd.DatetimeTZDtype):
@@ -184,16 +190,30 @@ def parse_timestamps(values, *, tz: str | None = None) -> np.ndarray:
         else:
             return _epoch_to_ns(s)
     text = s.astype("string").str.strip()
-    sample = text.dropna()
-    sample = sample[sample != ""].head(_SNIFF_LINES)
-    if _majority(sample, _ISO_RE):
-        return _parse_iso(text, sample, tz)
-    for regex, fmt in _STAMP_FORMATS:
-        if _majority(sample, regex):
-            return _parse_fixed(text, fmt, tz)
-    if _majority(sample, _EPOCH_RE):
-        return _epoch_to_ns(text)
-    return np.full(len(text), _NAT, dtype=np.int64)  # nothing readable: every row is reported
+    out = np.full(len(text), _NAT, dtype=np.int64)
+    todo = np.ones(len(text), dtype=bool)
+    for _ in range(len(_STAMP_FORMATS) + 2 if mixed else 1):
+        sample = text[todo].dropna()
+        sample = sample[sample != ""].head(_SNIFF_LINES)
+        reader = _best_reader(sample, tz)
+        if reader is None:
+            break
+        idx = np.flatnonzero(todo)
+        out[idx] = reader(text[todo].reset_index(drop=True))
+        todo[idx[out[idx] != _NAT]] = False
+        if not todo.any():
+            break
+    return out
+
+
+def _best_reader(sample: pd.Series, tz: str | None):
+    """The reader of the stamp shape most of the sample has (ISO first on a tie)."""
+    candidates = [(_ISO_RE, lambda t: _parse_iso(t, sample, tz))]
+    candidates += [(regex, lambda t, f=fmt: _parse_fixed(t, f, tz)) for regex, fmt in _STAMP_FORMATS]
+    candidates += [(_EPOCH_RE, _epoch_to_ns)]
+    shares = [_share(sample, regex) for regex, _ in candidates]
+    best = int(np.argmax(shares)) if shares else 0
+    return candidates[best][1] if shares and shares[best] > 0 else None
 
 
 def _parse_fixed(text: pd.Series, fmt: str, tz: str | None) -> np.ndarray:

@@ -96,7 +96,7 @@ def _field_problems(raw: pd.DataFrame, cols: dict[str, str], tz: str | None) -> 
         return raw[cols[name]].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
 
     stamp_text = text("timestamp")
-    stamps = parse_timestamps(stamp_text.replace("", None), tz=tz)
+    stamps = parse_timestamps(stamp_text.replace("", None), tz=tz, mixed=True)
     for i in np.flatnonzero(stamps == _NAT):
         problems.append((i, "timestamp", f"cannot read timestamp {stamp_text.iloc[i]!r}" if stamp_text.iloc[i] else "missing"))
     symbol = text("symbol")
