@@ -7,7 +7,7 @@ WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup setup-browser demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 demo: setup
 	$(BIN)/trademl demo
 
-test: setup
+# Debian's chromium renders the HTML reports in tests/test_report.py; without root the
+# install is skipped and those tests say so.
+setup-browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || true
+
+test: setup setup-browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -1,0 +1,99 @@
+"""The HTML report: self-contained, written atomically, and rendered by a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trademl.backtest.baselines import run_baselines
+from trademl.backtest.engine import run_backtest
+from trademl.backtest.report import write_report
+from trademl.data.synthetic import synthetic_bars
+from trademl.errors import TradeMLError
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def report_inputs():
+    bars = synthetic_bars(6000, seed=12, edge_ic=0.1, edge_horizon=5, symbol="ES")
+    edge = bars["edge"].to_numpy()
+    signals = {"action": np.sign(edge), "confidence": np.clip(np.abs(edge) / 2.5, 0, 1)}
+    strategy = run_backtest(bars, signals, name="ensemble")
+    runs = run_baselines(bars, strategy, model_signals={"lgbm": signals})
+    return bars, runs
+
+
+def render(path: Path, tmp_path: Path) -> tuple[str, str]:
+    """(DOM after load, browser log) of the page in headless Chromium, offline."""
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+           "--virtual-time-budget=15000", "--dump-dom", path.resolve().as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, done.stderr
+
+
+def console_errors(log: str) -> list[str]:
+    """Console messages in Chromium's stderr log that report an error."""
+    messages = re.findall(r'CONSOLE[:(]\d+\)?\] "(.*)", source:', log)
+    return [m for m in messages if re.search(r"error|uncaught", m, re.IGNORECASE)]
+
+
+def status_of(dom: str) -> dict:
+    match = re.search(r'<pre id="report-status"([^>]*)>', dom)
+    assert match, "the report's status element is missing from the rendered DOM"
+    return dict(re.findall(r'data-([\w-]+)="([^"]*)"', match.group(1)))
+
+
+def test_report_is_self_contained_and_atomic(report_inputs, tmp_path):
+    bars, runs = report_inputs
+    out = write_report(tmp_path / "reports" / "backtest.html", runs, bars=bars, confidence_threshold=0.7)
+    text = out.read_text()
+    external = re.findall(r"<(?:script|link)[^>]+(?:src|href)=", text)
+    assert external == []  # plotly.js is inlined, nothing is fetched: the file opens offline
+    assert len(text) > 3_000_000  # ... and it is really there (plotly.min.js is ~4.5 MB)
+    assert text.count("Plotly.newPlot") == 4
+    for name in runs:
+        assert f"<td>{name}</td>" in text
+    assert [p.name for p in out.parent.iterdir()] == ["backtest.html"]  # no temp file left behind
+    with pytest.raises(TradeMLError, match="no run named"):
+        write_report(tmp_path / "other.html", runs, main="nope")
+    assert not (tmp_path / "other.html").exists()
+
+
+def test_report_without_signals_says_why_there_is_no_confidence_chart(tmp_path):
+    bars = synthetic_bars(3000, seed=1, symbol="NQ")
+    run = run_backtest(bars, target=np.ones(len(bars)))
+    text = write_report(tmp_path / "r.html", {"hold": run}).read_text()
+    assert text.count("Plotly.newPlot") == 3 and "no confidence vs hit-rate chart" in text
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed: `make setup-browser` (needs root)")
+def test_report_renders_in_headless_chromium_without_errors(report_inputs, tmp_path):
+    bars, runs = report_inputs
+    out = write_report(tmp_path / "backtest.html", runs, bars=bars, confidence_threshold=0.7)
+    dom, log = render(out, tmp_path)
+    status = status_of(dom)
+    assert status["errors"] == "0", dom[dom.find('id="report-status"'):][:2000]
+    assert status["plots"] == "4"
+    assert int(status["rendered-svgs"]) >= 4  # every plot drew its SVG layers
+    assert dom.count('class="main-svg"') >= 4
+    assert "Equity ($)" in dom and "Daily P&amp;L by session" in dom and "Confidence vs realized hit rate" in dom
+    assert console_errors(log) == []
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed: `make setup-browser` (needs root)")
+def test_the_chromium_check_catches_a_broken_page(report_inputs, tmp_path):
+    """The error collector must see a script error, or the test above would prove nothing."""
+    bars, runs = report_inputs
+    out = write_report(tmp_path / "broken.html", runs)
+    out.write_text(out.read_text().replace("</body>", "<script>notAFunction();</script></body>"))
+    dom, log = render(out, tmp_path)
+    assert status_of(dom)["errors"] == "1"
+    assert any("notAFunction" in m for m in console_errors(log))
