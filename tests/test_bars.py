@@ -347,3 +347,27 @@ def test_real_es_resample_keeps_every_bar_inside_one_segment():
     assert len(five) == len(buckets)  # one 5-minute bar per (segment, bucket): none merged across
     assert five["volume"].sum() == bars["volume"].sum()
     assert five.loc[pd.Timestamp("2013-12-18 00:00", tz="UTC"), "contract"] == "ES201403"
+
+
+def test_symbol_comes_from_the_contract_column_or_the_argument(tmp_path):
+    lines = _read_lines(SLICES / "es_1min_lean_slice.csv")
+    path = _write_lines(tmp_path / "anything.csv", lines)
+    assert load_bars(path).attrs["symbol"] == "ES"  # ES201312: root + yyyymm
+    assert load_bars(path, symbol="MES").attrs["symbol"] == "MES"
+
+
+def test_cli_inspect_shows_the_summary_and_what_repair_dropped(tmp_path):
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+
+    lines = _read_lines(SLICES / "es_1min_lean_slice.csv")
+    bad_line = _corrupt(lines, ",", "swapped_high_low", at=30)
+    path = _write_lines(tmp_path / "es.csv", lines)
+    runner = CliRunner()
+    failed = runner.invoke(app, ["data", "inspect", str(path)])
+    assert failed.exit_code == 2 and f"line {bad_line}: high < low" in failed.output
+    repaired = runner.invoke(app, ["data", "inspect", str(path), "--repair", "--resample", "5"])
+    assert repaired.exit_code == 0, repaired.output
+    assert "ES201312, ES201403" in repaired.output and "5 min" in repaired.output
+    assert f"line {bad_line}: high < low" in repaired.output

@@ -72,6 +72,33 @@ def data_build(
     print_summary(result, console())
 
 
+@data_app.command("inspect")
+@friendly_errors
+def data_inspect(
+    bars: Optional[Path] = typer.Argument(None, help="Bars file (CSV/TXT/Parquet). Default: the bundled ES sample."),
+    repair: bool = typer.Option(False, "--repair", help="Drop/dedupe bad rows and list them instead of failing."),
+    tz: Optional[str] = typer.Option(None, "--tz", help="Timezone of naive stamps (default UTC)."),
+    resample: Optional[int] = typer.Option(None, "--resample", help="Describe the N-minute bars instead."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol to record (default: from the file)."),
+):
+    """Load and validate a bars file; show what it holds (span, segments, rolls) and what repair dropped."""
+    from rich.table import Table
+
+    from trademl.data.bars import bundled_sample_path, describe_bars, load_bars, resample_bars, summary_rows
+
+    frame = load_bars(bars or bundled_sample_path(), symbol=symbol, repair=repair, tz=tz)
+    report = frame.attrs.get("repair_report")
+    if resample:
+        frame = resample_bars(frame, resample)
+    table = Table(title="bars", show_header=False)
+    for label, text in summary_rows(describe_bars(frame)):
+        table.add_row(label, text)
+    out = console()
+    out.print(table)
+    if report is not None:
+        out.print(str(report), markup=False, highlight=False, soft_wrap=True)
+
+
 def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
     """Train lgb_5m and lgb_30m into the store with a progress bar, then print their tables."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -658,7 +658,9 @@ def _guess_symbol(path: Path, bars: pd.DataFrame) -> str:
     from trademl.market.contracts import CONTRACTS, root_of
 
     if "contract" in bars and len(bars):
-        root = root_of(str(bars["contract"].iloc[-1]))
+        contract = str(bars["contract"].iloc[-1]).upper()
+        dated = re.fullmatch(r"([A-Z0-9]+?)(\d{6})", contract)  # ES201312: root + yyyymm
+        root = dated.group(1) if dated else root_of(contract)
         if root in CONTRACTS:
             return root
     name = path.name.split(".")[0]
@@ -687,8 +689,9 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp)
         bars.attrs["symbol"] = symbol or _guess_symbol(path, bars)
         bars.attrs["source"] = str(path)
         bars.attrs["max_gap_minutes"] = max_gap_minutes
-        if layout is not None and layout.ninjatrader:
-            bars.attrs["stamps_shifted_from_close_ns"] = state.bar_period_ns
+        shifted = layout is not None and layout.ninjatrader
+        bars.attrs["bar_stamp"] = (f"close, moved back {state.bar_period_ns / _NS_PER_MINUTE:g} min to the open"
+                                   if shifted else "open")
         if repair:
             bars.attrs["repair_report"] = report
         yield bars
@@ -804,7 +807,28 @@ def describe_bars(bars: pd.DataFrame, max_gap_minutes: float | None = None) -> d
         "segments": int(seg[-1]) + 1 if len(seg) else 0,
         "contracts": contracts,
         "median_bar_minutes": median_bar_minutes(bars),
+        "bar_stamp": bars.attrs.get("bar_stamp", "open"),
         "has_volume": "volume" in bars,
         "zero_volume_bars": int((bars["volume"] == 0).sum()) if "volume" in bars else None,
         "columns": list(bars.columns),
     }
+
+
+def summary_rows(info: dict) -> list[tuple[str, str]]:
+    """``describe_bars`` output as (label, text) rows for a printed table."""
+    volume = ("none (volume features left out)" if not info["has_volume"]
+              else f"yes, {info['zero_volume_bars']:,} zero-volume bars")
+    return [
+        ("source", str(info["source"])),
+        ("symbol", str(info["symbol"])),
+        ("bars", f"{info['rows']:,}"),
+        ("first bar open", str(info["first"])),
+        ("last bar open", str(info["last"])),
+        ("timezone", str(info["tz"])),
+        ("bar length", f"{info['median_bar_minutes']:g} min (median spacing)"),
+        ("stamps label", info["bar_stamp"]),
+        ("segments", f"{info['segments']:,} (gaps and rolls cut them)"),
+        ("contracts", ", ".join(info["contracts"]) or "-"),
+        ("volume", volume),
+        ("extra columns", ", ".join(c for c in info["columns"] if c not in (*BAR_COLUMNS, "contract")) or "-"),
+    ]
