@@ -202,6 +202,35 @@ def train_lstm_command(
     console().print(stored_summary(result.stored))
 
 
+@app.command("predict")
+@friendly_errors
+def predict_command(
+    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root)."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not append to logs/predictions.*."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """One JSON snapshot on stdin -> one JSON prediction on stdout (exit 2: bad request, 3: no model)."""
+    from trademl.predict.ensemble import predict_stdio
+
+    code = predict_stdio(sys.stdin, sys.stdout, model_root=model_root, config=config, record=not no_log)
+    raise typer.Exit(code)
+
+
+@app.command("serve")
+@friendly_errors
+def serve_command(
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: [serve] host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: [serve] port, 8000)."),
+    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root)."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Prediction logs (default: [paths] log_dir)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """The HTTP service: POST /v1/predict, /v1/predict/batch; GET /healthz, /v1/models, /metrics."""
+    from trademl.serve.app import serve
+
+    serve(config, model_root, host, port, log_dir)
+
+
 @app.command("demo")
 @friendly_errors
 def demo(config: Optional[Path] = ConfigOpt):

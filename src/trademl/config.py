@@ -117,7 +117,8 @@ class PPOConfig(_Section):
 
 
 class EnsembleConfig(_Section):
-    # Weights per model; None = from each model's validation skill.
+    # Weights per model kind (lgb_5m, lgb_30m, lstm, ppo); None = from each model's
+    # validation skill in its manifest (README: "How the ensemble decides").
     weights: dict[str, float] | None = None
     win_threshold: float = 0.5
 
@@ -134,6 +135,9 @@ class ServeConfig(_Section):
     port: int = 8000
     token_env: str = "TRADEML_TOKEN"
     max_body_bytes: int = 1_000_000
+    # A newer `latest` in the model store is picked up at most this often (seconds).
+    reload_interval_s: float = 1.0
+    max_batch: int = 256
 
 
 class MonitorConfig(_Section):

@@ -1,0 +1,228 @@
+"""The prediction request and response: the guide's JSON, validated field by field.
+
+A request carries either the guide's snapshot (``features`` as a dict or an array in
+schema order, ``sequence`` of feature rows, position, balance, unrealized_pnl,
+recent_actions, symbol, timestamp) or ``bars``: the last raw bars, from which the
+predictor computes every model's input with the training code. Anything malformed is a
+validation error naming the field: never a silent HOLD.
+
+The response has exactly the guide's fields plus ``warnings`` and ``model_versions``;
+the fields of a model that did not run are left out (``exclude_none``).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, WithJsonSchema, field_validator, model_validator
+
+RECENT_ACTIONS = 10  # the guide's TradingState: the last 10 actions
+MAX_BARS = 5_000
+MAX_SEQUENCE_ROWS = 5_000
+MAX_BATCH = 256
+
+def _number(value) -> float:
+    """JSON numbers only (no strings, no booleans) and finite: NaN/inf would poison every model."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number (NaN and infinity are not allowed)")
+    return float(value)
+
+
+def _positive(value) -> float:
+    value = _number(value)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative(value) -> float:
+    value = _number(value)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+_NUMBER_SCHEMA = WithJsonSchema({"type": "number"})
+Number = Annotated[float, PlainValidator(_number), _NUMBER_SCHEMA]
+PositiveNumber = Annotated[float, PlainValidator(_positive), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
+NonNegativeNumber = Annotated[float, PlainValidator(_non_negative), WithJsonSchema({"type": "number", "minimum": 0})]
+OptionalNumber = Union[Number, None]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Bar(BaseModel):
+    """One raw bar. Extra numeric fields are exogenous feature columns (e.g. ``edge``)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    timestamp: datetime
+    open: PositiveNumber
+    high: PositiveNumber
+    low: PositiveNumber
+    close: PositiveNumber
+    volume: NonNegativeNumber | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        # A stamp without an offset is read as UTC, like the bar loader does.
+        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Bar":
+        if self.high < max(self.open, self.close) or self.low > min(self.open, self.close):
+            raise ValueError(
+                f"high {self.high} / low {self.low} are inconsistent with open {self.open} and close {self.close}"
+            )
+        for name, value in (self.model_extra or {}).items():
+            try:
+                _number(value)
+            except ValueError as e:
+                raise ValueError(f"extra bar field {name!r}: {e}") from None
+        return self
+
+
+class PredictRequest(_Strict):
+    symbol: str | None = Field(default=None, min_length=1, max_length=16, description="e.g. NQZ5; default: the models' symbol")
+    timestamp: datetime | None = Field(default=None, description="echoed in the output; default: the last bar's or now")
+    features: dict[str, OptionalNumber] | list[OptionalNumber] | None = Field(
+        default=None, description="features of the last bar: {name: value} or an array in schema order; null = missing"
+    )
+    sequence: list[list[Number]] | list[dict[str, Number]] | None = Field(
+        default=None, max_length=MAX_SEQUENCE_ROWS,
+        description="feature rows, oldest first, the last one being the current bar (LSTM and PPO input)",
+    )
+    bars: list[Bar] | None = Field(
+        default=None, min_length=1, max_length=MAX_BARS,
+        description="the last raw bars, oldest first: features are computed from them with the training code",
+    )
+    position: StrictInt = Field(default=0, ge=-1000, le=1000, description="contracts held, + long / - short")
+    balance: Number | None = Field(default=None, description="account balance; default: ppo initial_balance")
+    unrealized_pnl: Number = 0.0
+    recent_actions: list[Literal[0, 1, 2]] = Field(
+        default_factory=list, max_length=RECENT_ACTIONS,
+        description="the last actions (0 hold, 1 buy, 2 sell), oldest first; fewer than 10 are padded with holds",
+    )
+    side: Literal["long", "short"] = Field(default="long", description="the side win_5m_prob / win_30m_prob are about")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return v
+        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+    @field_validator("sequence")
+    @classmethod
+    def _rectangular(cls, v):
+        if v is None or not v:
+            if v is not None:
+                raise ValueError("sequence is empty")
+            return v
+        widths = {len(row) for row in v}
+        if len(widths) > 1:
+            raise ValueError(f"sequence rows have different lengths {sorted(widths)}")
+        if isinstance(v[0], dict) and len({tuple(row) for row in v}) > 1:
+            raise ValueError("sequence rows name different features")
+        return v
+
+    @field_validator("bars")
+    @classmethod
+    def _increasing(cls, v):
+        if v is None:
+            return v
+        for i in range(1, len(v)):
+            if v[i].timestamp <= v[i - 1].timestamp:
+                raise ValueError(f"bar {i} timestamp {v[i].timestamp.isoformat()} is not after bar {i - 1}'s")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PredictRequest":
+        if self.bars is not None and (self.features is not None or self.sequence is not None):
+            raise ValueError("give either `bars` or `features`/`sequence`, not both")
+        if self.bars is None and self.features is None and self.sequence is None:
+            raise ValueError("no model input: give `bars` or `features` (and `sequence` for the LSTM and PPO)")
+        return self
+
+
+class BatchRequest(_Strict):
+    requests: list[PredictRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class PredictResponse(BaseModel):
+    """Exactly the guide's fields, plus warnings and model_versions. Absent = that model did not run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: str
+    models_used: list[str]
+    win_5m_prob: Probability | None = None
+    win_30m_prob: Probability | None = None
+    lstm_buy_prob: Probability | None = None
+    lstm_sell_prob: Probability | None = None
+    lstm_hold_prob: Probability | None = None
+    lstm_expected_movement: float | None = None
+    lstm_risk_score: Probability | None = None
+    ppo_buy_prob: Probability | None = None
+    ppo_sell_prob: Probability | None = None
+    ppo_hold_prob: Probability | None = None
+    ppo_state_value: float | None = None
+    ensemble_recommendation: Literal["BUY", "SELL", "HOLD"]
+    confidence_score: Probability
+    warnings: list[str] = Field(default_factory=list)
+    model_versions: dict[str, str] = Field(default_factory=dict)
+
+
+class BatchResponse(BaseModel):
+    predictions: list[PredictResponse]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    field: str | None = None
+    kind: str = "validation"
+
+
+class ErrorResponse(BaseModel):
+    """What every failed request gets: one message naming the field, plus pydantic's list when there is one."""
+
+    error: ErrorDetail
+    detail: list[dict] | None = None
+
+
+def field_path(loc) -> str:
+    """pydantic's ('features', 'rsi') -> 'features.rsi'; list positions -> [3]; union branch names dropped."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("list[...]", "dict[...]") or "[" in str(part) or part in ("function-after", "int", "float"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "body"
+
+
+# Errors a union branch raises only because the value has the other branch's shape.
+_BRANCH_MISMATCH = {"dict_type", "list_type", "none_required", "model_type", "is_instance_of"}
+
+
+def describe_validation_error(errors: list[dict]) -> tuple[str, str]:
+    """(message, field) of the most telling problem, readable by a person."""
+    telling = [e for e in errors if e.get("type") not in _BRANCH_MISMATCH] or errors
+    first = telling[0]
+    field = field_path([p for p in first.get("loc", ()) if p != "body"])
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+    others = len({field_path(e.get("loc", ())) for e in telling}) - 1
+    more = f" (and {others} more problems)" if others > 0 else ""
+    return f"{field}: {msg}{more}", field

@@ -1,0 +1,1 @@
+"""The HTTP service of the ensemble predictor (`trademl serve`): see app.py."""

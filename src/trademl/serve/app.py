@@ -1,0 +1,280 @@
+"""The HTTP service: the ensemble predictor behind FastAPI.
+
+    POST /v1/predict         one snapshot (the guide's JSON or raw bars) -> the guide's prediction
+    POST /v1/predict/batch   {"requests": [...]} -> {"predictions": [...]}
+    GET  /healthz            200 when at least one model is loaded, 503 otherwise
+    GET  /v1/models          loaded versions, weights, feature names, what failed to load
+    GET  /metrics            Prometheus text: predictions by recommendation, latency
+                             histogram, errors by kind, loaded model versions
+
+Every failure is JSON ``{"error": {"message", "field", "kind"}}`` (plus pydantic's
+``detail`` list on 422): 401 without the bearer token when one is set, 413 over the body
+limit, 422 for a malformed request, 503 when no model can answer. The predictor swaps in
+newly trained models itself (see ensemble.py), so the server never restarts for them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import threading
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from trademl.errors import ModelStoreError, TradeMLError
+from trademl.predict.ensemble import KINDS, EnsemblePredictor, RequestError
+from trademl.predict.schema import (
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    PredictRequest,
+    PredictResponse,
+    describe_validation_error,
+)
+
+LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
+_ERROR_STATUS = {"validation": 422, "not_json": 422, "too_large": 413, "no_model": 503, "model_store": 503,
+                 "unauthorized": 401, "internal": 500}
+
+
+class Metrics:
+    """Counters for /metrics, written by hand in the Prometheus text format (no client library)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.predictions = {name: 0 for name in ("BUY", "SELL", "HOLD")}
+        self.errors: dict[str, int] = {}
+        self.buckets = [0] * len(LATENCY_BUCKETS_MS)
+        self.latency_sum_ms = 0.0
+        self.latency_count = 0
+        self.started = time.time()
+
+    def observe(self, recommendation: str, latency_ms: float) -> None:
+        with self._lock:
+            self.predictions[recommendation] += 1
+            self.latency_sum_ms += latency_ms
+            self.latency_count += 1
+            for i, edge in enumerate(LATENCY_BUCKETS_MS):
+                if latency_ms <= edge:
+                    self.buckets[i] += 1
+
+    def error(self, kind: str) -> None:
+        with self._lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def render(self, predictor: EnsemblePredictor) -> str:
+        models = predictor.models
+        with self._lock:
+            lines = [
+                "# HELP trademl_predictions_total Predictions served, by ensemble recommendation.",
+                "# TYPE trademl_predictions_total counter",
+                *(f'trademl_predictions_total{{recommendation="{k}"}} {v}' for k, v in self.predictions.items()),
+                "# HELP trademl_prediction_latency_ms Time to answer one prediction, milliseconds.",
+                "# TYPE trademl_prediction_latency_ms histogram",
+                *(f'trademl_prediction_latency_ms_bucket{{le="{edge}"}} {n}' for edge, n in zip(LATENCY_BUCKETS_MS, self.buckets)),
+                f'trademl_prediction_latency_ms_bucket{{le="+Inf"}} {self.latency_count}',
+                f"trademl_prediction_latency_ms_sum {self.latency_sum_ms:.6f}",
+                f"trademl_prediction_latency_ms_count {self.latency_count}",
+                "# HELP trademl_errors_total Failed requests, by kind.",
+                "# TYPE trademl_errors_total counter",
+                *(f'trademl_errors_total{{kind="{k}"}} {v}' for k, v in sorted(self.errors.items())),
+            ]
+        lines += [
+            "# HELP trademl_model_loaded 1 for the model version being served, per kind.",
+            "# TYPE trademl_model_loaded gauge",
+            *(f'trademl_model_loaded{{kind="{k}",version="{models.versions[k]}"}} 1' for k in KINDS if k in models.versions),
+            "# HELP trademl_model_weight Ensemble weight of each loaded model.",
+            "# TYPE trademl_model_weight gauge",
+            *(f'trademl_model_weight{{kind="{k}"}} {models.weights.get(k, 0.0)}' for k in KINDS if k in models.versions),
+            "# HELP trademl_uptime_seconds Seconds since the server started.",
+            "# TYPE trademl_uptime_seconds gauge",
+            f"trademl_uptime_seconds {time.time() - self.started:.3f}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+class GuardMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware overhead): bearer token, then the body size limit.
+
+    The body is read here, at most ``max_body_bytes`` of it, and replayed to the app; a
+    larger one is answered 413 before anything parses it.
+    """
+
+    def __init__(self, app, *, expected: bytes | None, max_body_bytes: int, metrics: Metrics, open_paths: set):
+        self.app = app
+        self.expected = expected
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.expected is not None and scope["path"] not in self.open_paths:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                self.metrics.error("unauthorized")
+                return await _error("unauthorized", "missing or wrong bearer token", "authorization")(scope, receive, send)
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        too_large = _error("too_large", f"request is larger than {self.max_body_bytes} bytes", "body")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            self.metrics.error("too_large")
+            return await too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                self.metrics.error("too_large")
+                return await too_large(scope, receive, send)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _error(status_kind: str, message: str, field: str | None = None, detail=None) -> JSONResponse:
+    body = {"error": {"message": message, "field": field, "kind": status_kind}}
+    if detail:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=_ERROR_STATUS.get(status_kind, 400))
+
+
+def create_app(predictor: EnsemblePredictor, *, token: str | None = None, max_body_bytes: int = 1_000_000,
+               max_batch: int = 256) -> FastAPI:
+    """The FastAPI app around one predictor; ``token`` (when given) is required as a bearer token."""
+    app = FastAPI(title="trademl", version="1", summary="Ensemble trading signals from LightGBM, LSTM and PPO models.")
+    metrics = Metrics()
+    app.state.predictor = predictor
+    app.state.metrics = metrics
+    expected = f"Bearer {token}".encode() if token else None
+    open_paths = {"/healthz"}
+
+    app.add_middleware(GuardMiddleware, expected=expected, max_body_bytes=max_body_bytes, metrics=metrics,
+                       open_paths=open_paths)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        kind = "not_json" if any(e.get("type") == "json_invalid" for e in errors) else "validation"
+        metrics.error(kind)
+        message, field = describe_validation_error(errors)
+        return _error(kind, message, field, errors)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, exc: RequestError):
+        metrics.error(exc.kind)
+        return _error(exc.kind, str(exc), exc.field, exc.detail and [
+            {k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.detail])
+
+    @app.exception_handler(TradeMLError)
+    async def on_trademl_error(request: Request, exc: TradeMLError):
+        kind = "model_store" if isinstance(exc, ModelStoreError) else "validation"
+        metrics.error(kind)
+        return _error(kind, str(exc), exc.where)
+
+    def answer(request: PredictRequest) -> dict:
+        started = time.perf_counter()
+        out = predictor.ensemble_predict(request)
+        metrics.observe(out["ensemble_recommendation"], (time.perf_counter() - started) * 1000.0)
+        return out
+
+    responses = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                 503: {"model": ErrorResponse}}
+
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=responses)
+    async def predict(body: PredictRequest) -> dict:
+        """One market snapshot (the guide's JSON) or the last raw bars -> one prediction."""
+        return answer(body)
+
+    @app.post("/v1/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, responses=responses)
+    async def predict_batch(body: BatchRequest) -> dict:
+        """Several snapshots at once; one that cannot be answered fails the batch, naming its position."""
+        if len(body.requests) > max_batch:
+            raise RequestError(f"a batch holds at most {max_batch} requests, got {len(body.requests)}", field="requests")
+        out = []
+        for i, r in enumerate(body.requests):
+            try:
+                out.append(answer(r))
+            except RequestError as e:
+                raise RequestError(e.message, field=f"requests[{i}].{e.field}", kind=e.kind) from None
+        return {"predictions": out}
+
+    @app.get("/healthz")
+    async def healthz():
+        models = predictor.models
+        status = 200 if models.runtimes else 503
+        return JSONResponse({"status": "ok" if status == 200 else "no model loaded",
+                             "models": models.versions}, status_code=status)
+
+    @app.get("/v1/models")
+    async def list_models():
+        predictor.maybe_reload()
+        return predictor.describe()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return PlainTextResponse(metrics.render(predictor), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(token_env: str, host: str) -> str | None:
+    """The bearer token from the environment; refused to serve beyond loopback without one."""
+    token = os.environ.get(token_env) or None
+    if token is None and not is_loopback(host):
+        raise TradeMLError(
+            f"refusing to listen on {host} without a bearer token",
+            where=f"environment variable {token_env}",
+            hint=f"export {token_env}=<secret> (clients send 'Authorization: Bearer <secret>') or bind 127.0.0.1",
+        )
+    return token
+
+
+def build_app(config=None, model_root=None, log_dir=None, *, host: str | None = None, record: bool = True) -> FastAPI:
+    """The app from a config (what `trademl serve` runs and what tests use)."""
+    from trademl.config import load_config
+
+    cfg = config if hasattr(config, "serve") else load_config(config)
+    token = resolve_token(cfg.serve.token_env, host or cfg.serve.host)
+    predictor = EnsemblePredictor(model_root, cfg, record=record, log_dir=log_dir)
+    return create_app(predictor, token=token, max_body_bytes=cfg.serve.max_body_bytes, max_batch=cfg.serve.max_batch)
+
+
+def serve(config=None, model_root=None, host: str | None = None, port: int | None = None, log_dir=None) -> None:
+    """Run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    from trademl.config import load_config
+
+    cfg = config if hasattr(config, "serve") else load_config(config)
+    host = host or cfg.serve.host
+    app = build_app(cfg, model_root, log_dir, host=host)
+    uvicorn.run(app, host=host, port=port or cfg.serve.port, log_level="warning", access_log=False)
