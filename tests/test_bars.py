@@ -371,3 +371,9 @@ def test_cli_inspect_shows_the_summary_and_what_repair_dropped(tmp_path):
     assert repaired.exit_code == 0, repaired.output
     assert "ES201312, ES201403" in repaired.output and "5 min" in repaired.output
     assert f"line {bad_line}: high < low" in repaired.output
+
+
+def test_a_newest_first_file_is_rejected_with_a_sorting_hint(tmp_path):
+    path = _csv(tmp_path, GOOD + "\n".join(reversed(ROWS)) + "\n")
+    with pytest.raises(DataError, match=r"line 2: out of order.*2 other row.*newest-first"):
+        load_bars(path)

@@ -569,8 +569,10 @@ def _raise_first(problems: _Problems, lines: np.ndarray, path: Path, unit: str) 
     listed = ", ".join(str(lines[i]) for i in others[:8]) + (", ..." if len(others) > 8 else "")
     tail = (f"; {len(others)} other row(s) also have problems ({unit}s {listed})" if len(others)
             else "; no other row has a problem")
-    raise DataError(f"{problems.reasons[first]}{tail}", where=f"{path}, {unit} {lines[first]}",
-                    hint="fix the file, or load with repair=True (--repair) to drop bad rows and get a report")
+    out_of_order = sum(str(problems.reasons[i]).startswith("out of order") for i in bad[:1000])
+    hint = ("the rows look newest-first: sort the file by time, oldest first" if out_of_order > 0.5 * len(lines)
+            else "fix the file, or load with repair=True (--repair) to drop bad rows and get a report")
+    raise DataError(f"{problems.reasons[first]}{tail}", where=f"{path}, {unit} {lines[first]}", hint=hint)
 
 
 def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, repair: bool,

@@ -34,6 +34,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "quantity": ("quantity", "qty", "size", "contracts"),
 }
 _REQUIRED = ("timestamp", "symbol", "side")
+_NO_VALUE = {"nan", "null", "none", "na", "n/a", "-"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 
 
@@ -92,8 +93,9 @@ def _field_problems(raw: pd.DataFrame, cols: dict[str, str], tz: str | None) -> 
     """Typed fields and a list of (row, field, problem) for every bad value."""
     problems: list[tuple[int, str, str]] = []
 
-    def text(name):
-        return raw[cols[name]].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+    def text(name):  # every value as stripped text; the usual spellings of "no value" as ""
+        values = raw[cols[name]].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+        return values.mask(values.str.lower().isin(_NO_VALUE), "")
 
     stamp_text = text("timestamp")
     stamps = parse_timestamps(stamp_text.replace("", None), tz=tz, mixed=True)
