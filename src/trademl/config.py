@@ -124,10 +124,15 @@ class EnsembleConfig(_Section):
 
 
 class BacktestConfig(_Section):
+    # The guide's rule: BUY/SELL move the position by one contract, only above this confidence.
     confidence_threshold: float = 0.7
     max_position_size: int = 5
     n_folds: int = 4
     initial_balance: float = 100_000.0
+    # The report's confidence chart: a signal hits when the price moved its way from the
+    # fill (next open) to the close this many bars after the signal.
+    hit_rate_horizon: int = 5
+    random_baseline_seed: int = 0
 
 
 class ServeConfig(_Section):
