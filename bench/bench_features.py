@@ -1,0 +1,117 @@
+"""Benchmark: the full default feature set vs the `ta` library on 1,000,000 synthetic minute bars.
+
+    .venv/bin/pip install -r bench/requirements.txt   # ta==0.11.0
+    .venv/bin/python bench/bench_features.py [--bars 1000000] [--repeats 3]
+
+trademl computes all of DEFAULT_FEATURES (about 40, including the volume-profile POC);
+`ta` computes only RSI(14), MACD(12, 26, 9), Bollinger(20), ATR(14), OBV, VWAP and
+EMA(20) on the same bars. Times are the best of ``repeats`` warm runs. Peak memory is
+measured in a fresh subprocess per library (ru_maxrss of the whole process, and the
+tracemalloc peak of what the computation itself allocated).
+Targets (issue 2): trademl <= 1 s, >= 4x faster than `ta` on its subset, peak <= 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def trademl_features(bars):
+    from trademl.data.features import compute_features
+
+    return compute_features(bars, symbol="NQ")
+
+
+def ta_subset(bars):
+    """The seven indicators the issue names, computed by `ta` as its users would."""
+    import ta
+
+    c, h, l, v = bars["close"], bars["high"], bars["low"], bars["volume"]
+    out = {"rsi": ta.momentum.RSIIndicator(c, window=14).rsi()}
+    macd = ta.trend.MACD(c, window_slow=26, window_fast=12, window_sign=9)
+    out |= {"macd": macd.macd(), "macd_signal": macd.macd_signal(), "macd_hist": macd.macd_diff()}
+    bb = ta.volatility.BollingerBands(c, window=20, window_dev=2)
+    out |= {"bb_pctb": bb.bollinger_pband(), "bb_width": bb.bollinger_wband()}
+    out["atr"] = ta.volatility.AverageTrueRange(h, l, c, window=14).average_true_range()
+    out["obv"] = ta.volume.OnBalanceVolumeIndicator(c, v).on_balance_volume()
+    out["vwap"] = ta.volume.VolumeWeightedAveragePrice(h, l, c, v).volume_weighted_average_price()
+    out["ema"] = ta.trend.EMAIndicator(c, window=20).ema_indicator()
+    return out
+
+
+RUNNERS = {"trademl": trademl_features, "ta": ta_subset}
+
+
+def best_time(fn, bars, repeats: int) -> float:
+    fn(bars)  # warm: imports, caches, page faults
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(bars)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def memory_child(name: str, n_bars: int) -> None:
+    """Run once in a fresh process; print peak RSS and the computation's tracemalloc peak."""
+    import resource
+    import tracemalloc
+
+    from trademl.data.synthetic import synthetic_bars
+
+    bars = synthetic_bars(n_bars, seed=1)
+    RUNNERS[name](bars.iloc[:5000])  # imports outside the measurement
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tracemalloc.start()
+    RUNNERS[name](bars)
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"rss_peak": rss_peak, "rss_before": rss_before, "traced_peak": traced_peak}))
+
+
+def measure_memory(name: str, n_bars: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", name, "--bars", str(n_bars)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bars", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-child", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.bars)
+        return
+
+    from trademl.data.features import DEFAULT_FEATURES
+    from trademl.data.synthetic import synthetic_bars
+
+    bars = synthetic_bars(args.bars, seed=1)
+    print(f"{args.bars:,} synthetic NQ minute bars; best of {args.repeats} warm runs; load {os.getloadavg()[0]:.2f}")
+    ours = best_time(trademl_features, bars, args.repeats)
+    peer = best_time(ta_subset, bars, args.repeats)
+    mem_ours, mem_peer = measure_memory("trademl", args.bars), measure_memory("ta", args.bars)
+    gb = 1024**3
+    print(f"trademl  {len(DEFAULT_FEATURES)} features   {ours:7.3f} s   peak RSS {mem_ours['rss_peak'] / gb:5.2f} GB "
+          f"(computation allocated <= {mem_ours['traced_peak'] / gb:.2f} GB)")
+    print(f"ta       7 indicators   {peer:7.3f} s   peak RSS {mem_peer['rss_peak'] / gb:5.2f} GB "
+          f"(computation allocated <= {mem_peer['traced_peak'] / gb:.2f} GB)")
+    print(f"ratio    ta / trademl = {peer / ours:.1f}x   (targets: trademl <= 1 s, >= 4x, peak <= 2 GB)")
+    ok = ours <= 1.0 and peer / ours >= 4 and mem_ours["rss_peak"] <= 2 * gb
+    print("targets met" if ok else "targets NOT met (timings on a shared machine are noisy: rerun when idle)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""compute_features: bars -> float32 feature frame; feature_row_from_bars for serving."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from trademl.data.features.context import BarContext
+from trademl.data.features.registry import DEFAULT_FEATURES, FEATURES, FeatureSpec
+from trademl.data.features.schema import FeatureSchema
+from trademl.errors import DataError, TradeMLError
+from trademl.market.contracts import contract_spec
+
+
+def resolve_features(names: Iterable[str] | None = None) -> list[FeatureSpec]:
+    """The specs of ``names`` (default: DEFAULT_FEATURES); unknown names are an error."""
+    names = list(DEFAULT_FEATURES if names is None else names)
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        guesses = {n: difflib.get_close_matches(n, FEATURES, n=3) for n in unknown}
+        raise TradeMLError(
+            f"unknown feature(s) {unknown}",
+            where="features",
+            hint="; ".join(f"{n}: did you mean {g}?" for n, g in guesses.items() if g) or "see trademl.data.features.FEATURES",
+        )
+    if len(set(names)) != len(names):
+        raise TradeMLError(f"features listed twice: {sorted({n for n in names if names.count(n) > 1})}", where="features")
+    return [FEATURES[n] for n in names]
+
+
+def required_history(names: Iterable[str] | None = None) -> int:
+    """Bars the serving path keeps so the last row is exact: the longest history of ``names``."""
+    return max(spec.history for spec in resolve_features(names))
+
+
+def _symbol_of(bars: pd.DataFrame, symbol: str | None) -> str:
+    symbol = symbol or bars.attrs.get("symbol")
+    if not symbol:
+        raise DataError(
+            "no contract symbol: tick-based features need the tick size",
+            where=str(bars.attrs.get("source") or "bars"),
+            hint="pass symbol= (e.g. 'NQZ5') or set bars.attrs['symbol']",
+        )
+    return symbol
+
+
+def _extra_values(bars: pd.DataFrame, extra_columns: Sequence[str], taken: set[str]) -> dict[str, np.ndarray]:
+    out = {}
+    where = str(bars.attrs.get("source") or "bars")
+    for col in extra_columns:
+        if col not in bars.columns:
+            raise DataError(f"extra feature column {col!r} is not in the bars", where=where)
+        if col in taken:
+            raise DataError(f"extra column {col!r} has the name of a registered feature", where=where)
+        if not pd.api.types.is_numeric_dtype(bars[col]):
+            raise DataError(f"extra feature column {col!r} is not numeric ({bars[col].dtype})", where=where)
+        out[col] = bars[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def compute_features(
+    bars: pd.DataFrame,
+    *,
+    symbol: str | None = None,
+    names: Iterable[str] | None = None,
+    max_gap_minutes: float = 15,
+    extra_columns: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Causal features of every bar: float32 columns in schema order, same index as ``bars``.
+
+    The value at bar t reads bars up to t only; windows restart at segment boundaries
+    (gaps longer than ``max_gap_minutes``, contract rolls) and are NaN during each
+    segment's warm-up. Volume features are left out, with a warning, when the bars carry
+    no volume. ``extra_columns`` (e.g. ``edge`` of synthetic bars) are passed through as
+    features of the same name. The schema is in ``result.attrs["schema"]``.
+    """
+    specs = resolve_features(names)
+    extra_columns = tuple(extra_columns)
+    extras = _extra_values(bars, extra_columns, set(FEATURES))
+    spec_contract = contract_spec(_symbol_of(bars, symbol))
+    ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes)
+    if not ctx.has_volume:
+        dropped = [s.name for s in specs if s.needs_volume]
+        if dropped:
+            warnings.warn(f"bars have no volume column: leaving out {dropped}", stacklevel=2)
+        specs = [s for s in specs if not s.needs_volume]
+
+    columns = [s.name for s in specs] + list(extra_columns)
+    matrix = np.empty((len(ctx), len(columns)), dtype=np.float32, order="F")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for j, spec in enumerate(specs):
+            matrix[:, j] = spec.compute(ctx)  # float64 math, float32 storage
+            if spec.warmup:
+                matrix[ctx.since < spec.warmup, j] = np.nan
+    for j, col in enumerate(extra_columns, start=len(specs)):
+        matrix[:, j] = extras[col]
+
+    frame = pd.DataFrame(matrix, index=bars.index, columns=columns, copy=False)
+    frame.attrs["schema"] = FeatureSchema.for_names(columns, extra_columns)
+    frame.attrs["symbol"] = spec_contract.root
+    return frame
+
+
+def feature_row_from_bars(
+    bars_tail: pd.DataFrame,
+    *,
+    symbol: str | None = None,
+    names: Iterable[str] | None = None,
+    max_gap_minutes: float = 15,
+    extra_columns: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The features of the LAST bar, from the last ``required_history(names)`` bars only.
+
+    What the serving path calls with a rolling buffer of recent bars: one row, equal to
+    the last row of compute_features over the whole history (to float32 precision).
+    """
+    if len(bars_tail) == 0:
+        raise DataError("no bars to compute features from", where=str(bars_tail.attrs.get("source") or "bars"))
+    tail = bars_tail.iloc[-required_history(names) :]
+    tail.attrs.update(bars_tail.attrs)
+    return compute_features(
+        tail, symbol=symbol, names=names, max_gap_minutes=max_gap_minutes, extra_columns=extra_columns
+    ).iloc[-1:]

@@ -1,0 +1,231 @@
+"""The feature computations: each takes the BarContext and its parameters, returns float64.
+
+Every function is causal and segment-aware through the helpers in ``rolling``; warm-up
+rows may hold anything, because compute_features masks the first ``warmup`` bars of each
+segment with NaN (FeatureSpec.warmup). Scale-free forms (ratios, z-scores, ticks) are
+preferred so that a model trained on one price level still reads another.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from trademl.data.features import rolling
+from trademl.data.features.context import NS_PER_DAY, NS_PER_MINUTE, BarContext
+from trademl.data.features.profile import rolling_poc
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """num / den, ``fill`` where den is 0 (a flat window) and NaN where either is NaN."""
+    out = np.full_like(num, fill)
+    np.divide(num, den, out=out, where=den != 0)
+    out[np.isnan(num) | np.isnan(den)] = np.nan
+    return out
+
+
+# Price and volume as they are (the guide's request fields) ------------------------------
+
+
+def close(ctx: BarContext) -> np.ndarray:
+    return ctx.close
+
+
+def volume(ctx: BarContext) -> np.ndarray:
+    return ctx.volume
+
+
+# Momentum and trend ----------------------------------------------------------------------
+
+
+def rsi(ctx: BarContext, period: int) -> np.ndarray:
+    """Wilder's RSI: 100 * avg gain / (avg gain + avg loss), EMAs with alpha 1/period; 50 when flat."""
+    change = ctx.close_change
+    gain = ctx.ema_of("gain", lambda: np.maximum(change, 0.0), 1.0 / period)
+    loss = ctx.ema_of("loss", lambda: np.maximum(-change, 0.0), 1.0 / period)
+    # The segment-restart correction of an EMA can leave -1e-16 where it should be 0.
+    return np.clip(_safe_ratio(100.0 * gain, gain + loss, fill=50.0), 0.0, 100.0)
+
+
+def log_return(ctx: BarContext, lag: int) -> np.ndarray:
+    """log(close[t] / close[t-lag])."""
+    out = np.full(len(ctx), np.nan)
+    out[lag:] = ctx.log_close[lag:] - ctx.log_close[:-lag]
+    return out
+
+
+def realized_vol(ctx: BarContext, window: int) -> np.ndarray:
+    """Root mean square of the last ``window`` one-bar log returns (per bar, not annualised)."""
+    r = ctx.ret1
+    return np.sqrt(rolling.window_mean(r * r, window, ctx.since, x_first_valid=1))
+
+
+def sma_distance(ctx: BarContext, window: int) -> np.ndarray:
+    """close / SMA(close, window) - 1."""
+    mean = rolling.window_mean(ctx.close - ctx.close_ref, window, ctx.since) + ctx.close_ref
+    return ctx.close / mean - 1.0
+
+
+def ema_distance(ctx: BarContext, span: int) -> np.ndarray:
+    """close / EMA(close, span) - 1, EMA alpha 2 / (span + 1)."""
+    return ctx.close / ctx.ema_close(span) - 1.0
+
+
+def _macd_parts(ctx: BarContext, fast: int, slow: int, signal: int) -> tuple[np.ndarray, np.ndarray]:
+    def make_line():
+        return ctx.ema_close(fast) - ctx.ema_close(slow)
+
+    line = ctx.cached(("macd_line", fast, slow), make_line)
+    sig = ctx.ema_of(f"macd_line_{fast}_{slow}", lambda: line, 2.0 / (signal + 1))
+    return line, sig
+
+
+def macd(ctx: BarContext, fast: int, slow: int, signal: int) -> np.ndarray:
+    """MACD line EMA(fast) - EMA(slow), divided by the close so that it is scale-free."""
+    line, _ = _macd_parts(ctx, fast, slow, signal)
+    return line / ctx.close
+
+
+def macd_signal(ctx: BarContext, fast: int, slow: int, signal: int) -> np.ndarray:
+    """EMA(signal) of the MACD line, divided by the close."""
+    _, sig = _macd_parts(ctx, fast, slow, signal)
+    return sig / ctx.close
+
+
+def macd_hist(ctx: BarContext, fast: int, slow: int, signal: int) -> np.ndarray:
+    """MACD line - signal line, divided by the close."""
+    line, sig = _macd_parts(ctx, fast, slow, signal)
+    return (line - sig) / ctx.close
+
+
+def _bollinger(ctx: BarContext, window: int) -> tuple[np.ndarray, np.ndarray]:
+    return ctx.cached(
+        ("bollinger", window),
+        lambda: rolling.window_mean_std(ctx.close, window, ctx.since, ctx.close_ref),
+    )
+
+
+def bollinger_pctb(ctx: BarContext, window: int, width: float) -> np.ndarray:
+    """%B: where the close sits between the bands mean -/+ width*std (0 lower, 1 upper); 0.5 if flat."""
+    mean, std = _bollinger(ctx, window)
+    return _safe_ratio(ctx.close - (mean - width * std), 2.0 * width * std, fill=0.5)
+
+
+def bollinger_width(ctx: BarContext, window: int, width: float) -> np.ndarray:
+    """Band width relative to the middle band: 2 * width * std / mean."""
+    mean, std = _bollinger(ctx, window)
+    return 2.0 * width * std / mean
+
+
+# Volatility and bar shape ----------------------------------------------------------------
+
+
+def atr_ticks(ctx: BarContext, period: int) -> np.ndarray:
+    """Wilder's ATR in ticks of the contract."""
+    return ctx.atr(period) / ctx.tick_size
+
+
+def bar_range_ticks(ctx: BarContext) -> np.ndarray:
+    return ctx.bar_range / ctx.tick_size
+
+
+def range_to_atr(ctx: BarContext, period: int) -> np.ndarray:
+    """This bar's high - low over the ATR: a wide-bar detector free of the price level."""
+    return _safe_ratio(ctx.bar_range, ctx.atr(period))
+
+
+def close_location(ctx: BarContext) -> np.ndarray:
+    return ctx.close_location
+
+
+def body_ratio(ctx: BarContext) -> np.ndarray:
+    """(close - open) / (high - low) in [-1, 1]; 0 for a bar with no range."""
+    return _safe_ratio(ctx.close - ctx.open, ctx.bar_range)
+
+
+# Volume ----------------------------------------------------------------------------------
+
+
+def volume_zscore(ctx: BarContext, window: int) -> np.ndarray:
+    """(volume - rolling mean) / rolling std over ``window`` bars; 0 when volume is constant."""
+    mean, std = rolling.window_mean_std(ctx.volume, window, ctx.since, ref=0.0)
+    return _safe_ratio(ctx.volume - mean, std)
+
+
+def obv_slope(ctx: BarContext, window: int) -> np.ndarray:
+    """OBV change over ``window`` bars / volume traded in them, in [-1, 1]."""
+    moved = rolling.window_sum(ctx.signed_volume, window, ctx.since, x_first_valid=1)
+    traded = rolling.window_sum(ctx.volume, window, ctx.since, x_first_valid=1)
+    return _safe_ratio(moved, traded)
+
+
+def obv_zscore(ctx: BarContext, window: int) -> np.ndarray:
+    """z-score of OBV within its last ``window`` values (the level of OBV is arbitrary)."""
+    mean, std = rolling.window_mean_std(ctx.obv, window, ctx.since, ref=0.0)
+    return _safe_ratio(ctx.obv - mean, std)
+
+
+def vwap_distance_ticks(ctx: BarContext) -> np.ndarray:
+    """close - session VWAP, in ticks; VWAP of typical prices since the session began.
+
+    A session restarts at each segment start and at each trading day (22:00 UTC roll).
+    Before any volume has traded in the session, the VWAP is the close itself.
+    """
+    typical = (ctx.high + ctx.low + ctx.close) / 3.0
+    start = ctx.session_start
+    pv = np.cumsum(typical * ctx.volume)
+    vol = np.cumsum(ctx.volume)
+    before = start - 1
+    has_before = before >= 0
+    pv_session = pv - np.where(has_before, pv[np.maximum(before, 0)], 0.0)
+    vol_session = vol - np.where(has_before, vol[np.maximum(before, 0)], 0.0)
+    vwap = np.divide(pv_session, vol_session, out=ctx.close.copy(), where=vol_session > 0)
+    return (ctx.close - vwap) / ctx.tick_size
+
+
+def order_flow_imbalance(ctx: BarContext, window: int) -> np.ndarray:
+    """Volume signed by close location, summed over ``window`` bars, over the volume: [-1, 1].
+
+    A bar closing at its high counts its volume as bought, at its low as sold (a proxy
+    for the trade-side imbalance that OHLCV bars do not carry).
+    """
+    signed = rolling.window_sum(ctx.close_location * ctx.volume, window, ctx.since)
+    traded = rolling.window_sum(ctx.volume, window, ctx.since)
+    return _safe_ratio(signed, traded)
+
+
+def poc_distance_ticks(ctx: BarContext, window: int, bin_ticks: int) -> np.ndarray:
+    """close - point of control of the volume profile of the last ``window`` bars, in ticks."""
+    typical = (ctx.high + ctx.low + ctx.close) / 3.0
+    poc = rolling_poc(typical, ctx.volume, ctx.since, window, bin_ticks * ctx.tick_size)
+    return (ctx.close - poc) / ctx.tick_size
+
+
+# Calendar --------------------------------------------------------------------------------
+
+
+def _minute_of_day(ctx: BarContext) -> np.ndarray:
+    return ctx.cached(("minute_of_day",), lambda: ((ctx.stamps % NS_PER_DAY) // NS_PER_MINUTE).astype(np.float64))
+
+
+def _day_of_week(ctx: BarContext) -> np.ndarray:
+    """Weekday of the trading day, Monday = 0 (1970-01-01 was a Thursday, day 3)."""
+    return ctx.cached(("day_of_week",), lambda: ((ctx.trading_day + 3) % 7).astype(np.float64))
+
+
+def time_of_day_sin(ctx: BarContext) -> np.ndarray:
+    return np.sin(2 * math.pi * _minute_of_day(ctx) / 1440.0)
+
+
+def time_of_day_cos(ctx: BarContext) -> np.ndarray:
+    return np.cos(2 * math.pi * _minute_of_day(ctx) / 1440.0)
+
+
+def day_of_week_sin(ctx: BarContext) -> np.ndarray:
+    return np.sin(2 * math.pi * _day_of_week(ctx) / 7.0)
+
+
+def day_of_week_cos(ctx: BarContext) -> np.ndarray:
+    return np.cos(2 * math.pi * _day_of_week(ctx) / 7.0)
+
