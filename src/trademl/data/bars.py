@@ -267,7 +267,7 @@ class _Layout:
     n_fields: int
     columns: dict[str, int]
     extras: dict[str, int]
-    ninjatrader: bool  # headerless ';' file with YYYYMMDD HHMMSS stamps: bar-close labels
+    stamps_at_close: bool  # NinjaTrader (headerless ';', YYYYMMDD HHMMSS) labels bars at their close
     quoted: bool
 
 
@@ -316,9 +316,9 @@ def _sniff_layout(path: Path) -> _Layout:
         skiprows = first
     _check_required(columns, fields if has_header else None, path)
     extras = _numeric_extras(head[skiprows:], delimiter, extras, path)
-    ninjatrader = (not has_header and delimiter == ";"
+    stamps_at_close = (not has_header and delimiter == ";"
                    and re.fullmatch(r"\d{8} \d{6}", fields[0].strip()) is not None)
-    return _Layout(delimiter, skiprows, len(fields), columns, extras, ninjatrader, quoted)
+    return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted)
 
 
 def _headerless_columns(path: Path, fields: list[str], first: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -597,7 +597,7 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
         text = frame["contract"].astype("string").str.strip()
         problems.flag((text.isna() | (text == "")).to_numpy(dtype=bool, na_value=True), "contract is missing")
         contract = text.to_numpy(dtype=object, na_value=None)
-    if layout is not None and layout.ninjatrader:
+    if layout is not None and layout.stamps_at_close:
         stamps = _shift_close_to_open(stamps, state)
     _check_order(stamps, lines, problems, state)
     report.rows_read += len(frame)
@@ -678,7 +678,7 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp)
     is_parquet = path.suffix.lower() in _PARQUET_SUFFIXES
     layout = None if is_parquet else _sniff_layout(path)
     if layout is not None and bar_stamp != "auto":
-        layout = _Layout(**{**vars(layout), "ninjatrader": bar_stamp == "close"})
+        layout = _Layout(**{**vars(layout), "stamps_at_close": bar_stamp == "close"})
     raws = _parquet_chunks(path, chunk_rows) if is_parquet else _csv_chunks(path, layout, chunk_rows)
     state = _State()
     warned = False
@@ -691,7 +691,7 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp)
         bars.attrs["symbol"] = symbol or _guess_symbol(path, bars)
         bars.attrs["source"] = str(path)
         bars.attrs["max_gap_minutes"] = max_gap_minutes
-        shifted = layout is not None and layout.ninjatrader
+        shifted = layout is not None and layout.stamps_at_close
         bars.attrs["bar_stamp"] = (f"close, moved back {state.bar_period_ns / _NS_PER_MINUTE:g} min to the open"
                                    if shifted else "open")
         if repair:
