@@ -1,7 +1,6 @@
 """Bars: every real file loads as it is; bad rows are named by line; repair drops exactly them."""
 
 import gzip
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +172,7 @@ def test_all_corruptions_at_once_are_counted_and_repair_drops_exactly_them(tmp_p
     assert [d.line for d in report.dropped] == expected
     assert set(report.reasons()) == {"duplicated timestamp", "close is missing", "high < low", "cannot read timestamp"}
     text = str(report)
-    assert f"dropped 4" in text and all(f"line {n}:" in text for n in expected)
+    assert "dropped 4" in text and all(f"line {n}:" in text for n in expected)
 
 
 def _csv(tmp_path, text, name="bars.csv"):

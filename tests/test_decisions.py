@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,9 @@ from trademl.data.bars import load_bars
 from trademl.data.decisions import join_decisions, load_decisions
 from trademl.data.labels import make_labels
 from trademl.data.segments import segment_ids
-from trademl.data.synthetic import synthetic_bars
 from trademl.errors import DataError
 from trademl.market.contracts import contract_spec
 from trademl.market.execution import ExecutionModel
-from pathlib import Path
 
 SLICES = Path(__file__).parent / "data"
 T0 = pd.Timestamp("2024-01-02 14:30", tz="UTC")

@@ -23,7 +23,6 @@ import bisect
 import bz2
 import csv
 import gzip
-import io
 import lzma
 import re
 import warnings
