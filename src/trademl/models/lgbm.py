@@ -99,7 +99,7 @@ def win_rows(dataset, horizon: int, source: str = "auto") -> WinRows:
     win_long = frame[labels[0]].to_numpy(np.float64)
     win_short = frame[labels[1]].to_numpy(np.float64)
     labelled = np.flatnonzero(np.isfinite(win_long) & np.isfinite(win_short))
-    X = frame[names].to_numpy(np.float32)[labelled]
+    X = _feature_matrix(dataset, where)[labelled]
     _check_features_present(X, names, where)
     m, f = len(labelled), len(names)
     stacked = np.empty((2 * m, f + 1), dtype=np.float32)
@@ -142,9 +142,21 @@ def _rows_from_decisions(dataset, decisions, horizon: int) -> WinRows:
     ok = np.isfinite(y) & (bar >= 0)
     order = np.argsort(bar[ok], kind="stable")
     bar, side, y = bar[ok][order], side[ok][order], y[ok][order]
-    X = frame[names].to_numpy(np.float32)[bar]
+    X = _feature_matrix(dataset, where)[bar]
     _check_features_present(X, names, where)
     return WinRows(np.column_stack([X, side.astype(np.float32)]), y, bar, len(frame), frame.index, "decisions")
+
+
+def _feature_matrix(dataset, where: str) -> np.ndarray:
+    """The dataset's float32 features, one column per schema name, in schema order."""
+    X = np.asarray(dataset.X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != len(dataset.feature_names):
+        raise DataError(
+            f"the feature matrix has {X.shape[1] if X.ndim == 2 else '?'} columns for "
+            f"{len(dataset.feature_names)} schema names (a feature column name is duplicated in the frame?)",
+            where=where,
+        )
+    return X
 
 
 def _side_values(column, where: str) -> np.ndarray:
@@ -175,24 +187,28 @@ def _dataset_where(dataset) -> str:
 
 
 def check_dataset_schema(dataset, expected=None) -> None:
-    """The dataset's feature columns must be the schema its manifest records (and ``expected``).
+    """The dataset must hold the features its manifest names, as this trademl computes them.
 
-    A frame edited after the build, or one built by another feature library, would
-    otherwise train a model whose schema hash promises features it never saw.
+    A dataset built by another version of the feature library (or edited after the build)
+    would train a model on features that serving never computes; ``expected`` (a
+    FeatureSchema or its dict) additionally pins the schema, e.g. that of models already
+    serving side by side.
     """
-    from trademl.data.features import FeatureSchema
+    from trademl.data.features.schema import PASSTHROUGH, FeatureSchema
 
     where = _dataset_where(dataset)
-    recorded = dataset.schema
-    if FeatureSchema(list(recorded.names)).hash != recorded.hash:
-        raise SchemaError("the manifest's feature schema hash does not match its feature names", where=where)
+    recorded = dataset.schema  # from_dict refuses a hash that does not match the names
     missing = [n for n in recorded.names if n not in dataset.frame.columns]
     if missing:
         raise SchemaError(f"the dataset lacks features {missing} named by its schema", where=where)
+    extras = [n for n in recorded.names if recorded.params.get(n) == PASSTHROUGH]
+    FeatureSchema.for_names(recorded.names, extras).check_compatible(
+        recorded, where=f"{where} (built with another feature library than this trademl's)"
+    )
     if expected is not None:
         if isinstance(expected, dict):
             expected = FeatureSchema.from_dict(expected)
-        expected.check_compatible(recorded)
+        expected.check_compatible(recorded, where=where)
 
 
 def check_trainable(rows: WinRows, min_rows: int, kind: str) -> None:
@@ -252,6 +268,7 @@ class FoldResult:
     raw: np.ndarray  # LightGBM probabilities on the test rows
     train_rows: int
     valid_rows: int
+    last_train_bar: int  # the latest bar whose label any fitted or validation row used
 
 
 def walk_forward(rows: WinRows, horizon: int, cfg, names, progress: Progress | None = None) -> list[FoldResult]:
@@ -281,7 +298,8 @@ def walk_forward(rows: WinRows, horizon: int, cfg, names, progress: Progress | N
         best = int(booster.best_iteration or booster.current_iteration())
         raw = booster.predict(rows.X[test], num_iteration=best)
         train_rate = float(rows.y[np.r_[fit, valid]].mean())
-        results.append(FoldResult(len(results), test, train_rate, best, raw, len(fit), len(valid)))
+        last_train_bar = int(rows.bar[np.r_[fit, valid]].max())
+        results.append(FoldResult(len(results), test, train_rate, best, raw, len(fit), len(valid), last_train_bar))
     if not results:
         raise InsufficientDataError(
             f"no walk-forward fold of {rows.n_bars} bars has labelled test and validation rows",
@@ -424,6 +442,9 @@ class WinModelReport:
     metrics: dict
     stored: object = None  # StoredModel, when a store was given
     importance: list = field(default_factory=list)
+    calibrator: IsotonicCalibrator | None = None  # the served map, fitted on all OOS rows
+    oos_raw: np.ndarray | None = None  # raw OOS probabilities and their labels, in time order
+    oos_labels: np.ndarray | None = None
 
 
 def train_win_model(dataset, horizon: int, config, store=None, progress: Progress | None = None,
@@ -449,7 +470,8 @@ def train_win_model(dataset, horizon: int, config, store=None, progress: Progres
     metrics["onnx_max_abs_diff"] = check_onnx_parity(booster, onnx_bytes, check_rows, kind)
     metrics["final_iterations"] = rounds
     importance = feature_importance(booster, names)
-    report = WinModelReport(kind, horizon, metrics, importance=importance)
+    report = WinModelReport(kind, horizon, metrics, importance=importance, calibrator=calibrator,
+                            oos_raw=oof_raw, oos_labels=oof_y)
     if store is not None:
         report.stored = _save(store, kind, horizon, dataset, rows, config, metrics, booster, onnx_bytes,
                               calibrator, importance)
