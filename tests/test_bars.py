@@ -376,3 +376,13 @@ def test_a_newest_first_file_is_rejected_with_a_sorting_hint(tmp_path):
     path = _csv(tmp_path, GOOD + "\n".join(reversed(ROWS)) + "\n")
     with pytest.raises(DataError, match=r"line 2: out of order.*2 other row.*newest-first"):
         load_bars(path)
+
+
+def test_a_repaired_frame_still_saves_to_parquet_with_its_report(tmp_path):
+    lines = _read_lines(SLICES / "es_1min_lean_slice.csv")
+    bad_line = _corrupt(lines, ",", "nan", at=12)
+    bars = load_bars(_write_lines(tmp_path / "es.csv", lines), repair=True)
+    bars.to_parquet(tmp_path / "repaired.parquet")  # pandas writes attrs as JSON
+    back = pd.read_parquet(tmp_path / "repaired.parquet")
+    assert back.attrs["repair_report"]["dropped"][0][0] == bad_line
+    assert load_bars(tmp_path / "repaired.parquet").index.equals(bars.index)

@@ -137,7 +137,7 @@ def test_join_never_looks_ahead_at_random_times():
     nxt = np.minimum(k + 1, len(bars) - 1)
     later = k + 1 < len(bars)
     assert (closes[nxt][later] > joined["timestamp"].to_numpy()[later]).all()  # the next had not
-    assert len(joined) + len(joined.attrs["join_report"]) == 500
+    assert len(joined) + len(joined.attrs["join_report"].unmatched) == 500
 
 
 def test_outcome_label_wins_over_bar_label_and_bar_label_follows_the_side():
@@ -195,3 +195,11 @@ def test_mismatched_lengths_are_an_error():
     bars = _bars(5)
     with pytest.raises(DataError, match="one row per bar"):
         join_decisions(_decisions([T0]), bars, segment_ids(bars)[:-1], _labels(bars))
+
+
+def test_a_joined_frame_saves_to_parquet_with_its_report(tmp_path):
+    bars = _bars(10)
+    j = _join(_decisions([T0 + pd.Timedelta(minutes=3), T0 - pd.Timedelta(hours=1)]), bars)
+    j.to_parquet(tmp_path / "joined.parquet")  # pandas writes attrs as JSON
+    back = pd.read_parquet(tmp_path / "joined.parquet")
+    assert back.attrs["join_report"]["joined"] == 1 and len(back.attrs["join_report"]["unmatched"]) == 1

@@ -27,10 +27,10 @@ import lzma
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -66,8 +66,7 @@ _SNIFF_LINES = 200
 # --------------------------------------------------------------------------- reports
 
 
-@dataclass(frozen=True)
-class DroppedRow:
+class DroppedRow(NamedTuple):
     """One row that repair removed: where it was, its stamp as written, and why."""
 
     line: int
@@ -75,17 +74,29 @@ class DroppedRow:
     reason: str
 
 
-@dataclass
-class RepairReport:
-    """What ``repair=True`` dropped from a file. ``print(report)`` shows it."""
+class RepairReport(dict):
+    """What ``repair=True`` dropped from a file. ``print(report)`` shows it.
 
-    source: str
-    rows_read: int = 0
-    dropped: list[DroppedRow] = field(default_factory=list)
-    unit: str = "line"  # "row" for Parquet, where there are no lines
+    A plain dict underneath (source, rows_read, unit, dropped), because it travels in
+    ``bars.attrs`` and pandas writes attrs as JSON when the frame is saved to Parquet.
+    """
 
-    def __len__(self) -> int:
-        return len(self.dropped)
+    def __init__(self, source, rows_read: int = 0, dropped=(), unit: str = "line"):
+        # unit: "line" for text files, "row" for Parquet, where there are no lines
+        super().__init__(source=str(source), rows_read=int(rows_read), unit=unit,
+                         dropped=[DroppedRow(*d) for d in dropped])
+
+    source = property(lambda self: self["source"])
+    unit = property(lambda self: self["unit"])
+    dropped = property(lambda self: self["dropped"], doc="list of DroppedRow, in file order")
+
+    @property
+    def rows_read(self) -> int:
+        return self["rows_read"]
+
+    @rows_read.setter
+    def rows_read(self, value: int) -> None:
+        self["rows_read"] = int(value)
 
     @property
     def rows_kept(self) -> int:
@@ -96,7 +107,7 @@ class RepairReport:
         return Counter(re.match(r"[^\d'\"(:]*", d.reason).group().strip() for d in self.dropped)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([vars(d) for d in self.dropped], columns=["line", "stamp", "reason"])
+        return pd.DataFrame(self.dropped, columns=list(DroppedRow._fields))
 
     def extend(self, other: RepairReport) -> None:
         """Fold the report of a later chunk of the same file into this one."""

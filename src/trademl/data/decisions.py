@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -178,15 +177,18 @@ def _starts_with_brace(path: Path) -> bool:
 # --------------------------------------------------------------------------- joining
 
 
-@dataclass
-class JoinReport:
-    """Decisions that could not be joined with a closed bar, and why. Printable."""
+class JoinReport(dict):
+    """Decisions that could not be joined with a closed bar, and why. Printable.
 
-    joined: int = 0
-    unmatched: list[tuple[int, str, str]] = field(default_factory=list)  # (line, timestamp, reason)
+    A plain dict underneath (joined, unmatched: [line, timestamp, reason] each), so that
+    the frame carrying it in ``attrs`` can still be saved to Parquet.
+    """
 
-    def __len__(self) -> int:
-        return len(self.unmatched)
+    def __init__(self, joined: int = 0, unmatched=()):
+        super().__init__(joined=int(joined), unmatched=[tuple(u) for u in unmatched])
+
+    joined = property(lambda self: self["joined"])
+    unmatched = property(lambda self: self["unmatched"], doc="(line, timestamp, reason) of each left out")
 
     def __str__(self, limit: int = 10) -> str:
         head = f"joined {self.joined} decision(s) with a closed bar"
