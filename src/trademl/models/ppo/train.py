@@ -1,0 +1,382 @@
+"""Train the PPO agent with stable-baselines3, evaluate it on held-out bars, store it.
+
+    bars -> causal features (the feature library) -> normaliser fitted on the training span
+         -> TradingVecEnv (N envs in numpy) -> SB3 PPO (the guide's names from [ppo])
+         -> ONNX export (checked against SB3 to 1e-5) -> evaluation on the held-out span
+         -> model store, kind "ppo": policy.onnx, obs_spec.json, eval.json
+
+The last ``eval_fraction`` of the bars is held out: no episode starts there, the
+normaliser never sees it, and the deterministic agent (argmax of its probabilities) is
+scored there against staying flat and, when the bars carry a planted ``edge`` column
+(synthetic market), against an oracle that trades that edge.
+
+Oracle (precise): at the close of every bar the agent decides on, hold
+``sign(edge_t)`` contracts from the open of bar t+1, through the same execution model
+(same costs, flattened at segment ends). One contract, because one action moves the
+position by one contract: with an edge that is fresh every bar, that is the most any
+policy in this action space can turn into P&L (see bench/README.md, PPO). The
+``max_position`` version of the same oracle is reported too (``oracle_max_position_pnl``).
+
+Checkpoints (SB3 zip + normaliser) go to ``[ppo] checkpoint_dir`` every
+``checkpoint_every`` timesteps; ``resume=True`` continues from there to
+``total_timesteps``. The zip is for resuming only; serving loads policy.onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trademl.config import Config
+from trademl.data.segments import bars_to_end, segment_ids
+from trademl.errors import DataError, InsufficientDataError, TradeMLError
+from trademl.market.contracts import ContractSpec, contract_spec
+from trademl.market.execution import ExecutionModel
+from trademl.models.ppo.env import FeatureNormalizer, MarketData, ObservationSpec, TradingCore
+from trademl.models.ppo.rewards import RewardSettings
+
+KIND = "ppo"
+POLICY_FILE = "policy.onnx"
+OBS_SPEC_FILE = "obs_spec.json"
+EVAL_FILE = "eval.json"
+CHECKPOINT_ZIP = "ppo_checkpoint.zip"
+CHECKPOINT_STATE = "checkpoint.json"
+# An account worth of P&L inputs is scaled by 1% of the initial balance.
+PNL_SCALE_FRACTION = 0.01
+
+
+@dataclass
+class PreparedMarket:
+    """Everything the environments need, computed once from the bars."""
+
+    symbol: str
+    contract: ContractSpec
+    execution: ExecutionModel
+    schema: dict
+    features: np.ndarray
+    open: np.ndarray
+    close: np.ndarray
+    segments: np.ndarray  # the bars' segments plus a break at the split: no episode spans it
+    split: int
+    index: pd.DatetimeIndex
+    obs_spec: ObservationSpec
+    rewards: RewardSettings
+    edge: np.ndarray | None = None
+    _markets: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.schema["names"])
+
+    def market(self, span: str) -> MarketData:
+        """The "train" (before the split) or "eval" (held-out) span as env data."""
+        if span not in self._markets:
+            lo, hi = (0, self.split) if span == "train" else (self.split, len(self.close))
+            self._markets[span] = MarketData.build(self.features, self.open, self.close, self.segments,
+                                                   self.obs_spec, (lo, hi), self.edge)
+        return self._markets[span]
+
+    def training_span(self) -> dict:
+        return {"start": str(self.index[0]), "end": str(self.index[self.split - 1]), "rows": int(self.split),
+                "eval_start": str(self.index[self.split]), "eval_end": str(self.index[-1]),
+                "eval_rows": int(len(self.index) - self.split)}
+
+    def fingerprint(self) -> dict:
+        """What a checkpoint must match to be resumed on these bars."""
+        return {"symbol": self.symbol, "features": self.feature_names, **self.training_span()}
+
+
+@dataclass
+class PPOTrainingResult:
+    stored: object | None  # StoredModel
+    metrics: dict
+    timesteps: int
+    train_seconds: float
+    written: list[Path] = field(default_factory=list)
+
+
+def observation_features(bars: pd.DataFrame, contract: ContractSpec, cfg: Config) -> tuple[np.ndarray, dict]:
+    """The feature library on the bars (+ configured extra columns): raw matrix and schema dict."""
+    from trademl.data.features import compute_features
+
+    extra = tuple(cfg.data.extra_feature_columns)
+    missing = [c for c in extra if c not in bars.columns]
+    if missing:
+        raise DataError(f"extra feature columns {missing} are not in the bars", where=bars.attrs.get("source", "bars"))
+    feats = compute_features(bars, symbol=contract.root, max_gap_minutes=cfg.data.max_gap_minutes, extra_columns=extra)
+    schema = feats.attrs.get("schema")
+    schema = schema.to_dict() if schema is not None else {"names": list(feats.columns)}
+    return feats.to_numpy(np.float64), schema
+
+
+def prepare_market(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, schema: dict | None = None,
+                   symbol: str | None = None) -> PreparedMarket:
+    """Bars (+ optional precomputed raw features [n, F]) -> the environments' data."""
+    cfg = cfg or Config()
+    p = cfg.ppo
+    n = len(bars)
+    source = bars.attrs.get("source", "bars")
+    if n < p.MIN_ROWS:
+        raise InsufficientDataError(f"the PPO agent needs at least {p.MIN_ROWS} bars (the guide's minimum); got {n}",
+                                    where=source, hint="use more data or the synthetic market")
+    if not 0 < p.eval_fraction < 1:
+        raise TradeMLError(f"eval_fraction must be between 0 and 1, got {p.eval_fraction}", where="ppo.eval_fraction")
+    symbol = symbol or bars.attrs.get("symbol") or cfg.data.symbol
+    contract = contract_spec(symbol)
+    if features is None:
+        features, schema = observation_features(bars, contract, cfg)
+    features = np.asarray(features, dtype=np.float64)
+    if features.shape[0] != n:
+        raise DataError(f"features have {features.shape[0]} rows, bars have {n}", where="features")
+    schema = schema or {"names": [f"f{i}" for i in range(features.shape[1])]}
+    split = int(round(n * (1 - p.eval_fraction)))
+    seg = segment_ids(bars, cfg.data.max_gap_minutes) + (np.arange(n) >= split)
+    close = bars["close"].to_numpy(np.float64)
+    normalizer = FeatureNormalizer.fit(features, schema["names"], np.arange(split))
+    obs_spec = ObservationSpec(normalizer, p.window, p.max_position_size, p.initial_balance,
+                               PNL_SCALE_FRACTION * p.initial_balance)
+    rewards = RewardSettings.from_config(p, _one_contract_bar_pnl_std(close[:split], seg[:split], contract))
+    prepared = PreparedMarket(symbol, contract, ExecutionModel.from_config(contract, cfg.costs, p.max_position_size),
+                              schema, features, bars["open"].to_numpy(np.float64), close, seg, split, bars.index,
+                              obs_spec, rewards, bars["edge"].to_numpy(np.float64) if "edge" in bars.columns else None)
+    for span in ("train", "eval"):
+        if len(prepared.market(span).starts) == 0:
+            raise InsufficientDataError(
+                f"the {span} span has no bar where an episode can start (needs {p.window} complete feature rows "
+                f"and 2 more bars inside one segment)", where=source, hint="use more data or a smaller [ppo] window")
+    return prepared
+
+
+def _one_contract_bar_pnl_std(close: np.ndarray, seg: np.ndarray, contract: ContractSpec) -> float:
+    """Dollar std of one contract's bar-to-bar P&L inside segments: the reward unit."""
+    same = seg[1:] == seg[:-1]
+    moves = np.diff(close)[same] * contract.point_value
+    std = float(np.std(moves)) if len(moves) > 1 else 0.0
+    return std if np.isfinite(std) and std > 0 else contract.tick_value
+
+
+def make_vec_env(prepared: PreparedMarket, cfg: Config, span: str = "train", n_envs: int | None = None, seed=None):
+    from trademl.models.ppo.vec_env import TradingVecEnv
+
+    p = cfg.ppo
+    return TradingVecEnv(prepared.market(span), prepared.execution, prepared.obs_spec, prepared.rewards,
+                         n_envs or p.n_envs, p.episode_length, p.seed if seed is None else seed)
+
+
+def new_model(env, cfg: Config):
+    from stable_baselines3 import PPO
+
+    p = cfg.ppo
+    return PPO(
+        "MlpPolicy", env, learning_rate=p.learning_rate, n_steps=p.n_steps, batch_size=p.batch_size,
+        n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_epsilon,
+        ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+        policy_kwargs={"net_arch": list(p.net_arch)}, seed=p.seed, device="cpu", verbose=0,
+    )
+
+
+def train_ppo(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, schema: dict | None = None,
+              symbol: str | None = None, resume: bool = False, progress: bool = False, console=None,
+              store: bool = True) -> PPOTrainingResult:
+    """Train, evaluate on the held-out span and (with ``store``) save to the model store."""
+    import torch
+
+    cfg = cfg or Config()
+    p = cfg.ppo
+    torch.set_num_threads(p.torch_threads)
+    prepared = prepare_market(bars, cfg, features=features, schema=schema, symbol=symbol)
+    env = make_vec_env(prepared, cfg)
+    checkpoints = Path(p.checkpoint_dir)
+    model = _load_checkpoint(checkpoints, env, prepared) if resume else new_model(env, cfg)
+    start_steps = model.num_timesteps
+    t0 = time.perf_counter()
+    if p.total_timesteps > start_steps:
+        callback = _callbacks(cfg, prepared, checkpoints, start_steps, progress, console)
+        model.learn(p.total_timesteps - start_steps, callback=callback, reset_num_timesteps=not resume)
+        _save_checkpoint(checkpoints, model, prepared)
+    train_seconds = time.perf_counter() - t0
+    metrics = evaluate_agent(lambda obs: policy_probabilities(model.policy, obs), prepared)
+    metrics.update(timesteps=int(model.num_timesteps), train_seconds=round(train_seconds, 2),
+                   timesteps_per_second=round((model.num_timesteps - start_steps) / max(train_seconds, 1e-9), 1))
+    result = PPOTrainingResult(None, metrics, int(model.num_timesteps), train_seconds)
+    if store:
+        result.stored = store_agent(model, prepared, cfg, metrics)
+        result.written.append(result.stored.path)
+    result.written.append(checkpoints)
+    return result
+
+
+def policy_probabilities(policy, obs: np.ndarray) -> np.ndarray:
+    from trademl.models.ppo.export import sb3_outputs
+
+    return sb3_outputs(policy, obs)[0]
+
+
+def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
+    """Export to ONNX, prove it equals SB3, write policy.onnx + obs_spec.json + eval.json atomically."""
+    from trademl.models.ppo.export import check_onnx_matches, export_policy
+    from trademl.models.store import ModelStore
+
+    probe = prepared.market("eval")
+    probe_obs = TradingCore(probe, prepared.execution, prepared.obs_spec, prepared.rewards, 256, seed=0)
+    probe_obs.reset()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_policy(model.policy, prepared.obs_spec.obs_dim, Path(tmp) / POLICY_FILE)
+        metrics["onnx_max_abs_diff"] = check_onnx_matches(model.policy, onnx_path, probe_obs.observe())
+        ppo_cfg = cfg.ppo.model_dump() | {"costs": cfg.costs.model_dump(), "symbol": prepared.symbol,
+                                          "reward_scale": prepared.rewards.reward_scale}
+        with ModelStore(cfg.paths.model_root).writer(
+            KIND, feature_schema=prepared.schema, training_span=prepared.training_span(), config=ppo_cfg,
+            metrics=metrics, contract=prepared.contract.to_dict(),
+        ) as w:
+            shutil.copyfile(onnx_path, w.path / POLICY_FILE)
+            (w.path / OBS_SPEC_FILE).write_text(json.dumps(prepared.obs_spec.to_dict(), indent=2))
+            (w.path / EVAL_FILE).write_text(json.dumps(metrics, indent=2))
+    return w.stored
+
+
+def evaluate_agent(policy_probs, prepared: PreparedMarket) -> dict:
+    """Run the deterministic agent over every held-out segment, from its first complete window
+    to its end; score it against flat and (with a planted edge) the oracle."""
+    market = prepared.market("eval")
+    firsts = _first_start_per_segment(market.starts, prepared.segments)
+    run = run_policy(policy_probs, prepared, market, firsts)
+    metrics = {
+        "eval_segments": int(len(firsts)),
+        "eval_decisions": int(run["decided"].sum()),
+        "net_pnl": round(float(run["pnl"].sum()), 2),
+        "costs": round(float(run["costs"].sum()), 2),
+        "trades": int(np.count_nonzero(run["trade_qty"])),
+        "contracts_traded": int(np.abs(run["trade_qty"]).sum()),
+        "mean_abs_position": round(float(np.abs(run["position"]).mean()), 4),
+        "time_in_market": round(float(np.mean(run["position"] != 0)), 4),
+        "max_drawdown": round(float(_max_drawdown(run["pnl"])), 2),
+        "flat_pnl": 0.0,
+    }
+    metrics["vs_flat"] = metrics["net_pnl"] - metrics["flat_pnl"]
+    if prepared.edge is not None:
+        metrics.update(oracle_metrics(prepared, run["decided"], metrics["net_pnl"]))
+    return metrics
+
+
+def run_policy(policy_probs, prepared: PreparedMarket, market: MarketData, starts: np.ndarray) -> dict:
+    """Step one env per start until its segment ends; per-step arrays of the live envs, plus
+    ``target`` (position decided at the close of each bar, 0 elsewhere) and ``decided``."""
+    core = TradingCore(market, prepared.execution, prepared.obs_spec, prepared.rewards, len(starts),
+                       episode_length=np.iinfo(np.int64).max)
+    core.reset(starts=starts)
+    live = np.ones(len(starts), bool)
+    n = len(market.close)
+    target, decided = np.zeros(n), np.zeros(n, bool)
+    out = {k: [] for k in ("pnl", "costs", "trade_qty", "position")}
+    while live.any():
+        t = core.t.copy()
+        actions = np.argmax(policy_probs(core.observe()), axis=1)
+        r = core.step(actions)
+        target[t[live]], decided[t[live]] = r.position[live], True
+        for k in out:
+            out[k].append(getattr(r, k)[live])
+        live &= ~r.terminated
+        # A finished env restarts at its own start and keeps stepping; its results are ignored.
+        core.reset(r.terminated, starts=starts[r.terminated])
+    return {k: np.concatenate(v) for k, v in out.items()} | {"target": target, "decided": decided}
+
+
+def oracle_metrics(prepared: PreparedMarket, decided: np.ndarray, agent_pnl: float) -> dict:
+    """P&L of the planted-edge oracle on the agent's decision bars (see the module docstring)."""
+    ex = prepared.execution
+    direction = np.where(decided, np.sign(np.nan_to_num(prepared.edge)), 0.0)
+    one = ex.simulate(direction, prepared.open, prepared.close, prepared.segments).pnl.sum()
+    full = ex.simulate(direction * ex.max_position, prepared.open, prepared.close, prepared.segments).pnl.sum()
+    return {"oracle_pnl": round(float(one), 2), "oracle_max_position_pnl": round(float(full), 2),
+            "pnl_vs_oracle": round(agent_pnl / one, 4) if one > 0 else None}
+
+
+def _first_start_per_segment(starts: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    seg = segments[starts]
+    return starts[np.r_[True, seg[1:] != seg[:-1]]]
+
+
+def _max_drawdown(pnl: np.ndarray) -> float:
+    equity = np.cumsum(pnl)
+    return float(np.max(np.maximum.accumulate(np.r_[0.0, equity])[1:] - equity, initial=0.0))
+
+
+def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, start_steps: int, progress: bool, console):
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    total, every = cfg.ppo.total_timesteps, cfg.ppo.checkpoint_every
+
+    class Checkpoint(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.last = start_steps
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.num_timesteps - self.last >= every:
+                _save_checkpoint(checkpoints, self.model, prepared)
+                self.last = self.num_timesteps
+
+    class Progress(BaseCallback):
+        """A rich progress bar over timesteps, with the mean net P&L of recent episodes."""
+
+        def _on_training_start(self) -> None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("PPO"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[status]}"), console=console, transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=start_steps, status="")
+            self.bar.start()
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            eps = self.model.ep_info_buffer
+            status = f"episode P&L ${np.mean([e['pnl'] for e in eps]):,.0f}" if eps else ""
+            self.bar.update(self.task, completed=min(self.num_timesteps, total), status=status)
+
+        def _on_training_end(self) -> None:
+            self.bar.update(self.task, completed=min(self.num_timesteps, total))
+            self.bar.stop()
+
+    return CallbackList([Checkpoint()] + ([Progress()] if progress else []))
+
+
+def _save_checkpoint(folder: Path, model, prepared: PreparedMarket) -> None:
+    """SB3 zip + what it was trained on; both replaced atomically, zip first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / (CHECKPOINT_ZIP + ".part.zip")
+    model.save(part)
+    os.replace(part, folder / CHECKPOINT_ZIP)
+    state = {"num_timesteps": int(model.num_timesteps), "fingerprint": prepared.fingerprint(),
+             "obs_spec": prepared.obs_spec.to_dict()}
+    tmp = folder / (CHECKPOINT_STATE + ".part")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, folder / CHECKPOINT_STATE)
+
+
+def _load_checkpoint(folder: Path, env, prepared: PreparedMarket):
+    from stable_baselines3 import PPO
+
+    zip_path, state_path = folder / CHECKPOINT_ZIP, folder / CHECKPOINT_STATE
+    if not (zip_path.is_file() and state_path.is_file()):
+        raise TradeMLError("no checkpoint to resume from", where=str(folder), hint="train once without --resume")
+    state = json.loads(state_path.read_text())
+    if state["fingerprint"] != prepared.fingerprint():
+        diff = {k: (state["fingerprint"].get(k), v) for k, v in prepared.fingerprint().items()
+                if state["fingerprint"].get(k) != v}
+        raise TradeMLError(f"the checkpoint was trained on other data: {diff}", where=str(folder),
+                           hint="resume with the same bars and config, or train without --resume")
+    return PPO.load(zip_path, env=env, device="cpu")
