@@ -92,10 +92,10 @@ def compute_features(
     columns = [s.name for s in specs] + list(extra_columns)
     matrix = np.empty((len(ctx), len(columns)), dtype=np.float32, order="F")
     with np.errstate(divide="ignore", invalid="ignore"):
-        for j, spec in enumerate(specs):
+        for j, spec in enumerate(specs if len(ctx) else ()):
             matrix[:, j] = spec.compute(ctx)  # float64 math, float32 storage
             if spec.warmup:
-                matrix[ctx.since < spec.warmup, j] = np.nan
+                matrix[ctx.segs.young(spec.warmup), j] = np.nan
     for j, col in enumerate(extra_columns, start=len(specs)):
         matrix[:, j] = extras[col]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from trademl.data.features import rolling
-from trademl.data.segments import segment_ids, segment_starts
+from trademl.data.segments import segment_ids
 from trademl.errors import DataError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -52,8 +52,8 @@ class BarContext:
         self.volume = _finite_column(bars, "volume", where) if self.has_volume else None
         self.stamps = bars.index.tz_convert("UTC").as_unit("ns").asi8
         self.seg = segment_ids(pd.DataFrame(index=bars.index, data=_contract_column(bars)), max_gap_minutes)
-        self.starts = segment_starts(self.seg)
-        self.since = np.arange(len(self.seg)) - self.starts
+        self.segs = rolling.SegmentIndex(self.seg)
+        self.since = self.segs.since
         self.tick_size = float(tick_size)
         self._cache: dict[tuple, np.ndarray] = {}
 
@@ -69,8 +69,8 @@ class BarContext:
     # Intermediates ------------------------------------------------------------------
 
     @property
-    def is_start(self) -> np.ndarray:
-        return self.cached(("is_start",), lambda: self.since == 0)
+    def first_rows(self) -> np.ndarray:
+        return self.segs.first_rows
 
     @property
     def prev_close(self) -> np.ndarray:
@@ -79,7 +79,7 @@ class BarContext:
         def make():
             prev = np.empty_like(self.close)
             prev[1:] = self.close[:-1]
-            prev[self.is_start] = self.open[self.is_start]
+            prev[self.first_rows] = self.open[self.first_rows]
             return prev
 
         return self.cached(("prev_close",), make)
@@ -92,7 +92,7 @@ class BarContext:
             change = np.empty_like(self.close)
             change[0] = 0.0
             np.subtract(self.close[1:], self.close[:-1], out=change[1:])
-            change[self.is_start] = 0.0
+            change[self.first_rows] = 0.0
             return change
 
         return self.cached(("close_change",), make)
@@ -109,7 +109,7 @@ class BarContext:
             r = np.empty_like(self.close)
             r[0] = 0.0
             np.subtract(self.log_close[1:], self.log_close[:-1], out=r[1:])
-            r[self.is_start] = 0.0
+            r[self.first_rows] = 0.0
             return r
 
         return self.cached(("ret1",), make)
@@ -117,10 +117,10 @@ class BarContext:
     @property
     def close_ref(self) -> np.ndarray:
         """First close of each bar's segment: the centre for precise rolling variances."""
-        return self.cached(("close_ref",), lambda: self.close[self.starts])
+        return self.cached(("close_ref",), lambda: self.segs.per_bar(self.close[self.first_rows]))
 
     def ema_of(self, key: str, values_fn: Callable[[], np.ndarray], alpha: float) -> np.ndarray:
-        return self.cached(("ema", key, alpha), lambda: rolling.ema(values_fn(), alpha, self.since, self.starts))
+        return self.cached(("ema", key, alpha), lambda: rolling.ema(values_fn(), alpha, self.segs))
 
     def ema_close(self, span: int) -> np.ndarray:
         return self.ema_of("close", lambda: self.close, 2.0 / (span + 1))
@@ -132,7 +132,7 @@ class BarContext:
         def make():
             prev = np.empty_like(self.close)
             prev[1:] = self.close[:-1]
-            prev[self.is_start] = self.close[self.is_start]  # inside [low, high]: TR = high - low
+            prev[self.first_rows] = self.close[self.first_rows]  # inside [low, high]: TR = high - low
             return np.maximum(self.high, prev) - np.minimum(self.low, prev)
 
         return self.cached(("true_range",), make)
@@ -167,7 +167,7 @@ class BarContext:
 
         def make():
             total = np.cumsum(self.signed_volume)
-            return total - total[self.starts]
+            return total - self.segs.per_bar(total[self.first_rows])
 
         return self.cached(("obv",), make)
 
@@ -176,17 +176,15 @@ class BarContext:
         return self.cached(("trading_day",), lambda: (self.stamps + TRADING_DAY_SHIFT_NS) // NS_PER_DAY)
 
     @property
-    def session_start(self) -> np.ndarray:
-        """Index of the first bar of each bar's VWAP session (segment start or new trading day)."""
-
-        def make():
-            new = self.is_start.copy()
+    def sessions(self) -> rolling.SegmentIndex:
+        """VWAP sessions: a new one at each segment start and each new trading day."""
+        if "sessions" not in self._cache:
             day = self.trading_day
+            new = np.zeros(len(day), dtype=bool)
+            new[self.first_rows] = True
             new[1:] |= day[1:] != day[:-1]
-            first = np.flatnonzero(new)
-            return first[np.cumsum(new) - 1]
-
-        return self.cached(("session_start",), make)
+            self._cache["sessions"] = rolling.SegmentIndex(np.cumsum(new))
+        return self._cache["sessions"]
 
 
 def _contract_column(bars: pd.DataFrame) -> dict:

@@ -18,10 +18,9 @@ from trademl.data.features.profile import rolling_poc
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray, fill: float = 0.0) -> np.ndarray:
-    """num / den, ``fill`` where den is 0 (a flat window) and NaN where either is NaN."""
-    out = np.full_like(num, fill)
-    np.divide(num, den, out=out, where=den != 0)
-    out[np.isnan(num) | np.isnan(den)] = np.nan
+    """num / den, with ``fill`` where den is 0 (a flat window). NaN stays NaN."""
+    out = num / den
+    out[den == 0] = fill
     return out
 
 
@@ -44,8 +43,10 @@ def rsi(ctx: BarContext, period: int) -> np.ndarray:
     change = ctx.close_change
     gain = ctx.ema_of("gain", lambda: np.maximum(change, 0.0), 1.0 / period)
     loss = ctx.ema_of("loss", lambda: np.maximum(-change, 0.0), 1.0 / period)
-    # The segment-restart correction of an EMA can leave -1e-16 where it should be 0.
-    return np.clip(_safe_ratio(100.0 * gain, gain + loss, fill=50.0), 0.0, 100.0)
+    moved = gain + loss
+    # Nothing moved (to rounding: an EMA's restart leaves ~1e-16 where it should be 0).
+    moved[moved < 1e-9 * ctx.tick_size] = 0.0
+    return np.clip(_safe_ratio(100.0 * gain, moved, fill=50.0), 0.0, 100.0)
 
 
 def log_return(ctx: BarContext, lag: int) -> np.ndarray:
@@ -58,12 +59,12 @@ def log_return(ctx: BarContext, lag: int) -> np.ndarray:
 def realized_vol(ctx: BarContext, window: int) -> np.ndarray:
     """Root mean square of the last ``window`` one-bar log returns (per bar, not annualised)."""
     r = ctx.ret1
-    return np.sqrt(rolling.window_mean(r * r, window, ctx.since, x_first_valid=1))
+    return np.sqrt(rolling.window_mean(r * r, window, ctx.segs, x_first_valid=1))
 
 
 def sma_distance(ctx: BarContext, window: int) -> np.ndarray:
     """close / SMA(close, window) - 1."""
-    mean = rolling.window_mean(ctx.close - ctx.close_ref, window, ctx.since) + ctx.close_ref
+    mean = rolling.window_mean(ctx.close - ctx.close_ref, window, ctx.segs) + ctx.close_ref
     return ctx.close / mean - 1.0
 
 
@@ -102,7 +103,7 @@ def macd_hist(ctx: BarContext, fast: int, slow: int, signal: int) -> np.ndarray:
 def _bollinger(ctx: BarContext, window: int) -> tuple[np.ndarray, np.ndarray]:
     return ctx.cached(
         ("bollinger", window),
-        lambda: rolling.window_mean_std(ctx.close, window, ctx.since, ctx.close_ref),
+        lambda: rolling.window_mean_std(ctx.close, window, ctx.segs, ctx.close_ref),
     )
 
 
@@ -149,20 +150,20 @@ def body_ratio(ctx: BarContext) -> np.ndarray:
 
 def volume_zscore(ctx: BarContext, window: int) -> np.ndarray:
     """(volume - rolling mean) / rolling std over ``window`` bars; 0 when volume is constant."""
-    mean, std = rolling.window_mean_std(ctx.volume, window, ctx.since, ref=0.0)
+    mean, std = rolling.window_mean_std(ctx.volume, window, ctx.segs, ref=0.0)
     return _safe_ratio(ctx.volume - mean, std)
 
 
 def obv_slope(ctx: BarContext, window: int) -> np.ndarray:
     """OBV change over ``window`` bars / volume traded in them, in [-1, 1]."""
-    moved = rolling.window_sum(ctx.signed_volume, window, ctx.since, x_first_valid=1)
-    traded = rolling.window_sum(ctx.volume, window, ctx.since, x_first_valid=1)
+    moved = rolling.window_sum(ctx.signed_volume, window, ctx.segs, x_first_valid=1)
+    traded = rolling.window_sum(ctx.volume, window, ctx.segs, x_first_valid=1)
     return _safe_ratio(moved, traded)
 
 
 def obv_zscore(ctx: BarContext, window: int) -> np.ndarray:
     """z-score of OBV within its last ``window`` values (the level of OBV is arbitrary)."""
-    mean, std = rolling.window_mean_std(ctx.obv, window, ctx.since, ref=0.0)
+    mean, std = rolling.window_mean_std(ctx.obv, window, ctx.segs, ref=0.0)
     return _safe_ratio(ctx.obv - mean, std)
 
 
@@ -173,14 +174,14 @@ def vwap_distance_ticks(ctx: BarContext) -> np.ndarray:
     Before any volume has traded in the session, the VWAP is the close itself.
     """
     typical = (ctx.high + ctx.low + ctx.close) / 3.0
-    start = ctx.session_start
+    sessions = ctx.sessions
     pv = np.cumsum(typical * ctx.volume)
     vol = np.cumsum(ctx.volume)
-    before = start - 1
-    has_before = before >= 0
-    pv_session = pv - np.where(has_before, pv[np.maximum(before, 0)], 0.0)
-    vol_session = vol - np.where(has_before, vol[np.maximum(before, 0)], 0.0)
-    vwap = np.divide(pv_session, vol_session, out=ctx.close.copy(), where=vol_session > 0)
+    # Cumulative sums since the session began: subtract the sums just before its first bar.
+    before = sessions.first_rows - 1
+    pv -= sessions.per_bar(np.where(before >= 0, pv[before], 0.0))
+    vol -= sessions.per_bar(np.where(before >= 0, vol[before], 0.0))
+    vwap = np.divide(pv, vol, out=ctx.close.copy(), where=vol > 0)
     return (ctx.close - vwap) / ctx.tick_size
 
 
@@ -190,42 +191,46 @@ def order_flow_imbalance(ctx: BarContext, window: int) -> np.ndarray:
     A bar closing at its high counts its volume as bought, at its low as sold (a proxy
     for the trade-side imbalance that OHLCV bars do not carry).
     """
-    signed = rolling.window_sum(ctx.close_location * ctx.volume, window, ctx.since)
-    traded = rolling.window_sum(ctx.volume, window, ctx.since)
+    signed = rolling.window_sum(ctx.close_location * ctx.volume, window, ctx.segs)
+    traded = rolling.window_sum(ctx.volume, window, ctx.segs)
     return _safe_ratio(signed, traded)
 
 
 def poc_distance_ticks(ctx: BarContext, window: int, bin_ticks: int) -> np.ndarray:
     """close - point of control of the volume profile of the last ``window`` bars, in ticks."""
     typical = (ctx.high + ctx.low + ctx.close) / 3.0
-    poc = rolling_poc(typical, ctx.volume, ctx.since, window, bin_ticks * ctx.tick_size)
+    poc = rolling_poc(typical, ctx.volume, ctx.segs, window, bin_ticks * ctx.tick_size)
     return (ctx.close - poc) / ctx.tick_size
 
 
 # Calendar --------------------------------------------------------------------------------
 
 
+def _cyclic(index: np.ndarray, period: int, fn) -> np.ndarray:
+    """fn(2 pi index / period) through a table of the ``period`` values: one gather per bar."""
+    return fn(2 * math.pi * np.arange(period) / period)[index]
+
+
 def _minute_of_day(ctx: BarContext) -> np.ndarray:
-    return ctx.cached(("minute_of_day",), lambda: ((ctx.stamps % NS_PER_DAY) // NS_PER_MINUTE).astype(np.float64))
+    return ctx.cached(("minute_of_day",), lambda: (ctx.stamps % NS_PER_DAY) // NS_PER_MINUTE)
 
 
 def _day_of_week(ctx: BarContext) -> np.ndarray:
     """Weekday of the trading day, Monday = 0 (1970-01-01 was a Thursday, day 3)."""
-    return ctx.cached(("day_of_week",), lambda: ((ctx.trading_day + 3) % 7).astype(np.float64))
+    return ctx.cached(("day_of_week",), lambda: (ctx.trading_day + 3) % 7)
 
 
 def time_of_day_sin(ctx: BarContext) -> np.ndarray:
-    return np.sin(2 * math.pi * _minute_of_day(ctx) / 1440.0)
+    return _cyclic(_minute_of_day(ctx), 1440, np.sin)
 
 
 def time_of_day_cos(ctx: BarContext) -> np.ndarray:
-    return np.cos(2 * math.pi * _minute_of_day(ctx) / 1440.0)
+    return _cyclic(_minute_of_day(ctx), 1440, np.cos)
 
 
 def day_of_week_sin(ctx: BarContext) -> np.ndarray:
-    return np.sin(2 * math.pi * _day_of_week(ctx) / 7.0)
+    return _cyclic(_day_of_week(ctx), 7, np.sin)
 
 
 def day_of_week_cos(ctx: BarContext) -> np.ndarray:
-    return np.cos(2 * math.pi * _day_of_week(ctx) / 7.0)
-
+    return _cyclic(_day_of_week(ctx), 7, np.cos)

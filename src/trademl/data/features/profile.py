@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trademl.data.features.rolling import lagged_windows, window_min_max, window_sum
+from trademl.data.features.rolling import SegmentIndex, lagged_windows, window_min_max, window_sum
 
 _CELLS_PER_BATCH = 1 << 16  # histogram cells per bincount call: 512 KB stays in cache (measured fastest)
 
@@ -25,7 +25,7 @@ def price_bins(price: np.ndarray, bin_size: float) -> np.ndarray:
     return np.floor(price / bin_size + 1e-9).astype(np.int64)
 
 
-def rolling_poc(price: np.ndarray, volume: np.ndarray, since: np.ndarray, window: int, bin_size: float) -> np.ndarray:
+def rolling_poc(price: np.ndarray, volume: np.ndarray, segs: SegmentIndex, window: int, bin_size: float) -> np.ndarray:
     """Centre price of the POC bin of the last ``window`` bars; NaN in warm-up or with no volume."""
     n = len(price)
     poc = np.full(n, np.nan)
@@ -33,8 +33,8 @@ def rolling_poc(price: np.ndarray, volume: np.ndarray, since: np.ndarray, window
         return poc
     bins = price_bins(price, bin_size)
     lowest, highest = window_min_max(bins, window)
-    traded = window_sum(volume, window, since) > 0
-    rows = np.flatnonzero((since >= window - 1) & traded)
+    traded = window_sum(volume, window, segs) > 0  # NaN (warm-up) compares False
+    rows = np.flatnonzero(traded)
     width = highest[rows] - lowest[rows] + 1
     width_class = np.ceil(np.log2(width)).astype(np.int64)
     bin_windows = lagged_windows(bins, window)  # row t - window + 1 holds bins[t-window+1 .. t]

@@ -1,13 +1,14 @@
 """Segment-aware rolling machinery on numpy arrays, written once for every feature.
 
-All helpers are causal (the value at t reads x[..t] only) and take ``since``, the number
-of bars since the start of each bar's segment (trademl.data.segments.bars_since_start):
-a window that would reach back across a segment start yields NaN, and an EMA restarts at
+All helpers are causal (the value at t reads x[..t] only) and take a SegmentIndex: a
+window that would reach back across a segment start yields NaN, and an EMA restarts at
 each segment start, so nothing bleeds across a gap or a contract roll.
 
 Precision: window sums come from prefix sums that restart every ``_BLOCK`` rows, so the
 rounding error of a window sum is bounded by the block, not by the length of the series
 (a 1M-bar global cumsum of squared prices would lose the variance of a flat window).
+Speed: each helper makes as few full passes over the data as it can, writing into its
+own buffers, because at a million bars the cost is memory traffic, not arithmetic.
 """
 
 from __future__ import annotations
@@ -23,14 +24,52 @@ _BLOCK = 4096
 _MAX_BLOCK_EXPONENT = 500.0
 
 
-def mask_warmup(values: np.ndarray, since: np.ndarray, first_valid: int) -> np.ndarray:
+class SegmentIndex:
+    """Where the segments of a series start, and per-bar positions inside them."""
+
+    def __init__(self, seg: np.ndarray):
+        n = len(seg)
+        is_start = np.ones(n, dtype=bool)
+        if n:
+            is_start[1:] = seg[1:] != seg[:-1]
+        self.first_rows = np.flatnonzero(is_start)
+        self.lengths = np.diff(np.append(self.first_rows, n))
+        self.since = np.arange(n) - self.per_bar(self.first_rows)
+        self._young: dict[int, np.ndarray] = {}
+        self._since_plus_one: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.since)
+
+    def per_bar(self, per_segment: np.ndarray) -> np.ndarray:
+        """Spread one value per segment over the segment's bars."""
+        return np.repeat(per_segment, self.lengths)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Index of the first bar of each bar's segment."""
+        return self.per_bar(self.first_rows)
+
+    def young(self, k: int) -> np.ndarray:
+        """Rows with fewer than k bars of their segment before them (cached)."""
+        if k not in self._young:
+            self._young[k] = np.flatnonzero(self.since < k)
+        return self._young[k]
+
+    def since_plus_one(self) -> np.ndarray:
+        if self._since_plus_one is None:
+            self._since_plus_one = self.since + 1.0
+        return self._since_plus_one
+
+
+def mask_warmup(values: np.ndarray, segs: SegmentIndex, first_valid: int) -> np.ndarray:
     """Set NaN where fewer than ``first_valid`` bars of the segment precede (in place)."""
     if first_valid > 0:
-        values[since < first_valid] = np.nan
+        values[segs.young(first_valid)] = np.nan
     return values
 
 
-def window_sum(x: np.ndarray, window: int, since: np.ndarray, x_first_valid: int = 0) -> np.ndarray:
+def window_sum(x: np.ndarray, window: int, segs: SegmentIndex, x_first_valid: int = 0) -> np.ndarray:
     """Sum of x[t-window+1 .. t]; NaN where that window is not inside the segment.
 
     ``x_first_valid`` says how many leading bars of each segment hold no value of x
@@ -39,102 +78,105 @@ def window_sum(x: np.ndarray, window: int, since: np.ndarray, x_first_valid: int
     n = len(x)
     if not 1 <= window <= _BLOCK:
         raise ValueError(f"window must be in 1..{_BLOCK}, got {window}")
-    out = np.full(n, np.nan)
+    out = np.empty(n)
+    out[: window - 1] = np.nan
     if n < window:
         return out
     nb = -(-(n + 1) // _BLOCK)
-    prefix = np.zeros(nb * _BLOCK)
+    prefix = np.empty(nb * _BLOCK)
+    prefix[0] = 0.0
     prefix[1 : n + 1] = x
+    prefix[n + 1 :] = 0.0
     blocks = prefix.reshape(nb, _BLOCK)
     np.cumsum(blocks, axis=1, out=blocks)  # prefix restarts at every block
     totals = blocks[:, -1].copy()
     # Window of bar t = prefix[t+1] - prefix[t+1-window]; when the two ends fall in
     # adjacent blocks, the earlier block's total is added back.
-    out[window - 1 :] = prefix[window : n + 1] - prefix[: n + 1 - window]
+    np.subtract(prefix[window : n + 1], prefix[: n + 1 - window], out=out[window - 1 :])
     block_starts = np.arange(1, nb) * _BLOCK
     crossing = (block_starts[:, None] + np.arange(window)[None, :] - 1).ravel()  # bar t = a - 1
     addend = np.repeat(totals[:-1], window)
     keep = (crossing >= window - 1) & (crossing < n)
     out[crossing[keep]] += addend[keep]
-    return mask_warmup(out, since, window - 1 + x_first_valid)
+    return mask_warmup(out, segs, window - 1 + x_first_valid)
 
 
-def window_mean(x, window, since, x_first_valid=0):
-    return window_sum(x, window, since, x_first_valid) / window
+def window_mean(x, window, segs, x_first_valid=0):
+    out = window_sum(x, window, segs, x_first_valid)
+    out /= window
+    return out
 
 
-def window_mean_std(x, window, since, ref, x_first_valid=0):
+def window_mean_std(x, window, segs, ref=None, x_first_valid=0):
     """Rolling mean and population std (ddof=0) of x over ``window`` bars.
 
-    ``ref`` is subtracted first (the segment's first value, typically): the variance is
-    the same, and the sums of squares stay small enough to keep float64 precise.
+    ``ref`` (per bar: the segment's first value, typically) is subtracted first: the
+    variance is the same, and the sums of squares stay small enough to keep it precise.
     """
-    centred = x - ref
-    mean_c = window_sum(centred, window, since, x_first_valid) / window
-    mean_sq = window_sum(centred * centred, window, since, x_first_valid) / window
-    var = np.maximum(mean_sq - mean_c * mean_c, 0.0)
-    return mean_c + ref, np.sqrt(var)
+    centred = x - ref if ref is not None else x
+    mean = window_mean(centred, window, segs, x_first_valid)
+    mean_sq = window_mean(centred * centred, window, segs, x_first_valid)
+    mean_sq -= mean * mean
+    np.maximum(mean_sq, 0.0, out=mean_sq)
+    std = np.sqrt(mean_sq, out=mean_sq)
+    if ref is not None:
+        mean += ref
+    return mean, std
 
 
-def segment_first(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The value of x at the first bar of each bar's segment."""
-    return x[starts]
+def _block_length(log_q: float) -> int:
+    return int(min(_BLOCK, max(1.0, _MAX_BLOCK_EXPONENT / -log_q)))
 
 
-def _linear_filter(z: np.ndarray, q: float) -> np.ndarray:
-    """u[t] = q * u[t-1] + z[t] with u[-1] = 0, in closed form block by block.
-
-    Inside a block of length L: u[j] = q**j * cumsum(z[i] * q**-i) + q**(j+1) * carry,
-    with L small enough that q**-L stays finite. The carries are a short recursion over
-    blocks. The relative rounding error is about eps / (1 - q), as in the plain loop.
-    """
-    n = len(z)
-    if n == 0:
-        return np.zeros(0)
-    log_q = math.log(q)
-    length = int(min(_BLOCK, max(1.0, _MAX_BLOCK_EXPONENT / -log_q))) if log_q < 0 else _BLOCK
-    nb = -(-n // length)
-    padded = np.zeros(nb * length)
-    padded[:n] = z
-    blocks = padded.reshape(nb, length)
-    j = np.arange(length, dtype=np.float64)
-    blocks *= np.exp(-log_q * j)
-    np.cumsum(blocks, axis=1, out=blocks)
-    blocks *= np.exp(log_q * j)
-    carry_in = np.zeros(nb)
-    decay = q**length
-    carry = 0.0
-    ends = blocks[:, -1].tolist()
-    for b in range(1, nb):  # a few hundred scalar steps for a million bars
-        carry = decay * carry + ends[b - 1]
-        carry_in[b] = carry
-    blocks += carry_in[:, None] * np.exp(log_q * (j + 1))[None, :]
-    return padded[:n]
-
-
-def ema(x: np.ndarray, alpha: float, since: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def ema(x: np.ndarray, alpha: float, segs: SegmentIndex) -> np.ndarray:
     """Exponential moving average y[t] = alpha*x[t] + (1-alpha)*y[t-1], restarting per segment.
 
     At a segment start y = x (pandas ``ewm(alpha=..., adjust=False)`` on that segment
-    alone). x must be finite. Warm-up masking is the caller's business (see FeatureSpec).
+    alone). x must be finite. Warm-up masking is the caller's business (FeatureSpec).
+
+    How: u[t] = q*u[t-1] + z[t] with q = 1-alpha, z = alpha*x except z = x at segment
+    starts, runs in closed form block by block (u[j] = q**j * (cumsum(z[i] * q**-i) +
+    q * carry), blocks short enough that q**-L stays finite; carries are a short scalar
+    recursion over blocks). Then y = u - q**(since+1) * u[start-1] removes what the
+    previous segment carried in. Relative rounding error ~ eps / alpha, as in a plain loop.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"EMA alpha must be in (0, 1), got {alpha}")
+    n = len(x)
     q = 1.0 - alpha
-    z = alpha * x
-    is_start = since == 0
-    z[is_start] = x[is_start]  # alpha * (x / alpha): the filter then starts at x itself
-    u = _linear_filter(z, q)
-    # Remove what the previous segment carried in: q**(since+1) * u[start-1].
-    before = starts - 1
-    carried = np.where(before >= 0, u[np.maximum(before, 0)], 0.0)
-    return u - carried * np.exp(math.log(q) * (since + 1.0))
+    log_q = math.log(q)
+    length = _block_length(log_q)
+    nb = max(1, -(-n // length))
+    buf = np.empty(1 + nb * length)  # buf[0] = u[-1] = 0, then u
+    buf[0] = 0.0
+    buf[1 + n :] = 0.0
+    z = buf[1 : 1 + n]
+    np.multiply(x, alpha, out=z)
+    z[segs.first_rows] = x[segs.first_rows]
+    blocks = buf[1:].reshape(nb, length)
+    j = np.arange(length, dtype=np.float64)
+    blocks *= np.exp(-log_q * j)
+    np.cumsum(blocks, axis=1, out=blocks)
+    ends = (blocks[:, -1] * q ** (length - 1)).tolist()
+    carry_in = np.zeros(nb)
+    decay, carry = q**length, 0.0
+    for b in range(1, nb):  # a few hundred scalar steps for a million bars
+        carry = decay * carry + ends[b - 1]
+        carry_in[b] = carry
+    blocks += (carry_in * q)[:, None]
+    blocks *= np.exp(log_q * j)
+    u = buf[1 : 1 + n]
+    carried = buf[segs.first_rows]  # u[start - 1]; buf[0] = 0 for the first segment
+    if len(carried) > 1:
+        correction = np.exp(segs.since_plus_one() * log_q)
+        correction *= segs.per_bar(carried)
+        u -= correction
+    return u
 
 
 def ema_memory(alpha: float, tolerance: float = 1e-9) -> int:
     """Bars after which an EMA has forgotten its start to ``tolerance`` (for exact tails)."""
-    q = 1.0 - alpha
-    return 1 if q <= 0 else int(math.ceil(math.log(tolerance) / math.log(q)))
+    return int(math.ceil(math.log(tolerance) / math.log(1.0 - alpha)))
 
 
 def window_min_max(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
