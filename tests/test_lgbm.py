@@ -135,7 +135,8 @@ def test_bundled_es_data_trains_with_honest_figures(tmp_path):
     assert [r.kind for r in reports] == ["lgb_5m", "lgb_30m"]
     for r in reports:
         oos = r.metrics["out_of_sample"]
-        assert oos["rows"] > 10_000 and 0.3 < oos["base_rate"] < 0.6
+        # ES costs ~2.4 points a round trip: few 5-bar trades clear them
+        assert oos["rows"] > 10_000 and 0.05 < oos["base_rate"] < 0.6
         assert 0.4 < oos["auc"] < 0.7 and np.isfinite(oos["log_loss"])
         assert r.metrics["verdict"]["text"].split(":")[0] in ("beats the base rate", "does NOT beat the base rate")
         assert len(r.metrics["folds"]) >= 2 and len(r.metrics["reliability"]) == 10
