@@ -63,7 +63,7 @@ def sequence_task(dataset, config: Config):
     labels = {c: frame[c].to_numpy(np.float64) for c in columns}
     labelled = np.logical_and.reduce([np.isfinite(v) for v in labels.values()])
     task = SequenceTask(
-        X=np.ascontiguousarray(dataset.X, dtype=np.float32),
+        X=feature_matrix(dataset),
         feature_names=list(dataset.feature_names),
         signal=labels[columns[0]],
         movement=labels[columns[1]],
@@ -77,9 +77,28 @@ def sequence_task(dataset, config: Config):
             f"{len(ends)} usable sequences of {lc.SEQUENCE_LENGTH} bars (from {len(frame)} bars in {n_seg} "
             f"segments; {int(labelled.sum())} rows labelled at horizon {h}); the LSTM needs at least {lc.MIN_SEQUENCES}",
             where=str(getattr(dataset, "path", None) or "dataset"),
-            hint="use more data, fewer bars per sequence (SEQUENCE_LENGTH) or a larger max_gap_minutes",
+            hint="use more data, a shorter SEQUENCE_LENGTH or a larger max_gap_minutes",
         )
     return task, ends
+
+
+def feature_matrix(dataset) -> np.ndarray:
+    """float32 [rows, F] in schema order, one column per feature name.
+
+    A feature may share its name with a bar column (the guide's snapshot features include
+    ``close`` and ``volume``); the frame then holds both, and ``frame[names]`` would return
+    both. Features come after the bar columns in the frame, so the last column of each name
+    is the feature.
+    """
+    frame = dataset.frame
+    names = list(dataset.feature_names)
+    if frame.columns.is_unique:
+        return np.ascontiguousarray(frame[names].to_numpy(np.float32))
+    last = {name: i for i, name in enumerate(frame.columns)}
+    missing = [n for n in names if n not in last]
+    if missing:
+        raise DataError(f"dataset has no feature columns {missing}", where=str(getattr(dataset, "path", None) or "dataset"))
+    return np.ascontiguousarray(frame.iloc[:, [last[n] for n in names]].to_numpy(np.float32))
 
 
 def train_lstm(
@@ -118,7 +137,7 @@ def train_lstm(
     if not stages:
         raise InsufficientDataError(
             f"no walk-forward fold has {lc.MIN_SEQUENCES} training sequences ({len(ends)} sequences, {lc.N_FOLDS} folds)",
-            where="lstm", hint="use more data or fewer folds (N_FOLDS)",
+            where="lstm", hint="use more data or a smaller N_FOLDS",
         )
     stages.append(("final", *train_valid_split(ends, VALID_FRACTION, h), None))
 
@@ -140,6 +159,7 @@ def train_lstm(
         "cv": _pooled_metrics(task, pooled),
         "folds": fold_metrics,
         "final": {"best_epoch": result.best_epoch, "val_loss": result.best_loss, "history": result.history,
+                  "class_weights": result.class_weights, "movement_scale": result.movement_scale,
                   "fit_sequences": int(len(stages[-1][1])), "valid_sequences": int(len(stages[-1][2]))},
         "sequences": int(len(ends)),
     }

@@ -3,7 +3,11 @@
 Input: normalised feature windows [batch, T, F]. The bidirectional LSTM reads each window
 in both directions (the window is entirely in the past of its last bar, so reading it
 backwards looks at nothing in the future). An attention layer scores every time step
-and pools the outputs with those weights. Three heads read the pooled vector:
+and pools the outputs with those weights; the output at the last step (the newest bar) is
+concatenated to the pooled vector, because with uniform initial attention the newest bar
+weighs only 1/T and, among 40 noisy features, the net overfits before attention finds it
+(on the planted-edge market this skip took out-of-sample accuracy from +2 to +7 points
+over the majority class). Three heads read that context vector:
 
 - signal: logits over (hold, buy, sell), the label coding 0/1/2 of ``signal_h``, trained
   with class-weighted cross-entropy and served as calibrated probabilities;
@@ -42,6 +46,7 @@ class LSTMSignalNet(nn.Module):
         )
         width = 2 * hidden_size
         self.attention = nn.Linear(width, 1)
+        width = 2 * width  # attention-pooled outputs + the last step's outputs
         self.dropout = nn.Dropout(dropout)
         self.signal_head = nn.Linear(width, 3)
         self.movement_head = nn.Linear(width, 1)
@@ -51,7 +56,7 @@ class LSTMSignalNet(nn.Module):
         """(signal logits [n, 3], scaled movement [n], risk logit [n])."""
         steps, _ = self.lstm(x)  # [n, T, 2H]
         weights = torch.softmax(self.attention(steps).squeeze(-1), dim=1)  # [n, T]
-        pooled = self.dropout((steps * weights.unsqueeze(-1)).sum(dim=1))  # [n, 2H]
+        pooled = self.dropout(torch.cat([(steps * weights.unsqueeze(-1)).sum(dim=1), steps[:, -1]], dim=1))  # [n, 4H]
         return (
             self.signal_head(pooled),
             self.movement_head(pooled).squeeze(-1),

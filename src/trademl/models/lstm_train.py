@@ -255,7 +255,7 @@ def _train_epoch(net, optimizer, batcher, loss_fn, fit_ends, epoch, seed, stage_
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_NORM)
         optimizer.step()
-        total += float(loss) * len(b)
+        total += float(loss.detach()) * len(b)
         if on_batch:
             on_batch(len(b))
     return total / max(len(order), 1)

@@ -1,0 +1,213 @@
+"""The LSTM: learns a planted edge, invents none, resumes bit-identically, serves through ONNX.
+
+Data: synthetic_bars with a planted edge of rank IC 0.3 at the 5-bar horizon; the
+``edge`` column (known at the close of bar t) is passed to the model as an extra
+feature, so the edge sits in the last step of every window and the model has to find it
+there through the LSTM and the attention pooling. Models are small (hidden 16, one layer,
+sequences of 8 bars) so the file runs in well under a minute on two busy cores.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from trademl.config import Config
+from trademl.data.sequences import Normalizer, rows_covered, windows_at
+from trademl.data.synthetic import synthetic_bars
+from trademl.errors import DataError, InsufficientDataError, TradeMLError
+from trademl.models.lstm import sequence_task, train_lstm
+from trademl.models.lstm_model import LSTMSignalNet, ServingHead
+from trademl.models.lstm_train import Batcher, predict_raw
+from trademl.models.store import ModelStore
+from trademl.predict.runtime_lstm import LSTMRuntime
+
+HORIZON = 5
+
+
+def synthetic_dataset(n_bars: int, edge_ic: float, seed: int):
+    from trademl.data.dataset import dataset_from_bars
+
+    cfg = Config()
+    cfg.data.extra_feature_columns = ["edge"]
+    return dataset_from_bars(synthetic_bars(n_bars, seed=seed, edge_ic=edge_ic, symbol="NQ"), cfg)
+
+
+def small_config(tmp_path, **lstm) -> Config:
+    cfg = Config()
+    settings = dict(SEQUENCE_LENGTH=8, HIDDEN_SIZE=16, NUM_LAYERS=1, EPOCHS=5, PATIENCE=2, N_FOLDS=1,
+                    BATCH_SIZE=64, LEARNING_RATE=3e-3, TORCH_THREADS=1)
+    for key, value in {**settings, **lstm}.items():
+        setattr(cfg.lstm, key, value)
+    cfg.paths.model_root = str(tmp_path / "models")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def edge_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lstm_edge")
+    ds = synthetic_dataset(24_000, edge_ic=0.3, seed=1)
+    cfg = small_config(tmp)
+    return ds, cfg, train_lstm(ds, cfg, checkpoint_dir=tmp / "ckpt")
+
+
+def test_planted_edge_beats_majority_class_and_movement_tracks_returns(edge_run):
+    _, _, result = edge_run
+    cv = result.metrics["cv"]
+    assert cv["n_test"] > 4_000
+    # Margin stated in the issue: at least 4 points of accuracy over always predicting the
+    # training majority class, on sequences the model never saw (observed: about 7).
+    assert cv["accuracy"] >= cv["majority_accuracy"] + 0.04, cv
+    assert cv["movement_corr"] >= 0.1, cv
+    assert 0.0 <= cv["risk_mae"] < 0.5
+
+
+def test_no_edge_gives_majority_accuracy_and_no_correlation(tmp_path):
+    ds = synthetic_dataset(24_000, edge_ic=0.0, seed=2)
+    cv = train_lstm(ds, small_config(tmp_path)).metrics["cv"]
+    n = cv["n_test"]
+    # Overlapping 5-bar returns: about n / 5 independent outcomes.
+    accuracy_noise = 3 * math.sqrt(0.25 / (n / HORIZON))
+    assert cv["accuracy"] <= cv["majority_accuracy"] + accuracy_noise, cv
+    assert abs(cv["movement_corr"]) <= 3 / math.sqrt(n / HORIZON), cv
+
+
+def test_stored_model_has_its_files_and_a_training_rows_normaliser(edge_run):
+    ds, cfg, result = edge_run
+    stored = ModelStore(cfg.paths.model_root).load("lstm", feature_names=ds.feature_names)
+    assert set(stored.manifest["files"]) == {"model.onnx", "normalizer.json", "model.pt"}
+    assert stored.manifest["config"]["SEQUENCE_LENGTH"] == 8
+    assert stored.manifest["onnx_max_abs_diff"] <= 1e-5
+    state = torch.load(stored.file("model.pt"), weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in result.net.state_dict().items())
+    # The served normaliser saw the final stage's fit windows only, not its validation tail.
+    task, ends = sequence_task(ds, cfg)
+    fit_ends = ends[: result.metrics["final"]["fit_sequences"]]
+    expected = Normalizer.fit(task.X, rows_covered(fit_ends, 8, len(task.X)), task.feature_names)
+    np.testing.assert_allclose(result.normalizer.mean, expected.mean, rtol=1e-6)
+    np.testing.assert_allclose(result.normalizer.std, expected.std, rtol=1e-6)
+    with_tail = Normalizer.fit(task.X, rows_covered(ends, 8, len(task.X)), task.feature_names)
+    assert not np.allclose(result.normalizer.mean, with_tail.mean, rtol=1e-6)
+
+
+def test_onnx_runtime_equals_pytorch(edge_run):
+    ds, cfg, result = edge_run
+    stored = ModelStore(cfg.paths.model_root).load("lstm", feature_names=ds.feature_names)
+    runtime = LSTMRuntime.load(stored)
+    assert runtime.sequence_length == 8 and runtime.horizon == HORIZON
+    task, ends = sequence_task(ds, cfg)
+    head = ServingHead(result.net, result.movement_scale, stored_weights(stored)).eval()
+    batcher = Batcher(task, result.normalizer, result.movement_scale)
+    for sample in (ends[-1:], ends[100:133]):  # batch 1 and a batch other than the traced one
+        got = runtime.predict(windows_at(task.X, sample, 8))
+        with torch.no_grad():
+            probs, movement, risk = (t.numpy() for t in head(batcher.inputs(sample)))
+        np.testing.assert_allclose(got["hold"], probs[:, 0], atol=1e-5)
+        np.testing.assert_allclose(got["buy"], probs[:, 1], atol=1e-5)
+        np.testing.assert_allclose(got["sell"], probs[:, 2], atol=1e-5)
+        np.testing.assert_allclose(got["movement"], movement, atol=1e-5)
+        np.testing.assert_allclose(got["risk"], risk, atol=1e-5)
+        np.testing.assert_allclose(got["hold"] + got["buy"] + got["sell"], 1.0, atol=1e-5)
+        assert np.all((got["risk"] >= 0) & (got["risk"] <= 1))
+
+
+def stored_weights(stored):
+    return stored.manifest["metrics"]["final"]["class_weights"]
+
+
+def test_runtime_rejects_bad_windows(edge_run):
+    ds, cfg, _ = edge_run
+    runtime = LSTMRuntime.load(ModelStore(cfg.paths.model_root).load("lstm"))
+    F = len(runtime.feature_names)
+    with pytest.raises(DataError, match=r"\[n, 8, %d\]" % F):
+        runtime.predict(np.zeros((1, 7, F), np.float32))
+    bad = np.zeros((2, 8, F), np.float32)
+    bad[1, 3, 2] = np.nan
+    with pytest.raises(DataError, match=f"window 1, step 3, feature '{runtime.feature_names[2]}'"):
+        runtime.predict(bad)
+
+
+def test_serving_runtime_imports_neither_torch_nor_lightgbm():
+    code = (
+        "import sys, trademl.predict.runtime_lstm; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'lightgbm' not in sys.modules, 'lightgbm imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_prediction_at_t_ignores_every_bar_after_t(edge_run):
+    ds, cfg, result = edge_run
+    task, ends = sequence_task(ds, cfg)
+    t = int(ends[len(ends) // 2])
+    batcher = Batcher(task, result.normalizer, result.movement_scale)
+    before = predict_raw(result.net, batcher, np.array([t]), 8)
+    task.X[t + 1 :] = np.random.default_rng(0).standard_normal(task.X[t + 1 :].shape) * 100
+    after = predict_raw(result.net, batcher, np.array([t]), 8)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_net_shapes_bidirectional_and_attention():
+    net = LSTMSignalNet(n_features=5, hidden_size=12, num_layers=2, dropout=0.1).eval()
+    assert net.lstm.bidirectional and net.lstm.num_layers == 2 and net.lstm.hidden_size == 12
+    logits, movement, risk = net(torch.randn(4, 10, 5))
+    assert logits.shape == (4, 3) and movement.shape == (4,) and risk.shape == (4,)
+    head = ServingHead(net, movement_scale=0.002, class_weights=[3.0, 0.6, 0.6]).eval()
+    probs, _, risk01 = head(torch.randn(4, 10, 5))
+    torch.testing.assert_close(probs.sum(1), torch.ones(4))
+    assert torch.all((risk01 >= 0) & (risk01 <= 1))
+
+
+def test_resume_after_interruption_ends_with_identical_weights(tmp_path):
+    ds = synthetic_dataset(5_000, edge_ic=0.2, seed=3)
+    cfg = small_config(tmp_path, EPOCHS=3, PATIENCE=10)
+    straight = train_lstm(ds, cfg, checkpoint_dir=tmp_path / "a", store_root=tmp_path / "store_a")
+
+    class Killed(KeyboardInterrupt):
+        pass
+
+    def kill_after_final_epoch_2(stage, record):
+        if stage == "final" and record["epoch"] == 2:
+            raise Killed  # as Ctrl-C after the epoch's checkpoint is written
+
+    with pytest.raises(Killed):
+        train_lstm(ds, cfg, checkpoint_dir=tmp_path / "b", store_root=tmp_path / "store_b", on_epoch_end=kill_after_final_epoch_2)
+    assert ModelStore(tmp_path / "store_b").versions("lstm") == []  # nothing stored from the killed run
+    # Scramble every global RNG: only the checkpointed state may steer the rest of the run.
+    torch.manual_seed(12345)
+    np.random.seed(12345)
+    resumed_epochs = []
+    resumed = train_lstm(ds, cfg, checkpoint_dir=tmp_path / "b", store_root=tmp_path / "store_b", resume=True,
+                         on_epoch_end=lambda stage, rec: resumed_epochs.append((stage, rec["epoch"])))
+    assert resumed_epochs == [("final", 3)]  # the finished fold and 2 final epochs were not redone
+    a, b = straight.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.metrics["cv"] == resumed.metrics["cv"]
+
+    cfg.lstm.LEARNING_RATE = 1e-2  # another run's checkpoint must not be continued silently
+    with pytest.raises(TradeMLError, match="other data or settings"):
+        train_lstm(ds, cfg, checkpoint_dir=tmp_path / "b", store_root=tmp_path / "store_b", resume=True)
+
+
+def test_too_few_sequences_is_a_clear_error_with_the_numbers(tmp_path):
+    ds = synthetic_dataset(300, edge_ic=0.0, seed=4)
+    cfg = Config()
+    cfg.paths.model_root = str(tmp_path / "models")
+    with pytest.raises(InsufficientDataError) as e:
+        train_lstm(ds, cfg)
+    message = str(e.value)
+    assert "usable sequences of 60 bars" in message and "from 300 bars" in message and "at least 200" in message
+
+
+def test_missing_horizon_labels_name_the_columns(tmp_path):
+    ds = synthetic_dataset(2_000, edge_ic=0.0, seed=5)
+    cfg = small_config(tmp_path, PREDICTION_HORIZON=15)
+    with pytest.raises(DataError, match=r"signal_15"):
+        train_lstm(ds, cfg)
