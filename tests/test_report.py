@@ -97,3 +97,21 @@ def test_the_chromium_check_catches_a_broken_page(report_inputs, tmp_path):
     dom, log = render(out, tmp_path)
     assert status_of(dom)["errors"] == "1"
     assert any("notAFunction" in m for m in console_errors(log))
+
+
+def test_backtest_report_runs_from_the_config(tmp_path):
+    from trademl.backtest.report import backtest_report
+    from trademl.config import load_config
+
+    bars = synthetic_bars(4000, seed=5, edge_ic=0.1, edge_horizon=5, symbol="MES")
+    edge = bars["edge"].to_numpy()
+    signals = {"action": np.where(edge > 0, "BUY", "SELL"), "confidence": np.abs(edge) / 3}
+    cfg = load_config(overrides={"backtest": {"confidence_threshold": 0.3, "max_position_size": 2},
+                                 "costs": {"commission_per_side": 0.5}})
+    runs, table, out = backtest_report(bars, signals, config=cfg, path=tmp_path / "bt.html")
+    strategy = runs["ensemble"]
+    assert strategy.model.max_position == 2 and strategy.model.commission_per_side == 0.5
+    assert strategy.model.spec.root == "MES"
+    assert np.abs(strategy.position).max() == 2
+    assert list(table.index)[:4] == ["ensemble", "flat", "buy_and_hold", "random (seed 0)"]
+    assert out.exists() and "Confidence vs realized hit rate" in out.read_text()

@@ -97,7 +97,7 @@ def segment_resets(segments: np.ndarray) -> np.ndarray:
 
 
 def action_codes(action) -> np.ndarray:
-    """+1/-1/0 from numbers or from the strings BUY/SELL/HOLD (any case)."""
+    """+1/-1/0 (int8) from numbers or from the strings BUY/SELL/HOLD (any case)."""
     arr = np.asarray(action)
     if arr.dtype.kind in "OUS":
         upper = pd.Series(arr, dtype="string").str.upper()
@@ -107,8 +107,10 @@ def action_codes(action) -> np.ndarray:
             row = int(np.flatnonzero(bad)[0])
             raise DataError(f"action {arr[row]!r} is not BUY, SELL or HOLD", where=f"signals row {row}, field action")
         return codes.to_numpy(dtype=np.int8)
+    if arr.dtype.kind in "iu" and (len(arr) == 0 or (arr.min() >= -1 and arr.max() <= 1)):
+        return arr.astype(np.int8, copy=False)  # the common case, checked with two reductions
     arr = np.asarray(arr, dtype=np.float64)
-    bad = ~np.isin(arr, (-1.0, 0.0, 1.0))
+    bad = ~((arr == 1.0) | (arr == 0.0) | (arr == -1.0))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(f"action {arr[row]!r} is not +1, -1 or 0", where=f"signals row {row}, field action")
@@ -121,16 +123,21 @@ def target_from_signals(action, confidence, *, max_position_size: int = 5, confi
 
     A signal counts when its confidence is strictly above the threshold (NaN never counts).
     The position restarts from 0 at each segment start, because the execution model has
-    flattened the account before the gap.
+    flattened the account before the gap. Only bars where something happens (a counted
+    signal or a segment start) enter the scan; the position is carried forward in between.
     """
     codes = action_codes(action)
     conf = np.asarray(confidence, dtype=np.float64)
     if conf.shape != codes.shape:
         raise DataError(f"{len(conf)} confidences for {len(codes)} actions", where="signals, field confidence")
-    steps = np.where(conf > confidence_threshold, codes, 0)
+    counted = (conf > confidence_threshold) & (codes != 0)
     reset = None if segments is None else segment_resets(np.asarray(segments))
+    event = counted if reset is None else counted | reset
+    at = np.flatnonzero(event)
     m = int(max_position_size)
-    return clipped_cumsum(steps, -m, m, reset).astype(np.float64)
+    state = clipped_cumsum(codes[at] * counted[at], -m, m, None if reset is None else reset[at])
+    carried = np.concatenate(([0.0], state.astype(np.float64)))  # 0 before the first event
+    return carried[np.cumsum(event, dtype=np.int32)]
 
 
 # ----------------------------------------------------------------------------- trade list
@@ -250,6 +257,9 @@ def _price_arrays(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     out = []
     for col in ("open", "close"):
         values = bars[col].to_numpy(dtype=np.float64)
+        if len(values) and values.min() > 0 and values.max() < np.inf:  # NaN fails both: fast path
+            out.append(values)
+            continue
         bad = ~np.isfinite(values) | (values <= 0)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
