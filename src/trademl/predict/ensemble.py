@@ -336,7 +336,8 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
         out.update(fields)
         out["models_used"].append(kind)
     if not votes:
-        raise RequestError("no model could run on this request: " + "; ".join(warnings), field="body", kind="no_model")
+        raise RequestError("no model could run on this request: " + "; ".join(warnings), field="body",
+                           kind="insufficient_input")
     if models.weight_warning:
         warnings.append(models.weight_warning)
     combined = combine_votes(votes, models.weights)
@@ -575,17 +576,17 @@ EXIT_BAD_REQUEST = 2
 EXIT_NO_MODEL = 3
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON (send finite numbers or null)")
-
-
 def parse_json_body(data: bytes | str, max_bytes: int):
-    """Bytes of one request -> the decoded JSON value, or RequestError (too large, not JSON, NaN)."""
+    """Bytes of one request -> the decoded JSON value, or RequestError (too large, not JSON).
+
+    NaN and Infinity are decoded (as FastAPI does) so that validation rejects them naming
+    the field they are in, rather than as an anonymous syntax error.
+    """
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > max_bytes:
         raise RequestError(f"request is larger than {max_bytes} bytes", field="body", kind="too_large")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(f"request is not valid JSON: {e}", field="body", kind="not_json") from None
 

@@ -96,7 +96,7 @@ class PredictRequest(_Strict):
         default=None, description="features of the last bar: {name: value} or an array in schema order; null = missing"
     )
     sequence: list[list[Number]] | list[dict[str, Number]] | None = Field(
-        default=None, max_length=MAX_SEQUENCE_ROWS,
+        default=None,
         description="feature rows, oldest first, the last one being the current bar (LSTM and PPO input)",
     )
     bars: list[Bar] | None = Field(
@@ -126,6 +126,8 @@ class PredictRequest(_Strict):
             if v is not None:
                 raise ValueError("sequence is empty")
             return v
+        if len(v) > MAX_SEQUENCE_ROWS:
+            raise ValueError(f"sequence has {len(v)} rows; at most {MAX_SEQUENCE_ROWS} are accepted")
         widths = {len(row) for row in v}
         if len(widths) > 1:
             raise ValueError(f"sequence rows have different lengths {sorted(widths)}")

@@ -37,7 +37,7 @@ from trademl.predict.schema import (
 )
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
-_ERROR_STATUS = {"validation": 422, "not_json": 422, "too_large": 413, "no_model": 503, "model_store": 503,
+_ERROR_STATUS = {"validation": 422, "not_json": 422, "insufficient_input": 422, "too_large": 413, "no_model": 503, "model_store": 503,
                  "unauthorized": 401, "internal": 500}
 
 
@@ -158,9 +158,10 @@ def _error(status_kind: str, message: str, field: str | None = None, detail=None
     return JSONResponse(body, status_code=_ERROR_STATUS.get(status_kind, 400))
 
 
-def create_app(predictor: EnsemblePredictor, *, token: str | None = None, max_body_bytes: int = 1_000_000,
+def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None, max_body_bytes: int = 1_000_000,
                max_batch: int = 256) -> FastAPI:
-    """The FastAPI app around one predictor; ``token`` (when given) is required as a bearer token."""
+    """The FastAPI app around one predictor; ``token`` (when given) is required as a bearer token.
+    ``predictor`` None gives an app good only for its OpenAPI document."""
     app = FastAPI(title="trademl", version="1", summary="Ensemble trading signals from LightGBM, LSTM and PPO models.")
     metrics = Metrics()
     app.state.predictor = predictor
@@ -177,6 +178,8 @@ def create_app(predictor: EnsemblePredictor, *, token: str | None = None, max_bo
         kind = "not_json" if any(e.get("type") == "json_invalid" for e in errors) else "validation"
         metrics.error(kind)
         message, field = describe_validation_error(errors)
+        if kind == "not_json":  # pydantic points at a character offset; the body is what is wrong
+            message, field = f"request is not valid JSON: {errors[0]['msg']}", "body"
         return _error(kind, message, field, errors)
 
     @app.exception_handler(RequestError)
@@ -235,6 +238,11 @@ def create_app(predictor: EnsemblePredictor, *, token: str | None = None, max_bo
         return PlainTextResponse(metrics.render(predictor), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def openapi_schema() -> dict:
+    """The service's OpenAPI document (no models needed): what the TypeScript types come from."""
+    return create_app(None).openapi()
 
 
 def is_loopback(host: str) -> bool:

@@ -1,0 +1,95 @@
+"""`trademl predict` and scripts/predict_advanced.py: JSON in, exactly one JSON object out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from malformed_requests import GUIDE_EXAMPLE, malformed_cases
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TRADEML = str(BIN / "trademl")
+SCRIPT = str(REPO / "scripts" / "predict_advanced.py")
+GUIDE_FIELDS = {
+    "timestamp", "models_used", "win_5m_prob", "win_30m_prob", "lstm_buy_prob", "lstm_sell_prob", "lstm_hold_prob",
+    "lstm_expected_movement", "lstm_risk_score", "ppo_buy_prob", "ppo_sell_prob", "ppo_hold_prob", "ppo_state_value",
+    "ensemble_recommendation", "confidence_score",
+}
+
+
+def run(argv, body: bytes, cwd, timeout=60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(argv, input=body, capture_output=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def only_json(stdout: bytes) -> dict:
+    """stdout must be one JSON object and nothing else."""
+    text = stdout.decode()
+    assert text.count("\n") == 1 and text.endswith("\n"), f"stdout is not one line: {text[:300]!r}"
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def feature_count(trained_store) -> int:
+    manifest = json.loads(next((trained_store.root / "lgb_5m").glob("*/manifest.json")).read_text())
+    return len(manifest["feature_schema"]["names"])
+
+
+@pytest.mark.parametrize("entry", [[TRADEML, "predict"], [sys.executable, SCRIPT]], ids=["trademl", "script"])
+def test_guide_example_gives_the_guide_fields(entry, trained_store, tmp_path):
+    result = run(entry + ["--model-root", str(trained_store.root)], json.dumps(GUIDE_EXAMPLE).encode(), tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    out = only_json(result.stdout)
+    assert set(out) <= GUIDE_FIELDS | {"warnings", "model_versions"}
+    assert out["models_used"] == ["lgb_5m", "lgb_30m"]  # no sequence: the LSTM and PPO are skipped, and say so
+    assert any(w.startswith("lstm skipped") for w in out["warnings"])
+    assert any(w.startswith("ppo skipped") for w in out["warnings"])
+    assert "lstm_buy_prob" not in out and "ppo_state_value" not in out
+    assert out["ensemble_recommendation"] in {"BUY", "SELL", "HOLD"}
+    assert 0.0 <= out["confidence_score"] <= 1.0
+    assert out["timestamp"] == "2024-01-01T12:00:00Z"
+    assert set(out["model_versions"]) == {"lgb_5m", "lgb_30m"}
+    # The guide's log line, in the working directory's logs/.
+    line = (tmp_path / "logs" / "predictions.log").read_text().strip().splitlines()[-1]
+    assert line.endswith(f"- Prediction: {out['ensemble_recommendation']}, Confidence: {100 * out['confidence_score']:.2f}%")
+
+
+def test_malformed_table_each_gets_an_error_json_and_exit_2(trained_store, feature_count, tmp_path):
+    cases = malformed_cases(feature_count)
+    assert len(cases) >= 15
+    for name, body, field, _status in cases:
+        result = run([TRADEML, "predict", "--model-root", str(trained_store.root), "--no-log"], body, tmp_path)
+        assert result.returncode == 2, (name, result.stdout[:300], result.stderr[:300])
+        err = only_json(result.stdout)["error"]
+        assert err["field"] == field, (name, err)
+        assert err["message"] and len(err["message"]) < 2000, name
+        assert b"Traceback" not in result.stderr, name
+        assert result.stderr.decode().startswith("error: "), name
+
+
+def test_no_model_is_exit_3_with_an_error(tmp_path):
+    result = run([TRADEML, "predict", "--model-root", str(tmp_path / "empty"), "--no-log"],
+                 json.dumps(GUIDE_EXAMPLE).encode(), tmp_path)
+    assert result.returncode == 3
+    err = only_json(result.stdout)["error"]
+    assert err["kind"] == "model_store" and "no model is loaded" in err["message"]
+
+
+def test_guide_import_of_predict_advanced(trained_store, tmp_path):
+    """`from predict_advanced import EnsemblePredictor` works with scripts/ on sys.path."""
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "from predict_advanced import EnsemblePredictor;"
+        "p = EnsemblePredictor(sys.argv[2], record=False);"
+        "print(json.dumps(p.ensemble_predict(json.loads(sys.argv[3]))))"
+    )
+    result = run([sys.executable, "-c", code, str(REPO / "scripts"), str(trained_store.root), json.dumps(GUIDE_EXAMPLE)],
+                 b"", tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout)["models_used"] == ["lgb_5m", "lgb_30m"]
