@@ -40,8 +40,6 @@ def build_rows(n_bars: int, edge_ic: float):
     cfg.data.extra_feature_columns = ["edge"]
     cfg.lgbm.num_threads = 1
     dataset = dataset_from_bars(synthetic_bars(n_bars, seed=21, edge_ic=edge_ic), cfg)
-    # the features "close"/"volume" share names with the bar columns: keep the feature copy
-    dataset.frame = dataset.frame.loc[:, ~dataset.frame.columns.duplicated(keep="last")]
     return cfg, dataset, lgbm.win_rows(dataset, 5)
 
 

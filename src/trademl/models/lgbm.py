@@ -148,15 +148,21 @@ def _rows_from_decisions(dataset, decisions, horizon: int) -> WinRows:
 
 
 def _feature_matrix(dataset, where: str) -> np.ndarray:
-    """The dataset's float32 features, one column per schema name, in schema order."""
-    X = np.asarray(dataset.X, dtype=np.float32)
-    if X.ndim != 2 or X.shape[1] != len(dataset.feature_names):
-        raise DataError(
-            f"the feature matrix has {X.shape[1] if X.ndim == 2 else '?'} columns for "
-            f"{len(dataset.feature_names)} schema names (a feature column name is duplicated in the frame?)",
-            where=where,
-        )
-    return X
+    """The dataset's float32 features, one column per schema name, in schema order.
+
+    A feature may share its name with a bar column (the guide's ``close`` and ``volume``
+    are both); then the features are the contiguous block of columns in schema order.
+    """
+    names = list(dataset.feature_names)
+    columns = list(dataset.frame.columns)
+    if len(set(columns)) == len(columns):
+        return np.asarray(dataset.X, dtype=np.float32)
+    for start in range(len(columns) - len(names) + 1):
+        if columns[start:start + len(names)] == names:
+            return dataset.frame.iloc[:, start:start + len(names)].to_numpy(np.float32)
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    raise DataError(f"columns {repeated} appear twice and the features are not one block in schema order",
+                    where=where)
 
 
 def _side_values(column, where: str) -> np.ndarray:
