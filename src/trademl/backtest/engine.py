@@ -229,8 +229,9 @@ class BacktestResult:
 
     @property
     def trades(self) -> pd.DataFrame:
+        """Closed round trips (FIFO); contracts still open at the end are in ``open_position_at_end``."""
         if self._trades is None:
-            self._trades, self.open_position_at_end = round_trips(self.position, self.fill_price, self.index, self.model)
+            self._trades, _ = round_trips(self.position, self.fill_price, self.index, self.model)
         return self._trades
 
     @cached_property
@@ -348,5 +349,6 @@ def run_backtest(
         index=bars.index, position=executed.position, trade_qty=executed.trade_qty,
         fill_price=executed.fill_price, pnl=executed.pnl, costs=executed.costs, target=wanted,
         segments=seg, model=model, initial_balance=float(initial_balance),
+        open_position_at_end=int(executed.position[-1]) if n else 0,
         action=action, confidence=confidence, name=name,
     )
