@@ -6,8 +6,12 @@ boundary, so nothing ever bleeds across a weekend, a session break or a roll.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # annotations only: the serving path (PPO runtime -> env -> here) stays pandas-free
+    import pandas as pd
 
 
 def segment_ids(bars: pd.DataFrame, max_gap_minutes: float = 15) -> np.ndarray:
