@@ -539,36 +539,39 @@ def load_training_dataset(path, config):
 # --- presentation ----------------------------------------------------------------------
 
 
-def report_tables(report: WinModelReport):
-    """A rich table, one row per fold then the out-of-sample row; the verdict text beside it."""
+def report_tables(report: WinModelReport, with_spans: bool = True):
+    """A rich table, one row per fold then the out-of-sample row; the verdict text beside it.
+
+    Each score sits next to the same score of the base-rate predictor (model/base).
+    """
     from rich import box
     from rich.table import Table
 
     m = report.metrics
     t = Table(title=f"{report.kind}: win probability at {report.horizon} bars ({m['rows_source']} rows)",
               box=box.SIMPLE_HEAD, padding=(0, 1))
-    t.add_column("fold")
-    t.add_column("test span")
-    for col in ("rows", "trees", "AUC", "log-loss (base)", "Brier (base)", "ECE", "base rate"):
-        t.add_column(col, justify="right")
+    t.add_column("fold", no_wrap=True)
+    if with_spans:
+        t.add_column("test span")
+    for col in ("rows", "trees", "AUC", "log-loss\nmodel/base", "Brier\nmodel/base", "ECE", "win\nrate"):
+        t.add_column(col, justify="right", no_wrap=True)
     for f in m["folds"]:
-        span = f"{f['test_start'][:10]}..{f['test_end'][:10]}"
-        t.add_row(str(f["fold"]), span, f"{f['rows']:,}", str(f["best_iteration"]), *_metric_cells(f))
+        span = [f"{f['test_start'][:10]}..{f['test_end'][:10]}"] if with_spans else []
+        t.add_row(str(f["fold"]), *span, f"{f['rows']:,}", str(f["best_iteration"]), *_metric_cells(f))
     o = m["out_of_sample"]
-    lo, hi = o["auc_ci"]
-    t.add_row("OOS", f"AUC CI {lo:.3f}..{hi:.3f}", f"{o['rows']:,}", str(m["final_iterations"]), *_metric_cells(o),
-              style="bold")
+    span = ["all folds"] if with_spans else []
+    t.add_row("OOS", *span, f"{o['rows']:,}", str(m["final_iterations"]), *_metric_cells(o), style="bold")
     return t, m["verdict"]["text"], m["verdict"]["beats_base_rate"]
 
 
 def _metric_cells(d: dict) -> list[str]:
-    return [f"{d['auc']:.3f}", f"{d['log_loss']:.4f} ({d['base_log_loss']:.4f})",
-            f"{d['brier']:.4f} ({d['base_brier']:.4f})", f"{d['ece']:.4f}", f"{d['base_rate']:.3f}"]
+    return [f"{d['auc']:.3f}", f"{d['log_loss']:.4f}/{d['base_log_loss']:.4f}",
+            f"{d['brier']:.4f}/{d['base_brier']:.4f}", f"{d['ece']:.3f}", f"{d['base_rate']:.3f}"]
 
 
 def print_reports(reports: list[WinModelReport], console) -> None:
     for r in reports:
-        table, text, beats = report_tables(r)
+        table, text, beats = report_tables(r, with_spans=console.width >= 110)
         console.print(table)
         console.print(f"[{'green' if beats else 'yellow'}]{r.kind} {text}[/]")
         top = ", ".join(f"{i['feature']}" for i in r.importance[:5])
