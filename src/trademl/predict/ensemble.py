@@ -427,7 +427,7 @@ def _inputs(models: LoadedModels, request: PredictRequest, config) -> _Input:
         raise RequestError(f"position {request.position} is beyond max_position_size {limit}", field="position")
     names = models.feature_names
     if request.bars is not None:
-        row, seq, stamp = _from_bars(request, spec.root, names, config)
+        row, seq, stamp = _from_bars(request, spec.root, names, config, warnings)
         from_bars = True
     else:
         seq = _sequence_matrix(request.sequence, names, models)
@@ -443,7 +443,7 @@ def _inputs(models: LoadedModels, request: PredictRequest, config) -> _Input:
     return _Input(row, seq, from_bars, stamp, symbol, warnings)
 
 
-def _from_bars(request, root: str, names: list[str], config):
+def _from_bars(request, root: str, names: list[str], config, warnings: list[str]):
     from trademl.predict.features_online import features_from_bars
 
     try:
@@ -453,8 +453,11 @@ def _from_bars(request, root: str, names: list[str], config):
         raise RequestError(e.message, field=e.where if (e.where or "").startswith("bars") else "bars") from None
     in_segment = online.rows_in_last_segment()
     seq = online.matrix[len(online.matrix) - in_segment:]
-    stamp = request.bars[-1].timestamp
-    return online.matrix[-1], seq, iso_utc(stamp)
+    warming = [n for n, v in zip(names, online.matrix[-1]) if not np.isfinite(v)]
+    if warming:
+        warnings.append(f"{len(warming)} of {len(names)} features of the last bar are still warming up "
+                        f"(send more bars): {', '.join(warming[:5])}{' ...' if len(warming) > 5 else ''}")
+    return online.matrix[-1], seq, iso_utc(request.bars[-1].timestamp)
 
 
 def _feature_row(features, names: list[str], warnings: list[str]) -> np.ndarray:

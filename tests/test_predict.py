@@ -1,0 +1,282 @@
+"""The ensemble predictor: the vote, inputs from bars vs features, skipped models, hot reload,
+the prediction log, and a predict path free of torch and lightgbm."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from malformed_requests import GUIDE_EXAMPLE
+from trademl.predict.combine import BUY, HOLD, SELL, combine_votes, lgbm_vote, signal_vote
+from trademl.predict.ensemble import EnsemblePredictor, RequestError, choose_weights, validation_skill
+
+
+# --- the vote (known answers) ------------------------------------------------------------
+
+
+def test_lgbm_vote_is_long_wins_and_short_loses():
+    v = lgbm_vote([0.8, 0.3, 0.5], [0.1, 0.6, 0.5])
+    np.testing.assert_allclose(v[0], [1 - 0.72 - 0.02, 0.8 * 0.9, 0.1 * 0.2])
+    np.testing.assert_allclose(v[1], [1 - 0.12 - 0.42, 0.3 * 0.4, 0.6 * 0.7])
+    np.testing.assert_allclose(v[2], [0.5, 0.25, 0.25])  # no side is better: half the mass is HOLD
+    np.testing.assert_allclose(v.sum(axis=1), 1.0)
+
+
+def test_weighted_argmax_confidence_and_agreement():
+    votes = {
+        "a": np.array([[0.2, 0.7, 0.1]]),  # BUY
+        "b": np.array([[0.1, 0.3, 0.6]]),  # SELL
+        "c": np.array([[0.3, 0.5, 0.2]]),  # BUY
+    }
+    c = combine_votes(votes, {"a": 2.0, "b": 1.0, "c": 1.0})
+    p = (2 * np.array([0.2, 0.7, 0.1]) + [0.1, 0.3, 0.6] + [0.3, 0.5, 0.2]) / 4
+    np.testing.assert_allclose(c.probabilities[0], p)
+    assert c.action[0] == BUY and c.recommendation[0] == "BUY"
+    np.testing.assert_allclose(c.agreement[0], 3 / 4)  # a and c (weight 3 of 4) agree with BUY
+    np.testing.assert_allclose(c.confidence[0], p[BUY] * 3 / 4)
+
+
+def test_ties_go_to_hold_and_weights_matter():
+    tie = {"a": np.array([[0.0, 0.5, 0.5]]), "b": np.array([[0.5, 0.5, 0.0]])}
+    assert combine_votes(tie, {"a": 1, "b": 1}).action[0] == BUY  # 0.25 / 0.5 / 0.25
+    flat = {"a": np.array([[1 / 3, 1 / 3, 1 / 3]])}
+    assert combine_votes(flat, {"a": 1}).action[0] == HOLD
+    split = {"a": np.array([[0.1, 0.8, 0.1]]), "b": np.array([[0.1, 0.1, 0.8]])}
+    assert combine_votes(split, {"a": 1, "b": 3}).action[0] == SELL
+    assert combine_votes(split, {"a": 3, "b": 1}).action[0] == BUY
+
+
+def test_batch_rows_with_missing_models_equal_single_rows():
+    rng = np.random.default_rng(0)
+    raw = {m: rng.dirichlet([1, 1, 1], size=50) for m in ("a", "b", "c")}
+    raw["b"][::3] = np.nan  # model b has no output on every third row
+    weights = {"a": 0.5, "b": 1.0, "c": 0.2}
+    batch = combine_votes(raw, weights)
+    for i in range(50):
+        present = {m: v[i] for m, v in raw.items() if np.isfinite(v[i]).all()}
+        one = combine_votes(present, weights)
+        assert one.action[0] == batch.action[i]
+        np.testing.assert_allclose(one.confidence[0], batch.confidence[i])
+    nobody = combine_votes({"a": np.full((2, 3), np.nan)}, {"a": 1.0})
+    assert not nobody.voted.any() and (nobody.confidence == 0).all()
+
+
+def test_signal_vote_reorders_nothing_and_renormalises():
+    v = signal_vote([0.2], [0.5], [0.31])
+    np.testing.assert_allclose(v[0], np.array([0.2, 0.5, 0.31]) / 1.01)
+
+
+# --- weights -----------------------------------------------------------------------------
+
+
+def test_weights_from_config_skill_or_equal_with_warning():
+    metrics = {"lgb_5m": {"out_of_sample": {"auc": 0.6}}, "lstm": {"cv": {"accuracy": 0.55, "majority_accuracy": 0.5}},
+               "ppo": {"pnl_vs_oracle": 0.4, "net_pnl": 10.0}}
+    weights, note = choose_weights(None, metrics)
+    assert note is None
+    np.testing.assert_allclose([weights["lgb_5m"], weights["lstm"], weights["ppo"]], [0.2, 0.1, 0.4])
+    weights, note = choose_weights({"lstm": 2.0}, metrics)
+    assert weights == {"lgb_5m": 0.0, "lstm": 2.0, "ppo": 0.0} and note is None
+    weights, note = choose_weights(None, {**metrics, "ppo": {"net_pnl": 5.0}})  # real data: no oracle
+    assert set(weights.values()) == {1.0} and "ppo" in note
+    weights, note = choose_weights(None, {"lgb_5m": {"out_of_sample": {"auc": 0.49}}, "ppo": {"net_pnl": -3.0}})
+    assert set(weights.values()) == {1.0} and "no model beat its baseline" in note
+    assert validation_skill("ppo", {"net_pnl": -1.0}) == 0.0
+    with pytest.raises(Exception, match="unknown model kinds"):
+        choose_weights({"xgb": 1.0}, metrics)
+
+
+# --- the predictor on the trained store ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_store):
+    return EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+
+
+def bars_payload(bars) -> list[dict]:
+    cols = [c for c in ("open", "high", "low", "close", "volume", "edge") if c in bars.columns]
+    return [{"timestamp": t.isoformat(), **{c: float(v) for c, v in zip(cols, row)}}
+            for t, row in zip(bars.index, bars[cols].to_numpy())]
+
+
+def test_guide_example_is_a_valid_prediction(predictor):
+    out = predictor.ensemble_predict(dict(GUIDE_EXAMPLE))
+    assert out["models_used"] == ["lgb_5m", "lgb_30m"]
+    assert 0 <= out["win_5m_prob"] <= 1 and 0 <= out["win_30m_prob"] <= 1
+    assert out["ensemble_recommendation"] in ("BUY", "SELL", "HOLD")
+    assert any("features missing" in w for w in out["warnings"])
+
+
+def test_raw_bars_and_precomputed_features_give_identical_outputs(predictor, trained_store):
+    from trademl.data.features import compute_features
+
+    bars = trained_store.bars.iloc[5_000:5_300]
+    from_bars = predictor.ensemble_predict({"symbol": "NQZ5", "bars": bars_payload(bars), "position": 1,
+                                            "recent_actions": [0, 1, 1]})
+    assert from_bars["models_used"] == ["lgb_5m", "lgb_30m", "lstm", "ppo"], from_bars["warnings"]
+    feats = compute_features(bars, symbol="NQ", extra_columns=("edge",))[predictor.models.feature_names]
+    from_features = predictor.ensemble_predict({
+        "symbol": "NQZ5", "timestamp": from_bars["timestamp"], "position": 1, "recent_actions": [0, 1, 1],
+        "features": dict(zip(feats.columns, map(float, feats.iloc[-1]))),
+        "sequence": feats.iloc[-predictor.models.sequence_length:].to_numpy().tolist(),
+    })
+    assert from_features == from_bars
+    as_array = predictor.ensemble_predict({
+        "symbol": "NQZ5", "timestamp": from_bars["timestamp"], "position": 1, "recent_actions": [0, 1, 1],
+        "features": [float(v) for v in feats.iloc[-1]],
+        "sequence": [dict(zip(feats.columns, map(float, r))) for r in feats.iloc[-30:].to_numpy()],
+    })
+    assert as_array == from_bars
+
+
+def test_serving_row_equals_the_training_row_and_ignores_the_future(trained_store):
+    """What the predictor computes from the last bars is the dataset's row at that bar (no drift),
+    and bars after t never reach it (no look-ahead: the request only holds bars up to t)."""
+    from trademl.data.features import compute_features, required_history
+    from trademl.predict.features_online import features_from_bars
+    from trademl.predict.schema import Bar
+
+    bars = trained_store.bars
+    full = compute_features(bars, symbol="NQ", extra_columns=("edge",))
+    names = list(full.columns)
+    n = required_history([c for c in names if c != "edge"]) + 40
+    for t in (3_000, 11_111, 19_000):
+        window = [Bar.model_validate(b) for b in bars_payload(bars.iloc[t - n + 1:t + 1])]
+        online = features_from_bars(window, symbol="NQ", feature_names=names, max_gap_minutes=15)
+        np.testing.assert_allclose(online.matrix[-1], full.iloc[t].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_side_selects_the_long_or_short_win_probability(predictor, trained_store):
+    seq = np.zeros((predictor.models.sequence_length, len(predictor.models.feature_names)))
+    base = {"symbol": "NQ", "features": [0.0] * len(predictor.models.feature_names), "sequence": seq.tolist()}
+    long_ = predictor.ensemble_predict(dict(base))
+    short = predictor.ensemble_predict(dict(base, side="short"))
+    rt = predictor.models.runtimes["lgb_5m"]
+    row = np.zeros((1, len(predictor.models.feature_names)), np.float32)
+    assert long_["win_5m_prob"] == pytest.approx(float(rt.predict_win(row, 1)[0]))
+    assert short["win_5m_prob"] == pytest.approx(float(rt.predict_win(row, -1)[0]))
+    # The side is what the caller asks about; the vote itself always weighs both sides.
+    assert long_["ensemble_recommendation"] == short["ensemble_recommendation"]
+
+
+def test_a_missing_model_is_skipped_and_named(store_copy, trained_store):
+    root = store_copy(kinds={"lgb_5m", "ppo"})
+    p = EnsemblePredictor(root, trained_store.config, record=False)
+    seq = np.zeros((30, len(p.models.feature_names))).tolist()
+    out = p.ensemble_predict({"symbol": "NQ", "sequence": seq})
+    assert out["models_used"] == ["lgb_5m", "ppo"]
+    assert any(w.startswith("lgb_30m skipped: no trained lgb_30m") for w in out["warnings"])
+    assert any(w.startswith("lstm skipped") for w in out["warnings"])
+    assert "lstm_buy_prob" not in out and "win_30m_prob" not in out
+
+
+def test_too_few_bars_skips_the_sequence_models_with_the_reason(predictor, trained_store):
+    out = predictor.ensemble_predict({"symbol": "NQ", "bars": bars_payload(trained_store.bars.iloc[1000:1070])})
+    assert "lgb_5m" in out["models_used"]
+    assert "lstm" not in out["models_used"]
+    assert any("lstm skipped" in w and "send more bars" in w for w in out["warnings"])
+
+
+def test_nothing_runnable_is_an_error_not_a_hold(predictor, trained_store):
+    with pytest.raises(RequestError, match="no model could run") as e:
+        predictor.ensemble_predict({"symbol": "NQ", "features": {"rsi": None, "close": None}})
+    assert e.value.kind == "insufficient_input"
+    out = predictor.ensemble_predict({"symbol": "NQ", "bars": bars_payload(trained_store.bars.iloc[1000:1003])})
+    assert any("still warming up" in w for w in out["warnings"])
+
+
+def test_hot_reload_swaps_in_a_newer_latest_without_failing_requests(store_copy, trained_store):
+    from trademl.models.store import ModelStore
+
+    root = store_copy()
+    p = EnsemblePredictor(root, trained_store.config, record=False, reload_interval_s=0.0)
+    request = dict(GUIDE_EXAMPLE)
+    old = p.ensemble_predict(request)["model_versions"]["lgb_5m"]
+    store = ModelStore(root)
+    current = store.load("lgb_5m")
+    errors, done = [], threading.Event()
+
+    def hammer():
+        while not done.is_set():
+            try:
+                p.ensemble_predict(request)
+            except Exception as e:  # any failure during the swap is the bug this test is for
+                errors.append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    keep = {k: v for k, v in current.manifest.items() if k not in ("kind", "version", "created_at", "files", "library_versions")}
+    with store.writer("lgb_5m", **keep) as w:
+        for name in current.manifest["files"]:
+            shutil.copyfile(current.path / name, w.path / name)
+    new = w.stored.version
+    for _ in range(200):
+        if p.ensemble_predict(request)["model_versions"]["lgb_5m"] == new:
+            break
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert p.ensemble_predict(request)["model_versions"]["lgb_5m"] == new != old
+
+
+def test_a_corrupted_new_version_keeps_the_old_one_serving(store_copy, trained_store):
+    from trademl.models.store import ModelStore
+
+    root = store_copy()
+    p = EnsemblePredictor(root, trained_store.config, record=False, reload_interval_s=0.0)
+    store = ModelStore(root)
+    current = store.load("lgb_30m")
+    keep = {k: v for k, v in current.manifest.items() if k not in ("kind", "version", "created_at", "files", "library_versions")}
+    with store.writer("lgb_30m", **keep) as w:
+        for name in current.manifest["files"]:
+            shutil.copyfile(current.path / name, w.path / name)
+    (w.stored.path / "model.onnx").write_bytes(b"garbage")
+    out = p.ensemble_predict(dict(GUIDE_EXAMPLE))
+    assert out["model_versions"]["lgb_30m"] == current.version
+    assert "checksum" in p.models.load_errors["lgb_30m"]
+
+
+def test_predictions_are_logged_with_the_guides_line(trained_store, tmp_path):
+    p = EnsemblePredictor(trained_store.root, trained_store.config, log_dir=tmp_path / "logs")
+    outs = [p.ensemble_predict(dict(GUIDE_EXAMPLE, position=k)) for k in (0, 1)]
+    lines = (tmp_path / "logs" / "predictions.log").read_text().splitlines()
+    assert len(lines) == 2
+    for line, out in zip(lines, outs):
+        assert line.split(" - ", 1)[1] == f"Prediction: {out['ensemble_recommendation']}, Confidence: {out['confidence_score']:.2%}"
+
+
+def test_prediction_log_sqlite_gets_digest_output_versions_latency(trained_store, tmp_path):
+    pytest.importorskip("trademl.monitor.log", reason="the prediction log (issue 8) has not landed")
+    import sqlite3
+
+    p = EnsemblePredictor(trained_store.root, trained_store.config, log_dir=tmp_path / "logs")
+    p.ensemble_predict(dict(GUIDE_EXAMPLE))
+    p.ensemble_predict(dict(GUIDE_EXAMPLE))
+    with sqlite3.connect(tmp_path / "logs" / "predictions.sqlite") as db:
+        text = json.dumps(db.execute("SELECT * FROM predictions").fetchall())
+    assert text.count("lgb_5m") >= 2
+
+
+def test_predict_path_imports_neither_torch_nor_lightgbm(trained_store):
+    code = (
+        "import sys, json\n"
+        "from trademl.predict.ensemble import EnsemblePredictor\n"
+        f"p = EnsemblePredictor({str(trained_store.root)!r}, record=False)\n"
+        "seq = [[0.0] * len(p.models.feature_names)] * 30\n"
+        "out = p.ensemble_predict({'symbol': 'NQ', 'sequence': seq})\n"
+        "assert out['models_used'] == ['lgb_5m', 'lgb_30m', 'lstm', 'ppo'], out\n"
+        "heavy = [m for m in ('torch', 'lightgbm', 'pandas', 'stable_baselines3', 'sklearn') if m in sys.modules]\n"
+        "print(json.dumps(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

@@ -1,0 +1,157 @@
+"""The HTTP service: predictions, the malformed-request table (4xx, and it keeps serving),
+auth, body limit, /metrics, /v1/models, the OpenAPI file the TypeScript types come from,
+and the TypeScript client's own tests against a live `trademl serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from malformed_requests import GUIDE_EXAMPLE, malformed_cases
+from trademl.errors import TradeMLError
+from trademl.serve.app import build_app, openapi_schema, resolve_token
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENT = REPO / "clients" / "typescript"
+
+
+@pytest.fixture(scope="module")
+def client(trained_store, tmp_path_factory):
+    app = build_app(trained_store.config, trained_store.root, tmp_path_factory.mktemp("logs"))
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def feature_count(client) -> int:
+    return len(client.get("/v1/models").json()["feature_names"])
+
+
+def test_predict_the_guide_example(client):
+    r = client.post("/v1/predict", json=GUIDE_EXAMPLE)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["models_used"] == ["lgb_5m", "lgb_30m"]
+    assert out["ensemble_recommendation"] in ("BUY", "SELL", "HOLD")
+    assert "lstm_buy_prob" not in out  # absent, not null
+    assert set(out["model_versions"]) == {"lgb_5m", "lgb_30m"}
+
+
+def test_malformed_table_each_gets_a_4xx_and_the_server_keeps_serving(client, feature_count):
+    cases = malformed_cases(feature_count)
+    assert len(cases) >= 15
+    for name, body, field, status in cases:
+        r = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status, (name, r.status_code, r.text[:300])
+        err = r.json()["error"]
+        assert err["field"] == field, (name, err)
+        assert err["message"], name
+        ok = client.post("/v1/predict", json=GUIDE_EXAMPLE)
+        assert ok.status_code == 200, (name, ok.text[:300])
+    assert client.get("/healthz").status_code == 200
+
+
+def test_batch_equals_single_predictions_and_names_the_bad_one(client, feature_count):
+    reqs = [dict(GUIDE_EXAMPLE, position=p) for p in (-1, 0, 2)]
+    r = client.post("/v1/predict/batch", json={"requests": reqs})
+    assert r.status_code == 200, r.text
+    singles = [client.post("/v1/predict", json=q).json() for q in reqs]
+    assert r.json()["predictions"] == singles
+    bad = client.post("/v1/predict/batch", json={"requests": [GUIDE_EXAMPLE, dict(GUIDE_EXAMPLE, symbol="ZZZZ9")]})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "requests[1].symbol"
+
+
+def test_models_and_metrics(client):
+    models = client.get("/v1/models").json()
+    assert set(models["models"]) == {"lgb_5m", "lgb_30m", "lstm", "ppo"}
+    assert models["sequence_length"] == 20 and models["ppo_window"] == 16
+    before = client.get("/metrics").text
+    client.post("/v1/predict", json=GUIDE_EXAMPLE)
+    client.post("/v1/predict", content=b"not json", headers={"content-type": "application/json"})
+    text = client.get("/metrics").text
+
+    def value(line_start: str, page: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(line_start))
+
+    assert value("trademl_predictions_total{", text) == value("trademl_predictions_total{", before) + 1
+    assert value('trademl_errors_total{kind="not_json"}', text) == value('trademl_errors_total{kind="not_json"}', before) + 1
+    assert value('trademl_prediction_latency_ms_bucket{le="+Inf"}', text) == value("trademl_prediction_latency_ms_count", text)
+    for kind, info in models["models"].items():
+        assert f'trademl_model_loaded{{kind="{kind}",version="{info["version"]}"}} 1' in text
+    assert "# TYPE trademl_prediction_latency_ms histogram" in text
+
+
+def test_bearer_token_when_set(trained_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRADEML_TOKEN", "s3cret")
+    with TestClient(build_app(trained_store.config, trained_store.root, tmp_path, record=False)) as c:
+        assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 401
+        wrong = c.post("/v1/predict", json=GUIDE_EXAMPLE, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["kind"] == "unauthorized"
+        right = c.post("/v1/predict", json=GUIDE_EXAMPLE, headers={"authorization": "Bearer s3cret"})
+        assert right.status_code == 200
+        assert c.get("/healthz").status_code == 200  # liveness stays open for probes
+        assert c.get("/metrics").status_code == 401
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_token(monkeypatch):
+    monkeypatch.delenv("TRADEML_TOKEN", raising=False)
+    with pytest.raises(TradeMLError, match="without a bearer token"):
+        resolve_token("TRADEML_TOKEN", "0.0.0.0")
+    assert resolve_token("TRADEML_TOKEN", "127.0.0.1") is None
+    monkeypatch.setenv("TRADEML_TOKEN", "x")
+    assert resolve_token("TRADEML_TOKEN", "0.0.0.0") == "x"
+
+
+def test_no_model_is_503_and_unhealthy(trained_store, tmp_path):
+    with TestClient(build_app(trained_store.config, tmp_path / "empty", tmp_path, record=False)) as c:
+        assert c.get("/healthz").status_code == 503
+        r = c.post("/v1/predict", json=GUIDE_EXAMPLE)
+        assert r.status_code == 503 and r.json()["error"]["kind"] == "model_store"
+
+
+def test_openapi_file_is_current():
+    """clients/typescript/openapi.json is what the service publishes (regenerate: see its script)."""
+    committed = json.loads((CLIENT / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(openapi_schema())), (
+        "stale: run .venv/bin/python clients/typescript/scripts/dump_openapi.py && (cd clients/typescript && npm run generate)"
+    )
+
+
+def _npm_ready() -> str | None:
+    """None when node + npm and the client's node_modules are there; else why the node tests skip."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node/npm are not installed"
+    if not (CLIENT / "node_modules" / ".bin" / "tsc").exists():
+        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=CLIENT, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            return f"npm ci failed (no registry?): {r.stderr.strip()[-300:]}"
+    return None
+
+
+def test_generated_typescript_types_are_current(tmp_path):
+    reason = _npm_ready()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "api.ts"
+    subprocess.run([str(CLIENT / "node_modules" / ".bin" / "openapi-typescript"), "openapi.json",
+                    "--default-non-nullable", "false", "--output", str(out)], cwd=CLIENT, check=True,
+                   capture_output=True, timeout=120)
+    assert out.read_text() == (CLIENT / "src" / "generated" / "api.ts").read_text(), "run `npm run generate` in clients/typescript"
+
+
+def test_typescript_client_against_a_live_server(trained_store):
+    reason = _npm_ready()
+    if reason:
+        pytest.skip(reason)
+    env = dict(os.environ, TRADEML_MODEL_ROOT=str(trained_store.root), TRADEML_BIN=str(Path(sys.executable).parent / "trademl"),
+               OMP_NUM_THREADS="1")
+    r = subprocess.run(["npm", "test", "--silent"], cwd=CLIENT, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "# fail 0" in r.stdout and "# skipped 0" in r.stdout
