@@ -170,6 +170,13 @@ def test_bad_input_is_named():
         run_backtest(broken, target=np.zeros(8))
     with pytest.raises(TradeMLError, match="either signals or target"):
         run_backtest(bars)
+    with pytest.raises(DataError, match="no bars"):
+        run_backtest(bars.iloc[:0], target=[])
+    shifted = pd.DataFrame({"action": [1] * 8, "confidence": [1.0] * 8}, index=bars.index + pd.Timedelta(minutes=1))
+    with pytest.raises(DataError, match="signals row 0"):  # signals one bar late would trade on the future
+        run_backtest(bars, shifted)
+    aligned = shifted.set_axis(bars.index)
+    assert run_backtest(bars, aligned).position[1] == 1
 
 
 # ----------------------------------------------------------------------------- backtesting.py oracle

@@ -269,8 +269,25 @@ def _price_arrays(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _signal_columns(signals, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_alignment(signals: pd.DataFrame, index: pd.DatetimeIndex) -> None:
+    """A signal frame indexed by time must carry exactly the bars' stamps: a shifted frame
+    would trade on the wrong bar (possibly on the future)."""
+    if not isinstance(signals.index, pd.DatetimeIndex) or len(signals) != len(index):
+        return
+    if signals.index is index or signals.index.equals(index):
+        return
+    stamps = signals.index if signals.index.tz is not None else signals.index.tz_localize("UTC")
+    differ = stamps != index
+    if differ.any():
+        row = int(np.flatnonzero(differ)[0])
+        raise DataError(f"signal stamp {stamps[row]} is not the bar's {index[row]}; align signals to the bars",
+                        where=f"signals row {row}")
+
+
+def _signal_columns(signals, n: int, index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
     """(action, confidence) from a DataFrame/dict with those columns, or a (action, confidence) pair."""
+    if isinstance(signals, pd.DataFrame):
+        _check_alignment(signals, index)
     if isinstance(signals, (pd.DataFrame, dict)):
         for col in ("action", "confidence"):
             if col not in signals:
@@ -281,7 +298,11 @@ def _signal_columns(signals, n: int) -> tuple[np.ndarray, np.ndarray]:
             action, confidence = signals
         except (TypeError, ValueError):
             raise DataError("signals must be a frame with action and confidence, or a pair of arrays", where="signals") from None
-    action, confidence = np.asarray(action), np.asarray(confidence, dtype=np.float64)
+    action = np.asarray(action)
+    try:
+        confidence = np.asarray(confidence, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("confidence must be numbers (NaN: no confidence)", where="signals, field confidence") from None
     if len(action) != n or len(confidence) != n:
         raise DataError(f"{len(action)} signals for {n} bars; give one signal per bar", where="signals")
     return action, confidence
@@ -325,6 +346,8 @@ def run_backtest(
         raise TradeMLError(f"max_position_size must be >= 1, got {max_position_size}", where="backtest.max_position_size")
     open_, close = _price_arrays(bars)
     n = len(bars)
+    if n == 0:
+        raise DataError("no bars to backtest", where="bars")
     if spec is None:
         symbol = bars.attrs.get("symbol")
         if not symbol:
@@ -337,7 +360,7 @@ def run_backtest(
 
     action = confidence = None
     if signals is not None:
-        action, confidence = _signal_columns(signals, n)
+        action, confidence = _signal_columns(signals, n, bars.index)
         wanted = target_from_signals(action, confidence, max_position_size=max_position_size,
                                      confidence_threshold=confidence_threshold, segments=seg)
         action = action_codes(action)
