@@ -60,7 +60,7 @@ def test_report_is_self_contained_and_atomic(report_inputs, tmp_path):
     assert len(text) > 3_000_000  # ... and it is really there (plotly.min.js is ~4.5 MB)
     assert text.count("Plotly.newPlot") == 4
     for name in runs:
-        assert f"<td>{name}</td>" in text
+        assert f"<th>{name}</th>" in text  # one column per run
     assert [p.name for p in out.parent.iterdir()] == ["backtest.html"]  # no temp file left behind
     with pytest.raises(TradeMLError, match="no run named"):
         write_report(tmp_path / "other.html", runs, main="nope")

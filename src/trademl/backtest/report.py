@@ -72,12 +72,16 @@ def equity_figure(runs: dict[str, BacktestResult]):
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.05,
                         subplot_titles=("Equity ($)", "Drawdown (% below peak)"))
-    for name, run in runs.items():
+    from plotly.colors import qualitative
+
+    palette = qualitative.Plotly
+    for i, (name, run) in enumerate(runs.items()):
         dd_usd, dd_pct = drawdowns(run.equity, run.initial_balance)
         x, equity, dd = _decimate(run.index, run.equity, dd_pct)
-        fig.add_trace(go.Scatter(x=x, y=equity, name=name, legendgroup=name, mode="lines"), row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=-100 * dd, name=name, legendgroup=name, mode="lines", showlegend=False),
-                      row=2, col=1)
+        line = dict(color=palette[i % len(palette)], width=2.5 if i == 0 else 1.2)
+        fig.add_trace(go.Scatter(x=x, y=equity, name=name, legendgroup=name, mode="lines", line=line), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=-100 * dd, name=name, legendgroup=name, mode="lines", line=line,
+                                 showlegend=False), row=2, col=1)
     fig.update_layout(height=600, margin=dict(t=40, b=30))
     return fig
 
@@ -130,24 +134,33 @@ def hit_rate_figure(calibration: pd.DataFrame, name: str, threshold: float | Non
     return fig
 
 
-def _format_value(column: str, value) -> str:
-    if isinstance(value, (int, np.integer)):
-        return f"{value:,d}"
-    if value is None or not np.isfinite(value):
-        return "-" if value is None or np.isnan(value) else ("inf" if value > 0 else "-inf")
-    if column in ("total_return", "cagr", "max_drawdown_pct", "win_rate", "exposure"):
-        return f"{100 * value:.2f}%"
-    if column in ("total_pnl", "max_drawdown_usd", "avg_trade", "costs_paid", "turnover_contracts"):
+_PERCENT = {"total_return", "cagr", "max_drawdown_pct", "win_rate", "exposure"}
+_DOLLARS = {"total_pnl", "max_drawdown_usd", "avg_trade", "costs_paid"}
+_COUNTS = {"trades", "turnover_contracts", "dsr_trials"}
+
+
+def _format_value(metric: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if metric in _PERCENT:
+        return f"{100 * value:,.2f}%"
+    if metric in _DOLLARS:
+        return f"{'-' if value < 0 else ''}${abs(value):,.0f}"
+    if metric in _COUNTS:
         return f"{value:,.0f}"
-    return f"{value:.3f}"
+    return f"{value:,.3f}"
 
 
 def table_html(table: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.index.name or "run", *table.columns])
+    """Metrics as rows, runs as columns: a handful of runs stay readable side by side."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["metric", *table.index])
     body = []
-    for name, row in table.iterrows():
-        cells = "".join(f"<td>{_format_value(c, row[c])}</td>" for c in table.columns)
-        body.append(f"<tr><td>{html.escape(str(name))}</td>{cells}</tr>")
+    for metric in table.columns:
+        cells = "".join(f"<td>{_format_value(metric, table.at[run, metric])}</td>" for run in table.index)
+        body.append(f"<tr><td>{html.escape(str(metric))}</td>{cells}</tr>")
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
