@@ -109,7 +109,13 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     execution = ExecutionModel.from_config(spec, config.costs, config.ppo.max_position_size)
     labels = make_labels(bars, seg, execution, config.data.horizons, config.costs.signal_cost_multiple)
     keep = [c for c in BAR_COLUMNS + ["contract"] if c in bars.columns]
-    frame = pd.concat([bars[keep], feats, labels], axis=1)
+    # The guide's snapshot features `close` and `volume` are the bar's own columns: keep one
+    # column per name (the bar's), so `frame[feature_names]` is unambiguous.
+    shared = [c for c in feats.columns if c in keep]
+    for c in shared:
+        if not np.allclose(feats[c].to_numpy(np.float64), bars[c].to_numpy(np.float64), rtol=1e-6, equal_nan=True):
+            raise DataError(f"feature {c!r} differs from the bar column of the same name")
+    frame = pd.concat([bars[keep], feats.drop(columns=shared), labels], axis=1)
     frame.insert(0, "segment", seg.astype(np.int32))
     frame.attrs["schema"] = feats.attrs.get("schema")
     return frame
@@ -282,6 +288,7 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
             seg_offset = int(seg[-1]) + 1
             frame = _features_and_labels(bars, seg, spec, config)
             schema = frame.attrs["schema"]
+            frame.attrs = {}  # the schema goes to the manifest, not into Parquet metadata
             table = pa.Table.from_pandas(frame, preserve_index=True)
             if writer is None:
                 writer = pq.ParquetWriter(tmp / DATA_FILE, table.schema, compression="zstd")
