@@ -158,3 +158,13 @@ def test_random_target_is_seeded_and_exact():
     assert np.array_equal(a, b) and not np.array_equal(a, random_target(seg, 50, seed=2))
     starts = np.flatnonzero((a != 0) & (np.r_[0, a[:-1]] == 0))
     assert len(starts) == 50 and set(np.unique(a)) <= {-1.0, 0.0, 1.0}
+
+
+def test_random_baseline_of_a_strategy_that_trades_every_bar_says_what_fits():
+    from trademl.backtest.baselines import random_entries
+
+    bars = synthetic_bars(1500, seed=2)
+    flipping = run_backtest(bars, target=np.where(np.arange(len(bars)) % 2, 1.0, -1.0))
+    run = random_entries(bars, flipping, seed=0)
+    assert len(flipping.trades) > len(bars) / 2
+    assert "trades fit" in run.name and len(run.trades) < len(flipping.trades)

@@ -77,8 +77,13 @@ def random_target(segments: np.ndarray, n_trades: int, seed: int) -> np.ndarray:
 
 def random_entries(bars: pd.DataFrame, like: BacktestResult, *, n_trades: int | None = None,
                    seed: int = 0) -> BacktestResult:
-    n = len(like.trades) if n_trades is None else n_trades
-    return _like(like, bars, random_target(like.segments, n, seed), f"random (seed {seed})")
+    wanted = len(like.trades) if n_trades is None else n_trades
+    # Non-overlapping trips need two bars each: a strategy that trades almost every bar gets
+    # as many as fit, and the row's name says so.
+    fits = int((bars_to_end(np.asarray(like.segments)) >= 2).sum()) // 2
+    n = min(wanted, fits)
+    name = f"random (seed {seed})" if n == wanted else f"random (seed {seed}, {n} of {wanted} trades fit)"
+    return _like(like, bars, random_target(like.segments, n, seed), name)
 
 
 def model_alone(bars: pd.DataFrame, like: BacktestResult, name: str, signals, *,
