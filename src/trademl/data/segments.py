@@ -29,7 +29,7 @@ def segment_ids(bars: pd.DataFrame, max_gap_minutes: float = 15) -> np.ndarray:
     if "contract" in bars.columns:
         c = bars["contract"].to_numpy()
         breaks[1:] |= c[1:] != c[:-1]
-    return np.cumsum(breaks, dtype=np.int64).astype(np.int32)
+    return np.cumsum(breaks, dtype=np.int32)  # int32 straight away: no 8-byte pass over 1M bars
 
 
 def segment_starts(seg: np.ndarray) -> np.ndarray:
