@@ -119,6 +119,11 @@ class BarContext:
         """First close of each bar's segment: the centre for precise rolling variances."""
         return self.cached(("close_ref",), lambda: self.segs.per_bar(self.close[self.first_rows]))
 
+    def window_sum(self, key: str, values_fn: Callable[[], np.ndarray], window: int, x_first_valid: int = 0):
+        """Rolling sum of the series ``key``; its prefix sums are shared by every window length."""
+        prefix = self.cached(("prefix", key), lambda: rolling.BlockPrefix(values_fn()))
+        return prefix.window_sum(window, self.segs, x_first_valid)
+
     def ema_of(self, key: str, values_fn: Callable[[], np.ndarray], alpha: float) -> np.ndarray:
         return self.cached(("ema", key, alpha), lambda: rolling.ema(values_fn(), alpha, self.segs))
 

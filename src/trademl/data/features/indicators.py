@@ -58,14 +58,14 @@ def log_return(ctx: BarContext, lag: int) -> np.ndarray:
 
 def realized_vol(ctx: BarContext, window: int) -> np.ndarray:
     """Root mean square of the last ``window`` one-bar log returns (per bar, not annualised)."""
-    r = ctx.ret1
-    return np.sqrt(rolling.window_mean(r * r, window, ctx.segs, x_first_valid=1))
+    squares = ctx.window_sum("ret1_squared", lambda: ctx.ret1 * ctx.ret1, window, x_first_valid=1)
+    return np.sqrt(squares / window)
 
 
 def sma_distance(ctx: BarContext, window: int) -> np.ndarray:
     """close / SMA(close, window) - 1."""
-    mean = rolling.window_mean(ctx.close - ctx.close_ref, window, ctx.segs) + ctx.close_ref
-    return ctx.close / mean - 1.0
+    centred_sum = ctx.window_sum("close_centred", lambda: ctx.close - ctx.close_ref, window)
+    return ctx.close / (centred_sum / window + ctx.close_ref) - 1.0
 
 
 def ema_distance(ctx: BarContext, span: int) -> np.ndarray:
@@ -150,20 +150,20 @@ def body_ratio(ctx: BarContext) -> np.ndarray:
 
 def volume_zscore(ctx: BarContext, window: int) -> np.ndarray:
     """(volume - rolling mean) / rolling std over ``window`` bars; 0 when volume is constant."""
-    mean, std = rolling.window_mean_std(ctx.volume, window, ctx.segs, ref=0.0)
+    mean, std = rolling.window_mean_std(ctx.volume, window, ctx.segs)
     return _safe_ratio(ctx.volume - mean, std)
 
 
 def obv_slope(ctx: BarContext, window: int) -> np.ndarray:
     """OBV change over ``window`` bars / volume traded in them, in [-1, 1]."""
-    moved = rolling.window_sum(ctx.signed_volume, window, ctx.segs, x_first_valid=1)
-    traded = rolling.window_sum(ctx.volume, window, ctx.segs, x_first_valid=1)
+    moved = ctx.window_sum("signed_volume", lambda: ctx.signed_volume, window, x_first_valid=1)
+    traded = ctx.window_sum("volume", lambda: ctx.volume, window, x_first_valid=1)
     return _safe_ratio(moved, traded)
 
 
 def obv_zscore(ctx: BarContext, window: int) -> np.ndarray:
     """z-score of OBV within its last ``window`` values (the level of OBV is arbitrary)."""
-    mean, std = rolling.window_mean_std(ctx.obv, window, ctx.segs, ref=0.0)
+    mean, std = rolling.window_mean_std(ctx.obv, window, ctx.segs)  # OBV is 0 at each start
     return _safe_ratio(ctx.obv - mean, std)
 
 
@@ -191,15 +191,16 @@ def order_flow_imbalance(ctx: BarContext, window: int) -> np.ndarray:
     A bar closing at its high counts its volume as bought, at its low as sold (a proxy
     for the trade-side imbalance that OHLCV bars do not carry).
     """
-    signed = rolling.window_sum(ctx.close_location * ctx.volume, window, ctx.segs)
-    traded = rolling.window_sum(ctx.volume, window, ctx.segs)
+    signed = ctx.window_sum("clv_volume", lambda: ctx.close_location * ctx.volume, window)
+    traded = ctx.window_sum("volume", lambda: ctx.volume, window)
     return _safe_ratio(signed, traded)
 
 
 def poc_distance_ticks(ctx: BarContext, window: int, bin_ticks: int) -> np.ndarray:
     """close - point of control of the volume profile of the last ``window`` bars, in ticks."""
     typical = (ctx.high + ctx.low + ctx.close) / 3.0
-    poc = rolling_poc(typical, ctx.volume, ctx.segs, window, bin_ticks * ctx.tick_size)
+    traded = ctx.window_sum("volume", lambda: ctx.volume, window)
+    poc = rolling_poc(typical, ctx.volume, traded, window, bin_ticks * ctx.tick_size)
     return (ctx.close - poc) / ctx.tick_size
 
 

@@ -74,6 +74,7 @@ def _register_all() -> None:
     for w in (5, 10, 20, 50, 100, 200):
         _register(f"sma_dist_{w}", ind.sma_distance, {"window": w}, warmup=w - 1,
                   description=f"close / SMA({w}) - 1")
+    for w in (5, 10, 12, 20, 26, 50, 100, 200):  # 12 and 26 share their EMAs with MACD
         _register(f"ema_dist_{w}", ind.ema_distance, {"span": w}, warmup=w - 1,
                   history=w - 1 + ema_memory(_ema_alpha(w)), description=f"close / EMA({w}) - 1")
     for w in (20, 50):
@@ -125,7 +126,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "rvol_15", "rvol_30", "rvol_60",
     # trend: moving averages, MACD, a fast RSI
     "sma_dist_10", "sma_dist_20", "sma_dist_50",
-    "ema_dist_10", "ema_dist_20", "ema_dist_50",
+    "ema_dist_12", "ema_dist_26", "ema_dist_50",
     "macd", "macd_signal", "macd_hist", "rsi_7",
     # bands, range and bar shape
     "bb_pctb_20", "bb_width_20",

@@ -69,36 +69,50 @@ def mask_warmup(values: np.ndarray, segs: SegmentIndex, first_valid: int) -> np.
     return values
 
 
-def window_sum(x: np.ndarray, window: int, segs: SegmentIndex, x_first_valid: int = 0) -> np.ndarray:
-    """Sum of x[t-window+1 .. t]; NaN where that window is not inside the segment.
+class BlockPrefix:
+    """Prefix sums of x that restart every ``_BLOCK`` rows: any window sum in one subtraction.
 
-    ``x_first_valid`` says how many leading bars of each segment hold no value of x
-    (1 for a one-bar return): the window must start after them.
+    Built once per series and shared by every window length that reads it.
     """
-    n = len(x)
-    if not 1 <= window <= _BLOCK:
-        raise ValueError(f"window must be in 1..{_BLOCK}, got {window}")
-    out = np.empty(n)
-    out[: window - 1] = np.nan
-    if n < window:
-        return out
-    nb = -(-(n + 1) // _BLOCK)
-    prefix = np.empty(nb * _BLOCK)
-    prefix[0] = 0.0
-    prefix[1 : n + 1] = x
-    prefix[n + 1 :] = 0.0
-    blocks = prefix.reshape(nb, _BLOCK)
-    np.cumsum(blocks, axis=1, out=blocks)  # prefix restarts at every block
-    totals = blocks[:, -1].copy()
-    # Window of bar t = prefix[t+1] - prefix[t+1-window]; when the two ends fall in
-    # adjacent blocks, the earlier block's total is added back.
-    np.subtract(prefix[window : n + 1], prefix[: n + 1 - window], out=out[window - 1 :])
-    block_starts = np.arange(1, nb) * _BLOCK
-    crossing = (block_starts[:, None] + np.arange(window)[None, :] - 1).ravel()  # bar t = a - 1
-    addend = np.repeat(totals[:-1], window)
-    keep = (crossing >= window - 1) & (crossing < n)
-    out[crossing[keep]] += addend[keep]
-    return mask_warmup(out, segs, window - 1 + x_first_valid)
+
+    def __init__(self, x: np.ndarray):
+        n = len(x)
+        nb = -(-(n + 1) // _BLOCK)
+        prefix = np.empty(nb * _BLOCK)
+        prefix[0] = 0.0
+        prefix[1 : n + 1] = x
+        prefix[n + 1 :] = 0.0
+        blocks = prefix.reshape(nb, _BLOCK)
+        np.cumsum(blocks, axis=1, out=blocks)
+        self.n, self.prefix, self.totals = n, prefix, blocks[:, -1].copy()
+
+    def window_sum(self, window: int, segs: SegmentIndex, x_first_valid: int = 0) -> np.ndarray:
+        """Sum of x[t-window+1 .. t]; NaN where that window is not inside the segment.
+
+        ``x_first_valid`` says how many leading bars of each segment hold no value of x
+        (1 for a one-bar return): the window must start after them.
+        """
+        n, prefix = self.n, self.prefix
+        if not 1 <= window <= _BLOCK:
+            raise ValueError(f"window must be in 1..{_BLOCK}, got {window}")
+        out = np.empty(n)
+        out[: window - 1] = np.nan
+        if n < window:
+            return out
+        # Window of bar t = prefix[t+1] - prefix[t+1-window]; when the two ends fall in
+        # adjacent blocks, the earlier block's total is added back.
+        np.subtract(prefix[window : n + 1], prefix[: n + 1 - window], out=out[window - 1 :])
+        block_starts = np.arange(1, len(self.totals)) * _BLOCK
+        crossing = (block_starts[:, None] + np.arange(window)[None, :] - 1).ravel()  # bar t = a - 1
+        addend = np.repeat(self.totals[:-1], window)
+        keep = (crossing >= window - 1) & (crossing < n)
+        out[crossing[keep]] += addend[keep]
+        return mask_warmup(out, segs, window - 1 + x_first_valid)
+
+
+def window_sum(x: np.ndarray, window: int, segs: SegmentIndex, x_first_valid: int = 0) -> np.ndarray:
+    """Sum of x[t-window+1 .. t]; NaN where that window is not inside the segment."""
+    return BlockPrefix(x).window_sum(window, segs, x_first_valid)
 
 
 def window_mean(x, window, segs, x_first_valid=0):
@@ -134,44 +148,52 @@ def ema(x: np.ndarray, alpha: float, segs: SegmentIndex) -> np.ndarray:
     At a segment start y = x (pandas ``ewm(alpha=..., adjust=False)`` on that segment
     alone). x must be finite. Warm-up masking is the caller's business (FeatureSpec).
 
-    How: u[t] = q*u[t-1] + z[t] with q = 1-alpha, z = alpha*x except z = x at segment
-    starts, runs in closed form block by block (u[j] = q**j * (cumsum(z[i] * q**-i) +
-    q * carry), blocks short enough that q**-L stays finite; carries are a short scalar
-    recursion over blocks). Then y = u - q**(since+1) * u[start-1] removes what the
-    previous segment carried in. Relative rounding error ~ eps / alpha, as in a plain loop.
+    How, in five passes over the data: with q = 1 - alpha and z = alpha*x (z = x at a
+    segment start), y[j] = q**j * (S[j] + K) inside a block of L rows, where
+    S = cumsum(z[i] * q**-i) and K is constant on each run of rows sharing a block and a
+    segment: -S[start-1] where the segment starts inside the block, q * y[end of previous
+    block] where it carries on from it. Blocks are short enough that q**-L stays finite;
+    the carries are a scalar recursion over blocks. Rounding ~ eps / alpha, as a plain loop.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"EMA alpha must be in (0, 1), got {alpha}")
     n = len(x)
+    if n == 0:
+        return np.zeros(0)
     q = 1.0 - alpha
     log_q = math.log(q)
     length = _block_length(log_q)
-    nb = max(1, -(-n // length))
-    buf = np.empty(1 + nb * length)  # buf[0] = u[-1] = 0, then u
-    buf[0] = 0.0
-    buf[1 + n :] = 0.0
-    z = buf[1 : 1 + n]
-    np.multiply(x, alpha, out=z)
-    z[segs.first_rows] = x[segs.first_rows]
-    blocks = buf[1:].reshape(nb, length)
-    j = np.arange(length, dtype=np.float64)
-    blocks *= np.exp(-log_q * j)
-    np.cumsum(blocks, axis=1, out=blocks)
-    ends = (blocks[:, -1] * q ** (length - 1)).tolist()
-    carry_in = np.zeros(nb)
-    decay, carry = q**length, 0.0
+    nb = -(-n // length)
+    up = np.exp(-log_q * np.arange(length))  # q**-j
+    s = np.zeros((nb, length))
+    flat = s.ravel()
+    full = n // length
+    np.multiply(x[: full * length].reshape(full, length), alpha * up, out=s[:full])
+    rest = n - full * length
+    if rest:
+        np.multiply(x[full * length :], alpha * up[:rest], out=s[full, :rest])
+    first = segs.first_rows
+    flat[first] = x[first] * up[first % length]  # z = x at a segment start
+    np.cumsum(s, axis=1, out=s)
+
+    # Runs of rows inside one block and one segment, and the constant K of each.
+    run_starts = np.union1d(np.arange(nb) * length, first)
+    starts_segment = np.zeros(len(run_starts), dtype=bool)
+    starts_segment[np.searchsorted(run_starts, first)] = True
+    k = np.zeros(len(run_starts))
+    inside = starts_segment & (run_starts % length > 0)
+    k[inside] = -flat[run_starts[inside] - 1]
+    last_run = (np.searchsorted(run_starts, np.arange(1, nb) * length) - 1).tolist()
+    block_end = s[:, -1].tolist()
+    continues = (~starts_segment).tolist()
+    q_end = q ** (length - 1)
     for b in range(1, nb):  # a few hundred scalar steps for a million bars
-        carry = decay * carry + ends[b - 1]
-        carry_in[b] = carry
-    blocks += (carry_in * q)[:, None]
-    blocks *= np.exp(log_q * j)
-    u = buf[1 : 1 + n]
-    carried = buf[segs.first_rows]  # u[start - 1]; buf[0] = 0 for the first segment
-    if len(carried) > 1:
-        correction = np.exp(segs.since_plus_one() * log_q)
-        correction *= segs.per_bar(carried)
-        u -= correction
-    return u
+        r = last_run[b - 1]
+        if continues[r + 1]:  # block b opens inside the segment that ended block b-1
+            k[r + 1] = q * q_end * (block_end[b - 1] + k[r])
+    flat[:n] += np.repeat(k, np.diff(np.append(run_starts, n)))
+    s *= np.exp(log_q * np.arange(length))
+    return flat[:n]
 
 
 def ema_memory(alpha: float, tolerance: float = 1e-9) -> int:
