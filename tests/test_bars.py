@@ -334,6 +334,12 @@ def test_no_resampled_bar_spans_a_gap_or_a_roll():
     split = resample_bars(rolled, 5)
     assert len(split) == 2 and split["contract"].tolist() == ["ESZ3", "ESH4"]
     assert split["volume"].tolist() == [3.0, 12.0]
+    # the part after the roll is labelled at its own first bar: labels stay unique and increasing
+    assert [t.strftime("%H:%M") for t in split.index] == ["14:30", "14:32"]
+    # an 18-minute gap inside one hourly bucket: two bars, the second labelled at its first minute
+    hourly = resample_bars(_minute_bars([0, 1, 2, 20, 21]), 60)
+    assert [t.strftime("%H:%M") for t in hourly.index] == ["14:00", "14:50"]
+    assert hourly["volume"].tolist() == [6.0, 9.0]
     with pytest.raises(DataError, match="not a multiple"):
         resample_bars(resample_bars(bars, 2), 5)
 
@@ -386,3 +392,15 @@ def test_a_repaired_frame_still_saves_to_parquet_with_its_report(tmp_path):
     back = pd.read_parquet(tmp_path / "repaired.parquet")
     assert back.attrs["repair_report"]["dropped"][0][0] == bad_line
     assert load_bars(tmp_path / "repaired.parquet").index.equals(bars.index)
+
+
+def test_resampled_bar_ignores_every_later_minute():
+    """No look-ahead: changing every minute after a bucket's end leaves that bucket as it was."""
+    bars = synthetic_bars(600, seed=5)
+    five = resample_bars(bars, 5)
+    cut = pd.Timestamp(five.index[40]) + pd.Timedelta(minutes=5)  # close of the 41st bucket
+    changed = bars.copy()
+    later = changed.index >= cut
+    changed.loc[later, ["open", "high", "low", "close"]] *= 1.5
+    changed.loc[later, "volume"] += 1000
+    pd.testing.assert_frame_equal(resample_bars(changed, 5).iloc[:41], five.iloc[:41])

@@ -767,7 +767,10 @@ def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | 
     """Aggregate to ``minutes``-minute bars labelled by their open time.
 
     Buckets are aligned on the clock (epoch multiples of ``minutes``) and never merge bars
-    of different segments: a bucket that straddles a gap or a roll becomes two bars.
+    of different segments: a bucket that straddles a gap or a roll becomes two bars. The
+    second of those is labelled by its own first stamp instead of the bucket start, so
+    labels stay unique and increasing; its nominal close (label + minutes) is then later
+    than its real one, which can delay an as-of join but never lets it look ahead.
     open = first, high = max, low = min, close = last, volume = sum, extra numeric
     columns = last value (what is known at the close of the bucket).
     """
@@ -798,7 +801,10 @@ def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | 
     for name in bars.columns:
         if name not in columns and pd.api.types.is_numeric_dtype(bars[name]):
             columns[name] = bars[name].to_numpy()[ends]
-    stamps = (bucket[starts] * minutes * _NS_PER_MINUTE).view("datetime64[ns]")
+    labels = bucket[starts] * minutes * _NS_PER_MINUTE
+    shared = np.r_[False, bucket[starts][1:] == bucket[starts][:-1]]  # second part of a split bucket
+    labels[shared] = _ns(bars.index)[starts][shared]
+    stamps = labels.view("datetime64[ns]")
     out = pd.DataFrame(columns, index=pd.DatetimeIndex(stamps, name="timestamp").tz_localize("UTC"))
     out.attrs = {k: v for k, v in bars.attrs.items() if k != "repair_report"} | {"bar_minutes": minutes}
     return out
