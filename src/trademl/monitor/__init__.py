@@ -1,0 +1,1 @@
+"""Monitoring: the prediction log, realized outcomes, calibration, drift and alerts."""
