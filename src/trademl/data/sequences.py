@@ -25,6 +25,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from trademl.data.segments import bars_since_start
 from trademl.errors import DataError, SchemaError
 
+_FIT_CHUNK_ROWS = 16_384  # float64 temporaries of 16k x F: a few MB, whatever n is
+
 
 def window_view(X: np.ndarray, length: int) -> np.ndarray:
     """Read-only view [n - length + 1, length, F]; entry i holds rows i .. i + length - 1."""
@@ -92,13 +94,19 @@ class Normalizer:
 
     @classmethod
     def fit(cls, X: np.ndarray, rows: np.ndarray, feature_names) -> "Normalizer":
-        """Fit on ``X[rows]`` only (a bool mask or index array of training rows)."""
-        sample = X[rows]
-        if len(sample) == 0:
+        """Fit on ``X[rows]`` only (a bool mask or index array of training rows).
+
+        Two passes over chunks of rows, so the training rows are never copied whole
+        (on 1M x 40 features that copy alone would be most of the feature matrix again).
+        Sums are in float64: float32 sums over a million rows lose digits.
+        """
+        index = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+        if len(index) == 0:
             raise DataError("no training rows to fit the normaliser on", where="sequences")
-        # Accumulate in float64: float32 sums over a million rows lose digits.
-        mean = sample.mean(axis=0, dtype=np.float64)
-        std = sample.std(axis=0, dtype=np.float64)
+        chunks = [index[i : i + _FIT_CHUNK_ROWS] for i in range(0, len(index), _FIT_CHUNK_ROWS)]
+        mean = sum(X[c].sum(axis=0, dtype=np.float64) for c in chunks) / len(index)
+        var = sum(np.square(X[c] - mean).sum(axis=0) for c in chunks) / len(index)
+        std = np.sqrt(var)
         # A constant feature carries no information; std 1 keeps it finite instead of inf.
         std = np.where(std > 1e-12, std, 1.0)
         return cls(tuple(feature_names), mean.astype(np.float32), std.astype(np.float32))
