@@ -404,3 +404,35 @@ def test_resampled_bar_ignores_every_later_minute():
     changed.loc[later, ["open", "high", "low", "close"]] *= 1.5
     changed.loc[later, "volume"] += 1000
     pd.testing.assert_frame_equal(resample_bars(changed, 5).iloc[:41], five.iloc[:41])
+
+
+@pytest.mark.parametrize("name,sep,header", CORRUPTIBLE)
+def test_garbage_above_the_first_bar_is_named_not_mistaken_for_the_layout(tmp_path, name, sep, header):
+    lines = _read_lines(SLICES / name)
+    lines.insert(0, "exported by some tool, v1")
+    path = _write_lines(tmp_path / name, lines)
+    with pytest.raises(DataError, match=rf"{name}, line 1: does not look like a header or a bar"):
+        load_bars(path)
+    repaired = load_bars(path, repair=True)
+    assert [d.line for d in repaired.attrs["repair_report"].dropped] == [1]
+    pd.testing.assert_frame_equal(repaired, load_bars(SLICES / name), check_freq=False)
+
+
+def test_a_separator_at_the_end_of_every_data_line_is_harmless(tmp_path):
+    text = GOOD + "\n".join(r + "," for r in ROWS) + "\n"
+    assert len(load_bars(_csv(tmp_path, text))) == 4
+
+
+def test_a_very_long_line_in_a_later_chunk_is_reported_once(tmp_path):
+    # the fast parser gives up on a line with far too many fields; the fallback parser must
+    # not hand out again the chunks that were already read
+    bars = synthetic_bars(1_000, seed=6)
+    bars.to_csv(tmp_path / "bars.csv")
+    lines = (tmp_path / "bars.csv").read_text().splitlines()
+    lines[800] += ",1" * 60  # line 801, in the third chunk of 300
+    (tmp_path / "long.csv").write_text("\n".join(lines) + "\n")
+    parts = list(read_bars_chunks(tmp_path / "long.csv", 300, repair=True))
+    assert sum(len(p) for p in parts) == 999
+    assert [d.line for p in parts for d in p.attrs["repair_report"].dropped] == [801]
+    with pytest.raises(DataError, match=r"line 801: more fields than the 7"):
+        list(read_bars_chunks(tmp_path / "long.csv", 300))

@@ -279,6 +279,7 @@ class _Layout:
     extras: dict[str, int]
     stamps_at_close: bool  # NinjaTrader (headerless ';', YYYYMMDD HHMMSS) labels bars at their close
     quoted: bool
+    preamble: tuple[int, ...] = ()  # 1-based lines before the first well-formed one: reported as bad
 
 
 def _open_text(path: Path):
@@ -304,17 +305,38 @@ def _is_number(token: str) -> bool:
         return False
 
 
+def _field_count(line: str, delimiter: str) -> int:
+    """Fields on a line, not counting empty ones at its end (some tools end lines with a separator)."""
+    return line.rstrip().rstrip(delimiter).count(delimiter) + 1
+
+
+def _sniff_delimiter(lines: list[str]) -> tuple[str, int]:
+    """The separator most sample lines agree on, and the field count they agree on.
+
+    Voting over many lines, not trusting the first, keeps a garbage line at the top from
+    deciding how the whole file is read.
+    """
+    best, best_votes, best_fields = "", 0, 0
+    for d in (",", ";", "\t", "|"):
+        counts = Counter(_field_count(line, d) - 1 for line in lines)
+        n, votes = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        if n >= 1 and votes > best_votes:  # too few fields for a bar is reported later, by name
+            best, best_votes, best_fields = d, votes, n + 1
+    return best, best_fields
+
+
 def _sniff_layout(path: Path) -> _Layout:
-    head = _read_head(path)
-    first = next((i for i, line in enumerate(head) if line.strip()), None)
-    if first is None:
+    head = [line.rstrip("\r\n") for line in _read_head(path)]
+    nonblank = [i for i, line in enumerate(head) if line.strip()]
+    if not nonblank:
         raise DataError("the file is empty: no bars", where=str(path))
-    line = head[first].rstrip("\r\n")
-    counts = {d: line.count(d) for d in (",", ";", "\t", "|")}
-    delimiter = max(counts, key=counts.get)
-    if counts[delimiter] == 0:
+    delimiter, n_fields = _sniff_delimiter([head[i] for i in nonblank])
+    if not delimiter:
         raise DataError("cannot tell the column separator (expected ',', ';', tab or '|')",
-                        where=f"{path}, line {first + 1}")
+                        where=f"{path}, line {nonblank[0] + 1}")
+    first = next(i for i in nonblank if _field_count(head[i], delimiter) == n_fields)
+    preamble = tuple(i + 1 for i in nonblank if i < first)
+    line = head[first]
     fields = line.split(delimiter)
     quoted = '"' in line
     has_header = sum(_is_number(f) for f in fields) < 4  # a data line has at least 4 prices
@@ -328,7 +350,7 @@ def _sniff_layout(path: Path) -> _Layout:
     extras = _numeric_extras(head[skiprows:], delimiter, extras, path)
     stamps_at_close = (not has_header and delimiter == ";"
                    and re.fullmatch(r"\d{8} \d{6}", fields[0].strip()) is not None)
-    return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted)
+    return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted, preamble)
 
 
 def _headerless_columns(path: Path, fields: list[str], first: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -383,12 +405,31 @@ class _Raw:
 
 
 def _csv_chunks(path: Path, layout: _Layout, chunk_rows: int | None) -> Iterator[_Raw]:
+    done = 0
     try:
-        yield from _csv_chunks_with(path, layout, chunk_rows, engine="c")
+        for raw in _csv_chunks_with(path, layout, chunk_rows, engine="c"):
+            done += 1
+            yield _with_preamble(raw, layout) if done == 1 else raw
     except pd.errors.ParserError:
-        # a line with many more fields than the first one stops the fast parser; the python
-        # parser cuts such lines down so they are reported (or dropped) like any bad row
-        yield from _csv_chunks_with(path, layout, chunk_rows, engine="python")
+        # a line with many more fields than the others stops the fast parser; the python
+        # parser cuts such lines down so they are reported (or dropped) like any bad row.
+        # It cuts the same rows into the same chunks, so the ones already given are skipped.
+        for k, raw in enumerate(_csv_chunks_with(path, layout, chunk_rows, engine="python")):
+            if k >= done:
+                yield _with_preamble(raw, layout) if k == 0 else raw
+
+
+def _with_preamble(raw: _Raw, layout: _Layout) -> _Raw:
+    """Put the malformed lines above the first good line in front of the first chunk, as bad rows."""
+    if not layout.preamble:
+        return raw
+    n = len(layout.preamble)
+    filler = raw.frame.iloc[:0].reindex(range(n))  # all missing, same column types
+    frame = pd.concat([filler, raw.frame], ignore_index=True)
+    reason = f"does not look like a header or a bar (not {layout.n_fields} fields separated by {layout.delimiter!r})"
+    problems = np.concatenate([np.full(n, reason, dtype=object), raw.shape_problems])
+    return _Raw(frame, np.r_[np.asarray(layout.preamble, dtype=np.int64), raw.lines],
+                problems, np.r_[np.zeros(n, dtype=bool), raw.blank])
 
 
 def _csv_chunks_with(path: Path, layout: _Layout, chunk_rows: int | None, engine: str) -> Iterator[_Raw]:
@@ -419,7 +460,7 @@ def _raw_from_positions(raw: pd.DataFrame, layout: _Layout) -> _Raw:
     blank = ~present[:, 1:].any(axis=1) & (first_text.isna() | (first_text == "")).to_numpy()
     problems = np.full(len(raw), None, dtype=object)
     over = present[:, layout.n_fields:].any(axis=1)
-    problems[over] = f"more fields than the {layout.n_fields} of the first line"
+    problems[over] = f"more fields than the {layout.n_fields} of the other lines"
     wanted = layout.columns | layout.extras
     frame = pd.DataFrame({name: raw[pos] for name, pos in wanted.items()})
     frame.index = raw.index
