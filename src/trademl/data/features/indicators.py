@@ -41,12 +41,16 @@ def volume(ctx: BarContext) -> np.ndarray:
 def rsi(ctx: BarContext, period: int) -> np.ndarray:
     """Wilder's RSI: 100 * avg gain / (avg gain + avg loss), EMAs with alpha 1/period; 50 when flat."""
     change = ctx.close_change
-    gain = ctx.ema_of("gain", lambda: np.maximum(change, 0.0), 1.0 / period)
-    loss = ctx.ema_of("loss", lambda: np.maximum(-change, 0.0), 1.0 / period)
-    moved = gain + loss
-    # Nothing moved (to rounding: an EMA's restart leaves ~1e-16 where it should be 0).
-    moved[moved < 1e-9 * ctx.tick_size] = 0.0
-    return np.clip(_safe_ratio(100.0 * gain, moved, fill=50.0), 0.0, 100.0)
+    up = ctx.cached(("up_move",), lambda: np.maximum(change, 0.0))
+    gain = ctx.ema_of("up_move", lambda: up, 1.0 / period)
+    loss = ctx.ema_of("down_move", lambda: up - change, 1.0 / period)  # max(-change, 0)
+    out = gain + loss
+    # Nothing moved (to rounding: an EMA's restart can leave 1e-16 where it should be 0).
+    flat = out < 1e-9 * ctx.tick_size
+    np.divide(gain, out, out=out)
+    out *= 100.0
+    out[flat] = 50.0
+    return np.clip(out, 0.0, 100.0, out=out)
 
 
 def log_return(ctx: BarContext, lag: int) -> np.ndarray:
@@ -167,13 +171,17 @@ def obv_zscore(ctx: BarContext, window: int) -> np.ndarray:
     return _safe_ratio(ctx.obv - mean, std)
 
 
+def _typical_price(ctx: BarContext) -> np.ndarray:
+    return ctx.cached(("typical",), lambda: (ctx.high + ctx.low + ctx.close) / 3.0)
+
+
 def vwap_distance_ticks(ctx: BarContext) -> np.ndarray:
     """close - session VWAP, in ticks; VWAP of typical prices since the session began.
 
     A session restarts at each segment start and at each trading day (22:00 UTC roll).
     Before any volume has traded in the session, the VWAP is the close itself.
     """
-    typical = (ctx.high + ctx.low + ctx.close) / 3.0
+    typical = _typical_price(ctx)
     sessions = ctx.sessions
     pv = np.cumsum(typical * ctx.volume)
     vol = np.cumsum(ctx.volume)
@@ -198,7 +206,7 @@ def order_flow_imbalance(ctx: BarContext, window: int) -> np.ndarray:
 
 def poc_distance_ticks(ctx: BarContext, window: int, bin_ticks: int) -> np.ndarray:
     """close - point of control of the volume profile of the last ``window`` bars, in ticks."""
-    typical = (ctx.high + ctx.low + ctx.close) / 3.0
+    typical = _typical_price(ctx)
     traded = ctx.window_sum("volume", lambda: ctx.volume, window)
     poc = rolling_poc(typical, ctx.volume, traded, window, bin_ticks * ctx.tick_size)
     return (ctx.close - poc) / ctx.tick_size
