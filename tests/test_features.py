@@ -317,3 +317,14 @@ def test_bad_input_is_a_clear_error():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert compute_features(bars.iloc[:0]).shape == (0, len(DEFAULT_FEATURES))
+
+
+def test_cli_lists_the_features():
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+
+    result = CliRunner().invoke(app, ["data", "features", "--all"])
+    assert result.exit_code == 0
+    assert "dist_to_poc_ticks" in result.output and "ema_dist_200" in result.output
+    assert f"{len(FEATURES)} features" in result.output

@@ -99,6 +99,27 @@ def data_inspect(
         out.print(str(report), markup=False, highlight=False, soft_wrap=True)
 
 
+@data_app.command("features")
+@friendly_errors
+def data_features(
+    all_: bool = typer.Option(False, "--all", help="Every registered feature, not only the default set."),
+):
+    """List the features: name, warm-up bars, whether volume is needed, what each one is."""
+    from rich.table import Table
+
+    from trademl.data.features import DEFAULT_FEATURES, FeatureSchema, describe_features
+
+    rows = describe_features(None if all_ else DEFAULT_FEATURES)
+    schema = FeatureSchema.for_names(DEFAULT_FEATURES)
+    table = Table(title=f"{len(rows)} features (default schema {schema.hash[:12]})")
+    for col in ("name", "default", "warm-up", "volume", "what"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "yes" if r["default"] else "", str(r["warmup"]),
+                      "yes" if r["needs_volume"] else "", r["description"])
+    console().print(table)
+
+
 def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
     """Train lgb_5m and lgb_30m into the store with a progress bar, then print their tables."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -11,7 +11,7 @@ registry (names -> FeatureSpec), schema (FeatureSchema), compute (the entry poin
 """
 
 from trademl.data.features.compute import compute_features, feature_row_from_bars, required_history, resolve_features
-from trademl.data.features.registry import DEFAULT_FEATURES, FEATURE_VERSION, FEATURES, FeatureSpec
+from trademl.data.features.registry import DEFAULT_FEATURES, FEATURE_VERSION, FEATURES, FeatureSpec, describe_features
 from trademl.data.features.schema import FeatureSchema
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "FeatureSchema",
     "FeatureSpec",
     "compute_features",
+    "describe_features",
     "feature_row_from_bars",
     "required_history",
     "resolve_features",

@@ -136,3 +136,20 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     # calendar
     "tod_sin", "tod_cos", "dow_sin", "dow_cos",
 )
+
+
+def describe_features(names=None) -> list[dict]:
+    """One row per feature (default: every registered one): what `trademl data features` prints."""
+    default = set(DEFAULT_FEATURES)
+    return [
+        {
+            "name": spec.name,
+            "default": spec.name in default,
+            "params": dict(spec.params),
+            "warmup": spec.warmup,
+            "history": spec.history,
+            "needs_volume": spec.needs_volume,
+            "description": spec.description,
+        }
+        for spec in (FEATURES[n] for n in (FEATURES if names is None else names))
+    ]
