@@ -250,3 +250,28 @@ def test_nan_confidence_and_numpy_values_are_stored(tmp_path):
     assert row["output"]["win_5m_prob"] == 0.25 and row["output"]["probs"] == [0.1, 0.9]
     assert row["features"]["a"] == 1.5 and row["features"]["b"] is None
     assert not math.isnan(row["confidence"])
+
+
+def test_the_predictor_logs_features_decision_bar_and_failed_requests(trained_store, tmp_path):
+    from trademl.predict.ensemble import EnsemblePredictor, RequestError
+
+    p = EnsemblePredictor(trained_store.root, trained_store.config, log_dir=tmp_path / "logs")
+    names = p.models.feature_names
+    bars = trained_store.bars.iloc[-200:]
+    body = {"symbol": "NQ", "bars": [
+        {"timestamp": t.isoformat(), **{c: float(r[c]) for c in ("open", "high", "low", "close", "volume", "edge")}}
+        for t, r in bars.iterrows()]}
+    p.ensemble_predict(body)
+    p.ensemble_predict({"symbol": "NQ", "timestamp": "2024-01-01T12:00:00Z", "features": [0.5] * len(names)})
+    with pytest.raises(RequestError):
+        p.ensemble_predict({"symbol": "NQ", "features": {"no_such_feature": 1.0}})
+    frame = PredictionLog(tmp_path / "logs" / "predictions.sqlite").query()
+    assert len(frame) == 3
+    ok = frame[frame["error_kind"].isna()]
+    bar_row = ok[ok["decision_bar"].notna()].iloc[0]
+    assert bar_row["decision_bar"] == bars.index[-1]
+    assert bar_row["features"] is None  # recomputed by the monitor from the bars file
+    feat_row = ok[ok["decision_bar"].isna()].iloc[0]
+    assert feat_row["features"] == dict.fromkeys(names, 0.5)
+    err = frame[frame["error_kind"].notna()].iloc[0]
+    assert err["error_kind"] == "validation" and "no_such_feature" in err["error_message"]

@@ -292,11 +292,17 @@ class EnsemblePredictor:
     def ensemble_predict(self, market_data) -> dict:
         """The guide's call: market snapshot (dict) -> the guide's prediction (dict)."""
         started = time.perf_counter()
-        request = parse_request(market_data)
-        self.maybe_reload()
-        output = predict_with(self._models, request, self.config)
+        try:
+            request = parse_request(market_data)
+            self.maybe_reload()
+            output = predict_with(self._models, request, self.config)
+        except TradeMLError as e:
+            if self.recorder is not None:  # failed requests count in the monitor's errors by kind
+                self.recorder.record_error(e, market_data, (time.perf_counter() - started) * 1000.0)
+            raise
         if self.recorder is not None:
-            self.recorder.record(request, output, (time.perf_counter() - started) * 1000.0)
+            self.recorder.record(request, output, (time.perf_counter() - started) * 1000.0,
+                                 self._models.feature_names)
         return output
 
     def predict_batch(self, requests: list) -> list[dict]:
@@ -534,7 +540,8 @@ class PredictionRecorder:
         self._line = _guide_logger(self.log_dir / "predictions.log")
         self._sqlite = _open_prediction_log(self.log_dir / "predictions.sqlite")
 
-    def record(self, request: PredictRequest, output: dict, latency_ms: float) -> None:
+    def record(self, request: PredictRequest, output: dict, latency_ms: float,
+               feature_names: list[str] | None = None) -> None:
         self._line.info("Prediction: %s, Confidence: %.2f%%", output["ensemble_recommendation"],
                         100.0 * output["confidence_score"])
         if self._sqlite is not None:
@@ -548,7 +555,33 @@ class PredictionRecorder:
                 "output": output,
                 "model_versions": output["model_versions"],
                 "latency_ms": latency_ms,
+                "features": _logged_features(request, feature_names),
+                "decision_bar": iso_utc(request.bars[-1].timestamp) if request.bars else None,
             })
+
+    def record_error(self, error: TradeMLError, market_data, latency_ms: float) -> None:
+        if self._sqlite is None:
+            return
+        kind = getattr(error, "kind", None) or ("model_store" if isinstance(error, ModelStoreError) else "error")
+        symbol = market_data.get("symbol") if isinstance(market_data, dict) else getattr(market_data, "symbol", None)
+        self._sqlite.append_error(kind, str(error), symbol=symbol if isinstance(symbol, str) else None,
+                                  latency_ms=latency_ms)
+
+
+def _logged_features(request: PredictRequest, names: list[str] | None) -> dict | None:
+    """The decision bar's features as sent, name -> value, for the monitor's drift check.
+
+    None for a request that sent bars: the features are computed inside the predictor, and
+    the monitor recomputes them from the bars file with the same (causal) code.
+    """
+    row = request.features
+    if row is None and request.sequence:
+        row = request.sequence[-1]
+    if isinstance(row, dict):
+        return dict(row)
+    if row is not None and names and len(row) == len(names):
+        return dict(zip(names, row))
+    return None
 
 
 def _guide_logger(path: Path) -> logging.Logger:
