@@ -223,6 +223,27 @@ def train_lstm_command(
     console().print(stored_summary(result.stored))
 
 
+@train_app.command("ppo")
+@friendly_errors
+def train_ppo_command(
+    bars: Optional[Path] = typer.Argument(None, help="Bars file or dataset folder (default: the bundled ES sample)."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract symbol or root, e.g. NQZ5 (default: from the data)."),
+    timesteps: Optional[int] = typer.Option(None, "--timesteps", help="Override total_timesteps of the ppo config section."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (ppo.checkpoint_dir)."),
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Train on N synthetic bars with a planted edge instead."),
+    edge_ic: float = typer.Option(0.15, "--edge-ic", help="Strength of the planted edge of --synthetic (0: random walk)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """PPO agent (stable-baselines3) in the vectorised trading env: held-out evaluation, policy.onnx stored."""
+    from trademl.config import load_config
+    from trademl.models.ppo.train import print_summary, train_ppo_from_source
+
+    cfg = load_config(config, {"ppo": {"total_timesteps": timesteps}} if timesteps else None)
+    result = train_ppo_from_source(bars, cfg, symbol=symbol, synthetic=synthetic, edge_ic=edge_ic,
+                                   resume=resume, progress=True, console=console())
+    print_summary(result, console())
+
+
 @app.command("predict")
 @friendly_errors
 def predict_command(

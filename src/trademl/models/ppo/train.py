@@ -101,6 +101,8 @@ class PPOTrainingResult:
     timesteps: int
     train_seconds: float
     written: list[Path] = field(default_factory=list)
+    model: object | None = field(default=None, repr=False)  # the SB3 PPO, for notebooks and tests
+    prepared: PreparedMarket | None = field(default=None, repr=False)
 
 
 def observation_features(bars: pd.DataFrame, contract: ContractSpec, cfg: Config) -> tuple[np.ndarray, dict]:
@@ -206,12 +208,63 @@ def train_ppo(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, s
     metrics = evaluate_agent(lambda obs: policy_probabilities(model.policy, obs), prepared)
     metrics.update(timesteps=int(model.num_timesteps), train_seconds=round(train_seconds, 2),
                    timesteps_per_second=round((model.num_timesteps - start_steps) / max(train_seconds, 1e-9), 1))
-    result = PPOTrainingResult(None, metrics, int(model.num_timesteps), train_seconds)
+    result = PPOTrainingResult(None, metrics, int(model.num_timesteps), train_seconds, model=model, prepared=prepared)
     if store:
         result.stored = store_agent(model, prepared, cfg, metrics)
         result.written.append(result.stored.path)
     result.written.append(checkpoints)
     return result
+
+
+def train_ppo_from_source(source=None, cfg: Config | None = None, *, symbol: str | None = None,
+                          synthetic: int | None = None, edge_ic: float = 0.15, edge_horizon: int = 5,
+                          **train_kw) -> PPOTrainingResult:
+    """What `trademl train ppo` runs: a bars file, a dataset folder (its features are used as
+    built), ``synthetic`` bars with a planted edge (passed to the agent as the feature
+    ``edge``), or by default the bundled ES sample."""
+    cfg = (cfg or Config()).model_copy(deep=True)
+    if synthetic:
+        from trademl.data.synthetic import synthetic_bars
+
+        bars = synthetic_bars(int(synthetic), seed=cfg.ppo.seed, edge_ic=edge_ic, edge_horizon=edge_horizon,
+                              symbol=symbol or "NQ")
+        if "edge" not in cfg.data.extra_feature_columns:
+            cfg.data.extra_feature_columns = [*cfg.data.extra_feature_columns, "edge"]
+        return train_ppo(bars, cfg, **train_kw)
+    path = Path(source) if source is not None else None
+    if path is not None and path.is_dir():
+        from trademl.data.dataset import load_dataset
+
+        ds = load_dataset(path)
+        return train_ppo(ds.bars(), cfg, features=ds.X, schema=ds.manifest["feature_schema"],
+                         symbol=symbol or ds.symbol, **train_kw)
+    from trademl.data.bars import bundled_sample_path, load_bars
+
+    bars = load_bars(path or bundled_sample_path(), symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes)
+    return train_ppo(bars, cfg, symbol=symbol, **train_kw)
+
+
+def print_summary(result: PPOTrainingResult, console) -> None:
+    """The held-out figures and what was written."""
+    from rich.table import Table
+
+    m = result.metrics
+    t = Table(title=f"PPO agent, held-out span ({m['eval_decisions']} decisions, {m['eval_segments']} segments)")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    rows = [("net P&L ($)", f"{m['net_pnl']:,.2f}"), ("costs ($)", f"{m['costs']:,.2f}"),
+            ("trades", f"{m['trades']:,}"), ("mean |position|", f"{m['mean_abs_position']:.3f}"),
+            ("max drawdown ($)", f"{m['max_drawdown']:,.2f}"), ("vs flat ($)", f"{m['vs_flat']:,.2f}")]
+    if "oracle_pnl" in m:
+        rows += [("oracle, 1 contract ($)", f"{m['oracle_pnl']:,.2f}"),
+                 ("agent / oracle", "-" if m["pnl_vs_oracle"] is None else f"{m['pnl_vs_oracle']:.2f}")]
+    rows += [("timesteps", f"{m['timesteps']:,}"), ("training (s)", f"{m['train_seconds']:.1f}"),
+             ("timesteps/s", f"{m['timesteps_per_second']:,.0f}")]
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
+    for p in result.written:
+        console.print(f"wrote {p}")
 
 
 def policy_probabilities(policy, obs: np.ndarray) -> np.ndarray:
@@ -297,7 +350,7 @@ def oracle_metrics(prepared: PreparedMarket, decided: np.ndarray, agent_pnl: flo
     one = ex.simulate(direction, prepared.open, prepared.close, prepared.segments).pnl.sum()
     full = ex.simulate(direction * ex.max_position, prepared.open, prepared.close, prepared.segments).pnl.sum()
     return {"oracle_pnl": round(float(one), 2), "oracle_max_position_pnl": round(float(full), 2),
-            "pnl_vs_oracle": round(agent_pnl / one, 4) if one > 0 else None}
+            "pnl_vs_oracle": round(float(agent_pnl / one), 4) if one > 0 else None}
 
 
 def _first_start_per_segment(starts: np.ndarray, segments: np.ndarray) -> np.ndarray:
