@@ -436,3 +436,14 @@ def test_a_very_long_line_in_a_later_chunk_is_reported_once(tmp_path):
     assert [d.line for p in parts for d in p.attrs["repair_report"].dropped] == [801]
     with pytest.raises(DataError, match=r"line 801: more fields than the 7"):
         list(read_bars_chunks(tmp_path / "long.csv", 300))
+
+
+def test_a_local_time_skipped_by_daylight_saving_is_named(tmp_path):
+    # 2024-03-10 02:30 does not exist in New York: clocks jump from 02:00 to 03:00
+    text = ("timestamp,open,high,low,close,volume\n2024-03-10 01:59:00,1,2,0.5,1.5,1\n"
+            "2024-03-10 02:30:00,1,2,0.5,1.5,1\n2024-03-10 03:00:00,1,2,0.5,1.5,1\n")
+    path = _csv(tmp_path, text)
+    with pytest.raises(DataError, match=r"line 3: cannot read timestamp '2024-03-10 02:30:00' \(or it is not a valid local time in America/New_York\)"):
+        load_bars(path, tz="America/New_York")
+    bars = load_bars(path, tz="America/New_York", repair=True)
+    assert bars.index.tolist() == [pd.Timestamp("2024-03-10 06:59", tz="UTC"), pd.Timestamp("2024-03-10 07:00", tz="UTC")]

@@ -635,7 +635,9 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
     problems = _Problems(len(frame), raw.shape_problems[keep_rows])
     stamp_text = _stamp_source(frame)
     stamps = parse_timestamps(stamp_text, tz=tz)
-    problems.flag(stamps == _NAT, lambda i: f"cannot read timestamp {_as_text(stamp_text.iloc[i])!r}"
+    # in a zone with daylight saving, a well-formed local time can still not exist (spring gap)
+    in_zone = f" (or it is not a valid local time in {tz})" if tz not in (None, "UTC", "utc") else ""
+    problems.flag(stamps == _NAT, lambda i: f"cannot read timestamp {_as_text(stamp_text.iloc[i])!r}{in_zone}"
                   if pd.notna(stamp_text.iloc[i]) else "timestamp is missing")
     prices = {c: _numeric(frame, c, problems, required=True) for c in PRICE_COLUMNS}
     volume = _numeric(frame, "volume", problems, required=True) if "volume" in frame else None
