@@ -158,3 +158,13 @@ def test_cli_build_prints_summary_and_paths(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trademl.cli", "data", "build", str(tmp_path / "nope.csv")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "nope.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resampled_build_keeps_sessions_as_segments(tmp_path):
+    cfg = Config()
+    ds30 = load_dataset(build_dataset(ES_SLICE, tmp_path / "r30", symbol="ES", resample_minutes=30, config=cfg).path)
+    ds1 = load_dataset(build_dataset(ES_SLICE, tmp_path / "r1", symbol="ES", config=cfg).path)
+    # 30-minute bars must not each become a segment: same session structure as 1-minute bars
+    assert ds30.manifest["segments"] <= ds1.manifest["segments"]
+    assert ds30.manifest["resample_minutes"] == 30
+    assert (ds30.frame.index[1:] > ds30.frame.index[:-1]).all()

@@ -274,6 +274,12 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
 
     writer = None
     seg_offset = 0
+    # After resampling to N-minute bars consecutive bars are N minutes apart: the gap rule
+    # must allow that much, or every bar would become its own segment.
+    bar_config = config
+    if resample_minutes and resample_minutes > config.data.max_gap_minutes:
+        bar_config = config.model_copy(deep=True)
+        bar_config.data.max_gap_minutes = int(resample_minutes)
     schema = None
     tally = _LabelTally(config.data.horizons)
     repairs = []
@@ -284,9 +290,9 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
                 repairs.append(str(bars.attrs["repair_report"]))
             if resample_minutes and resample_minutes > 1:
                 bars = resample_bars(bars, resample_minutes, max_gap_minutes=config.data.max_gap_minutes)
-            seg = segment_ids(bars, config.data.max_gap_minutes) + seg_offset
+            seg = segment_ids(bars, bar_config.data.max_gap_minutes) + seg_offset
             seg_offset = int(seg[-1]) + 1
-            frame = _features_and_labels(bars, seg, spec, config)
+            frame = _features_and_labels(bars, seg, spec, bar_config)
             schema = frame.attrs["schema"]
             frame.attrs = {}  # the schema goes to the manifest, not into Parquet metadata
             table = pa.Table.from_pandas(frame, preserve_index=True)
@@ -305,7 +311,7 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
         raise DataError("no bars in file", where=str(source))
     extra = {"repairs": repairs} if repairs else {}
     extra["resample_minutes"] = resample_minutes or 1
-    return _manifest(tally, schema, symbol, spec, config, source=source, extra=extra)
+    return _manifest(tally, schema, symbol, spec, bar_config, source=source, extra=extra)
 
 
 def _write_decisions(path: Path, tmp: Path, config: Config) -> dict:
