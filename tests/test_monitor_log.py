@@ -116,6 +116,9 @@ def test_bad_records_are_refused_and_nothing_is_written(tmp_path):
         log.append(dict(_record(0), timestamp="yesterday"))
     with pytest.raises(TradeMLError, match="number"):
         log.append(dict(_record(0), latency_ms="fast"))
+    with pytest.raises(TradeMLError, match="long' or 'short") as e:
+        log.append(dict(_record(0), side="both"))
+    assert e.value.where == "record.side"
     assert log.count() == 0
 
 
@@ -271,7 +274,24 @@ def test_the_predictor_logs_features_decision_bar_and_failed_requests(trained_st
     bar_row = ok[ok["decision_bar"].notna()].iloc[0]
     assert bar_row["decision_bar"] == bars.index[-1]
     assert bar_row["features"] is None  # recomputed by the monitor from the bars file
+    assert bar_row["side"] == "long"
     feat_row = ok[ok["decision_bar"].isna()].iloc[0]
     assert feat_row["features"] == dict.fromkeys(names, 0.5)
     err = frame[frame["error_kind"].notna()].iloc[0]
     assert err["error_kind"] == "validation" and "no_such_feature" in err["error_message"]
+
+
+def test_a_version_1_log_gains_the_side_column_and_keeps_its_rows(tmp_path):
+    from trademl.monitor import log as log_module
+
+    path = tmp_path / "p.sqlite"
+    v1_columns = [c for c in log_module._COLUMNS if not c.startswith("side ")]
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE predictions ({', '.join(v1_columns)})")
+        db.execute("INSERT INTO predictions (ts_utc, logged_at, symbol) VALUES "
+                   "('2024-01-02T14:30:00.000000Z', '2024-01-02T14:30:00.000000Z', 'NQ')")
+        db.execute("PRAGMA user_version = 1")
+    log = PredictionLog(path)
+    log.append(dict(_record(5), side="short"))
+    frame = log.query()
+    assert len(frame) == 2 and pd.isna(frame["side"].iloc[0]) and frame["side"].iloc[1] == "short"

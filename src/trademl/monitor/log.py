@@ -33,7 +33,7 @@ from pathlib import Path
 
 from trademl.errors import TradeMLError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added `side`
 BUSY_TIMEOUT_MS = 30_000
 
 _COLUMNS = (
@@ -51,6 +51,7 @@ _COLUMNS = (
     "error_message TEXT",
     "features_json TEXT",  # name -> value the models saw for the decision bar (NaN as null)
     "decision_bar TEXT",  # open time of the last bar the models saw, when the request sent bars
+    "side TEXT",  # long / short: the trade win_5m_prob and win_30m_prob are about
 )
 
 _DDL = (
@@ -61,14 +62,14 @@ _DDL = (
 
 _INSERT = (
     "INSERT INTO predictions (ts_utc, logged_at, symbol, request_digest, recommendation, confidence, "
-    "output_json, model_versions_json, latency_ms, error_kind, error_message, features_json, decision_bar) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "output_json, model_versions_json, latency_ms, error_kind, error_message, features_json, decision_bar, side) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # Keys ``append`` understands; anything else is a caller's typo and is refused.
 RECORD_KEYS = frozenset({
     "timestamp", "logged_at", "symbol", "request_digest", "recommendation", "confidence", "output",
-    "model_versions", "latency_ms", "features", "decision_bar",
+    "model_versions", "latency_ms", "features", "decision_bar", "side",
 })
 
 JSON_COLUMNS = {"output_json": "output", "model_versions_json": "model_versions", "features_json": "features"}
@@ -163,8 +164,10 @@ class PredictionLog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"schema version {version}; this trademl reads {SCHEMA_VERSION}")
+            if version == 1:
+                conn.execute("ALTER TABLE predictions ADD COLUMN side TEXT")
             for statement in _DDL:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -209,6 +212,7 @@ class PredictionLog:
             None,
             _features_json(record.get("features")),
             utc_text(record["decision_bar"], "decision_bar") if record.get("decision_bar") else None,
+            _side(record.get("side")),
         )
         return self._insert(row)
 
@@ -222,6 +226,7 @@ class PredictionLog:
         row = (
             utc_text(timestamp) if timestamp is not None else now, now, symbol, request_digest, None, None, None,
             _dumps(model_versions), _float_or_none(latency_ms, "latency_ms"), str(kind), str(message), None, None,
+            None,
         )
         return self._insert(row)
 
@@ -291,6 +296,12 @@ class PredictionLog:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+def _side(value) -> str | None:
+    if value is None or value in ("long", "short"):
+        return value
+    raise TradeMLError(f"side must be 'long' or 'short', got {value!r}", where="record.side")
 
 
 def _float_or_none(value, field: str) -> float | None:

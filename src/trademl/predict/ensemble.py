@@ -557,6 +557,7 @@ class PredictionRecorder:
                 "latency_ms": latency_ms,
                 "features": _logged_features(request, feature_names),
                 "decision_bar": iso_utc(request.bars[-1].timestamp) if request.bars else None,
+                "side": request.side,
             })
 
     def record_error(self, error: TradeMLError, market_data, latency_ms: float) -> None:
