@@ -12,7 +12,7 @@ import pytest
 from trademl.backtest.baselines import comparison_table, random_target, run_baselines
 from trademl.backtest.engine import run_backtest
 from trademl.backtest.metrics import (
-    compute_metrics, deflate_all, deflated_sharpe_ratio, drawdowns, expected_max_sharpe,
+    deflate_all, deflated_sharpe_ratio, drawdowns, expected_max_sharpe,
     hit_rate_by_confidence, probabilistic_sharpe_ratio, session_dates,
 )
 from trademl.config import CostsConfig
