@@ -240,3 +240,26 @@ def test_same_trades_and_pnl_as_backtesting_py(symbol, costs):
     assert np.allclose(mine["entry_price"] - mine["side"] * slip, theirs["EntryPrice"] / spec.point_value)
     assert np.array_equal(np.round(mine["pnl"].to_numpy(), 2), np.round(theirs["PnL"].to_numpy(), 2))
     assert round(ours.pnl.sum(), 2) == round(theirs["PnL"].sum(), 2)
+
+
+def test_real_es_bars_hold_nothing_across_gaps_or_the_roll():
+    """Real ES minutes (tests/data: three segments, the last after the ESZ13 -> ESH14 roll):
+    5 contracts long, the P&L is exactly each segment's own open-to-open move, so neither
+    the multi-week gaps nor the roll's price jump ever reach the account."""
+    from pathlib import Path
+
+    from trademl.data.bars import load_bars
+
+    bars = load_bars(Path(__file__).parent / "data" / "es_1min_lean_slice.csv")
+    result = run_backtest(bars, target=np.full(len(bars), 5.0))
+    seg = result.segments
+    assert len(np.unique(seg)) == 3 and bars["contract"].nunique() == 2
+    expected = 0.0
+    for s in np.unique(seg):
+        rows = np.flatnonzero(seg == s)
+        entry = bars["open"].iloc[rows[1]] + 0.25  # bought at the segment's second open + 1 tick
+        exit_ = bars["open"].iloc[rows[-1]] - 0.25  # sold at its last bar's open - 1 tick
+        expected += 5 * (exit_ - entry) * 50 - 2 * 5 * 2.25
+        assert result.position[rows[0]] == 0 and result.position[rows[-1]] == 0
+    assert result.pnl.sum() == pytest.approx(expected, abs=1e-6)
+    assert len(result.trades) == 3 and result.trades["pnl"].sum() == pytest.approx(expected, abs=1e-6)
