@@ -148,21 +148,16 @@ def _rows_from_decisions(dataset, decisions, horizon: int) -> WinRows:
 
 
 def _feature_matrix(dataset, where: str) -> np.ndarray:
-    """The dataset's float32 features, one column per schema name, in schema order.
-
-    A feature may share its name with a bar column (the guide's ``close`` and ``volume``
-    are both); then the features are the contiguous block of columns in schema order.
-    """
-    names = list(dataset.feature_names)
-    columns = list(dataset.frame.columns)
-    if len(set(columns)) == len(columns):
-        return np.asarray(dataset.X, dtype=np.float32)
-    for start in range(len(columns) - len(names) + 1):
-        if columns[start:start + len(names)] == names:
-            return dataset.frame.iloc[:, start:start + len(names)].to_numpy(np.float32)
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
-    raise DataError(f"columns {repeated} appear twice and the features are not one block in schema order",
-                    where=where)
+    """The dataset's float32 features, one column per schema name, in schema order."""
+    X = np.asarray(dataset.X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != len(dataset.feature_names):
+        repeated = sorted({c for c in dataset.frame.columns if list(dataset.frame.columns).count(c) > 1})
+        raise DataError(
+            f"the feature matrix has {X.shape[-1]} columns for {len(dataset.feature_names)} schema names"
+            + (f" (columns {repeated} appear twice)" if repeated else ""),
+            where=where,
+        )
+    return X
 
 
 def _side_values(column, where: str) -> np.ndarray:
@@ -549,7 +544,7 @@ def report_tables(report: WinModelReport, with_spans: bool = True):
 
     m = report.metrics
     t = Table(title=f"{report.kind}: win probability at {report.horizon} bars ({m['rows_source']} rows)",
-              box=box.SIMPLE_HEAD, padding=(0, 1))
+              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     t.add_column("fold", no_wrap=True)
     if with_spans:
         t.add_column("test span")
