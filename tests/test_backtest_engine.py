@@ -263,3 +263,21 @@ def test_real_es_bars_hold_nothing_across_gaps_or_the_roll():
         assert result.position[rows[0]] == 0 and result.position[rows[-1]] == 0
     assert result.pnl.sum() == pytest.approx(expected, abs=1e-6)
     assert len(result.trades) == 3 and result.trades["pnl"].sum() == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_predictors_outputs_drive_the_engine():
+    from trademl.backtest.engine import signals_from_votes
+    from trademl.predict.combine import combine_votes, signal_vote
+
+    bars = hand_bars("NQ")
+    # the guide's JSON names, as logged by the predictor
+    logged = pd.DataFrame({"ensemble_recommendation": ACTION, "confidence_score": CONFIDENCE}, index=bars.index)
+    assert list(run_backtest(bars, logged).position) == [0, 1, 1, 2, 1, 0, -1, 0]
+    # the vectorised vote: codes 0 hold / 1 buy / 2 sell, like the PPO actions
+    buy = np.array([0.9, 0.1, 0.1, 0.0, 0.5, np.nan, 0.2, 0.2])
+    sell = np.array([0.05, 0.85, 0.1, 0.95, 0.4, np.nan, 0.2, 0.2])
+    combined = combine_votes({"lstm": signal_vote(1 - buy - sell, buy, sell)}, {"lstm": 1.0})
+    signals = signals_from_votes(combined)
+    assert list(signals["action"][:5]) == [1, -1, 0, -1, 1]
+    assert np.isnan(signals["confidence"][5])  # nobody voted on bar 5: it never trades
+    assert list(run_backtest(bars, signals).position[:5]) == [0, 1, 0, 0, -1]

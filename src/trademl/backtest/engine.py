@@ -117,6 +117,19 @@ def action_codes(action) -> np.ndarray:
     return arr.astype(np.int8)
 
 
+def signals_from_votes(combined) -> dict:
+    """Signals from the ensemble's vectorised vote (``trademl.predict.combine``): its actions
+    are coded like the PPO actions and the labels (0 hold, 1 buy, 2 sell); rows where no
+    model voted get no confidence, so they never trade."""
+    coded = np.asarray(combined.action)
+    action = np.select([coded == 1, coded == 2], [1, -1], 0).astype(np.int8)
+    confidence = np.asarray(combined.confidence, dtype=np.float64).copy()
+    voted = getattr(combined, "voted", None)
+    if voted is not None:
+        confidence[~np.asarray(voted, dtype=bool)] = np.nan
+    return {"action": action, "confidence": confidence}
+
+
 def target_from_signals(action, confidence, *, max_position_size: int = 5, confidence_threshold: float = 0.7,
                         segments=None) -> np.ndarray:
     """The guide's +/-1 contract rule as a target-position series (decided at each bar's close).
@@ -288,9 +301,12 @@ def _signal_columns(signals, n: int, index: pd.DatetimeIndex) -> tuple[np.ndarra
     """(action, confidence) from a DataFrame/dict with those columns, or a (action, confidence) pair."""
     if isinstance(signals, pd.DataFrame):
         _check_alignment(signals, index)
+    if isinstance(signals, (pd.DataFrame, dict)) and "action" not in signals and "ensemble_recommendation" in signals:
+        # the predictor's JSON names, e.g. a frame of logged predictions
+        signals = {"action": signals["ensemble_recommendation"], "confidence": signals.get("confidence_score")}
     if isinstance(signals, (pd.DataFrame, dict)):
         for col in ("action", "confidence"):
-            if col not in signals:
+            if col not in signals or signals[col] is None:
                 raise DataError(f"signals need columns 'action' and 'confidence', {col!r} is missing", where="signals")
         action, confidence = signals["action"], signals["confidence"]
     else:
@@ -336,7 +352,9 @@ def run_backtest(
     """Backtest per-bar signals (or a target-position series) through the shared execution model.
 
     ``signals``: a frame (or dict) with ``action`` (+1/-1/0 or BUY/SELL/HOLD) and
-    ``confidence`` per bar, decided at the bar's close; or pass ``target=`` (contracts wanted
+    ``confidence`` per bar, decided at the bar's close (the predictor's names
+    ``ensemble_recommendation`` and ``confidence_score`` work too, and
+    :func:`signals_from_votes` adapts its vectorised vote); or pass ``target=`` (contracts wanted
     after each bar's close) instead. ``spec`` defaults to ``bars.attrs["symbol"]``'s contract,
     ``costs`` to the configured defaults, ``segments`` to :func:`segment_ids` of the bars.
     """
