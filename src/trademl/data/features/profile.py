@@ -38,14 +38,20 @@ def rolling_poc(
     poc = np.full(n, np.nan)
     if n < window:
         return poc
-    bins = price_bins(price, bin_size)
-    origin = int(bins.min())
-    bins -= origin
-    if bins.max() < 2**31:
-        bins = bins.astype(np.int32)  # half the memory traffic of the gathers below
+    scaled = price / bin_size
+    scaled += 1e-9  # keeps exact multiples in their own bin (as price_bins does)
+    np.floor(scaled, out=scaled)
+    origin = int(scaled.min())
+    scaled -= origin
+    # int32 bins relative to the lowest: half the memory traffic of the gathers below
+    bins = scaled.astype(np.int32 if scaled.max() < 2**31 else np.int64)
+    del scaled
     lowest, highest = window_min_max(bins, window)
     rows = np.flatnonzero(window_volume > 0)  # NaN compares False
-    width_class = np.ceil(np.log2(highest[rows] - lowest[rows] + 1)).astype(np.int8)
+    highest -= lowest  # now the width of each window's bin range, minus one
+    # Width class c: the range fits 2**c cells (c = bit length of width - 1).
+    width_class = np.searchsorted(1 << np.arange(40), highest[rows], side="right").astype(np.int8)
+    del highest
     rows = rows[np.argsort(width_class, kind="stable")]  # grouped by class, in time order inside
     bin_windows = lagged_windows(bins, window)  # row t - window + 1 holds bins[t-window+1 .. t]
     volume_windows = lagged_windows(volume, window)

@@ -206,18 +206,25 @@ def window_min_max(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
 
     Doubling: the extreme over 2^k bars from two over 2^(k-1), then two overlapping
     power-of-two windows cover ``window`` exactly: O(n log window) instead of O(n window).
+    Two buffers per extreme, swapped at each step: no temporary arrays.
     """
-    lo, hi = x.copy(), x.copy()
+    return _window_extreme(x, window, np.minimum), _window_extreme(x, window, np.maximum)
+
+
+def _window_extreme(x: np.ndarray, window: int, pick) -> np.ndarray:
+    cur, nxt = x.copy(), np.empty_like(x)
     span = 1
+    steps = []
     while span * 2 <= window:
-        lo[span:] = np.minimum(lo[span:], lo[:-span])
-        hi[span:] = np.maximum(hi[span:], hi[:-span])
+        steps.append(span)
         span *= 2
-    rest = window - span
-    if rest:
-        lo[rest:] = np.minimum(lo[rest:], lo[:-rest])
-        hi[rest:] = np.maximum(hi[rest:], hi[:-rest])
-    return lo, hi
+    if window - span:
+        steps.append(window - span)
+    for step in steps:
+        nxt[:step] = cur[:step]
+        pick(cur[step:], cur[:-step], out=nxt[step:])
+        cur, nxt = nxt, cur
+    return cur
 
 
 def lagged_windows(x: np.ndarray, window: int) -> np.ndarray:
