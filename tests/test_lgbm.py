@@ -223,6 +223,18 @@ def test_auc_matches_pairwise_count_and_ci_widens_with_clusters():
     assert (hi10 - lo10) > 2.5 * (auc_with_ci(s10, y10)[2] - auc_with_ci(s10, y10)[1])
 
 
+def test_verdict_needs_both_a_separating_auc_and_a_log_loss_gain():
+    base = dict(auc=0.55, log_loss=0.68, base_log_loss=0.69, base_rate=0.48, log_loss_gain=0.01)
+    both = lgbm.verdict(base | dict(auc_ci=[0.52, 0.58], log_loss_gain_ci=[0.002, 0.018]))
+    auc_only = lgbm.verdict(base | dict(auc_ci=[0.52, 0.58], log_loss_gain_ci=[-0.001, 0.021]))
+    gain_only = lgbm.verdict(base | dict(auc_ci=[0.49, 0.61], log_loss_gain_ci=[0.002, 0.018]))
+    below = lgbm.verdict(base | dict(auc=0.46, auc_ci=[0.43, 0.49], log_loss_gain_ci=[0.002, 0.018]))
+    assert both["beats_base_rate"] and both["text"].startswith("beats the base rate")
+    assert not auc_only["beats_base_rate"] and "not above 0" in auc_only["text"]
+    assert not gain_only["beats_base_rate"] and "includes 0.5" in gain_only["text"]
+    assert not below["beats_base_rate"] and "worse than chance" in below["text"]
+
+
 def test_reliability_table_counts_every_row():
     p = np.linspace(0, 1, 1003)
     table = reliability_table(p, (p > 0.5).astype(float))

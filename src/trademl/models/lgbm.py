@@ -386,7 +386,8 @@ def verdict(oos: dict) -> dict:
     separates = bool(np.isfinite(lo) and lo > 0.5)
     sharper = bool(np.isfinite(g_lo) and g_lo > 0)
     beats = separates and sharper
-    auc_text = f"AUC {oos['auc']:.3f} (95% CI {lo:.3f}..{hi:.3f}) {'excludes' if separates else 'includes'} 0.5"
+    where_half = "excludes 0.5" if separates else "is below 0.5 (worse than chance)" if hi < 0.5 else "includes 0.5"
+    auc_text = f"AUC {oos['auc']:.3f} (95% CI {lo:.3f}..{hi:.3f}) {where_half}"
     loss_text = (
         f"log-loss {oos['log_loss']:.4f} vs {oos['base_log_loss']:.4f} for the base rate {oos['base_rate']:.3f}, "
         f"gain {oos['log_loss_gain']:.5f} (95% CI {g_lo:.5f}..{g_hi:.5f}) {'above' if sharper else 'not above'} 0"
