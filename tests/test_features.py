@@ -304,6 +304,8 @@ def test_bad_input_is_a_clear_error():
         compute_features(broken)
     with pytest.raises(DataError, match="lack the column"):
         compute_features(bars.drop(columns="high"))
+    with pytest.raises(DataError, match="row 5 .* does not come after"):
+        compute_features(bars.iloc[[0, 1, 2, 3, 4, 4, 5]])
     with pytest.raises(DataError, match="tz-aware"):
         compute_features(bars.tz_localize(None))
     with pytest.raises(TradeMLError, match="did you mean.*rsi_14"):

@@ -18,7 +18,7 @@ from trademl.market.contracts import contract_spec
 
 def resolve_features(names: Iterable[str] | None = None) -> list[FeatureSpec]:
     """The specs of ``names`` (default: DEFAULT_FEATURES); unknown names are an error."""
-    names = list(DEFAULT_FEATURES if names is None else names)
+    names = list(DEFAULT_FEATURES if names is None else [names] if isinstance(names, str) else names)
     unknown = [n for n in names if n not in FEATURES]
     if unknown:
         guesses = {n: difflib.get_close_matches(n, FEATURES, n=3) for n in unknown}
@@ -79,7 +79,7 @@ def compute_features(
     features of the same name. The schema is in ``result.attrs["schema"]``.
     """
     specs = resolve_features(names)
-    extra_columns = tuple(extra_columns)
+    extra_columns = (extra_columns,) if isinstance(extra_columns, str) else tuple(extra_columns)
     extras = _extra_values(bars, extra_columns, set(FEATURES))
     spec_contract = contract_spec(_symbol_of(bars, symbol))
     ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes)

@@ -51,6 +51,14 @@ class BarContext:
         self.has_volume = "volume" in bars.columns
         self.volume = _finite_column(bars, "volume", where) if self.has_volume else None
         self.stamps = bars.index.tz_convert("UTC").as_unit("ns").asi8
+        backwards = np.flatnonzero(np.diff(self.stamps) <= 0)
+        if len(backwards):
+            row = int(backwards[0]) + 1
+            raise DataError(
+                f"timestamps must increase: row {row} ({bars.index[row]}) does not come after the one before",
+                where=f"{where}: index",
+                hint="sort the bars and drop duplicated stamps (load_bars does, with repair=True)",
+            )
         self.seg = segment_ids(pd.DataFrame(index=bars.index, data=_contract_column(bars)), max_gap_minutes)
         self.segs = rolling.SegmentIndex(self.seg)
         self.since = self.segs.since
