@@ -155,8 +155,10 @@ def train_lstm(
             net = _net_from(result, task, settings)
             if test is not None:
                 fold_metrics.append(_score_fold(net, task, result, fit, test, settings, pooled))
+    cv = _pooled_metrics(task, pooled)
     metrics = {
-        "cv": _pooled_metrics(task, pooled),
+        "cv": cv,
+        "out_of_sample": cv,  # the name `trademl models list` and the other kinds use
         "folds": fold_metrics,
         "final": {"best_epoch": result.best_epoch, "val_loss": result.best_loss, "history": result.history,
                   "class_weights": result.class_weights, "movement_scale": result.movement_scale,
