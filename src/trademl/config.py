@@ -148,6 +148,24 @@ class ServeConfig(_Section):
 class MonitorConfig(_Section):
     psi_threshold: float = 0.2
     calibration_threshold: float = 0.1
+    # Below these counts sampling noise alone reaches the thresholds (PSI ~ bins/n; the
+    # calibration error of 5 bins of n/5 outcomes ~ 0.4/sqrt(n/5)): reported, not alerted.
+    min_drift_samples: int = 200
+    min_calibration_samples: int = 300
+    calibration_bins: int = 5
+
+
+class DemoConfig(_Section):
+    """The small budget (`trademl demo`, `trademl backtest --budget small`): settings that
+    replace those of the named sections, e.g. ``[demo.lstm] EPOCHS = 2``. Sized so the demo
+    (train all three, then a 3-fold walk-forward that trains them again per fold) runs in a
+    few minutes on two CPU cores; see ``small_budget``."""
+
+    lgbm: dict[str, int | float] = Field(default_factory=lambda: {"n_estimators": 200, "n_folds": 3})
+    lstm: dict[str, int | float] = Field(
+        default_factory=lambda: {"HIDDEN_SIZE": 32, "NUM_LAYERS": 1, "EPOCHS": 2, "N_FOLDS": 2})
+    ppo: dict[str, int | float] = Field(default_factory=lambda: {"total_timesteps": 50_000})
+    backtest: dict[str, int | float] = Field(default_factory=lambda: {"n_folds": 3})
 
 
 class PathsConfig(_Section):
@@ -167,7 +185,20 @@ class Config(_Section):
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+
+
+def small_budget(cfg: Config) -> Config:
+    """``cfg`` with the [demo] budget applied to its sections (validated like a config file)."""
+    raw = cfg.model_dump()
+    for section, values in cfg.demo.model_dump().items():
+        raw[section].update(values)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise TradeMLError(f"invalid [demo] budget: {problems}", where="config [demo]") from None
 
 
 DEFAULT_CONFIG_FILE = "trademl.toml"
