@@ -273,6 +273,33 @@ def serve_command(
     serve(config, model_root, host, port, log_dir)
 
 
+@app.command("monitor")
+@friendly_errors
+def monitor_command(
+    bars: Optional[Path] = typer.Option(None, "--bars", help="Bars that arrived since (CSV/TXT/Parquet): judges outcomes."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Prediction log (default: <[paths] log_dir>/predictions.sqlite)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only predictions from then on: ISO time (UTC) or 24h / 7d ago."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Only predictions for this symbol, e.g. NQZ5."),
+    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root)."),
+    reference_bars: Optional[Path] = typer.Option(
+        None, "--reference-bars", help="Training-period bars, for models whose manifest has no feature_reference."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <[paths] report_dir>/monitor.html)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Prediction log + bars since -> hit rate, P&L, calibration, drift, latency, errors (exit 3 on an alert)."""
+    from trademl.config import load_config
+    from trademl.monitor.report import parse_since, print_summary, run_monitor
+
+    cfg = load_config(config)
+    html_path = out or Path(cfg.paths.report_dir) / "monitor.html"
+    result = run_monitor(log, bars, since=parse_since(since), symbol=symbol, config=cfg, model_root=model_root,
+                         reference_bars=reference_bars, html_path=html_path)
+    print_summary(result, console())
+    for line in result.alerts:
+        typer.echo(f"ALERT {line}", err=True)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("demo")
 @friendly_errors
 def demo(config: Optional[Path] = ConfigOpt):
