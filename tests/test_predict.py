@@ -280,3 +280,17 @@ def test_predict_path_imports_neither_torch_nor_lightgbm(trained_store):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_models_with_zero_weight_still_answer_with_a_warning(trained_store, tmp_path):
+    from trademl.config import load_config
+
+    cfg = load_config(None, {"paths": {"model_root": str(trained_store.root)}, "ensemble": {"weights": {"lstm": 1.0}}})
+    p = EnsemblePredictor(trained_store.root, cfg, record=False)
+    out = p.ensemble_predict(dict(GUIDE_EXAMPLE))  # only the LightGBM models can run; their weight is 0
+    assert out["models_used"] == ["lgb_5m", "lgb_30m"]
+    assert any("all have weight 0; equal weights among them" in w for w in out["warnings"])
+    seq = np.zeros((30, len(p.models.feature_names))).tolist()
+    both = p.ensemble_predict({"symbol": "NQ", "sequence": seq})
+    lstm_only = np.argmax([both["lstm_hold_prob"], both["lstm_buy_prob"], both["lstm_sell_prob"]])
+    assert both["ensemble_recommendation"] == ("HOLD", "BUY", "SELL")[lstm_only]  # only the LSTM weighs

@@ -176,6 +176,17 @@ def _model_symbol(stored) -> str | None:
     return (m.get("model") or {}).get("symbol") or (m.get("config") or {}).get("symbol")
 
 
+def bars_needed(models: LoadedModels) -> int | None:
+    """Raw bars a `bars` request needs for every loaded model to run (feature warm-up + window)."""
+    from trademl.data.features import FEATURES, required_history
+
+    registered = [n for n in models.feature_names if n in FEATURES]  # extra columns need no history
+    if not registered:
+        return None
+    window = max(models.sequence_length or 1, models.ppo_window or 1)
+    return int(required_history(registered) + window - 1)
+
+
 @dataclass
 class _Input:
     row: np.ndarray | None  # [F] float32, NaN = missing (LightGBM handles it)
@@ -283,6 +294,7 @@ class EnsemblePredictor:
             "feature_names": m.feature_names,
             "sequence_length": m.sequence_length,
             "ppo_window": m.ppo_window,
+            "bars_needed": bars_needed(m),
             "symbol": m.symbol,
             "model_root": str(self.store.root),
         }
@@ -348,9 +360,10 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
         warnings.append(models.weight_warning)
     combined = combine_votes(votes, models.weights)
     if not combined.voted[0]:
-        raise RequestError(
-            f"the models that ran ({', '.join(votes)}) all have weight 0 in [ensemble] weights", field="body", kind="no_model"
-        )
+        # Every model that could run here has weight 0: a vote among them beats no answer,
+        # and the caller is told the weights were overridden.
+        warnings.append(f"the models that ran ({', '.join(votes)}) all have weight 0; equal weights among them")
+        combined = combine_votes(votes, {k: 1.0 for k in votes})
     out["ensemble_recommendation"] = CLASS_NAMES[int(combined.action[0])]
     out["confidence_score"] = float(combined.confidence[0])
     out["warnings"] = warnings

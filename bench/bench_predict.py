@@ -1,0 +1,246 @@
+"""Prediction latency: in-process ensemble, the HTTP service under load, and CLI cold start.
+
+    .venv/bin/python bench/bench_predict.py [--model-root DIR] [--retrain] [--seconds 10]
+
+1. ``EnsemblePredictor.ensemble_predict`` with all four models (the guide's input: features
+   of the last bar + a SEQUENCE_LENGTH sequence), p50 / p99 over 2,000 calls, prediction log on.
+   Target p50 <= 2 ms, p99 <= 5 ms.
+2. ``trademl serve`` (uvicorn, loopback) at 200 requests/s from 8 concurrent httpx clients,
+   open loop (each request has a scheduled send time), for ``--seconds``. Target p99 <= 15 ms,
+   zero errors.
+3. Cold start: ``trademl predict`` on the guide's example JSON (a fresh process: imports,
+   model loading, one prediction) against the guide's way, a fresh python that imports torch
+   and lightgbm (what scripts importing both pay before predicting anything). Target <= 0.5 s.
+
+Without --model-root the models are trained once into artifacts/bench/predict-models
+(guide-size LSTM: SEQUENCE_LENGTH 60, HIDDEN_SIZE 128, NUM_LAYERS 2, one epoch on 6,000
+synthetic bars: the latency is the architecture's, not the weights') and reused next time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEFAULT_ROOT = REPO / "artifacts" / "bench" / "predict-models"
+GUIDE_EXAMPLE = {
+    "symbol": "NQZ5", "timestamp": "2024-01-01T12:00:00Z",
+    "features": {"close": 16500, "volume": 1000, "rsi": 45, "dist_to_poc_ticks": 4},
+    "position": 2, "balance": 102000, "unrealized_pnl": 500,
+}
+
+
+def train_models(root: Path) -> None:
+    """Guide-size architectures, tiny training budgets: latency is what is measured here."""
+    from trademl.config import load_config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+    from trademl.models.lgbm import train_lgbm
+    from trademl.models.lstm import train_lstm
+    from trademl.models.ppo.train import train_ppo
+    from trademl.models.store import ModelStore
+
+    work = root.parent / (root.name + "-work")
+    cfg = load_config(None, {
+        "paths": {"model_root": str(root)},
+        "lgbm": {"n_estimators": 200, "n_folds": 2, "num_threads": 2},
+        "lstm": {"EPOCHS": 1, "N_FOLDS": 2, "TORCH_THREADS": 2},
+        "ppo": {"total_timesteps": 8192, "n_envs": 16, "n_steps": 128, "batch_size": 512, "n_epochs": 1,
+                "checkpoint_dir": str(work / "ckpt-ppo")},
+    })
+    bars = synthetic_bars(6_000, seed=21, edge_ic=0.1, symbol="NQ")
+    dataset = dataset_from_bars(bars, cfg)
+    # "close"/"volume" are both bar columns and features in the dataset frame: keep the features.
+    dataset.frame = dataset.frame.loc[:, ~dataset.frame.columns.duplicated(keep="last")]
+    t = time.perf_counter()
+    train_lgbm(dataset, cfg, store=ModelStore(root))
+    train_lstm(dataset, cfg, store_root=root, checkpoint_dir=work / "ckpt-lstm")
+    train_ppo(bars, cfg)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"trained lgb_5m, lgb_30m, lstm, ppo into {root} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+def snapshot_request(root: Path) -> dict:
+    """The guide's input with every model fed: last-bar features + a sequence, from real feature code."""
+    from trademl.data.features import compute_features
+    from trademl.data.synthetic import synthetic_bars
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    p = EnsemblePredictor(root, record=False)
+    names = p.models.feature_names
+    bars = synthetic_bars(600, seed=5, symbol="NQ")
+    feats = compute_features(bars, symbol="NQ")[names]
+    seq = feats.iloc[-p.models.sequence_length:].to_numpy()
+    return {"symbol": "NQZ5", "features": dict(zip(names, map(float, seq[-1]))), "sequence": seq.tolist(),
+            "position": 1, "balance": 100250.0, "unrealized_pnl": 125.0, "recent_actions": [0, 1, 0, 0, 2, 0, 1, 1, 0, 0]}
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    a = np.asarray(ms)
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def bench_in_process(root: Path, request: dict, n: int = 2000) -> dict:
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    with tempfile.TemporaryDirectory() as logs:
+        p = EnsemblePredictor(root, log_dir=logs)
+        out = p.ensemble_predict(request)
+        assert out["models_used"] == ["lgb_5m", "lgb_30m", "lstm", "ppo"], out["warnings"]
+        for _ in range(100):
+            p.ensemble_predict(request)
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            p.ensemble_predict(request)
+            times.append((time.perf_counter() - t) * 1000)
+    p50, p99 = percentiles(times)
+    return {"p50_ms": p50, "p99_ms": p99, "n": n}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _load(url: str, request: dict, rate: float, seconds: float, clients: int) -> tuple[list[float], int]:
+    import httpx
+
+    total = int(rate * seconds)
+    body = json.dumps(request).encode()
+    start = time.perf_counter() + 0.2
+    latencies: list[float] = []
+    errors = 0
+    next_i = 0
+
+    async def worker(client):
+        nonlocal next_i, errors
+        while True:
+            i = next_i
+            if i >= total:
+                return
+            next_i += 1
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t = time.perf_counter()
+            try:
+                r = await client.post(url, content=body, headers={"content-type": "application/json"})
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append((time.perf_counter() - t) * 1000)
+            errors += not ok
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=5.0, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+    return latencies, errors
+
+
+def bench_http(root: Path, request: dict, seconds: float, rate: float = 200.0, clients: int = 8) -> dict:
+    import httpx
+
+    port = free_port()
+    logs = tempfile.mkdtemp()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRADEML_TOKEN", None)
+    server = subprocess.Popen([str(BIN / "trademl"), "serve", "--port", str(port), "--model-root", str(root),
+                               "--log-dir", logs], env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for _ in range(50):  # warm the server's code paths
+            httpx.post(f"{url}/v1/predict", json=request)
+        latencies, errors = asyncio.run(_load(f"{url}/v1/predict", request, rate, seconds, clients))
+        metrics = httpx.get(f"{url}/metrics").text
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(logs, ignore_errors=True)
+    p50, p99 = percentiles(latencies)
+    served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("trademl_predictions_total{"))
+    return {"p50_ms": p50, "p99_ms": p99, "n": len(latencies), "errors": errors, "rate": rate, "clients": clients,
+            "server_counted": int(served)}
+
+
+def _timed(argv, stdin: bytes | None = None, cwd=None) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(argv, input=stdin, capture_output=True, cwd=cwd)
+    elapsed = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {r.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def bench_cold_start(root: Path, runs: int = 7) -> dict:
+    body = json.dumps(GUIDE_EXAMPLE).encode()
+    with tempfile.TemporaryDirectory() as cwd:
+        _timed([str(BIN / "trademl"), "predict", "--model-root", str(root)], body, cwd)  # page cache warm
+        ours = [_timed([str(BIN / "trademl"), "predict", "--model-root", str(root)], body, cwd) for _ in range(runs)]
+        script = [_timed([sys.executable, str(REPO / "scripts" / "predict_advanced.py"), "--model-root", str(root)], body, cwd)
+                  for _ in range(runs)]
+    guide = [_timed([sys.executable, "-c", "import torch, lightgbm"]) for _ in range(max(3, runs // 2))]
+    return {"trademl_predict_s": statistics.median(ours), "script_s": statistics.median(script),
+            "import_torch_lightgbm_s": statistics.median(guide)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-root", type=Path, help="a store with all four kinds (default: train into artifacts/bench)")
+    ap.add_argument("--retrain", action="store_true", help="retrain the default bench store")
+    ap.add_argument("--seconds", type=float, default=10.0, help="HTTP load duration")
+    args = ap.parse_args()
+    root = args.model_root or DEFAULT_ROOT
+    if args.model_root is None and (args.retrain or not root.exists()):
+        shutil.rmtree(root, ignore_errors=True)
+        train_models(root)
+    request = snapshot_request(root)
+    load = os.getloadavg()[0]
+    inproc = bench_in_process(root, request)
+    http = bench_http(root, request, args.seconds)
+    cold = bench_cold_start(root)
+    rows = [
+        ("in-process ensemble_predict p50", f"{inproc['p50_ms']:.3f} ms", "<= 2 ms", inproc["p50_ms"] <= 2),
+        ("in-process ensemble_predict p99", f"{inproc['p99_ms']:.3f} ms", "<= 5 ms", inproc["p99_ms"] <= 5),
+        (f"HTTP p50 ({http['rate']:.0f} req/s, {http['clients']} clients)", f"{http['p50_ms']:.2f} ms", "", True),
+        (f"HTTP p99 ({http['rate']:.0f} req/s, {http['clients']} clients)", f"{http['p99_ms']:.2f} ms", "<= 15 ms",
+         http["p99_ms"] <= 15),
+        ("HTTP errors", f"{http['errors']} of {http['n']} (server counted {http['server_counted']})", "0",
+         http["errors"] == 0),
+        ("cold start `trademl predict`", f"{cold['trademl_predict_s']:.3f} s", "<= 0.5 s", cold["trademl_predict_s"] <= 0.5),
+        ("cold start scripts/predict_advanced.py", f"{cold['script_s']:.3f} s", "<= 0.5 s", cold["script_s"] <= 0.5),
+        ("guide's way: python -c 'import torch, lightgbm'", f"{cold['import_torch_lightgbm_s']:.3f} s", "", True),
+    ]
+    print(f"\nload average at start: {load:.2f} (2 cores shared: figures are noisy)")
+    width = max(len(r[0]) for r in rows)
+    for name, value, target, ok in rows:
+        print(f"{name:<{width}}  {value:>28}  {target:>9}  {'ok' if ok else 'MISSED' if target else ''}")
+    ratio = cold["import_torch_lightgbm_s"] / cold["trademl_predict_s"]
+    print(f"cold start ratio (guide's imports alone / trademl predict end to end): {ratio:.1f}x")
+    print(json.dumps({"in_process": inproc, "http": http, "cold_start": cold, "load_average": load}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
