@@ -211,3 +211,35 @@ def test_missing_horizon_labels_name_the_columns(tmp_path):
     cfg = small_config(tmp_path, PREDICTION_HORIZON=15)
     with pytest.raises(DataError, match=r"signal_15"):
         train_lstm(ds, cfg)
+
+
+def test_cli_trains_resumes_and_reports_errors(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+
+    ds = synthetic_dataset(4_000, edge_ic=0.2, seed=6)
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    frame = ds.frame.copy()
+    frame.attrs = {}
+    frame.to_parquet(folder / "data.parquet")
+    (folder / "manifest.json").write_text(json.dumps(ds.manifest, default=lambda o: o.to_dict()))
+    toml = tmp_path / "trademl.toml"
+    toml.write_text(
+        "[lstm]\nSEQUENCE_LENGTH = 8\nHIDDEN_SIZE = 8\nNUM_LAYERS = 1\nEPOCHS = 2\nN_FOLDS = 1\nTORCH_THREADS = 1\n"
+        f"[paths]\nmodel_root = '{tmp_path / 'models'}'\n"
+    )
+    runner = CliRunner()
+    args = ["train", "lstm", str(folder), "--config", str(toml), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "stored lstm" in first.output and "model.onnx" in first.output
+    again = runner.invoke(app, [*args, "--resume"])  # every stage finished: nothing retrained
+    assert again.exit_code == 0, again.output
+    assert "epoch" not in again.output
+    assert len(ModelStore(tmp_path / "models").versions("lstm")) == 2
+    missing = runner.invoke(app, ["train", "lstm", str(tmp_path / "nowhere"), "--config", str(toml)])
+    assert missing.exit_code == 2 and "nowhere" in missing.output
