@@ -324,6 +324,17 @@ def test_html_report_renders_in_headless_chromium(monitored, tmp_path):
     assert console_errors(browser_log) == []
 
 
+def test_an_empty_log_or_one_of_errors_only_reports_without_alert(tmp_path):
+    log = PredictionLog(tmp_path / "p.sqlite")
+    bars = synthetic_bars(300, seed=2, symbol="NQ")
+    empty = run_monitor(tmp_path / "p.sqlite", bars, html_path=tmp_path / "empty.html")
+    assert empty.scores.empty and empty.exit_code == 0 and empty.report_path.exists()
+    log.append_error("no_model", "no model is loaded")
+    errors_only = run_monitor(tmp_path / "p.sqlite", None)
+    assert errors_only.errors["kind"].tolist() == ["no_model"] and errors_only.exit_code == 0
+    assert any("no bars given" in n for n in errors_only.notes)
+
+
 # --- with the real predictor -----------------------------------------------------------------------
 
 

@@ -274,6 +274,8 @@ def print_summary(result: MonitorResult, console) -> None:
     span = f"{ok['ts_utc'].min()} .. {ok['ts_utc'].max()}" if len(ok) else "no predictions"
     console.print(f"[bold]{len(ok):,} predictions[/] ({span}), {int(result.errors['count'].sum()) if len(result.errors) else 0} "
                   f"failed requests, from {result.log_path}")
+    if result.scores.empty:
+        console.print("[yellow]no prediction to score in this selection of the log[/]")
     table = Table(title="Realized performance (one contract per call, net of costs)")
     for name, _ in _SCORE_COLUMNS:
         table.add_column(name, justify="left" if name == "model" else "right")
@@ -281,7 +283,8 @@ def print_summary(result: MonitorResult, console) -> None:
         native = NATIVE_HORIZON.get(row.model) == row.horizon
         cells = [str(getattr(row, n)) if k == "str" else _fmt(getattr(row, n), k) for n, k in _SCORE_COLUMNS]
         table.add_row(*cells, style=None if native else "dim")
-    console.print(table)
+    if not result.scores.empty:
+        console.print(table)
     if result.latency:
         lat = result.latency
         console.print("latency ms: " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items() if k != "n")
