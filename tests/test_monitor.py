@@ -297,6 +297,13 @@ def test_cli_exit_codes_and_stderr_lines(monitored):
     over = runner.invoke(app, ["monitor", "--log", str(logs["overconfident"]), "--bars", str(bars_path),
                                "-c", str(cfg_path), "--out", str(base / "over.html")])
     assert over.exit_code == EXIT_ALERT and "ALERT calibration: ensemble" in over.stderr
+    copy = base / "copy.sqlite"
+    copy.write_bytes(Path(logs["fine"]).read_bytes())
+    kept = runner.invoke(app, ["monitor", "--log", str(copy), "-c", str(cfg_path), "--out", str(base / "copy.html"),
+                               "--export", str(base / "rows.parquet"), "--prune-before", "2024-01-09T00:00:00Z"])
+    assert kept.exit_code == 0, kept.output
+    assert len(pd.read_parquet(base / "rows.parquet")) == 1401  # 1,400 predictions and the failed request
+    assert PredictionLog(copy).query()["ts_utc"].min() >= pd.Timestamp("2024-01-09", tz="UTC")
     missing = runner.invoke(app, ["monitor", "--log", str(base / "nope.sqlite"), "-c", str(cfg_path)])
     assert missing.exit_code == 2 and "no prediction log" in missing.stderr
 

@@ -284,17 +284,26 @@ def monitor_command(
     reference_bars: Optional[Path] = typer.Option(
         None, "--reference-bars", help="Training-period bars, for models whose manifest has no feature_reference."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <[paths] report_dir>/monitor.html)."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also write the selected log rows to this Parquet file."),
+    prune_before: Optional[str] = typer.Option(
+        None, "--prune-before", help="After reporting, delete log rows older than this (ISO time or 90d)."),
     config: Optional[Path] = ConfigOpt,
 ):
     """Prediction log + bars since -> hit rate, P&L, calibration, drift, latency, errors (exit 3 on an alert)."""
     from trademl.config import load_config
+    from trademl.monitor.log import PredictionLog
     from trademl.monitor.report import parse_since, print_summary, run_monitor
 
     cfg = load_config(config)
     html_path = out or Path(cfg.paths.report_dir) / "monitor.html"
+    cutoff = parse_since(prune_before)  # a bad value fails before anything is written
     result = run_monitor(log, bars, since=parse_since(since), symbol=symbol, config=cfg, model_root=model_root,
                          reference_bars=reference_bars, html_path=html_path)
     print_summary(result, console())
+    if export is not None:
+        console().print(f"exported: {PredictionLog(result.log_path).export_parquet(export, since=parse_since(since), symbol=symbol)}")
+    if cutoff is not None:
+        console().print(f"pruned {PredictionLog(result.log_path).prune(cutoff):,} rows older than {cutoff}")
     for line in result.alerts:
         typer.echo(f"ALERT {line}", err=True)
     raise typer.Exit(result.exit_code)
