@@ -155,3 +155,16 @@ def test_typescript_client_against_a_live_server(trained_store):
     r = subprocess.run(["npm", "test", "--silent"], cwd=CLIENT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "# fail 0" in r.stdout and "# skipped 0" in r.stdout
+
+
+def test_failures_before_the_predictor_reach_the_prediction_log(trained_store, tmp_path):
+    from trademl.monitor.log import PredictionLog
+
+    with TestClient(build_app(trained_store.config, trained_store.root, tmp_path)) as c:
+        c.post("/v1/predict", content=b"{oops", headers={"content-type": "application/json"})
+        c.post("/v1/predict", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
+        c.post("/v1/predict", json=dict(GUIDE_EXAMPLE, symbol="ZZZZ9"))  # reaches the predictor
+        c.post("/v1/predict", json=GUIDE_EXAMPLE)
+    rows = PredictionLog(tmp_path / "predictions.sqlite").query()
+    assert sorted(rows["error_kind"].dropna()) == ["not_json", "too_large", "validation"]
+    assert rows["recommendation"].notna().sum() == 1

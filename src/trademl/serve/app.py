@@ -44,8 +44,11 @@ _ERROR_STATUS = {"validation": 422, "not_json": 422, "insufficient_input": 422, 
 class Metrics:
     """Counters for /metrics, written by hand in the Prometheus text format (no client library)."""
 
-    def __init__(self):
+    def __init__(self, predictor: EnsemblePredictor | None = None):
         self._lock = threading.Lock()
+        # Failures the predictor never sees (422 from parsing, 413, 401) still reach the
+        # prediction log, so the monitor's "errors by kind" matches this counter.
+        self._recorder = getattr(predictor, "recorder", None)
         self.predictions = {name: 0 for name in ("BUY", "SELL", "HOLD")}
         self.errors: dict[str, int] = {}
         self.buckets = [0] * len(LATENCY_BUCKETS_MS)
@@ -62,9 +65,12 @@ class Metrics:
                 if latency_ms <= edge:
                     self.buckets[i] += 1
 
-    def error(self, kind: str) -> None:
+    def error(self, kind: str, message: str | None = None) -> None:
+        """Count a failed request; ``message`` given = the predictor did not log it, log it here."""
         with self._lock:
             self.errors[kind] = self.errors.get(kind, 0) + 1
+        if message is not None and self._recorder is not None:
+            self._recorder.record_error(RequestError(message, kind=kind), None, None)
 
     def render(self, predictor: EnsemblePredictor) -> str:
         models = predictor.models
@@ -117,14 +123,14 @@ class GuardMiddleware:
         if self.expected is not None and scope["path"] not in self.open_paths:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                self.metrics.error("unauthorized")
+                self.metrics.error("unauthorized", "missing or wrong bearer token")
                 return await _error("unauthorized", "missing or wrong bearer token", "authorization")(scope, receive, send)
         if scope["method"] != "POST":
             return await self.app(scope, receive, send)
         too_large = _error("too_large", f"request is larger than {self.max_body_bytes} bytes", "body")
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            self.metrics.error("too_large")
+            self.metrics.error("too_large", f"request is larger than {self.max_body_bytes} bytes")
             return await too_large(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
@@ -134,7 +140,7 @@ class GuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                self.metrics.error("too_large")
+                self.metrics.error("too_large", f"request is larger than {self.max_body_bytes} bytes")
                 return await too_large(scope, receive, send)
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -163,7 +169,7 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
     """The FastAPI app around one predictor; ``token`` (when given) is required as a bearer token.
     ``predictor`` None gives an app good only for its OpenAPI document."""
     app = FastAPI(title="trademl", version="1", summary="Ensemble trading signals from LightGBM, LSTM and PPO models.")
-    metrics = Metrics()
+    metrics = Metrics(predictor)
     app.state.predictor = predictor
     app.state.metrics = metrics
     expected = f"Bearer {token}".encode() if token else None
@@ -176,10 +182,10 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
     async def on_validation(request: Request, exc: RequestValidationError):
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         kind = "not_json" if any(e.get("type") == "json_invalid" for e in errors) else "validation"
-        metrics.error(kind)
         message, field = describe_validation_error(errors)
         if kind == "not_json":  # pydantic points at a character offset; the body is what is wrong
             message, field = f"request is not valid JSON: {errors[0]['msg']}", "body"
+        metrics.error(kind, message)
         return _error(kind, message, field, errors)
 
     @app.exception_handler(RequestError)
