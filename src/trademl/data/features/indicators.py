@@ -17,10 +17,14 @@ from trademl.data.features.context import NS_PER_DAY, NS_PER_MINUTE, BarContext
 from trademl.data.features.profile import rolling_poc
 
 
-def _safe_ratio(num: np.ndarray, den: np.ndarray, fill: float = 0.0) -> np.ndarray:
-    """num / den, with ``fill`` where den is 0 (a flat window). NaN stays NaN."""
-    out = num / den
-    out[den == 0] = fill
+def _safe_ratio(num: np.ndarray, den: np.ndarray, fill: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+    """num / den, with ``fill`` where den is 0 (a flat window). NaN stays NaN.
+
+    ``out=num`` reuses a buffer the caller owns (never a cached intermediate).
+    """
+    flat = den == 0
+    out = np.divide(num, den, out=out)
+    out[flat] = fill
     return out
 
 
@@ -55,26 +59,34 @@ def rsi(ctx: BarContext, period: int) -> np.ndarray:
 
 def log_return(ctx: BarContext, lag: int) -> np.ndarray:
     """log(close[t] / close[t-lag])."""
-    out = np.full(len(ctx), np.nan)
-    out[lag:] = ctx.log_close[lag:] - ctx.log_close[:-lag]
+    out = np.empty(len(ctx))
+    out[:lag] = np.nan
+    np.subtract(ctx.log_close[lag:], ctx.log_close[:-lag], out=out[lag:])
     return out
 
 
 def realized_vol(ctx: BarContext, window: int) -> np.ndarray:
     """Root mean square of the last ``window`` one-bar log returns (per bar, not annualised)."""
     squares = ctx.window_sum("ret1_squared", lambda: ctx.ret1 * ctx.ret1, window, x_first_valid=1)
-    return np.sqrt(squares / window)
+    squares /= window
+    return np.sqrt(squares, out=squares)
 
 
 def sma_distance(ctx: BarContext, window: int) -> np.ndarray:
     """close / SMA(close, window) - 1."""
-    centred_sum = ctx.window_sum("close_centred", lambda: ctx.close - ctx.close_ref, window)
-    return ctx.close / (centred_sum / window + ctx.close_ref) - 1.0
+    out = ctx.window_sum("close_centred", lambda: ctx.close - ctx.close_ref, window)
+    out /= window
+    out += ctx.close_ref  # the SMA
+    np.divide(ctx.close, out, out=out)
+    out -= 1.0
+    return out
 
 
 def ema_distance(ctx: BarContext, span: int) -> np.ndarray:
     """close / EMA(close, span) - 1, EMA alpha 2 / (span + 1)."""
-    return ctx.close / ctx.ema_close(span) - 1.0
+    out = ctx.close / ctx.ema_close(span)
+    out -= 1.0
+    return out
 
 
 def _macd_parts(ctx: BarContext, fast: int, slow: int, signal: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +113,9 @@ def macd_signal(ctx: BarContext, fast: int, slow: int, signal: int) -> np.ndarra
 def macd_hist(ctx: BarContext, fast: int, slow: int, signal: int) -> np.ndarray:
     """MACD line - signal line, divided by the close."""
     line, sig = _macd_parts(ctx, fast, slow, signal)
-    return (line - sig) / ctx.close
+    out = line - sig
+    out /= ctx.close
+    return out
 
 
 def _bollinger(ctx: BarContext, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,13 +128,20 @@ def _bollinger(ctx: BarContext, window: int) -> tuple[np.ndarray, np.ndarray]:
 def bollinger_pctb(ctx: BarContext, window: int, width: float) -> np.ndarray:
     """%B: where the close sits between the bands mean -/+ width*std (0 lower, 1 upper); 0.5 if flat."""
     mean, std = _bollinger(ctx, window)
-    return _safe_ratio(ctx.close - (mean - width * std), 2.0 * width * std, fill=0.5)
+    band = 2.0 * width * std
+    out = ctx.close - mean
+    out /= band
+    out += 0.5  # (close - lower) / (upper - lower), lower = mean - band / 2
+    out[band == 0] = 0.5
+    return out
 
 
 def bollinger_width(ctx: BarContext, window: int, width: float) -> np.ndarray:
     """Band width relative to the middle band: 2 * width * std / mean."""
     mean, std = _bollinger(ctx, window)
-    return 2.0 * width * std / mean
+    out = std * (2.0 * width)
+    out /= mean
+    return out
 
 
 # Volatility and bar shape ----------------------------------------------------------------
@@ -146,7 +167,8 @@ def close_location(ctx: BarContext) -> np.ndarray:
 
 def body_ratio(ctx: BarContext) -> np.ndarray:
     """(close - open) / (high - low) in [-1, 1]; 0 for a bar with no range."""
-    return _safe_ratio(ctx.close - ctx.open, ctx.bar_range)
+    body = ctx.close - ctx.open
+    return _safe_ratio(body, ctx.bar_range, out=body)
 
 
 # Volume ----------------------------------------------------------------------------------
@@ -155,20 +177,22 @@ def body_ratio(ctx: BarContext) -> np.ndarray:
 def volume_zscore(ctx: BarContext, window: int) -> np.ndarray:
     """(volume - rolling mean) / rolling std over ``window`` bars; 0 when volume is constant."""
     mean, std = rolling.window_mean_std(ctx.volume, window, ctx.segs)
-    return _safe_ratio(ctx.volume - mean, std)
+    np.subtract(ctx.volume, mean, out=mean)
+    return _safe_ratio(mean, std, out=mean)
 
 
 def obv_slope(ctx: BarContext, window: int) -> np.ndarray:
     """OBV change over ``window`` bars / volume traded in them, in [-1, 1]."""
     moved = ctx.window_sum("signed_volume", lambda: ctx.signed_volume, window, x_first_valid=1)
     traded = ctx.window_sum("volume", lambda: ctx.volume, window, x_first_valid=1)
-    return _safe_ratio(moved, traded)
+    return _safe_ratio(moved, traded, out=moved)
 
 
 def obv_zscore(ctx: BarContext, window: int) -> np.ndarray:
     """z-score of OBV within its last ``window`` values (the level of OBV is arbitrary)."""
     mean, std = rolling.window_mean_std(ctx.obv, window, ctx.segs)  # OBV is 0 at each start
-    return _safe_ratio(ctx.obv - mean, std)
+    np.subtract(ctx.obv, mean, out=mean)
+    return _safe_ratio(mean, std, out=mean)
 
 
 def _typical_price(ctx: BarContext) -> np.ndarray:
@@ -201,7 +225,7 @@ def order_flow_imbalance(ctx: BarContext, window: int) -> np.ndarray:
     """
     signed = ctx.window_sum("clv_volume", lambda: ctx.close_location * ctx.volume, window)
     traded = ctx.window_sum("volume", lambda: ctx.volume, window)
-    return _safe_ratio(signed, traded)
+    return _safe_ratio(signed, traded, out=signed)
 
 
 def poc_distance_ticks(ctx: BarContext, window: int, bin_ticks: int) -> np.ndarray:
@@ -209,7 +233,9 @@ def poc_distance_ticks(ctx: BarContext, window: int, bin_ticks: int) -> np.ndarr
     typical = _typical_price(ctx)
     traded = ctx.window_sum("volume", lambda: ctx.volume, window)
     poc = rolling_poc(typical, ctx.volume, traded, window, bin_ticks * ctx.tick_size)
-    return (ctx.close - poc) / ctx.tick_size
+    np.subtract(ctx.close, poc, out=poc)
+    poc /= ctx.tick_size
+    return poc
 
 
 # Calendar --------------------------------------------------------------------------------

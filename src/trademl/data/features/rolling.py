@@ -129,7 +129,12 @@ def window_mean_std(x, window, segs, ref=None, x_first_valid=0):
     """
     centred = x - ref if ref is not None else x
     mean = window_mean(centred, window, segs, x_first_valid)
-    mean_sq = window_mean(centred * centred, window, segs, x_first_valid)
+    if ref is not None:
+        np.multiply(centred, centred, out=centred)  # our own copy: square it in place
+        mean_sq = window_mean(centred, window, segs, x_first_valid)
+    else:
+        mean_sq = window_mean(x * x, window, segs, x_first_valid)
+    del centred
     mean_sq -= mean * mean
     np.maximum(mean_sq, 0.0, out=mean_sq)
     std = np.sqrt(mean_sq, out=mean_sq)
