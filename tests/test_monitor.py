@@ -151,10 +151,11 @@ def test_calibration_alert_needs_a_gap_and_enough_outcomes():
     outcomes = pd.DataFrame({"pnl_long_5": pnl, "pnl_short_5": -pnl}, index=np.arange(n))
     over, _ = score_models(trade_outcomes(calls, outcomes, (5,)), (5,))
     fair, _ = score_models(trade_outcomes(honest, outcomes, (5,)), (5,))
-    alerts = calibration_alerts(over, 0.1, 300)
+    alerts = calibration_alerts(over, 0.1, 300, ["ensemble"])
     assert len(alerts) == 1 and alerts[0].startswith("calibration: ensemble at 5 bars")
-    assert calibration_alerts(fair, 0.1, 300) == []
-    assert calibration_alerts(over, 0.1, 2000) == []  # too few outcomes to alert on
+    assert calibration_alerts(fair, 0.1, 300, ["ensemble"]) == []
+    assert calibration_alerts(over, 0.1, 2000, ["ensemble"]) == []  # too few outcomes to alert on
+    assert calibration_alerts(over, 0.1, 300, ["lgb_5m", "lgb_30m"]) == []  # the default: opt-in for the ensemble
 
 
 # --- drift ---------------------------------------------------------------------------------------
@@ -212,10 +213,10 @@ def _write_log(path, bars, feats, rows, *, scale=1.0, overconfident=False):
     for i in rows:
         edge = float(bars["edge"].iloc[i])
         direction = "BUY" if edge > 0 else "SELL"
-        conf = 0.95 if overconfident else 0.5 + 0.1 * min(abs(edge), 1.0)
-        if overconfident:
-            direction = "BUY" if rng.random() < 0.5 else "SELL"
+        conf = 0.5 + 0.1 * min(abs(edge), 1.0)
         p = 0.5 + 0.05 * np.tanh(edge)
+        if overconfident:  # a LightGBM model sure that every long wins
+            p = 0.9 + 0.05 * rng.random()
         output = {"timestamp": close_time[i].isoformat(), "models_used": ["lgb_5m"], "win_5m_prob": p,
                   "ensemble_recommendation": direction, "confidence_score": conf,
                   "model_versions": {"lgb_5m": "v-test"}}
@@ -296,7 +297,7 @@ def test_cli_exit_codes_and_stderr_lines(monitored):
     assert "ALERT drift: lgb_5m" in drifted.stderr
     over = runner.invoke(app, ["monitor", "--log", str(logs["overconfident"]), "--bars", str(bars_path),
                                "-c", str(cfg_path), "--out", str(base / "over.html")])
-    assert over.exit_code == EXIT_ALERT and "ALERT calibration: ensemble" in over.stderr
+    assert over.exit_code == EXIT_ALERT and "ALERT calibration: lgb_5m at 5 bars" in over.stderr
     copy = base / "copy.sqlite"
     copy.write_bytes(Path(logs["fine"]).read_bytes())
     kept = runner.invoke(app, ["monitor", "--log", str(copy), "-c", str(cfg_path), "--out", str(base / "copy.html"),

@@ -153,6 +153,11 @@ class MonitorConfig(_Section):
     min_drift_samples: int = 200
     min_calibration_samples: int = 300
     calibration_bins: int = 5
+    # Models whose calibration can raise an alert: LightGBM states the probability that its
+    # trade wins after costs, which is what the monitor measures. The LSTM/PPO class
+    # probabilities (a move beyond 1.5x costs; an action) and the ensemble's confidence score
+    # are other quantities; their calibration is reported, and alerts on it are opt-in.
+    calibration_models: list[str] = Field(default_factory=lambda: ["lgb_5m", "lgb_30m"])
 
 
 class DemoConfig(_Section):

@@ -30,12 +30,14 @@ def drift_alerts(drift: dict, threshold: float) -> list[str]:
     return lines
 
 
-def calibration_alerts(scores: pd.DataFrame, threshold: float, min_samples: int) -> list[str]:
-    """One line per model whose calibration error at its own horizon is beyond the threshold,
-    judged on at least ``min_samples`` outcomes (fewer: too noisy to alert on)."""
+def calibration_alerts(scores: pd.DataFrame, threshold: float, min_samples: int, models) -> list[str]:
+    """One line per model of ``models`` whose calibration error at its own horizon is beyond
+    the threshold, judged on at least ``min_samples`` outcomes (fewer: too noisy to alert on)."""
     lines = []
     for row in scores.itertuples():
-        if NATIVE_HORIZON.get(row.model) != row.horizon or row.calibrated_on < min_samples:
+        if row.model not in models or NATIVE_HORIZON.get(row.model) != row.horizon:
+            continue
+        if row.calibrated_on < min_samples:
             continue
         if math.isfinite(row.calibration_error) and row.calibration_error > threshold:
             lines.append(f"calibration: {row.model} at {row.horizon} bars: stated {row.mean_confidence:.2f} on average, "

@@ -88,7 +88,7 @@ def run_monitor(log=None, bars=None, *, since=None, symbol: str | None = None, c
                            horizons, notes=notes)
     mc = cfg.monitor
     result.alerts = drift_alerts(drift, mc.psi_threshold) + calibration_alerts(
-        scores, mc.calibration_threshold, mc.min_calibration_samples)
+        scores, mc.calibration_threshold, mc.min_calibration_samples, mc.calibration_models)
     if html_path is not None:
         result.report_path = write_html(result, html_path, config=cfg)
     return result
