@@ -372,12 +372,16 @@ def _latency_figure(result: MonitorResult):
     return fig
 
 
+def _cell(value, kind: str) -> str:
+    return html.escape(str(value) if kind == "str" else _fmt(value, kind))
+
+
 def _table_html(frame: pd.DataFrame, formats: dict) -> str:
+    """Columns formatted by ``formats`` (name -> pct/usd/int/num; others as text)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
     for row in frame.itertuples(index=False):
-        cells = "".join(f"<td>{html.escape(_fmt(v, formats.get(c, 'str')) if formats.get(c, 'str') != 'str' else str(v))}</td>"
-                        for c, v in zip(frame.columns, row))
+        cells = "".join(f"<td>{_cell(v, formats.get(c, 'str'))}</td>" for c, v in zip(frame.columns, row))
         body.append(f"<tr>{cells}</tr>")
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
