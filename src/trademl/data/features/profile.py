@@ -20,11 +20,6 @@ from trademl.data.features.rolling import lagged_windows, window_min_max
 _CELLS_PER_BATCH = 1 << 16  # histogram cells per bincount call: 512 KB stays in cache (measured fastest)
 
 
-def price_bins(price: np.ndarray, bin_size: float) -> np.ndarray:
-    """Integer bin of each price; the tiny nudge keeps exact multiples in their own bin."""
-    return np.floor(price / bin_size + 1e-9).astype(np.int64)
-
-
 
 def rolling_poc(
     price: np.ndarray, volume: np.ndarray, window_volume: np.ndarray, window: int, bin_size: float
@@ -39,7 +34,37 @@ def rolling_poc(
     if n < window:
         return poc
     scaled = price / bin_size
-    scaled += 1e-9  # keeps exact multiples in their own bin (as price_bins does)
+    scaled += 1e-9  # a price on a bin edge (an exact multiple) stays in its own bin
+    np.floor(scaled, out=scaled)
+    origin = int(scaled.min())
+    scaled -= origin
+    # int32 bins relative to the lowest: half the memory traffic of the gathers below
+    bins = scaled.astype(np.int32 if scaled.max() < 2**31 else np.int64)
+    del scaled
+    lowest, highest = window_min_max(bins, window)
+    highest -= lowest  # now the width of each window's bin range, minus one
+    # Width class c: the range fits 2**c cells (c = bit length of width - 1, exact in float32).
+    width_class = np.frexp(highest.astype(np.float32))[1]
+    del highest
+    width_class[~(window_volume > 0)] = -1  # warm-up (NaN) or nothing traded: no POC
+    bin_windows = lagged_windows(bins, window)  # row t - window + 1 holds bins[t-window+1 .. t]
+    volume_windows = lagged_windows(volume, window)
+    for cls in range(int(width_class.max(initial=-1)) + 1):
+        rows = np.flatnonzero(width_class == cls)
+        cells = 1 << cls
+        batch = max(1, _CELLS_PER_BATCH // max(cells, window))
+        for lo in range(0, len(rows), batch):
+            t = rows[lo : lo + batch]
+            # Row i of the batch owns histogram cells [i*cells, (i+1)*cells): shift its bins so.
+            shift = lowest[t] - np.arange(len(t), dtype=np.int64) * cells
+            cell = np.subtract(bin_windows[t - (window - 1)], shift[:, None], dtype=np.int64)
+            hist = np.bincount(
+                cell.ravel(), weights=volume_windows[t - (window - 1)].ravel(), minlength=len(t) * cells
+            )
+            poc[t] = (origin + lowest[t] + hist.reshape(len(t), cells).argmax(axis=1) + 0.5) * bin_size
+    return poc
+    scaled = price / bin_size
+    scaled += 1e-9  # a price on a bin edge (an exact multiple) stays in its own bin
     np.floor(scaled, out=scaled)
     origin = int(scaled.min())
     scaled -= origin
