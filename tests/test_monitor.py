@@ -67,8 +67,9 @@ def test_outcome_join_known_answers():
          "2024-01-02T13:59:00Z",  # before any bar
          "2024-01-02T14:16:00Z",  # 2 bars fit before the gap, 5 do not
          "2024-01-02T14:40:00Z",  # inside the gap: its trade would straddle it
-         "2024-01-02T15:30:00Z"],  # after the last bar: pending
-        [None, None, "2024-01-02T14:05:00Z", None, None, None, None])
+         "2024-01-02T15:30:00Z",  # after the last bar: pending
+         "2024-01-02T14:07:30Z"],  # bars up to 14:05 sent with a later timestamp: waits for 14:08
+        [None, None, "2024-01-02T14:05:00Z", None, None, None, None, "2024-01-02T14:05:00Z"])
     out = join_outcomes(preds, bars, EXECUTION, horizons=(2, 5))
     assert list(out.index) == list(preds.index)
     stamp = lambda hhmm: pd.Timestamp(f"2024-01-02 {hhmm}", tz="UTC")  # noqa: E731
@@ -85,6 +86,8 @@ def test_outcome_join_known_answers():
     assert np.isnan(out["pnl_long_5"].iloc[4])  # would exit after the gap
     assert np.isnan(out["pnl_long_2"].iloc[5]) and np.isnan(out["pnl_long_5"].iloc[5])
     assert out[["pnl_long_2", "pnl_long_5"]].iloc[6].isna().all()
+    assert out["decision_bar"].iloc[7] == stamp("14:05") and out["entry_bar"].iloc[7] == stamp("14:08")
+    assert out["pnl_long_5"].iloc[7] == pytest.approx(_long(bars, 8, 5))
 
 
 @pytest.mark.parametrize("when, entry", [("2024-01-02T14:05:00Z", 5), ("2024-01-02T14:05:30Z", 6)])

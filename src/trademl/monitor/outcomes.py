@@ -11,7 +11,8 @@ The join, as-of and without look-ahead:
   the next bar, because the bar in progress opened before it. No bar that opened before T
   is used, and no bar after e+h.
 - A prediction computed from bars (``decision_bar`` logged: the last bar the models saw)
-  is a decision at that bar's close, whatever its stamp says.
+  is a decision at that bar's close (its stamp is that bar's open); if the request named a
+  later time, the trade still waits for the first bar opening at or after it.
 - The decision bar (whose features the models saw) is the last bar closed at or before T.
 - Where the window crosses a gap or a contract roll, or runs past the bars we have, the
   outcome is unknown (NaN): pending, never guessed.
@@ -58,7 +59,8 @@ def join_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, execution: Exec
         at = np.searchsorted(opens, logged_bar[has_bar])
         found = (at < len(opens)) & (opens[np.minimum(at, len(opens) - 1)] == logged_bar[has_bar])
         decision[has_bar] = np.where(found, at, -1)
-        row[has_bar] = np.where(found, at, -1)
+        # a decision at that bar's close, but never filled before the request's own time
+        row[has_bar] = np.where(found, np.maximum(at, row[has_bar]), -1)
     undefined = (ts == _NAT) & ~has_bar
     decision[undefined] = row[undefined] = -1
 
