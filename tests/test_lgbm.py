@@ -455,3 +455,21 @@ def test_cli_train_lgbm_and_models_list(tmp_path, monkeypatch):
     assert listed.exit_code == 0 and listed.output.count("lgb_") >= 2
     missing = runner.invoke(app, ["train", "lgbm", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2 and "no such dataset" in missing.output
+
+
+def test_stored_model_carries_its_training_feature_distribution(tmp_path):
+    """The monitor's drift check reads `feature_reference` from the manifest."""
+    from trademl.config import load_config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+    from trademl.models.lgbm import train_lgbm
+    from trademl.models.store import ModelStore
+
+    cfg = load_config(overrides={"lgbm": {"n_estimators": 20, "n_folds": 2, "min_rows": 100}})
+    ds = dataset_from_bars(synthetic_bars(12_000, seed=5), cfg)
+    store = ModelStore(tmp_path)
+    train_lgbm(ds, cfg, store=store, horizons=[5])
+    ref = store.latest("lgb_5m").manifest["feature_reference"]
+    assert set(ref["features"]) == set(ds.feature_names)
+    rsi = ref["features"]["rsi"]
+    assert abs(sum(rsi["proportions"]) - 1) < 1e-9 and len(rsi["edges"]) >= 5

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from trademl.data.reference import feature_reference
 from trademl.errors import DataError, InsufficientDataError, ModelStoreError, SchemaError
 from trademl.models.calibration import (
     IsotonicCalibrator,
@@ -492,9 +493,11 @@ def _save(store, kind, horizon, dataset, rows, config, metrics, booster, onnx_by
         "side_coding": {"long": 1, "short": -1}, "onnx_input": ONNX_INPUT, "onnx_output": ONNX_PROBABILITIES,
         "symbol": dataset.manifest.get("symbol"),
     }
+    # Training distribution of the features (one row per bar, not per side) for drift checks.
+    reference = feature_reference(rows.X[np.unique(rows.bar, return_index=True)[1], :-1], dataset.feature_names)
     with store.writer(kind, feature_schema=dataset.manifest["feature_schema"], training_span=span,
                       config={"lgbm": config.lgbm.model_dump(), "costs": config.costs.model_dump()},
-                      metrics=metrics, model=model_info) as w:
+                      metrics=metrics, model=model_info, feature_reference=reference) as w:
         booster.save_model(str(w.path / MODEL_TEXT))
         (w.path / MODEL_ONNX).write_bytes(onnx_bytes)
         _write_json(w.path / CALIBRATION_FILE, calibrator.to_dict())
