@@ -528,12 +528,42 @@ def _sequence_matrix(sequence, names: list[str], models: LoadedModels) -> np.nda
 # --- the prediction log ------------------------------------------------------------------
 
 
-def request_digest(raw) -> str:
-    """sha256 of the request as canonical JSON (sorted keys): the same request, the same digest."""
-    if isinstance(raw, PredictRequest):
-        raw = raw.model_dump(mode="json", exclude_none=True)
-    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(text.encode()).hexdigest()
+def request_digest(request: PredictRequest) -> str:
+    """sha256 of a validated request's canonical form: the same request, the same digest.
+
+    The scalar fields as sorted JSON, then each array field (features, sequence, bars) as its
+    names (sorted JSON) and its values as little-endian float64 bytes. Hashing the numbers'
+    bytes instead of their JSON text keeps this ~50 us for a 60 x 40 sequence, not ~1.5 ms.
+    """
+    h = hashlib.sha256()
+    scalars = request.model_dump(mode="json", exclude={"features", "sequence", "bars"}, exclude_none=True)
+    h.update(json.dumps(scalars, sort_keys=True, separators=(",", ":")).encode())
+    for name, (keys, values) in _array_fields(request):
+        h.update(json.dumps([name, keys]).encode())
+        h.update(np.asarray(values, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def _array_fields(request: PredictRequest):
+    """(field, (column names or None, values [rows, cols] with NaN for null)) of each array field sent."""
+    f = request.features
+    if isinstance(f, dict):
+        keys = sorted(f)
+        yield "features", (keys, [np.nan if f[k] is None else f[k] for k in keys])
+    elif f is not None:
+        yield "features", (None, [np.nan if v is None else v for v in f])
+    s = request.sequence
+    if s and isinstance(s[0], dict):
+        keys = sorted(s[0])
+        yield "sequence", (keys, [[row[k] for k in keys] for row in s])
+    elif s is not None:
+        yield "sequence", (None, s)
+    if request.bars is not None:
+        extras = sorted({k for b in request.bars for k in (b.model_extra or {})})
+        cols = ["timestamp", "open", "high", "low", "close", "volume", *extras]
+        yield "bars", (cols, [[b.timestamp.timestamp(), b.open, b.high, b.low, b.close,
+                               np.nan if b.volume is None else b.volume,
+                               *((b.model_extra or {}).get(k, np.nan) for k in extras)] for b in request.bars])
 
 
 def _json_default(obj):

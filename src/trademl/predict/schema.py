@@ -16,40 +16,18 @@ import math
 from datetime import datetime, timezone
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, field_validator, model_validator
 
 RECENT_ACTIONS = 10  # the guide's TradingState: the last 10 actions
 MAX_BARS = 5_000
 MAX_SEQUENCE_ROWS = 5_000
 MAX_BATCH = 256
 
-def _number(value) -> float:
-    """JSON numbers only (no strings, no booleans) and finite: NaN/inf would poison every model."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number (NaN and infinity are not allowed)")
-    return float(value)
-
-
-def _positive(value) -> float:
-    value = _number(value)
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
-    return value
-
-
-def _non_negative(value) -> float:
-    value = _number(value)
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-    return value
-
-
-_NUMBER_SCHEMA = WithJsonSchema({"type": "number"})
-Number = Annotated[float, PlainValidator(_number), _NUMBER_SCHEMA]
-PositiveNumber = Annotated[float, PlainValidator(_positive), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
-NonNegativeNumber = Annotated[float, PlainValidator(_non_negative), WithJsonSchema({"type": "number", "minimum": 0})]
+# JSON numbers only (strict: no strings, no booleans) and finite: NaN/inf would poison every
+# model. Validated by pydantic-core natively: a 60 x 40 sequence costs ~30 us, not ~2 ms.
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+PositiveNumber = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegativeNumber = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 OptionalNumber = Union[Number, None]
 
 
@@ -82,10 +60,10 @@ class Bar(BaseModel):
                 f"high {self.high} / low {self.low} are inconsistent with open {self.open} and close {self.close}"
             )
         for name, value in (self.model_extra or {}).items():
-            try:
-                _number(value)
-            except ValueError as e:
-                raise ValueError(f"extra bar field {name!r}: {e}") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"extra bar field {name!r} must be a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"extra bar field {name!r} must be a finite number")
         return self
 
 
