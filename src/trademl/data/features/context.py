@@ -26,6 +26,8 @@ TRADING_DAY_SHIFT_NS = 2 * 60 * NS_PER_MINUTE
 
 def _finite_column(bars: pd.DataFrame, name: str, where: str) -> np.ndarray:
     values = bars[name].to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isfinite(values.sum()):  # one read-only pass; a NaN or inf anywhere makes it non-finite
+        return values
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
