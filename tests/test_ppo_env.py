@@ -214,10 +214,13 @@ def test_differential_sharpe_reward_matches_the_formula():
     assert [s[0] for s in steps] == pytest.approx(expected, rel=1e-5)
 
 
-def test_trade_and_drawdown_penalties():
+def test_trade_risk_and_drawdown_penalties():
     plain = [s[0] for s in run_script(make_env("NQ")[0])]
     traded = [s[0] for s in run_script(make_env("NQ", trade_penalty=0.5)[0])]
     assert np.array(plain) - np.array(traded) == pytest.approx([0.5, 0.5, 0.0, 0.5, 0.5])
+    risk = [s[0] for s in run_script(make_env("NQ", risk_penalty=0.1)[0])]
+    # positions held after each step: 1, 2, 2, 1, 0 -> 0.1 * position**2
+    assert np.array(plain) - np.array(risk) == pytest.approx([0.1, 0.4, 0.4, 0.1, 0.0])
     dd = [s[0] for s in run_script(make_env("NQ", drawdown_penalty=1.0)[0])]
     # only bar 3 deepens the drawdown (equity 2.75 -> -44.5): penalty 47.25 / 10
     assert np.array(plain) - np.array(dd) == pytest.approx([0.0, 4.725, 0.0, 0.0, 0.0])

@@ -273,7 +273,7 @@ class TradingCore:
         self.recent[:, -1] = a
         self.t = t + 1
         self.steps += 1
-        reward = self.shaper(pnl, qty, self.equity)
+        reward = self.shaper(pnl, qty, self.equity, new)
         truncated = ~closing & (self.steps >= self.episode_length)
         return StepResult(reward, pnl, costs, qty, new, closing, truncated)
 

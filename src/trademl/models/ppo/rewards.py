@@ -10,6 +10,11 @@ span) so that rewards are O(1) whatever the contract.
   D_t = (B dA - A dB / 2) / (B - A^2)^(3/2), with A, B the running first and second
   moments (rate ``dsr_eta``). The variance is floored at one contract's bar variance,
   so a flat account (zero variance) does not turn the first small trade into a huge reward.
+- ``risk_penalty`` subtracts ``risk_penalty * position**2`` every bar: the expected variance
+  of holding that many contracts for a bar, in reward units (one contract's bar variance
+  is 1), i.e. a mean-variance trader. P&L and the Sharpe ratio alone are indifferent to
+  holding a position that has no edge; this is what makes the agent go flat when it sees
+  nothing (on a random walk) and scale out as a signal fades.
 - ``drawdown_penalty`` subtracts that multiple of every new increase in drawdown;
   ``trade_penalty`` subtracts that much per contract traded (on top of real costs).
 """
@@ -33,6 +38,7 @@ class RewardSettings:
     kind: str = "sharpe"
     reward_scale: float = 1.0
     dsr_eta: float = 0.01
+    risk_penalty: float = 0.0
     drawdown_penalty: float = 0.0
     trade_penalty: float = 0.0
 
@@ -44,7 +50,8 @@ class RewardSettings:
 
     @classmethod
     def from_config(cls, ppo_cfg, reward_scale: float) -> "RewardSettings":
-        return cls(ppo_cfg.reward, float(reward_scale), ppo_cfg.dsr_eta, ppo_cfg.drawdown_penalty, ppo_cfg.trade_penalty)
+        return cls(ppo_cfg.reward, float(reward_scale), ppo_cfg.dsr_eta, ppo_cfg.risk_penalty,
+                   ppo_cfg.drawdown_penalty, ppo_cfg.trade_penalty)
 
 
 class RewardShaper:
@@ -63,9 +70,11 @@ class RewardShaper:
         self.peak[idx] = 0.0
         self.drawdown[idx] = 0.0
 
-    def __call__(self, pnl: np.ndarray, trade_qty: np.ndarray, equity: np.ndarray) -> np.ndarray:
+    def __call__(self, pnl: np.ndarray, trade_qty: np.ndarray, equity: np.ndarray, position: np.ndarray) -> np.ndarray:
         r = pnl / self.s.reward_scale
         reward = self._differential_sharpe(r) if self.s.kind == "sharpe" else r
+        if self.s.risk_penalty:
+            reward = reward - self.s.risk_penalty * np.square(position, dtype=np.float64)
         if self.s.drawdown_penalty:
             self.peak = np.maximum(self.peak, equity)
             dd = self.peak - equity
