@@ -188,7 +188,13 @@ def test_resume_after_interruption_ends_with_identical_weights(tmp_path):
                          on_epoch_end=lambda stage, rec: resumed_epochs.append((stage, rec["epoch"])))
     assert resumed_epochs == [("final", 3)]  # the finished fold and 2 final epochs were not redone
     a, b = straight.net.state_dict(), resumed.net.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the served (best) weights
+    # The last epoch's weights too: epoch 3 ran after the resume, so this is the real proof.
+    last_a = torch.load(tmp_path / "a" / "final.pt", weights_only=True)
+    last_b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)
+    assert last_a["epoch"] == last_b["epoch"] == 3
+    assert all(torch.equal(last_a["model"][k], last_b["model"][k]) for k in last_a["model"])
+    assert last_a["history"] == last_b["history"]
     assert straight.metrics["cv"] == resumed.metrics["cv"]
 
     cfg.lstm.LEARNING_RATE = 1e-2  # another run's checkpoint must not be continued silently
