@@ -168,7 +168,10 @@ def test_net_shapes_bidirectional_and_attention():
 def test_resume_after_interruption_ends_with_identical_weights(tmp_path):
     ds = synthetic_dataset(5_000, edge_ic=0.2, seed=3)
     cfg = small_config(tmp_path, EPOCHS=3, PATIENCE=10)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("not a checkpoint")
     straight = train_lstm(ds, cfg, checkpoint_dir=tmp_path / "a", store_root=tmp_path / "store_a")
+    assert (tmp_path / "a" / "notes.txt").exists()  # a fresh run clears only its own checkpoints
 
     class Killed(KeyboardInterrupt):
         pass

@@ -18,7 +18,6 @@ stopped and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -171,10 +170,16 @@ def train_lstm(
 
 
 def _prepare_checkpoints(checkpoint_dir: Path, resume: bool) -> None:
-    """A fresh run starts from an empty folder; a resumed one keeps what is there."""
-    if not resume and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
+    """A fresh run starts without stage checkpoints; a resumed one keeps them.
+
+    Only this trainer's own files (fold*.pt, final.pt and their .part leftovers) are
+    removed, so pointing --checkpoint-dir at a folder that holds anything else is harmless.
+    """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for pattern in ("fold*.pt", "final.pt", "*.pt.part"):
+            for p in checkpoint_dir.glob(pattern):
+                p.unlink()
 
 
 def _net_from(result, task, settings):
