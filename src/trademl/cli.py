@@ -159,11 +159,15 @@ def train_all_command(
     dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample)."),
     config: Optional[Path] = ConfigOpt,
 ):
-    """Every model kind on one dataset, into the model store."""
+    """LightGBM (lgb_5m, lgb_30m), the LSTM and the PPO agent on one dataset, into the model store."""
+    from trademl.backtest.walkforward import print_trained, train_models
     from trademl.config import load_config
+    from trademl.models.lgbm import load_training_dataset
 
     cfg = load_config(config)
-    _train_lgbm(dataset, cfg)
+    out = console()
+    trained = train_models(load_training_dataset(dataset, cfg), cfg, cfg.paths.model_root, progress=True, console=out)
+    print_trained(trained, out)
 
 
 @models_app.command("list")
@@ -309,10 +313,28 @@ def monitor_command(
     raise typer.Exit(result.exit_code)
 
 
+@app.command("backtest")
+@friendly_errors
+def backtest_command(
+    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Walk-forward folds (default: n_folds of the backtest config section)."),
+    budget: str = typer.Option("full", "--budget", help="Training per fold: small (the demo config section) or full (the config as is)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <report_dir>/backtest.html)."),
+    models: str = typer.Option("lgbm,lstm,ppo", "--models", help="Model groups to train and combine, comma-separated."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Walk-forward: per fold, train on the past, predict the fold with the serving runtimes, trade it; HTML report."""
+    from trademl.backtest.walkforward import backtest_models
+    from trademl.config import load_config
+
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+    backtest_models(dataset, load_config(config), n_folds=folds, budget=budget, out=out, models=chosen, console=console())
+
+
 @app.command("demo")
 @friendly_errors
 def demo(config: Optional[Path] = ConfigOpt):
-    """Build the bundled ES dataset and show what it holds."""
+    """Bundled ES bars -> dataset -> train all three (small budgets) -> walk-forward backtest -> HTML report."""
     from trademl.config import load_config
     from trademl.demo import run_demo
 

@@ -102,6 +102,8 @@ class PPOConfig(_Section):
     episode_length: int = 390
     reward: str = "sharpe"  # "pnl" or "sharpe" (differential Sharpe ratio)
     dsr_eta: float = 0.01  # adaptation rate of the differential Sharpe ratio's running moments
+    # Per bar, minus risk_penalty * position**2 (one contract's bar variance = 1): go flat without an edge.
+    risk_penalty: float = 0.025
     drawdown_penalty: float = 0.0
     trade_penalty: float = 0.0
     vf_coef: float = 0.5
@@ -111,7 +113,9 @@ class PPOConfig(_Section):
     eval_fraction: float = 0.2
     checkpoint_dir: str = "artifacts/checkpoints/ppo"
     checkpoint_every: int = 200_000  # timesteps between checkpoints (for --resume)
-    torch_threads: int = 2
+    # One thread: the policy's matmuls are small, and on a shared 2-core machine a second
+    # OpenMP thread waits on the first (measured 10-20x slower under load; bench/README.md).
+    torch_threads: int = 1
     MIN_ROWS: int = 1000
     seed: int = 7
 
@@ -167,8 +171,9 @@ class DemoConfig(_Section):
     few minutes on two CPU cores; see ``small_budget``."""
 
     lgbm: dict[str, int | float] = Field(default_factory=lambda: {"n_estimators": 200, "n_folds": 3})
-    lstm: dict[str, int | float] = Field(
-        default_factory=lambda: {"HIDDEN_SIZE": 32, "NUM_LAYERS": 1, "EPOCHS": 2, "N_FOLDS": 2})
+    # The LSTM dominates the demo's time: half the guide's window, one inner fold.
+    lstm: dict[str, int | float] = Field(default_factory=lambda: {
+        "HIDDEN_SIZE": 32, "NUM_LAYERS": 1, "EPOCHS": 2, "N_FOLDS": 1, "SEQUENCE_LENGTH": 30, "BATCH_SIZE": 512})
     ppo: dict[str, int | float] = Field(default_factory=lambda: {"total_timesteps": 50_000})
     backtest: dict[str, int | float] = Field(default_factory=lambda: {"n_folds": 3})
 

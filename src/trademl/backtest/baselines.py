@@ -61,6 +61,8 @@ def random_target(segments: np.ndarray, n_trades: int, seed: int) -> np.ndarray:
     if 2 * n_trades > len(eligible):
         raise TradeMLError(f"cannot place {n_trades} random trades in {len(eligible)} eligible bars",
                            where="baselines.random")
+    if n_trades == 0:  # a strategy that never traded: the random twin never trades either
+        return np.zeros(len(seg))
     rng = np.random.default_rng(seed)
     bars = np.sort(rng.choice(eligible, size=2 * n_trades, replace=False))
     entry, exit_ = bars[0::2], bars[1::2]

@@ -1,0 +1,50 @@
+"""`trademl demo` end to end on the bundled ES bars, with an even smaller [demo] budget."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from trademl.config import load_config
+from trademl.demo import run_demo
+from trademl.models.store import ModelStore
+
+TINIEST = {
+    "lgbm": {"n_estimators": 30, "n_folds": 2, "num_leaves": 7, "min_child_samples": 100},
+    "lstm": {"HIDDEN_SIZE": 8, "NUM_LAYERS": 1, "EPOCHS": 1, "SEQUENCE_LENGTH": 20, "N_FOLDS": 2, "TORCH_THREADS": 1},
+    "ppo": {"total_timesteps": 1024, "n_envs": 8, "n_steps": 64, "batch_size": 256, "n_epochs": 1, "torch_threads": 1},
+    "backtest": {"n_folds": 2},
+}
+
+
+@pytest.mark.slow
+def test_demo_builds_trains_backtests_and_reports(tmp_path):
+    paths = {"data_dir": str(tmp_path / "data"), "model_root": str(tmp_path / "models"),
+             "report_dir": str(tmp_path / "reports")}
+    cfg = load_config(None, {"paths": paths, "demo": TINIEST, "lgbm": {"num_threads": 1},
+                             "ppo": {"checkpoint_dir": str(tmp_path / "ckpt")}})
+    console = Console(file=open(tmp_path / "demo.log", "w"), width=120)
+    result = run_demo(cfg, console)
+    console.file.close()
+    log = (tmp_path / "demo.log").read_text()
+
+    report = result.report_path
+    assert report == tmp_path / "reports" / "demo_backtest.html" and report.is_file()
+    page = report.read_text()
+    for heading in ("Equity and drawdown", "Trade P&amp;L", "Daily P&amp;L"):
+        assert f"<h2>{heading}</h2>" in page
+    assert page.count('class="plotly-graph-div"') >= 3
+    assert "cdn.plot.ly" not in page  # plotly.js inlined: opens offline
+    if (result.walk_forward.signals["action"] != 0).any():  # the chart needs a BUY/SELL recommendation
+        assert "Confidence vs realized hit rate" in page
+
+    store = ModelStore(tmp_path / "models")
+    for kind in ("lgb_5m", "lgb_30m", "lstm", "ppo"):
+        stored = store.latest(kind)
+        assert stored is not None and stored.manifest["training_span"], kind
+        assert kind in result.stored
+    assert (tmp_path / "data" / "es_1min_lean" / "manifest.json").is_file()
+    assert str(report) in " ".join(log.split()) or report.name in log
+    assert "models:" in log and "took" in log
+    # The walk-forward table holds the ensemble, the baselines and each model alone.
+    assert {"ensemble", "flat", "buy_and_hold", "lstm alone", "ppo alone"} <= set(result.walk_forward.table.index)
