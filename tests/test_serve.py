@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from malformed_requests import GUIDE_EXAMPLE, malformed_cases
 from trademl.errors import TradeMLError
+from trademl.predict.schema import PredictResponse
 from trademl.serve.app import build_app, openapi_schema, resolve_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,14 @@ def test_predict_the_guide_example(client):
     assert out["ensemble_recommendation"] in ("BUY", "SELL", "HOLD")
     assert "lstm_buy_prob" not in out  # absent, not null
     assert set(out["model_versions"]) == {"lgb_5m", "lgb_30m"}
+    assert PredictResponse.model_validate(out).model_dump(exclude_none=True) == out  # exactly the schema, no nulls
+
+
+def test_a_full_prediction_matches_the_response_schema(client, feature_count):
+    seq = [[0.0] * feature_count] * 30
+    out = client.post("/v1/predict", json={"symbol": "NQ", "sequence": seq, "position": -1}).json()
+    assert out["models_used"] == ["lgb_5m", "lgb_30m", "lstm", "ppo"]
+    assert PredictResponse.model_validate(out).model_dump(exclude_none=True) == out
 
 
 def test_malformed_table_each_gets_a_4xx_and_the_server_keeps_serving(client, feature_count):
