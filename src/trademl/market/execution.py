@@ -86,10 +86,7 @@ class ExecutionModel:
         prev_close = np.r_[close[0], close[:-1]]
         pnl, costs = self.bar_pnl(prev, pos, prev_close, open_, close)
         qty = pos - prev
-        fill = np.full(n, np.nan)
-        traded = np.flatnonzero(qty)  # price only the bars that trade
-        fill[traded] = self.fill_price(np.asarray(open_)[traded], qty[traded])
-        return ExecutionResult(position=pos, trade_qty=qty, fill_price=fill, pnl=pnl, costs=costs)
+        return ExecutionResult(position=pos, trade_qty=qty, fill_price=np.where(qty != 0, self.fill_price(open_, qty), np.nan), pnl=pnl, costs=costs)
 
 
 @dataclass
