@@ -158,6 +158,7 @@ def test_random_target_is_seeded_and_exact():
     assert np.array_equal(a, b) and not np.array_equal(a, random_target(seg, 50, seed=2))
     starts = np.flatnonzero((a != 0) & (np.r_[0, a[:-1]] == 0))
     assert len(starts) == 50 and set(np.unique(a)) <= {-1.0, 0.0, 1.0}
+    assert not random_target(seg, 0, seed=1).any()  # a strategy that never traded: nor does its twin
 
 
 def test_random_baseline_of_a_strategy_that_trades_every_bar_says_what_fits():
