@@ -222,20 +222,24 @@ def test_missing_horizon_labels_name_the_columns(tmp_path):
         train_lstm(ds, cfg)
 
 
-def test_cli_trains_resumes_and_reports_errors(tmp_path):
+def save_dataset(ds, folder):
+    """The folder `trademl data build` writes: data.parquet + manifest.json."""
     import json
 
-    from typer.testing import CliRunner
-
-    from trademl.cli import app
-
-    ds = synthetic_dataset(4_000, edge_ic=0.2, seed=6)
-    folder = tmp_path / "dataset"
     folder.mkdir()
     frame = ds.frame.copy()
     frame.attrs = {}
     frame.to_parquet(folder / "data.parquet")
     (folder / "manifest.json").write_text(json.dumps(ds.manifest, default=lambda o: o.to_dict()))
+    return folder
+
+
+def test_cli_trains_resumes_and_reports_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+
+    folder = save_dataset(synthetic_dataset(4_000, edge_ic=0.2, seed=6), tmp_path / "dataset")
     toml = tmp_path / "trademl.toml"
     toml.write_text(
         "[lstm]\nSEQUENCE_LENGTH = 8\nHIDDEN_SIZE = 8\nNUM_LAYERS = 1\nEPOCHS = 2\nN_FOLDS = 1\nTORCH_THREADS = 1\n"
@@ -252,3 +256,40 @@ def test_cli_trains_resumes_and_reports_errors(tmp_path):
     assert len(ModelStore(tmp_path / "models").versions("lstm")) == 2
     missing = runner.invoke(app, ["train", "lstm", str(tmp_path / "nowhere"), "--config", str(toml)])
     assert missing.exit_code == 2 and "nowhere" in missing.output
+
+
+def test_a_killed_training_process_resumes_to_the_same_weights(tmp_path):
+    import time
+
+    from trademl.config import load_config
+    from trademl.data.dataset import load_dataset
+
+    folder = save_dataset(synthetic_dataset(5_000, edge_ic=0.2, seed=7), tmp_path / "dataset")
+    toml = tmp_path / "trademl.toml"
+    toml.write_text(
+        "[lstm]\nSEQUENCE_LENGTH = 8\nHIDDEN_SIZE = 8\nNUM_LAYERS = 1\nEPOCHS = 4\nPATIENCE = 10\nN_FOLDS = 1\n"
+        f"TORCH_THREADS = 1\n[paths]\nmodel_root = '{tmp_path / 'models'}'\n"
+    )
+    killed = tmp_path / "killed"
+    command = f"from trademl.cli import app; app(['train', 'lstm', {str(folder)!r}, '--config', {str(toml)!r}, '--checkpoint-dir', {str(killed)!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "fold0.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler, no clean-up, as a crash or an OOM kill
+    proc.wait()
+    assert not (killed / "final.pt").exists(), "the run finished before it could be killed"
+    assert ModelStore(tmp_path / "models").versions("lstm") == []
+
+    cfg, ds = load_config(toml), load_dataset(folder)
+    torch.manual_seed(999)
+    train_lstm(ds, cfg, checkpoint_dir=killed, resume=True)
+    train_lstm(ds, cfg, checkpoint_dir=tmp_path / "straight")
+    for stage in ("fold0.pt", "final.pt"):
+        a = torch.load(killed / stage, weights_only=True)
+        b = torch.load(tmp_path / "straight" / stage, weights_only=True)
+        assert a["epoch"] == b["epoch"] == 4 and a["history"] == b["history"]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    versions = ModelStore(tmp_path / "models").versions("lstm")
+    served = [torch.load(ModelStore(tmp_path / "models").load("lstm", v).file("model.pt"), weights_only=True) for v in versions]
+    assert all(torch.equal(served[0][k], served[1][k]) for k in served[0])
