@@ -93,6 +93,10 @@ def test_stored_model_has_its_files_and_a_training_rows_normaliser(edge_run):
     np.testing.assert_allclose(result.normalizer.std, expected.std, rtol=1e-6)
     with_tail = Normalizer.fit(task.X, rows_covered(ends, 8, len(task.X)), task.feature_names)
     assert not np.allclose(result.normalizer.mean, with_tail.mean, rtol=1e-6)
+    # the training feature distribution travels with the model, for the monitor's drift check
+    reference = stored.manifest["feature_reference"]
+    assert set(reference["features"]) == set(ds.feature_names)
+    assert reference["n_rows"] == len(ends)
 
 
 def test_onnx_runtime_equals_pytorch(edge_run):

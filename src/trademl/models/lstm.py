@@ -242,6 +242,7 @@ def _store(net, result, task, dataset, config: Config, metrics: dict, ends: np.n
     """Export ONNX, prove it equals PyTorch, write everything into the store atomically."""
     import torch
 
+    from trademl.data.reference import feature_reference
     from trademl.models.lstm_model import export_onnx
     from trademl.models.store import ModelStore
 
@@ -260,6 +261,8 @@ def _store(net, result, task, dataset, config: Config, metrics: dict, ends: np.n
         training_span=span,
         config={**lc.model_dump(), "symbol": dataset.manifest.get("symbol")},
         metrics=metrics,
+        # the last step of every training window: the bars the model was fitted on, for drift checks
+        feature_reference=feature_reference(task.X[ends], task.feature_names),
     ) as w:
         export_onnx(net, result.movement_scale, result.class_weights, lc.SEQUENCE_LENGTH, len(task.feature_names), w.path / "model.onnx")
         result.normalizer.save(w.path / "normalizer.json")
