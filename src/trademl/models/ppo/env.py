@@ -307,7 +307,8 @@ class TradingEnvironment(gym.Env):
         if seed is not None:
             self.core.rng = np.random.default_rng(seed)
         start = (options or {}).get("start")
-        if start is not None and start not in set(self.core.market.starts.tolist()):
+        starts = self.core.market.starts  # sorted
+        if start is not None and not (len(starts) and starts[min(np.searchsorted(starts, start), len(starts) - 1)] == start):
             raise TradeMLError(f"bar {start} cannot start an episode (warm-up, too close to a gap or outside the span)",
                                where="reset options")
         self.core.reset(starts=None if start is None else np.array([start]))
