@@ -251,7 +251,7 @@ def train_ppo_command(
 @app.command("predict")
 @friendly_errors
 def predict_command(
-    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root)."),
+    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: paths.model_root of the config)."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not append to logs/predictions.*."),
     config: Optional[Path] = ConfigOpt,
 ):
@@ -265,10 +265,10 @@ def predict_command(
 @app.command("serve")
 @friendly_errors
 def serve_command(
-    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: [serve] host, 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default: [serve] port, 8000)."),
-    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root)."),
-    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Prediction logs (default: [paths] log_dir)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: serve.host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: serve.port, 8000)."),
+    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: paths.model_root of the config)."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Prediction logs (default: paths.log_dir of the config)."),
     config: Optional[Path] = ConfigOpt,
 ):
     """The HTTP service: POST /v1/predict, /v1/predict/batch; GET /healthz, /v1/models, /metrics."""
@@ -284,7 +284,7 @@ def monitor_command(
     log: Optional[Path] = typer.Option(None, "--log", help="Prediction log (default: <[paths] log_dir>/predictions.sqlite)."),
     since: Optional[str] = typer.Option(None, "--since", help="Only predictions from then on: ISO time (UTC) or 24h / 7d ago."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Only predictions for this symbol, e.g. NQZ5."),
-    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root)."),
+    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: paths.model_root of the config)."),
     reference_bars: Optional[Path] = typer.Option(
         None, "--reference-bars", help="Training-period bars, for models whose manifest has no feature_reference."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <[paths] report_dir>/monitor.html)."),
