@@ -118,6 +118,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+REQUEST_TIMEOUT_S = 5.0
+
+
+async def _read_response(reader) -> tuple[bytes, bytes]:
+    status_line = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status_line, await reader.readexactly(length)
+
+
 async def _http_worker(host: str, port: int, request_bytes: bytes, next_send, results: list) -> None:
     """One keep-alive connection; a bare HTTP/1.1 client (httpx costs ~1 ms of CPU per request,
     which on two shared cores is taken from the server being measured)."""
@@ -129,13 +142,11 @@ async def _http_worker(host: str, port: int, request_bytes: bytes, next_send, re
                 await asyncio.sleep(delay)
             t = time.perf_counter()
             writer.write(request_bytes)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            body = await reader.readexactly(length)
+            try:
+                status_line, body = await asyncio.wait_for(_read_response(reader), REQUEST_TIMEOUT_S)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                results.append(((time.perf_counter() - t) * 1000, False))
+                return  # this connection is unusable now; the others carry on
             ok = status_line.split()[1:2] == [b"200"] and b"ensemble_recommendation" in body
             results.append(((time.perf_counter() - t) * 1000, ok))
     finally:
@@ -260,7 +271,8 @@ def main() -> int:
     print(f"\nload average at start: {load:.2f} (2 cores shared: figures are noisy)")
     width = max(len(r[0]) for r in rows)
     for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>28}  {target:>9}  {'ok' if ok else 'MISSED' if target else ''}")
+        status = "skipped" if value.startswith("nan") else "ok" if ok else "MISSED" if target else ""
+        print(f"{name:<{width}}  {value:>28}  {target:>9}  {status}")
     ratio = cold["import_torch_lightgbm_s"] / cold["trademl_predict_s"]
     print(f"cold start ratio (guide's imports alone / trademl predict end to end): {ratio:.1f}x")
     print(json.dumps({"in_process": inproc, "http": http, "cold_start": cold, "load_average": load}), file=sys.stderr)
