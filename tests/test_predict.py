@@ -294,3 +294,17 @@ def test_models_with_zero_weight_still_answer_with_a_warning(trained_store, tmp_
     both = p.ensemble_predict({"symbol": "NQ", "sequence": seq})
     lstm_only = np.argmax([both["lstm_hold_prob"], both["lstm_buy_prob"], both["lstm_sell_prob"]])
     assert both["ensemble_recommendation"] == ("HOLD", "BUY", "SELL")[lstm_only]  # only the LSTM weighs
+
+
+def test_the_guides_python_call_with_numpy_arrays(predictor):
+    """The guide's market_data: 'features': feature_array, 'sequence': historical_sequence (numpy)."""
+    width = len(predictor.models.feature_names)
+    rng = np.random.default_rng(1)
+    sequence = rng.normal(size=(predictor.models.sequence_length, width)).astype(np.float32)
+    market_data = {"features": sequence[-1], "sequence": sequence, "position": 0, "balance": 100_000.0,
+                   "unrealized_pnl": 0.0, "recent_actions": [0, 1, 0, 2, 0, 0, 1, 0, 0, 0]}
+    out = predictor.ensemble_predict(market_data)
+    assert out["models_used"] == ["lgb_5m", "lgb_30m", "lstm", "ppo"]
+    as_lists = predictor.ensemble_predict({**market_data, "features": sequence[-1].tolist(),
+                                           "sequence": sequence.tolist(), "timestamp": out["timestamp"]})
+    assert as_lists == out
