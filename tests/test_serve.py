@@ -177,3 +177,16 @@ def test_failures_before_the_predictor_reach_the_prediction_log(trained_store, t
     rows = PredictionLog(tmp_path / "predictions.sqlite").query()
     assert sorted(rows["error_kind"].dropna()) == ["not_json", "too_large", "validation"]
     assert rows["recommendation"].notna().sum() == 1
+
+
+def test_body_limit_also_holds_without_content_length(client):
+    """A chunked upload declares no size: the guard counts the bytes as they arrive."""
+    def chunks():
+        yield b'{"features": {"rsi": 1}, "pad": "'
+        for _ in range(40):
+            yield b"x" * 50_000
+        yield b'"}'
+
+    r = client.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["kind"] == "too_large"
+    assert client.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
