@@ -64,8 +64,6 @@ def train_models(root: Path) -> None:
     })
     bars = synthetic_bars(6_000, seed=21, edge_ic=0.1, symbol="NQ")
     dataset = dataset_from_bars(bars, cfg)
-    # "close"/"volume" are both bar columns and features in the dataset frame: keep the features.
-    dataset.frame = dataset.frame.loc[:, ~dataset.frame.columns.duplicated(keep="last")]
     t = time.perf_counter()
     train_lgbm(dataset, cfg, store=ModelStore(root))
     train_lstm(dataset, cfg, store_root=root, checkpoint_dir=work / "ckpt-lstm")

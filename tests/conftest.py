@@ -48,10 +48,6 @@ def trained_store(tmp_path_factory) -> TrainedStore:
     cfg = load_config(None, overrides)
     bars = synthetic_bars(20_000, seed=3, edge_ic=0.1, symbol="NQ")
     dataset = dataset_from_bars(bars, cfg)
-    # The features "close" and "volume" share their names with the bar columns; keep the
-    # feature copy (the later one) so .X has one column per schema name. A no-op once the
-    # dataset frame stops holding both.
-    dataset.frame = dataset.frame.loc[:, ~dataset.frame.columns.duplicated(keep="last")]
     train_lgbm(dataset, cfg, store=ModelStore(root))
     train_lstm(dataset, cfg, store_root=root, checkpoint_dir=base / "ckpt-lstm")
     train_ppo(bars, cfg)
