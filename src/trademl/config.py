@@ -91,21 +91,26 @@ class PPOConfig(_Section):
     learning_rate: float = 3e-4
     total_timesteps: int = 1_000_000
     clip_epsilon: float = 0.2
-    n_steps: int = 128
-    n_envs: int = 64
-    batch_size: int = 4096
-    n_epochs: int = 4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    ent_coef: float = 0.01
-    window: int = 16
+    # Rollouts of n_envs x n_steps = 8192 steps from the numpy VecEnv, minibatches of 1024,
+    # 10 epochs: the settings of the learning tests and of bench/bench_ppo.py (1M steps).
+    n_steps: int = 32
+    n_envs: int = 256
+    batch_size: int = 1024
+    n_epochs: int = 10
+    # A short horizon: minute-bar edges and costs play out within a few bars, and a long
+    # one adds the noise of many future bars to every advantage (learned 2x slower).
+    gamma: float = 0.5
+    gae_lambda: float = 0.9
+    ent_coef: float = 0.0
+    window: int = 4
     episode_length: int = 390
     reward: str = "sharpe"  # "pnl" or "sharpe" (differential Sharpe ratio)
     dsr_eta: float = 0.01  # adaptation rate of the differential Sharpe ratio's running moments
     # Per bar, minus risk_penalty * position**2 (one contract's bar variance = 1): go flat without an edge.
-    risk_penalty: float = 0.025
+    risk_penalty: float = 0.05
     drawdown_penalty: float = 0.0
-    trade_penalty: float = 0.0
+    # Per contract traded, on top of the real costs: without it the agent trades on noise.
+    trade_penalty: float = 0.1
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     net_arch: list[int] = Field(default_factory=lambda: [64, 64])
