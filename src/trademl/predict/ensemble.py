@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trademl.errors import DataError, ModelStoreError, TradeMLError
+from trademl.errors import ModelStoreError, TradeMLError
 from trademl.predict.combine import CLASS_NAMES, combine_votes, lgbm_vote, signal_vote
 from trademl.predict.schema import RECENT_ACTIONS, PredictRequest, describe_validation_error
 
