@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -218,9 +219,9 @@ def test_hot_reload_swaps_in_a_newer_latest_without_failing_requests(store_copy,
         for name in current.manifest["files"]:
             shutil.copyfile(current.path / name, w.path / name)
     new = w.stored.version
-    for _ in range(200):
-        if p.ensemble_predict(request)["model_versions"]["lgb_5m"] == new:
-            break
+    deadline = time.monotonic() + 30  # the swap happens in a background loader thread
+    while p.ensemble_predict(request)["model_versions"]["lgb_5m"] != new and time.monotonic() < deadline:
+        time.sleep(0.01)
     done.set()
     for t in threads:
         t.join()
@@ -240,6 +241,7 @@ def test_a_corrupted_new_version_keeps_the_old_one_serving(store_copy, trained_s
         for name in current.manifest["files"]:
             shutil.copyfile(current.path / name, w.path / name)
     (w.stored.path / "model.onnx").write_bytes(b"garbage")
+    assert p.maybe_reload(force=True, wait=True)
     out = p.ensemble_predict(dict(GUIDE_EXAMPLE))
     assert out["model_versions"]["lgb_30m"] == current.version
     assert "checksum" in p.models.load_errors["lgb_30m"]

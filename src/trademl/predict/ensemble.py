@@ -260,24 +260,44 @@ class EnsemblePredictor:
         return LoadedModels(runtimes, versions, dict(newest), errors, names, weights, weight_warning, symbol,
                             metrics, {k: symbols.get(k) for k in runtimes})
 
-    def maybe_reload(self, force: bool = False) -> bool:
-        """Swap in newer `latest` models if any appeared; True when the set changed."""
+    def maybe_reload(self, force: bool = False, wait: bool = False) -> bool:
+        """Swap in newer `latest` models if any appeared.
+
+        At most once per reload_interval_s (or ``force``) the store's version lists are read
+        (four directory listings). A change is loaded in a background thread, so the request
+        that noticed it does not pay for hashing files and opening sessions; ``wait`` loads
+        in this thread instead. Returns True when a reload was started (or, waiting, done).
+        """
         now = time.monotonic()
         if not force and now - self._checked < self.reload_interval_s:
             return False
         if not self._reload_lock.acquire(blocking=False):
-            return False  # another thread is reloading: keep serving the current set
+            return False  # a reload is running: keep serving the current set
         try:
             self._checked = now
             newest = {k: self._newest(k) for k in KINDS}
-            if newest == self._models.seen:
-                return False
+            changed = newest != self._models.seen
+        except BaseException:
+            self._reload_lock.release()
+            raise
+        if not changed:
+            self._reload_lock.release()
+            return False
+        if wait:
+            self._swap_in(newest)
+        else:  # the lock travels with the work: the loader thread releases it
+            threading.Thread(target=self._swap_in, args=(newest,), name="trademl-reload", daemon=True).start()
+        return True
+
+    def _swap_in(self, newest: dict[str, str | None]) -> None:
+        """Load what changed beside the current set, then replace it whole. Holds the reload lock."""
+        try:
             fresh = self._load(newest, previous=self._models)
-            changed = fresh.versions != self._models.versions
-            self._models = fresh  # one assignment: requests see the old set or the new, never a mix
-            if changed:
+            if fresh.versions != self._models.versions:
                 log.info("models reloaded: %s", fresh.versions)
-            return changed
+            self._models = fresh  # one assignment: requests see the old set or the new, never a mix
+        except Exception:  # a reload must never take the serving set down with it
+            log.exception("reloading models failed; serving the current set")
         finally:
             self._reload_lock.release()
 
