@@ -178,8 +178,8 @@ class DemoConfig(_Section):
     lgbm: dict[str, int | float] = Field(default_factory=lambda: {"n_estimators": 200, "n_folds": 3})
     # The LSTM dominates the demo's time: half the guide's window, one inner fold.
     lstm: dict[str, int | float] = Field(default_factory=lambda: {
-        "HIDDEN_SIZE": 32, "NUM_LAYERS": 1, "EPOCHS": 2, "N_FOLDS": 1, "SEQUENCE_LENGTH": 30, "BATCH_SIZE": 512})
-    ppo: dict[str, int | float] = Field(default_factory=lambda: {"total_timesteps": 50_000})
+        "HIDDEN_SIZE": 32, "NUM_LAYERS": 1, "EPOCHS": 3, "N_FOLDS": 1, "SEQUENCE_LENGTH": 30, "BATCH_SIZE": 512})
+    ppo: dict[str, int | float] = Field(default_factory=lambda: {"total_timesteps": 100_000})
     backtest: dict[str, int | float] = Field(default_factory=lambda: {"n_folds": 3})
 
 

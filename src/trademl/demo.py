@@ -57,7 +57,7 @@ def run_demo(config: Config, console, *, bars_path=None, budget: str = "small", 
     report = result.write_report(report_path or Path(cfg.paths.report_dir) / "demo_backtest.html",
                                  title=f"trademl demo: walk-forward backtest on {dataset.symbol} ({built.path.name})")
     console.print(results_table(result.table))
-    console.print(verdict(result.table))
+    console.print(verdict(result))
     seconds["total"] = time.perf_counter() - started
     console.print(f"dataset: {built.path}")
     console.print(f"models:  {Path(cfg.paths.model_root)} ({', '.join(sorted(trained.stored))})")

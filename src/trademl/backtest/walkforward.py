@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from trademl.config import Config, small_budget
-from trademl.errors import InsufficientDataError, TradeMLError
+from trademl.errors import InsufficientDataError, ModelStoreError, TradeMLError
 
 MODEL_KINDS = {"lgbm": ("lgb_5m", "lgb_30m"), "lstm": ("lstm",), "ppo": ("ppo",)}
 ENSEMBLE = "ensemble"
@@ -98,14 +98,15 @@ def ppo_bars(dataset) -> pd.DataFrame:
 
 
 def train_models(dataset, config: Config, model_root, *, models=tuple(MODEL_KINDS), work_dir=None,
-                 skip_insufficient: bool = False, progress: bool = False, console=None) -> TrainedModels:
+                 skip_failed: bool = False, progress: bool = False, console=None) -> TrainedModels:
     """Train the chosen model groups on ``dataset`` into the store at ``model_root``.
 
     ``work_dir`` holds the trainers' checkpoints (default: where the config puts them). With
-    ``skip_insufficient`` a model that has too little data is skipped and named in
-    ``skipped`` instead of failing the whole run (a walk-forward's early folds).
+    ``skip_failed`` a model kind that cannot be trained here (too little data in an early
+    fold, or its ONNX export failed its parity check) is skipped and named in ``skipped``,
+    as the predictor skips a model it cannot load, instead of failing the whole run.
     """
-    from trademl.models.lgbm import train_lgbm
+    from trademl.models.lgbm import train_win_model
     from trademl.models.lstm import train_lstm
     from trademl.models.ppo.train import train_ppo
     from trademl.models.store import ModelStore
@@ -119,27 +120,37 @@ def train_models(dataset, config: Config, model_root, *, models=tuple(MODEL_KIND
         cfg.ppo.checkpoint_dir = str(Path(work_dir) / "ppo")
         lstm_checkpoints = Path(work_dir) / "lstm"
     out = TrainedModels({})
-    for group in models:
+
+    def lgbm(horizon):
+        report = train_win_model(dataset, horizon, cfg, ModelStore(model_root))
+        out.lgbm_reports.append(report)
+        return report.stored
+
+    def lstm():
+        out.lstm_result = train_lstm(dataset, cfg, store_root=model_root, checkpoint_dir=lstm_checkpoints,
+                                     progress=progress)
+        return out.lstm_result.stored
+
+    def ppo():
+        out.ppo_result = train_ppo(ppo_bars(dataset), cfg, features=dataset.X, schema=dataset.manifest["feature_schema"],
+                                   symbol=dataset.symbol, progress=progress, console=console)
+        return out.ppo_result.stored
+
+    # One job per stored kind, so that one kind failing leaves the others (train_lgbm's horizons).
+    jobs = []
+    if "lgbm" in models:
+        horizons = [h for h in (5, 30) if h in dataset.horizons] or list(dataset.horizons)
+        jobs += [("lgbm", f"lgb_{h}m", lambda h=h: lgbm(h)) for h in horizons]
+    jobs += [(g, g, fn) for g, fn in (("lstm", lstm), ("ppo", ppo)) if g in models]
+    for group, kind, job in jobs:
         started = time.perf_counter()
         try:
-            if group == "lgbm":
-                out.lgbm_reports = train_lgbm(dataset, cfg, store=ModelStore(model_root))
-                out.stored.update({r.kind: r.stored for r in out.lgbm_reports})
-            elif group == "lstm":
-                out.lstm_result = train_lstm(dataset, cfg, store_root=model_root, checkpoint_dir=lstm_checkpoints,
-                                             progress=progress)
-                out.stored["lstm"] = out.lstm_result.stored
-            else:
-                out.ppo_result = train_ppo(ppo_bars(dataset), cfg, features=dataset.X,
-                                           schema=dataset.manifest["feature_schema"], symbol=dataset.symbol,
-                                           progress=progress, console=console)
-                out.stored["ppo"] = out.ppo_result.stored
-        except InsufficientDataError as e:
-            if not skip_insufficient:
+            out.stored[kind] = job()
+        except (InsufficientDataError, ModelStoreError) as e:
+            if not skip_failed:
                 raise
-            for kind in MODEL_KINDS[group]:
-                out.skipped[kind] = str(e)
-        out.seconds[group] = time.perf_counter() - started
+            out.skipped[kind] = str(e)
+        out.seconds[group] = out.seconds.get(group, 0.0) + time.perf_counter() - started
     return out
 
 
@@ -431,7 +442,7 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=tuple
             f"from {dataset.frame.index[fold.test[0]]:%Y-%m-%d %H:%M}")
         with tempfile.TemporaryDirectory(prefix="trademl-wf-", dir=work_dir) as tmp:
             trained = train_models(sub_dataset(dataset, fold.train), cfg, Path(tmp) / "models", models=models,
-                                   work_dir=Path(tmp) / "checkpoints", skip_insufficient=True)
+                                   work_dir=Path(tmp) / "checkpoints", skip_failed=True)
             # The predictor's order and weights: validation skill from each manifest.
             stored = {k: ModelStore(Path(tmp) / "models").load(k) for k in KINDS if k in trained.stored}
             if not stored:
@@ -450,7 +461,7 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=tuple
         parts.append((fold, predicted))
         used = ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
         say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s; weights: {used}"
-            + (f" ({warning})" if warning else "") + "".join(f"; {k} skipped" for k in trained.skipped))
+            + (f" ({warning})" if warning else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
     return _assemble(dataset, cfg, horizon, parts, outcomes)
 
 
@@ -470,10 +481,12 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes) -> WalkForwar
         "fold": fold_of_row,
     }, index=bars.index)
     model_signals = {}
-    for kind in [k for k in ("lgb_5m", "lgb_30m", "lstm", "ppo") if all(k in p.alone for _, p in parts)]:
+    for kind in [k for k in ("lgb_5m", "lgb_30m", "lstm", "ppo") if any(k in p.alone for _, p in parts)]:
+        # A fold where the model was skipped holds: no signal, confidence 0.
+        held = [p.alone.get(kind, (np.zeros(len(f.test), np.int8), np.zeros(len(f.test)))) for f, p in parts]
         model_signals[kind] = pd.DataFrame({
-            "action": _engine_codes(np.concatenate([p.alone[kind][0] for _, p in parts])),
-            "confidence": np.concatenate([p.alone[kind][1] for _, p in parts]),
+            "action": _engine_codes(np.concatenate([a for a, _ in held])),
+            "confidence": np.concatenate([c for _, c in held]),
         }, index=bars.index)
     columns = sorted({c for _, p in parts for c in p.outputs})
     outputs = pd.DataFrame({c: np.concatenate([p.outputs.get(c, np.full(len(f.test), np.nan)) for f, p in parts])
@@ -484,7 +497,10 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes) -> WalkForwar
                             segments=segments, initial_balance=bt.initial_balance, name=ENSEMBLE)
     runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=bt.confidence_threshold,
                          seed=bt.random_baseline_seed)
-    table = comparison_table(runs)
+    # Every candidate counts as a trial, also one that never traded (no Sharpe): it was tried.
+    from trademl.backtest.baselines import is_baseline
+
+    table = comparison_table(runs, n_trials=sum(not is_baseline(name) for name in runs))
     return WalkForwardResult(bars, segments, signals, model_signals, outputs, outcomes, runs, table, cfg, horizon)
 
 
@@ -515,12 +531,18 @@ def results_table(table: pd.DataFrame, title: str = "out-of-sample, all folds"):
     return t
 
 
-def verdict(table: pd.DataFrame) -> str:
+def verdict(result: WalkForwardResult) -> str:
     """One line: is the ensemble's out-of-sample Sharpe significant after deflation?"""
-    row = table.loc[ENSEMBLE]
+    row = result.table.loc[ENSEMBLE]
     dsr, trials = row["dsr"], int(row["dsr_trials"])
+    if row["trades"] == 0:
+        signals = result.signals
+        calls = signals["confidence"][signals["action"] != 0]
+        peak = f"its BUY/SELL confidence peaked at {calls.max():.2f}" if len(calls) else "it never said BUY or SELL"
+        return (f"ensemble: never traded: {peak}, the threshold is {result.config.backtest.confidence_threshold:g} "
+                "(backtest.confidence_threshold); no Sharpe to test")
     if not (isinstance(dsr, float) and math.isfinite(dsr)):
-        return "ensemble: no Sharpe to test (it never traded, or its P&L never varied)"
+        return "ensemble: no Sharpe to test (its P&L never varied)"
     significant = dsr > 0.95
     return (f"ensemble: deflated Sharpe {dsr:.3f} over {trials} candidates: "
             + ("a significant edge (> 0.95)" if significant else "NO significant edge (<= 0.95)"))
@@ -540,6 +562,6 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
     result.write_report(path)
     if console is not None:
         console.print(results_table(result.table))
-        console.print(verdict(result.table))
+        console.print(verdict(result))
         console.print(f"report: {result.report_path}")
     return result
