@@ -77,10 +77,11 @@ def test_batch_equals_single_predictions_and_names_the_bad_one(client, feature_c
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "requests[1].symbol"
 
 
-def test_models_and_metrics(client):
+def test_models_and_metrics(client, trained_store):
     models = client.get("/v1/models").json()
     assert set(models["models"]) == {"lgb_5m", "lgb_30m", "lstm", "ppo"}
-    assert models["sequence_length"] == 20 and models["ppo_window"] == 16
+    assert models["sequence_length"] == trained_store.config.lstm.SEQUENCE_LENGTH
+    assert models["ppo_window"] == trained_store.config.ppo.window
     before = client.get("/metrics").text
     client.post("/v1/predict", json=GUIDE_EXAMPLE)
     client.post("/v1/predict", content=b"not json", headers={"content-type": "application/json"})
