@@ -217,6 +217,6 @@ def test_agent_learns_a_planted_edge_out_of_sample(tmp_path):
 def test_agent_stays_mostly_flat_on_a_random_walk(tmp_path):
     result = learned(tmp_path, 0.0)
     m, churn = result.metrics, churning(result)
-    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)  # measured 3,032 vs ~23,000
+    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)  # measured 3,032 vs 22,818
     assert m["trades"] <= 0.15 * m["eval_decisions"], m
-    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)  # measured 0.46 vs ~2.5
+    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)  # measured 0.46 vs 2.70
