@@ -8,6 +8,7 @@ and ``predict_values(obs)`` to float32 rounding; ``check_onnx_matches`` proves i
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,10 @@ def export_policy(policy, obs_dim: int, path: Path) -> Path:
     heads = PolicyHeads(policy).eval()
     example = torch.zeros(2, obs_dim, dtype=torch.float32)
     path = Path(path)
-    with torch.no_grad():
+    # The classic (TorchScript) exporter: the dynamo one needs onnxscript, which is not a
+    # dependency; it warns that it is deprecated, which is not the user's concern.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             heads, (example,), str(path), input_names=[OBS_INPUT], output_names=list(OUTPUTS),
             dynamic_axes={OBS_INPUT: {0: "batch"}, OUTPUTS[0]: {0: "batch"}, OUTPUTS[1]: {0: "batch"}},
