@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-EDGE_IC, EDGE_HORIZON, N_BARS = 0.15, 5, 60_000  # the learning test's market
+EDGE_IC, EDGE_HORIZON, N_BARS = 0.15, 5, 200_000  # the learning test's market (tests/test_ppo_train.py)
 
 
 def bench_peer(steps: int, threads: int) -> dict:
