@@ -148,6 +148,10 @@ def test_checkpoint_resume_continues_and_refuses_other_data(tmp_path):
     cfg.ppo.total_timesteps = 768
     resumed = train_ppo(bars, cfg, store=False, resume=True)
     assert resumed.timesteps == 768  # continued from 256, not restarted
+    cfg.ppo.window = 5
+    with pytest.raises(TradeMLError, match="other observation settings"):
+        train_ppo(bars, cfg, store=False, resume=True)
+    cfg.ppo.window = 4
     other = synthetic_bars(3_000, seed=13, start="2025-01-06", edge_ic=0.15)
     with pytest.raises(TradeMLError, match="checkpoint was trained on other data"):
         train_ppo(other, cfg, store=False, resume=True)

@@ -192,8 +192,16 @@ def train_ppo(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, s
     import torch
 
     cfg = cfg or Config()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.ppo.torch_threads)
+    try:
+        return _train(bars, cfg, features, schema, symbol, resume, progress, console, store)
+    finally:
+        torch.set_num_threads(threads)  # leave the process as it was (a walk-forward trains more models)
+
+
+def _train(bars, cfg: Config, features, schema, symbol, resume, progress, console, store) -> PPOTrainingResult:
     p = cfg.ppo
-    torch.set_num_threads(p.torch_threads)
     prepared = prepare_market(bars, cfg, features=features, schema=schema, symbol=symbol)
     env = make_vec_env(prepared, cfg)
     checkpoints = Path(p.checkpoint_dir)
@@ -432,4 +440,8 @@ def _load_checkpoint(folder: Path, env, prepared: PreparedMarket):
                 if state["fingerprint"].get(k) != v}
         raise TradeMLError(f"the checkpoint was trained on other data: {diff}", where=str(folder),
                            hint="resume with the same bars and config, or train without --resume")
+    if state["obs_spec"] != prepared.obs_spec.to_dict():
+        raise TradeMLError("the checkpoint was trained with other observation settings (window, features, "
+                           "max_position_size, initial_balance)", where=str(folder),
+                           hint="resume with the same config, or train without --resume")
     return PPO.load(zip_path, env=env, device="cpu")
