@@ -452,15 +452,17 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=tuple
                                                                    for k, s in stored.items()})
             runtimes = open_runtimes(stored)
         fold_segments = backtest_segments(dataset.segments[fold.test], np.zeros(len(fold.test)))
+        predicting = time.perf_counter()
         predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg)
-        seconds = dict(trained.seconds, total=time.perf_counter() - started)
+        seconds = dict(trained.seconds, predict=time.perf_counter() - predicting, total=time.perf_counter() - started)
         outcomes.append(FoldOutcome(
             fold.number, (int(fold.train[0]), int(fold.train[-1])), (int(fold.test[0]), int(fold.test[-1])),
             {k: s.version for k, s in stored.items()}, {k: s.manifest.get("training_span") for k, s in stored.items()},
             weights, warning, trained.skipped, seconds))
         parts.append((fold, predicted))
         used = ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
-        say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s; weights: {used}"
+        parts_time = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
+        say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); weights: {used}"
             + (f" ({warning})" if warning else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
     return _assemble(dataset, cfg, horizon, parts, outcomes)
 
