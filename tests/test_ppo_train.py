@@ -107,6 +107,9 @@ def test_store_holds_onnx_obs_spec_and_eval_metrics(trained):
     span = stored.manifest["training_span"]
     assert span["rows"] + span["eval_rows"] == len(bars) and span["end"] < span["eval_start"]
     assert stored.manifest["config"]["clip_epsilon"] == cfg.ppo.clip_epsilon
+    # the training span's feature distribution, for the monitor's drift check
+    reference = stored.manifest["feature_reference"]
+    assert set(reference["features"]) == set(stored.feature_names) and reference["n_rows"] == span["rows"]
 
 
 def test_normaliser_is_fitted_on_the_training_span_only():

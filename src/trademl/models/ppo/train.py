@@ -283,6 +283,7 @@ def policy_probabilities(policy, obs: np.ndarray) -> np.ndarray:
 
 def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
     """Export to ONNX, prove it equals SB3, write policy.onnx + obs_spec.json + eval.json atomically."""
+    from trademl.data.reference import feature_reference
     from trademl.models.ppo.export import check_onnx_matches, export_policy
     from trademl.models.store import ModelStore
 
@@ -297,6 +298,8 @@ def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
         with ModelStore(cfg.paths.model_root).writer(
             KIND, feature_schema=prepared.schema, training_span=prepared.training_span(), config=ppo_cfg,
             metrics=metrics, contract=prepared.contract.to_dict(),
+            # raw features of the training span, for the monitor's drift check
+            feature_reference=feature_reference(prepared.features[: prepared.split], prepared.feature_names),
         ) as w:
             shutil.copyfile(onnx_path, w.path / POLICY_FILE)
             (w.path / OBS_SPEC_FILE).write_text(json.dumps(prepared.obs_spec.to_dict(), indent=2))
