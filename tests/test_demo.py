@@ -48,3 +48,30 @@ def test_demo_builds_trains_backtests_and_reports(tmp_path):
     assert "models:" in log and "took" in log
     # The walk-forward table holds the ensemble, the baselines and each model alone.
     assert {"ensemble", "flat", "buy_and_hold", "lstm alone", "ppo alone"} <= set(result.walk_forward.table.index)
+
+
+@pytest.mark.slow
+def test_cli_train_all_stores_every_kind_with_its_table(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trademl.toml").write_text(
+        '[lgbm]\nn_estimators = 30\nnum_leaves = 7\nn_folds = 2\nmin_child_samples = 100\nnum_threads = 1\n'
+        '[lstm]\nHIDDEN_SIZE = 8\nNUM_LAYERS = 1\nEPOCHS = 1\nSEQUENCE_LENGTH = 20\nN_FOLDS = 2\nTORCH_THREADS = 1\n'
+        '[ppo]\ntotal_timesteps = 1024\nn_envs = 8\nn_steps = 64\nbatch_size = 256\nn_epochs = 1\n'
+        f'checkpoint_dir = "{tmp_path / "ckpt"}"\n'
+        f'[paths]\nmodel_root = "{tmp_path / "models"}"\n'
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "all"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "lgb_5m" in out and "lgb_30m" in out and "OOS" in out  # the LightGBM tables
+    assert "stored lstm" in out and "PPO agent, held-out span" in out
+    assert "trained in lgbm" in out
+    store = ModelStore(tmp_path / "models")
+    assert all(store.latest(kind) is not None for kind in ("lgb_5m", "lgb_30m", "lstm", "ppo"))
+    missing = runner.invoke(app, ["train", "all", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "no such dataset" in missing.output
