@@ -64,36 +64,3 @@ def rolling_poc(
             )
             poc[t] = (origin + lowest[t] + hist.reshape(len(t), cells).argmax(axis=1) + 0.5) * bin_size
     return poc
-    scaled = price / bin_size
-    scaled += 1e-9  # a price on a bin edge (an exact multiple) stays in its own bin
-    np.floor(scaled, out=scaled)
-    origin = int(scaled.min())
-    scaled -= origin
-    # int32 bins relative to the lowest: half the memory traffic of the gathers below
-    bins = scaled.astype(np.int32 if scaled.max() < 2**31 else np.int64)
-    del scaled
-    lowest, highest = window_min_max(bins, window)
-    rows = np.flatnonzero(window_volume > 0)  # NaN compares False
-    highest -= lowest  # now the width of each window's bin range, minus one
-    # Width class c: the range fits 2**c cells (c = bit length of width - 1).
-    width_class = np.searchsorted(1 << np.arange(40), highest[rows], side="right").astype(np.int8)
-    del highest
-    rows = rows[np.argsort(width_class, kind="stable")]  # grouped by class, in time order inside
-    bin_windows = lagged_windows(bins, window)  # row t - window + 1 holds bins[t-window+1 .. t]
-    volume_windows = lagged_windows(volume, window)
-    first = 0
-    for cls, count in enumerate(np.bincount(width_class)):
-        cells = 1 << cls
-        batch = max(1, _CELLS_PER_BATCH // max(cells, window))
-        for lo in range(first, first + count, batch):
-            t = rows[lo : min(lo + batch, first + count)]
-            # Row i of the batch owns histogram cells [i*cells, (i+1)*cells): shift its bins so.
-            shift = lowest[t] - np.arange(len(t), dtype=bins.dtype) * cells
-            cell = bin_windows[t - (window - 1)]
-            cell -= shift[:, None]  # same dtype: 3x faster than a mixed int32/int64 subtract
-            hist = np.bincount(
-                cell.ravel(), weights=volume_windows[t - (window - 1)].ravel(), minlength=len(t) * cells
-            )
-            poc[t] = (origin + lowest[t] + hist.reshape(len(t), cells).argmax(axis=1) + 0.5) * bin_size
-        first += count
-    return poc
