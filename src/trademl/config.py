@@ -129,7 +129,6 @@ class EnsembleConfig(_Section):
     # Weights per model kind (lgb_5m, lgb_30m, lstm, ppo); None = from each model's
     # validation skill in its manifest (README: "How the ensemble decides").
     weights: dict[str, float] | None = None
-    win_threshold: float = 0.5
 
 
 class BacktestConfig(_Section):
