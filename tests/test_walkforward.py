@@ -88,6 +88,12 @@ def test_account_hand_computed_es():
     assert accounts.position.tolist() == [0.0] and accounts.avg_price.tolist() == [0.0]
 
 
+def test_random_twin_of_a_strategy_that_never_traded_stays_flat():
+    from trademl.backtest.baselines import random_target
+
+    assert random_target(np.array([0, 0, 0, 1, 1, 1]), 0, seed=0).tolist() == [0.0] * 6
+
+
 # ----------------------------------------------------------------------------- no look-ahead
 
 
@@ -178,6 +184,7 @@ def test_planted_edge_gives_a_significant_out_of_sample_sharpe():
 # ----------------------------------------------------------------------------- the command
 
 
+@pytest.mark.slow
 def test_cli_backtest_and_script(tmp_path, monkeypatch):
     """`trademl backtest` on the bundled ES bars (LightGBM only, 2 folds): progress per fold,
     the table, the verdict, the report; bad options are one clear line and exit code 2."""
