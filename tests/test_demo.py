@@ -9,6 +9,8 @@ from trademl.config import load_config
 from trademl.demo import run_demo
 from trademl.models.store import ModelStore
 
+from test_report import CHROMIUM, render, status_of
+
 TINIEST = {
     "lgbm": {"n_estimators": 30, "n_folds": 2, "num_leaves": 7, "min_child_samples": 100},
     "lstm": {"HIDDEN_SIZE": 8, "NUM_LAYERS": 1, "EPOCHS": 1, "SEQUENCE_LENGTH": 20, "N_FOLDS": 2, "TORCH_THREADS": 1},
@@ -35,8 +37,15 @@ def test_demo_builds_trains_backtests_and_reports(tmp_path):
         assert f"<h2>{heading}</h2>" in page
     assert page.count('class="plotly-graph-div"') >= 3
     assert "<script src=\"http" not in page  # plotly.js inlined: opens offline
+    plots = 3
     if (result.walk_forward.signals["action"] != 0).any():  # the chart needs a BUY/SELL recommendation
         assert "Confidence vs realized hit rate" in page
+        plots = 4
+    if CHROMIUM.exists():  # it renders offline in a real browser, without console errors
+        dom, _log = render(report, tmp_path)
+        status = status_of(dom)
+        assert status["errors"] == "0" and status["plots"] == str(plots)
+        assert int(status["rendered-svgs"]) >= plots
 
     store = ModelStore(tmp_path / "models")
     for kind in ("lgb_5m", "lgb_30m", "lstm", "ppo"):
