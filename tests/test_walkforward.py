@@ -132,6 +132,7 @@ def test_later_bars_change_nothing_in_earlier_folds_and_ppo_sees_the_traded_posi
     # The PPO agent observed exactly the position the engine then traded, bar by bar.
     run = first.ensemble
     np.testing.assert_array_equal(first.outputs["ppo_seen_ensemble_position"].to_numpy(), run.position)
+    np.testing.assert_array_equal(first.outputs["ppo_alone_position"].to_numpy(), first.runs["ppo alone"].position)
     assert np.abs(run.position).max() > 0, "the ensemble must trade for this check to mean anything"
 
     changed = _changed_after(bars, int(test[-1]) + 1, seed=99)

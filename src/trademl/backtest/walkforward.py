@@ -329,7 +329,6 @@ def _ppo_loop(rt, votes: dict, weights: dict, dataset, rows: np.ndarray, bt_segm
     execution = ExecutionModel.from_config(dataset.spec, config.costs, bt.max_position_size)
     accounts = Accounts(2, execution, config.ppo.initial_balance)
     direction = np.array([0.0, 1.0, -1.0])  # hold, buy, sell -> contracts
-    others = {k: v for k, v in votes.items()}
     probs_all, value_all = np.full((n, 3), np.nan), np.full(n, np.nan)
     action, confidence = np.zeros(n, np.int8), np.zeros(n)
     alone_action, alone_conf = np.zeros(n, np.int8), np.zeros(n)
@@ -338,7 +337,7 @@ def _ppo_loop(rt, votes: dict, weights: dict, dataset, rows: np.ndarray, bt_segm
         if starts[i]:
             accounts.restart()
         seen[i] = accounts.position
-        row_votes = {k: v[i] for k, v in others.items()}
+        row_votes = {k: v[i] for k, v in votes.items()}
         if can_run[i]:
             window = X[rows[i] - w + 1: rows[i] + 1]
             position, balance, unrealized = accounts.state(close[i])
