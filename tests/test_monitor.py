@@ -4,6 +4,7 @@ calibration alerts, the CLI's exit code, and the HTML report in headless Chromiu
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +303,9 @@ def test_cli_exit_codes_and_stderr_lines(monitored):
                                "-c", str(cfg_path), "--out", str(base / "over.html")])
     assert over.exit_code == EXIT_ALERT and "ALERT calibration: lgb_5m at 5 bars" in over.stderr
     copy = base / "copy.sqlite"
-    copy.write_bytes(Path(logs["fine"]).read_bytes())
+    # a WAL database is the main file plus its -wal file: copy it through SQLite's backup API
+    with sqlite3.connect(logs["fine"]) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
     kept = runner.invoke(app, ["monitor", "--log", str(copy), "-c", str(cfg_path), "--out", str(base / "copy.html"),
                                "--export", str(base / "rows.parquet"), "--prune-before", "2024-01-09T00:00:00Z"])
     assert kept.exit_code == 0, kept.output
