@@ -473,3 +473,27 @@ def test_stored_model_carries_its_training_feature_distribution(tmp_path):
     assert set(ref["features"]) == set(ds.feature_names)
     rsi = ref["features"]["rsi"]
     assert abs(sum(rsi["proportions"]) - 1) < 1e-9 and len(rsi["edges"]) >= 5
+
+
+def test_float32_thresholds_make_onnx_agree_at_every_split_edge():
+    """Inputs placed on the float32 neighbours of every split threshold take the same branch
+    in LightGBM and in ONNX Runtime (nearest rounding of the thresholds alone does not)."""
+    import lightgbm as lgb
+
+    from trademl.models.lgbm import export_onnx, float32_exact, onnx_probabilities
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((4000, 3)) * 1e-3 + 1.0).astype(np.float32)  # dense float32 grid near 1.0
+    y = (X[:, 0] + rng.standard_normal(4000) * 1e-3 > 1.0).astype(int)
+    raw = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 15, "min_data_in_leaf": 5},
+                    lgb.Dataset(X, y), 30)
+    exact = float32_exact(raw)
+    thresholds = np.array([float(v) for line in exact.model_to_string().splitlines()
+                           if line.startswith("threshold=") for v in line.split("=", 1)[1].split()])
+    assert (thresholds.astype(np.float32).astype(np.float64) == thresholds).all()
+    # probe rows: each feature at a threshold and its float32 neighbours
+    edges = np.unique(thresholds.astype(np.float32))
+    probes = np.concatenate([edges, np.nextafter(edges, np.float32(np.inf)), np.nextafter(edges, np.float32(-np.inf))])
+    P = np.repeat(probes[:, None], 3, axis=1).astype(np.float32)
+    np.testing.assert_array_equal(exact.predict(P), raw.predict(P))  # flooring changes no float32 prediction
+    assert np.max(np.abs(onnx_probabilities(export_onnx(exact, 3), P) - exact.predict(P))) < 1e-6

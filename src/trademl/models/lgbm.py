@@ -400,6 +400,35 @@ def verdict(oos: dict) -> dict:
 # --- export ----------------------------------------------------------------------------
 
 
+def float32_exact(booster):
+    """The same booster with every split threshold moved down to a float32 value.
+
+    LightGBM compares a feature with a double threshold (``x <= t``); ONNX's tree ensemble
+    stores float32 thresholds, rounded to nearest, so a float32 input lying between t and
+    its rounding could take the other branch (seen: 2e-3 probability differences). For a
+    float32 x, ``x <= t`` holds exactly when ``x <= floor32(t)``, the largest float32 not
+    above t: with that threshold both runtimes take the same branch on every float32 input,
+    and the booster's own predictions on float32 features do not change at all.
+    """
+    import lightgbm as lgb
+
+    def floor32(text: str) -> str:
+        t = np.array([float(v) for v in text.split()])
+        f = t.astype(np.float32)
+        above = f.astype(np.float64) > t
+        f[above] = np.nextafter(f[above], np.float32(-np.inf))
+        return " ".join(repr(float(v)) for v in f)
+
+    lines = []
+    for line in booster.model_to_string().split("\n"):
+        if line.startswith("threshold="):
+            line = "threshold=" + floor32(line[len("threshold="):])
+        elif line.startswith("tree_sizes="):
+            continue  # byte offsets of the old text; without them LightGBM parses tree by tree
+        lines.append(line)
+    return lgb.Booster(model_str="\n".join(lines))
+
+
 def export_onnx(booster, n_inputs: int) -> bytes:
     """The booster as an ONNX graph: float32 [n, n_inputs] -> probabilities [n, 2]."""
     from onnxmltools import convert_lightgbm
@@ -467,7 +496,7 @@ def train_win_model(dataset, horizon: int, config, store=None, progress: Progres
     if progress:
         progress(f"{kind} final fit", len(results), len(results) + 1)
     rounds = max(1, int(np.median([r.best_iteration for r in results])))
-    booster = _fit(rows.X, rows.y, names, cfg, rounds)
+    booster = float32_exact(_fit(rows.X, rows.y, names, cfg, rounds))
     onnx_bytes = export_onnx(booster, len(names))
     check_rows = rows.X[np.linspace(0, len(rows.X) - 1, min(len(rows.X), 5000)).astype(int)]
     metrics["onnx_max_abs_diff"] = check_onnx_parity(booster, onnx_bytes, check_rows, kind)
