@@ -21,11 +21,14 @@ from trademl.predict.ensemble import EnsemblePredictor, RequestError, choose_wei
 # --- the vote (known answers) ------------------------------------------------------------
 
 
-def test_lgbm_vote_is_long_wins_and_short_loses():
-    v = lgbm_vote([0.8, 0.3, 0.5], [0.1, 0.6, 0.5])
-    np.testing.assert_allclose(v[0], [1 - 0.72 - 0.02, 0.8 * 0.9, 0.1 * 0.2])
-    np.testing.assert_allclose(v[1], [1 - 0.12 - 0.42, 0.3 * 0.4, 0.6 * 0.7])
-    np.testing.assert_allclose(v[2], [0.5, 0.25, 0.25])  # no side is better: half the mass is HOLD
+def test_lgbm_vote_is_the_three_exclusive_outcomes():
+    v = lgbm_vote([0.8, 0.3, 0.15, 0.7, 0.6], [0.1, 0.6, 0.12, 0.5, 0.4])
+    np.testing.assert_allclose(v[0], [0.1, 0.8, 0.1])  # neither side clears costs: 1 - 0.8 - 0.1
+    np.testing.assert_allclose(v[1], [0.1, 0.3, 0.6])
+    np.testing.assert_allclose(v[2], [0.73, 0.15, 0.12])  # ES-like: costs rarely cleared -> HOLD
+    np.testing.assert_allclose(v[3], [0.0, 0.7 / 1.2, 0.5 / 1.2])  # calibration noise: sides rescaled
+    # a 60/40 directional lean is a BUY vote (independent sides would have made it HOLD: 0.48 vs 0.36)
+    assert np.argmax(v[4]) == BUY
     np.testing.assert_allclose(v.sum(axis=1), 1.0)
 
 

@@ -6,10 +6,15 @@ coding of the PPO actions and of the `signal_{h}` labels (0 hold, 1 buy, 2 sell)
 * LightGBM (one vote per horizon) from its calibrated win probabilities of a long
   (p_l) and of a short (p_s) at the same bar::
 
-      buy = p_l (1 - p_s)    sell = p_s (1 - p_l)    hold = 1 - buy - sell
+      buy = p_l    sell = p_s    hold = 1 - p_l - p_s      (divided by their sum)
 
-  i.e. "the long wins and the short does not" vs the reverse; when both or neither
-  would win after costs the side is unclear and the mass goes to HOLD.
+  A long and a short over the same window cannot both win after costs (the long wins
+  when the move beats the round-trip cost upwards, the short when it beats it
+  downwards), so "long wins", "short wins" and "neither clears its costs" are three
+  exclusive outcomes: the vote is their probabilities. Where calibration noise makes
+  p_l + p_s exceed 1, hold is 0 and the two sides are rescaled. (Treating the two as
+  independent, buy = p_l (1 - p_s), would make HOLD win whenever p_l + p_s is near 1 and
+  neither side is above ~0.71, silencing a model with a real directional lean.)
 * LSTM: its signal head's (hold, buy, sell) probabilities as they are.
 * PPO: its action probabilities (hold, buy, sell) as they are.
 
@@ -39,9 +44,9 @@ def lgbm_vote(p_long, p_short) -> np.ndarray:
     """[n, 3] (hold, buy, sell) from the win probabilities of a long and of a short."""
     p_long = np.asarray(p_long, dtype=np.float64)
     p_short = np.asarray(p_short, dtype=np.float64)
-    buy = p_long * (1.0 - p_short)
-    sell = p_short * (1.0 - p_long)
-    return np.stack([1.0 - buy - sell, buy, sell], axis=-1)
+    hold = np.clip(1.0 - p_long - p_short, 0.0, None)
+    vote = np.stack([hold, p_long, p_short], axis=-1)
+    return vote / vote.sum(axis=-1, keepdims=True)
 
 
 def signal_vote(hold, buy, sell) -> np.ndarray:
