@@ -1,7 +1,6 @@
 """Dataset build: chunked == whole, nothing crosses the ES roll or gaps, atomic, decisions."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -168,3 +167,15 @@ def test_resampled_build_keeps_sessions_as_segments(tmp_path):
     assert ds30.manifest["segments"] <= ds1.manifest["segments"]
     assert ds30.manifest["resample_minutes"] == 30
     assert (ds30.frame.index[1:] > ds30.frame.index[:-1]).all()
+
+
+def test_feature_matrix_names_missing_or_repeated_columns():
+    from trademl.data.synthetic import synthetic_bars
+
+    ds = dataset_from_bars(synthetic_bars(3_000, seed=2), Config())
+    broken = type(ds)(ds.frame.drop(columns=["rsi"]), ds.manifest)
+    with pytest.raises(DataError, match=r"no feature columns \['rsi'\]"):
+        broken.X
+    twice = type(ds)(pd.concat([ds.frame, ds.frame[["rsi"]]], axis=1), ds.manifest)
+    with pytest.raises(DataError, match=r"columns \['rsi'\] appear twice"):
+        twice.X

@@ -4,7 +4,6 @@ ONNX parity, the torch/lightgbm-free runtime, the store under failure, clear err
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

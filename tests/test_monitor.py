@@ -20,7 +20,8 @@ from trademl.market.contracts import contract_spec
 from trademl.market.execution import ExecutionModel
 from trademl.models.store import ModelStore
 from trademl.monitor.alerts import EXIT_ALERT, calibration_alerts
-from trademl.monitor.drift import drift_table, feature_reference, psi
+from trademl.data.reference import feature_reference
+from trademl.monitor.drift import drift_table, psi
 from trademl.monitor.log import PredictionLog
 from trademl.monitor.outcomes import join_outcomes, model_calls, score_models, trade_outcomes
 from trademl.monitor.report import parse_since, run_monitor

@@ -3,7 +3,6 @@ account, honesty on a random walk and on a planted edge, the CLI."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from trademl.config import Config
 from trademl.data.labels import label_columns, make_labels
 from trademl.data.segments import segment_ids
-from trademl.errors import DataError, TradeMLError
+from trademl.errors import DataError
 from trademl.market.contracts import ContractSpec, contract_spec
 from trademl.market.execution import ExecutionModel
 
@@ -77,7 +77,14 @@ class Dataset:
 
     @property
     def X(self) -> np.ndarray:
-        return self.frame[self.feature_names].to_numpy(np.float32)
+        """float32 [rows, F], one column per feature name, in schema order."""
+        missing = [n for n in self.feature_names if n not in self.frame.columns]
+        if missing:
+            raise DataError(f"dataset has no feature columns {missing}", where=str(self.path or "dataset"))
+        if not self.frame.columns.is_unique:
+            repeated = sorted(set(self.frame.columns[self.frame.columns.duplicated()]))
+            raise DataError(f"columns {repeated} appear twice in the dataset frame", where=str(self.path or "dataset"))
+        return np.ascontiguousarray(self.frame[self.feature_names].to_numpy(np.float32))
 
     def bars(self) -> pd.DataFrame:
         cols = [c for c in BAR_COLUMNS + ["contract"] if c in self.frame.columns]

@@ -100,7 +100,7 @@ def win_rows(dataset, horizon: int, source: str = "auto") -> WinRows:
     win_long = frame[labels[0]].to_numpy(np.float64)
     win_short = frame[labels[1]].to_numpy(np.float64)
     labelled = np.flatnonzero(np.isfinite(win_long) & np.isfinite(win_short))
-    X = _feature_matrix(dataset, where)[labelled]
+    X = dataset.X[labelled]
     _check_features_present(X, names, where)
     m, f = len(labelled), len(names)
     stacked = np.empty((2 * m, f + 1), dtype=np.float32)
@@ -143,22 +143,9 @@ def _rows_from_decisions(dataset, decisions, horizon: int) -> WinRows:
     ok = np.isfinite(y) & (bar >= 0)
     order = np.argsort(bar[ok], kind="stable")
     bar, side, y = bar[ok][order], side[ok][order], y[ok][order]
-    X = _feature_matrix(dataset, where)[bar]
+    X = dataset.X[bar]
     _check_features_present(X, names, where)
     return WinRows(np.column_stack([X, side.astype(np.float32)]), y, bar, len(frame), frame.index, "decisions")
-
-
-def _feature_matrix(dataset, where: str) -> np.ndarray:
-    """The dataset's float32 features, one column per schema name, in schema order."""
-    X = np.asarray(dataset.X, dtype=np.float32)
-    if X.ndim != 2 or X.shape[1] != len(dataset.feature_names):
-        repeated = sorted({c for c in dataset.frame.columns if list(dataset.frame.columns).count(c) > 1})
-        raise DataError(
-            f"the feature matrix has {X.shape[-1]} columns for {len(dataset.feature_names)} schema names"
-            + (f" (columns {repeated} appear twice)" if repeated else ""),
-            where=where,
-        )
-    return X
 
 
 def _side_values(column, where: str) -> np.ndarray:

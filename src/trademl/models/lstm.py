@@ -62,7 +62,7 @@ def sequence_task(dataset, config: Config):
     labels = {c: frame[c].to_numpy(np.float64) for c in columns}
     labelled = np.logical_and.reduce([np.isfinite(v) for v in labels.values()])
     task = SequenceTask(
-        X=feature_matrix(dataset),
+        X=dataset.X,
         feature_names=list(dataset.feature_names),
         signal=labels[columns[0]],
         movement=labels[columns[1]],
@@ -79,25 +79,6 @@ def sequence_task(dataset, config: Config):
             hint="use more data, a shorter SEQUENCE_LENGTH or a larger max_gap_minutes",
         )
     return task, ends
-
-
-def feature_matrix(dataset) -> np.ndarray:
-    """float32 [rows, F] in schema order, one column per feature name.
-
-    A feature may share its name with a bar column (the guide's snapshot features include
-    ``close`` and ``volume``); the frame then holds both, and ``frame[names]`` would return
-    both. Features come after the bar columns in the frame, so the last column of each name
-    is the feature.
-    """
-    frame = dataset.frame
-    names = list(dataset.feature_names)
-    if frame.columns.is_unique:
-        return np.ascontiguousarray(frame[names].to_numpy(np.float32))
-    last = {name: i for i, name in enumerate(frame.columns)}
-    missing = [n for n in names if n not in last]
-    if missing:
-        raise DataError(f"dataset has no feature columns {missing}", where=str(getattr(dataset, "path", None) or "dataset"))
-    return np.ascontiguousarray(frame.iloc[:, [last[n] for n in names]].to_numpy(np.float32))
 
 
 def train_lstm(

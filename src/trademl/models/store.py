@@ -160,7 +160,7 @@ class ModelStore:
     def load(self, kind: str, version: str = "latest", *, feature_names=None, verify: bool = True) -> StoredModel:
         versions = self.versions(kind)
         if not versions:
-            raise ModelStoreError(f"no trained {kind!r} model", where=str(self.root), hint=f"run `trademl train` first")
+            raise ModelStoreError(f"no trained {kind!r} model", where=str(self.root), hint="run `trademl train` first")
         if version == "latest":
             version = versions[-1]
         elif version not in versions:

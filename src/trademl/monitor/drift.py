@@ -1,6 +1,6 @@
 """Feature drift: the live feature distribution against the one a model was trained on.
 
-A model's trainer stores ``feature_reference(X_train, names)`` in its manifest (key
+A model's trainer stores ``trademl.data.reference.feature_reference(X_train, names)`` in its manifest (key
 ``feature_reference``): per feature, inner quantile edges of the training values and the
 share of training rows in each bin. Live values fall in the same bins, and the Population
 Stability Index
@@ -20,7 +20,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from trademl.data.reference import DEFAULT_BINS, feature_reference  # noqa: F401  (re-exported)
 
 # A bin with no rows would make ln(0) or a division by zero; this floor keeps PSI finite
 # while still scoring an emptied or a new bin as a large shift.

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trademl.data.reference import feature_reference
 from trademl.errors import TradeMLError
 from trademl.monitor.alerts import calibration_alerts, drift_alerts
-from trademl.monitor.drift import drift_table, feature_reference
+from trademl.monitor.drift import drift_table
 from trademl.monitor.log import PredictionLog
 from trademl.monitor.outcomes import NATIVE_HORIZON, join_outcomes, model_calls, score_models, trade_outcomes
 
@@ -206,7 +207,7 @@ def _drift(ok: pd.DataFrame, bars, reference_bars, model_root, cfg, notes: list[
             reference = feature_reference(fallback.reindex(columns=names).to_numpy(np.float64), names)
         if reference is None:
             notes.append(f"drift of {kind} {version} not checked: its manifest has no feature_reference "
-                         "(trainers: trademl.monitor.drift.feature_reference) and no --reference-bars given")
+                         "(trainers: trademl.data.reference.feature_reference) and no --reference-bars given")
             continue
         rows = ok[[isinstance(v, dict) and v.get(kind) == version for v in ok["model_versions"]]]
         live = _live_features(rows, names, bars, cfg, recomputed)
@@ -411,7 +412,7 @@ def write_html(result: MonitorResult, path, *, config=None) -> Path:
     drift_html = ""
     if flagged is not None:
         flagged = flagged[flagged["flagged"]][["model", "feature", "psi", "n_live", "train_missing", "live_missing"]]
-        drift_html = (f"<h2>Drifted features</h2>" + (_table_html(flagged, {"psi": "num", "n_live": "int",
+        drift_html = ("<h2>Drifted features</h2>" + (_table_html(flagged, {"psi": "num", "n_live": "int",
                       "train_missing": "pct", "live_missing": "pct"}) if len(flagged) else
                       '<p class="note">No feature above the PSI threshold.</p>'))
     errors_html = _table_html(result.errors, {"count": "int"}) if len(result.errors) else '<p class="note">No failed request.</p>'

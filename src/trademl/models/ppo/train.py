@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from trademl.config import Config
-from trademl.data.segments import bars_to_end, segment_ids
+from trademl.data.segments import segment_ids
 from trademl.errors import DataError, InsufficientDataError, TradeMLError
 from trademl.market.contracts import ContractSpec, contract_spec
 from trademl.market.execution import ExecutionModel
