@@ -2,7 +2,7 @@
 
 import pytest
 
-from trademl.config import load_config
+from trademl.config import Config, load_config, resolve_config, small_budget
 from trademl.errors import TradeMLError
 from trademl.market.contracts import CONTRACTS, contract_spec, root_of
 
@@ -36,7 +36,7 @@ def test_config_defaults_are_the_guides():
     cfg = load_config(overrides={})
     assert cfg.lstm.SEQUENCE_LENGTH == 60 and cfg.lstm.PREDICTION_HORIZON == 5
     assert cfg.lstm.HIDDEN_SIZE == 128 and cfg.lstm.NUM_LAYERS == 2
-    assert cfg.ppo.initial_balance == 100_000 and cfg.ppo.max_position_size == 5
+    assert cfg.account.initial_balance == 100_000 and cfg.account.max_position_size == 5
     assert cfg.ppo.learning_rate == 3e-4 and cfg.ppo.total_timesteps == 1_000_000
     assert cfg.data.horizons == [5, 30]
     assert cfg.backtest.confidence_threshold == 0.7
@@ -57,3 +57,48 @@ def test_bad_config_names_the_field(tmp_path):
     f.write_text("[ppo\n")
     with pytest.raises(TradeMLError, match="not valid TOML"):
         load_config(f)
+
+
+@pytest.mark.parametrize("section", ["ppo", "backtest"])
+@pytest.mark.parametrize("name,value", [("initial_balance", 50_000.0), ("max_position_size", 3)])
+def test_account_settings_moved_out_of_ppo_and_backtest(tmp_path, section, name, value):
+    f = tmp_path / "trademl.toml"
+    f.write_text(f"[{section}]\n{name} = {value!r}\n")
+    with pytest.raises(TradeMLError, match=rf"\[{section}\] {name} has moved to \[account\]") as err:
+        load_config(f)
+    assert "Extra inputs" not in str(err.value)
+    with pytest.raises(TradeMLError, match=r"moved to \[account\]"):
+        load_config(overrides={section: {name: value}})
+    f.write_text(f"[account]\n{name} = {value!r}\n")
+    assert getattr(load_config(f).account, name) == value
+
+
+def test_small_budget_keeps_the_account_and_rejects_moved_settings():
+    cfg = load_config(overrides={"account": {"max_position_size": 2}})
+    small = small_budget(cfg)
+    assert small.account.max_position_size == 2 and small.ppo.total_timesteps == cfg.demo.ppo["total_timesteps"]
+    cfg.demo.ppo = {**cfg.demo.ppo, "max_position_size": 1}
+    with pytest.raises(TradeMLError, match=r"\[demo.ppo\] max_position_size has moved to \[account\]"):
+        small_budget(cfg)
+
+
+def test_resolve_config_honours_the_working_directory_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRADEML_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config().account.max_position_size == Config().account.max_position_size
+    (tmp_path / "trademl.toml").write_text("[account]\nmax_position_size = 3\n[data]\nmax_gap_minutes = 40\n")
+    assert resolve_config().account.max_position_size == 3
+    given = Config()
+    assert resolve_config(given) is given
+    other = tmp_path / "other.toml"
+    other.write_text("[account]\ninitial_balance = 25000.0\n")
+    assert resolve_config(other).account.initial_balance == 25_000.0
+    # functions whose settings are left as None read the same file
+    from trademl.data.segments import segment_ids
+    from trademl.market.contracts import contract_spec
+    from trademl.market.execution import ExecutionModel
+    import pandas as pd
+
+    assert ExecutionModel(contract_spec("ES")).max_position == 3
+    frame = pd.DataFrame(index=pd.DatetimeIndex(["2024-01-02 14:30", "2024-01-02 15:00"], tz="UTC"))
+    assert segment_ids(frame).tolist() == [0, 0]  # a 30-minute gap is within 40 minutes

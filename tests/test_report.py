@@ -106,7 +106,7 @@ def test_backtest_report_runs_from_the_config(tmp_path):
     bars = synthetic_bars(4000, seed=5, edge_ic=0.1, edge_horizon=5, symbol="MES")
     edge = bars["edge"].to_numpy()
     signals = {"action": np.where(edge > 0, "BUY", "SELL"), "confidence": np.abs(edge) / 3}
-    cfg = load_config(overrides={"backtest": {"confidence_threshold": 0.3, "max_position_size": 2},
+    cfg = load_config(overrides={"backtest": {"confidence_threshold": 0.3}, "account": {"max_position_size": 2},
                                  "costs": {"commission_per_side": 0.5}})
     runs, table, out = backtest_report(bars, signals, config=cfg, path=tmp_path / "bt.html")
     strategy = runs["ensemble"]

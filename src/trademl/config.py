@@ -2,7 +2,9 @@
 
 Settings come from pydantic defaults, then `trademl.toml` (or the file named by
 ``--config`` / ``TRADEML_CONFIG``), then command-line flags. Section names follow the
-flow: [data], [costs], [lgbm], [lstm], [ppo], [ensemble], [backtest], [serve], [monitor].
+flow: [data], [costs], [account], [lgbm], [lstm], [ppo], [ensemble], [backtest], [serve],
+[monitor]. Each setting has one home: code that needs a default reads it from here
+(``resolve_config``), never retypes it.
 Where the guide names a setting (SEQUENCE_LENGTH, initial_balance, clip_epsilon, ...)
 the field has exactly that name.
 """
@@ -41,6 +43,14 @@ class CostsConfig(_Section):
     slippage_ticks: float = 1.0  # ticks against us on every fill
     # Signal threshold: a move counts as buy/sell only beyond this multiple of round-trip costs.
     signal_cost_multiple: float = 1.5
+
+
+class AccountConfig(_Section):
+    """The trading account: read by the labels, the PPO environment, the backtester and the
+    request validation alike."""
+
+    initial_balance: float = 100_000.0
+    max_position_size: int = 5  # contracts, long or short
 
 
 class LGBMConfig(_Section):
@@ -86,8 +96,6 @@ class LSTMConfig(_Section):
 
 
 class PPOConfig(_Section):
-    initial_balance: float = 100_000.0
-    max_position_size: int = 5
     learning_rate: float = 3e-4
     total_timesteps: int = 1_000_000
     clip_epsilon: float = 0.2
@@ -134,9 +142,7 @@ class EnsembleConfig(_Section):
 class BacktestConfig(_Section):
     # The guide's rule: BUY/SELL move the position by one contract, only above this confidence.
     confidence_threshold: float = 0.7
-    max_position_size: int = 5
     n_folds: int = 4
-    initial_balance: float = 100_000.0
     # The report's confidence chart: a signal hits when the price moved its way from the
     # fill (next open) to the close this many bars after the signal.
     hit_rate_horizon: int = 5
@@ -193,6 +199,7 @@ class PathsConfig(_Section):
 class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
+    account: AccountConfig = Field(default_factory=AccountConfig)
     lgbm: LGBMConfig = Field(default_factory=LGBMConfig)
     lstm: LSTMConfig = Field(default_factory=LSTMConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
@@ -204,10 +211,31 @@ class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
 
+# Settings that lived in another section before: (old section, name) -> new section.
+MOVED_SETTINGS: dict[tuple[str, str], str] = {
+    ("ppo", "initial_balance"): "account",
+    ("ppo", "max_position_size"): "account",
+    ("backtest", "initial_balance"): "account",
+    ("backtest", "max_position_size"): "account",
+}
+
+
+def _reject_moved(raw: dict, where: str, prefix: str = "") -> None:
+    """A clear error for a setting given in the section it has moved out of."""
+    for (section, name), home in MOVED_SETTINGS.items():
+        values = raw.get(section)
+        if isinstance(values, dict) and name in values:
+            raise TradeMLError(
+                f"[{prefix}{section}] {name} has moved to [{home}]",
+                where=where, hint=f"write it under [{home}]: {name} = {values[name]!r}")
+
+
 def small_budget(cfg: Config) -> Config:
     """``cfg`` with the [demo] budget applied to its sections (validated like a config file)."""
     raw = cfg.model_dump()
-    for section, values in cfg.demo.model_dump().items():
+    budget = cfg.demo.model_dump()
+    _reject_moved(budget, "config [demo]", prefix="demo.")
+    for section, values in budget.items():
         raw[section].update(values)
     try:
         return Config.model_validate(raw)
@@ -231,6 +259,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
             raise TradeMLError("config file not found", where=str(p)) from None
         except tomllib.TOMLDecodeError as e:
             raise TradeMLError(f"not valid TOML: {e}", where=str(p)) from None
+    _reject_moved(raw, str(path or DEFAULT_CONFIG_FILE))
+    _reject_moved(overrides or {}, "config overrides")
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
     try:
@@ -240,3 +270,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
             f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
         )
         raise TradeMLError(f"invalid configuration: {problems}", where=str(path or "config")) from None
+
+
+def resolve_config(config: Config | str | os.PathLike | None = None) -> Config:
+    """The one way every entry point gets its settings: a Config is used as is; a path or
+    None goes through :func:`load_config` (so ``TRADEML_CONFIG`` or ./trademl.toml is honoured)."""
+    if isinstance(config, Config):
+        return config
+    return load_config(config)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from trademl.backtest.engine import BacktestResult, run_backtest
 from trademl.backtest.metrics import compute_metrics, deflate_all
+from trademl.config import resolve_config
 from trademl.data.segments import bars_to_end
 from trademl.errors import TradeMLError
 
@@ -97,8 +98,15 @@ def model_alone(bars: pd.DataFrame, like: BacktestResult, name: str, signals, *,
 
 
 def run_baselines(bars: pd.DataFrame, result: BacktestResult, *, model_signals: dict | None = None,
-                  confidence_threshold: float = 0.7, seed: int = 0) -> dict[str, BacktestResult]:
-    """The strategy plus every baseline, keyed by display name (the strategy first)."""
+                  confidence_threshold: float | None = None, seed: int | None = None) -> dict[str, BacktestResult]:
+    """The strategy plus every baseline, keyed by display name (the strategy first).
+
+    ``confidence_threshold`` and ``seed`` left as None are [backtest] confidence_threshold
+    and random_baseline_seed."""
+    if confidence_threshold is None or seed is None:
+        bt = resolve_config().backtest
+        confidence_threshold = bt.confidence_threshold if confidence_threshold is None else confidence_threshold
+        seed = bt.random_baseline_seed if seed is None else seed
     runs = {result.name: result}
     for run in (flat(bars, result), buy_and_hold(bars, result), random_entries(bars, result, seed=seed)):
         runs[run.name] = run

@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from trademl.config import CostsConfig
+from trademl.config import Config, CostsConfig, resolve_config
 from trademl.data.segments import segment_ids
 from trademl.errors import DataError, TradeMLError
 from trademl.market.contracts import ContractSpec, contract_spec
@@ -130,7 +130,7 @@ def signals_from_votes(combined) -> dict:
     return {"action": action, "confidence": confidence}
 
 
-def target_from_signals(action, confidence, *, max_position_size: int = 5, confidence_threshold: float = 0.7,
+def target_from_signals(action, confidence, *, max_position_size: int, confidence_threshold: float,
                         segments=None) -> np.ndarray:
     """The guide's +/-1 contract rule as a target-position series (decided at each bar's close).
 
@@ -342,12 +342,13 @@ def run_backtest(
     target=None,
     spec: ContractSpec | None = None,
     costs: CostsConfig | None = None,
-    max_position_size: int = 5,
-    confidence_threshold: float = 0.7,
+    max_position_size: int | None = None,
+    confidence_threshold: float | None = None,
     segments=None,
-    max_gap_minutes: float = 15,
-    initial_balance: float = 100_000.0,
+    max_gap_minutes: float | None = None,
+    initial_balance: float | None = None,
     name: str = "strategy",
+    config: Config | None = None,
 ) -> BacktestResult:
     """Backtest per-bar signals (or a target-position series) through the shared execution model.
 
@@ -356,12 +357,21 @@ def run_backtest(
     ``ensemble_recommendation`` and ``confidence_score`` work too, and
     :func:`signals_from_votes` adapts its vectorised vote); or pass ``target=`` (contracts wanted
     after each bar's close) instead. ``spec`` defaults to ``bars.attrs["symbol"]``'s contract,
-    ``costs`` to the configured defaults, ``segments`` to :func:`segment_ids` of the bars.
+    ``segments`` to :func:`segment_ids` of the bars; ``costs``, ``max_position_size``,
+    ``confidence_threshold``, ``max_gap_minutes`` and ``initial_balance`` left as None come
+    from ``config`` (resolved by :func:`resolve_config`: [costs], [account], [backtest], [data]).
     """
+    needed = (costs, max_position_size, confidence_threshold, max_gap_minutes, initial_balance)
+    cfg = resolve_config(config) if config is not None or None in needed else None
+    costs = cfg.costs if costs is None else costs
+    max_position_size = cfg.account.max_position_size if max_position_size is None else max_position_size
+    confidence_threshold = cfg.backtest.confidence_threshold if confidence_threshold is None else confidence_threshold
+    max_gap_minutes = cfg.data.max_gap_minutes if max_gap_minutes is None else max_gap_minutes
+    initial_balance = cfg.account.initial_balance if initial_balance is None else initial_balance
     if (signals is None) == (target is None):
         raise TradeMLError("give either signals or target, not both and not neither", where="run_backtest")
     if max_position_size < 1:
-        raise TradeMLError(f"max_position_size must be >= 1, got {max_position_size}", where="backtest.max_position_size")
+        raise TradeMLError(f"max_position_size must be >= 1, got {max_position_size}", where="account.max_position_size")
     open_, close = _price_arrays(bars)
     n = len(bars)
     if n == 0:
@@ -371,7 +381,7 @@ def run_backtest(
         if not symbol:
             raise TradeMLError("no contract: pass spec= or set bars.attrs['symbol']", where="bars.attrs")
         spec = contract_spec(symbol)
-    model = ExecutionModel.from_config(spec, costs or CostsConfig(), max_position_size)
+    model = ExecutionModel.from_config(spec, costs, max_position_size)
     seg = segment_ids(bars, max_gap_minutes) if segments is None else np.asarray(segments)
     if len(seg) != n:
         raise DataError(f"{len(seg)} segment ids for {n} bars", where="segments")

@@ -20,6 +20,7 @@ import pandas as pd
 from trademl.backtest.baselines import comparison_table
 from trademl.backtest.engine import BacktestResult
 from trademl.backtest.metrics import daily_pnl, drawdowns, hit_rate_by_confidence
+from trademl.config import resolve_config
 from trademl.errors import TradeMLError
 
 MAX_POINTS_PER_LINE = 4000  # a 1M-bar equity curve is decimated to this many points (last of each step)
@@ -178,11 +179,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | None = None, main: str | None = None,
                  table: pd.DataFrame | None = None, title: str = "trademl backtest",
-                 confidence_threshold: float | None = None, hit_rate_horizon: int = 5) -> Path:
+                 confidence_threshold: float | None = None, hit_rate_horizon: int | None = None) -> Path:
     """Write the report for ``runs`` (the strategy and its baselines) to ``path``; returns the path.
 
     ``main`` names the run whose trades, days and signals are detailed (default: the first).
-    The confidence chart needs ``bars`` (to measure realized moves) and a run made from signals.
+    The confidence chart needs ``bars`` (to measure realized moves) and a run made from signals;
+    its ``hit_rate_horizon`` defaults to [backtest] hit_rate_horizon.
     """
     if not runs:
         raise TradeMLError("nothing to report: no backtest runs given", where="write_report")
@@ -195,6 +197,8 @@ def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | 
                ("Daily P&L", daily_heatmap_figure(run))]
     notes = []
     if bars is not None and run.action is not None:
+        if hit_rate_horizon is None:
+            hit_rate_horizon = resolve_config().backtest.hit_rate_horizon
         calibration = hit_rate_by_confidence(bars["open"].to_numpy(), bars["close"].to_numpy(), run.action,
                                              run.confidence, run.segments, horizon=hit_rate_horizon)
         if len(calibration):
@@ -246,15 +250,12 @@ def backtest_report(bars: pd.DataFrame, signals, *, config=None, model_signals: 
     """
     from trademl.backtest.baselines import run_baselines
     from trademl.backtest.engine import run_backtest
-    from trademl.config import load_config
     from trademl.market.contracts import contract_spec
 
-    cfg = config or load_config()
+    cfg = resolve_config(config)
     bt = cfg.backtest
     symbol = bars.attrs.get("symbol") or cfg.data.symbol
-    strategy = run_backtest(bars, signals, spec=contract_spec(symbol), costs=cfg.costs,
-                            max_position_size=bt.max_position_size, confidence_threshold=bt.confidence_threshold,
-                            max_gap_minutes=cfg.data.max_gap_minutes, initial_balance=bt.initial_balance, name=name)
+    strategy = run_backtest(bars, signals, spec=contract_spec(symbol), name=name, config=cfg)
     runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=bt.confidence_threshold,
                          seed=bt.random_baseline_seed)
     table = comparison_table(runs)

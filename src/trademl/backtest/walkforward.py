@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from trademl.config import Config, small_budget
+from trademl.config import Config, resolve_config, small_budget
 from trademl.errors import InsufficientDataError, ModelStoreError, TradeMLError
 
 MODEL_KINDS = {"lgbm": ("lgb_5m", "lgb_30m"), "lstm": ("lstm",), "ppo": ("ppo",)}
@@ -326,8 +326,8 @@ def _ppo_loop(rt, votes: dict, weights: dict, dataset, rows: np.ndarray, bt_segm
     can_run = np.isin(rows, valid_window_ends(X, dataset.segments, w))
     starts = np.r_[True, bt_segments[1:] != bt_segments[:-1]]
     left = bars_to_end(bt_segments)
-    execution = ExecutionModel.from_config(dataset.spec, config.costs, bt.max_position_size)
-    accounts = Accounts(2, execution, config.ppo.initial_balance)
+    execution = ExecutionModel.from_config(dataset.spec, config.costs, config.account.max_position_size)
+    accounts = Accounts(2, execution, config.account.initial_balance)
     direction = np.array([0.0, 1.0, -1.0])  # hold, buy, sell -> contracts
     probs_all, value_all = np.full((n, 3), np.nan), np.full(n, np.nan)
     action, confidence = np.zeros(n, np.int8), np.zeros(n)
@@ -352,7 +352,7 @@ def _ppo_loop(rt, votes: dict, weights: dict, dataset, rows: np.ndarray, bt_segm
             action[i], confidence[i] = combined.action[0], combined.confidence[0]
         codes = np.array([action[i], alone_action[i]])
         counted = (np.array([confidence[i], alone_conf[i]]) > bt.confidence_threshold) & (codes != 0)
-        accounts.decide(np.where(counted, direction[codes], 0.0), np.where(counted, codes, 0), bt.max_position_size)
+        accounts.decide(np.where(counted, direction[codes], 0.0), np.where(counted, codes, 0), config.account.max_position_size)
         if left[i] > 0:
             accounts.fill(left[i] == 1, close[i], open_[i + 1], close[i + 1])
     ppo_out = {"vote": signal_vote(probs_all[:, 0], probs_all[:, 1], probs_all[:, 2]),
@@ -427,7 +427,7 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=tuple
     from trademl.models.store import ModelStore
     from trademl.predict.ensemble import KINDS, choose_weights
 
-    cfg = budget_config(config or Config(), budget)
+    cfg = budget_config(resolve_config(config), budget)
     models = check_models(models)
     n_folds = n_folds or cfg.backtest.n_folds
     horizon = max(dataset.horizons)
@@ -493,9 +493,8 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes) -> WalkForwar
     outputs = pd.DataFrame({c: np.concatenate([p.outputs.get(c, np.full(len(f.test), np.nan)) for f, p in parts])
                             for c in columns}, index=bars.index)
     bt = cfg.backtest
-    strategy = run_backtest(bars, signals[["action", "confidence"]], spec=dataset.spec, costs=cfg.costs,
-                            max_position_size=bt.max_position_size, confidence_threshold=bt.confidence_threshold,
-                            segments=segments, initial_balance=bt.initial_balance, name=ENSEMBLE)
+    strategy = run_backtest(bars, signals[["action", "confidence"]], spec=dataset.spec, segments=segments,
+                            name=ENSEMBLE, config=cfg)
     runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=bt.confidence_threshold,
                          seed=bt.random_baseline_seed)
     # Every candidate counts as a trial, also one that never traded (no Sharpe): it was tried.
@@ -555,7 +554,7 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
     table, the verdict and the HTML report (default: [paths] report_dir/backtest.html)."""
     from trademl.models.lgbm import load_training_dataset
 
-    cfg = config or Config()
+    cfg = resolve_config(config)
     dataset = load_training_dataset(dataset_path, cfg)
     say = (lambda msg: console.print(msg)) if console is not None else None
     result = walk_forward_backtest(dataset, cfg, models=models, n_folds=n_folds, budget=budget, progress=say)

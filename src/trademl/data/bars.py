@@ -35,6 +35,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 
+from trademl.config import resolve_config
 from trademl.data.segments import segment_ids
 from trademl.errors import DataError
 
@@ -753,7 +754,7 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp)
 
 
 def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str | None = None,
-              max_gap_minutes: float = 15, bar_stamp: str = "auto") -> pd.DataFrame:
+              max_gap_minutes: float | None = None, bar_stamp: str = "auto") -> pd.DataFrame:
     """Read a bars file into the bars frame; every row is validated.
 
     ``tz`` is the zone of naive stamps (default UTC). ``repair=True`` drops bad rows
@@ -765,8 +766,10 @@ def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str 
     its CLOSE time; they are shifted back one bar period (the median spacing) so that the
     index is the bar-open time like every other source. ``bar_stamp="open"`` or ``"close"``
     overrides that guess for any text file.
-    ``max_gap_minutes`` is recorded in ``attrs`` for ``describe_bars``.
+    ``max_gap_minutes`` (None: [data] max_gap_minutes) is recorded in ``attrs`` for ``describe_bars``.
     """
+    if max_gap_minutes is None:
+        max_gap_minutes = resolve_config().data.max_gap_minutes
     frames = list(_chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=None,
                           max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp))
     if not frames or frames[0].empty:
@@ -775,14 +778,16 @@ def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str 
 
 
 def read_bars_chunks(path, chunk_rows: int, *, symbol: str | None = None, repair: bool = False,
-                     tz: str | None = None, max_gap_minutes: float = 15,
+                     tz: str | None = None, max_gap_minutes: float | None = None,
                      bar_stamp: str = "auto") -> Iterator[pd.DataFrame]:
     """Validated bars frames of at most ``chunk_rows`` rows each, for files larger than memory.
 
     Order and duplicates are checked across chunks too (against the last good stamp of the
     previous chunk). With ``repair=True`` each frame's ``attrs["repair_report"]`` covers
-    its own chunk; fold them with ``RepairReport.extend``.
+    its own chunk; fold them with ``RepairReport.extend``. ``max_gap_minutes`` as in :func:`load_bars`.
     """
+    if max_gap_minutes is None:
+        max_gap_minutes = resolve_config().data.max_gap_minutes
     if chunk_rows < 1:
         raise DataError(f"chunk_rows must be >= 1, not {chunk_rows}", where="chunk_rows")
     yield from _chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=int(chunk_rows),
@@ -826,8 +831,7 @@ def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | 
     if not np.isnan(step) and (minutes < step or minutes % step):
         raise DataError(f"cannot resample {step:g}-minute bars to {minutes}-minute bars (not a multiple)",
                         where="resample")
-    gap = max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes", 15)
-    seg = segment_ids(bars, gap)
+    seg = segment_ids(bars, max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes"))
     bucket = _ns(bars.index) // (minutes * _NS_PER_MINUTE)
     starts = np.flatnonzero(np.r_[True, (bucket[1:] != bucket[:-1]) | (seg[1:] != seg[:-1])])
     ends = np.r_[starts[1:], len(bars)] - 1
@@ -855,8 +859,7 @@ def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | 
 
 def describe_bars(bars: pd.DataFrame, max_gap_minutes: float | None = None) -> dict:
     """What a bars frame holds: rows, span, timezone, segments, contracts, bar spacing."""
-    gap = max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes", 15)
-    seg = segment_ids(bars, gap)
+    seg = segment_ids(bars, max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes"))
     contracts = list(dict.fromkeys(bars["contract"].astype(str))) if "contract" in bars else []
     return {
         "symbol": bars.attrs.get("symbol"),

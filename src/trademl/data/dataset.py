@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trademl.config import Config
+from trademl.config import Config, resolve_config
 from trademl.data.labels import label_columns, make_labels
 from trademl.data.segments import segment_ids
 from trademl.errors import DataError
@@ -92,7 +92,7 @@ class Dataset:
         out.attrs["symbol"] = self.symbol
         return out
 
-    def execution_model(self, costs, max_position: int = 5) -> ExecutionModel:
+    def execution_model(self, costs, max_position: int) -> ExecutionModel:
         return ExecutionModel.from_config(self.spec, costs, max_position)
 
 
@@ -113,7 +113,7 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     feats = compute_features(
         bars, symbol=spec.root, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra
     )
-    execution = ExecutionModel.from_config(spec, config.costs, config.ppo.max_position_size)
+    execution = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size)
     labels = make_labels(bars, seg, execution, config.data.horizons, config.costs.signal_cost_multiple)
     keep = [c for c in BAR_COLUMNS + ["contract"] if c in bars.columns]
     # The guide's snapshot features `close` and `volume` are the bar's own columns: keep one
@@ -130,7 +130,7 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
 
 def dataset_from_bars(bars: pd.DataFrame, config: Config | None = None, symbol: str | None = None) -> Dataset:
     """Build a dataset in memory (what tests and notebooks use)."""
-    config = config or Config()
+    config = resolve_config(config)
     symbol = symbol or bars.attrs.get("symbol") or config.data.symbol
     spec = contract_spec(symbol)
     seg = segment_ids(bars, config.data.max_gap_minutes)
@@ -236,7 +236,7 @@ def build_dataset(
     """Build a dataset folder from a bars file (default: the bundled ES sample)."""
     from trademl.data import bars as bars_mod
 
-    config = config or Config()
+    config = resolve_config(config)
     bars_path = Path(bars_path) if bars_path else bars_mod.bundled_sample_path()
     if not bars_path.exists():
         raise DataError("bars file not found", where=str(bars_path))
@@ -247,7 +247,8 @@ def build_dataset(
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair)
+        chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair,
+                                            max_gap_minutes=config.data.max_gap_minutes)
         manifest = _write_chunks(chunks, tmp, spec, symbol, config, resample_minutes, progress, bars_path)
         if decisions_path:
             manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)

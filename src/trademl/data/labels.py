@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from trademl.config import resolve_config
 from trademl.data.segments import bars_to_end, segment_starts
 from trademl.market.execution import ExecutionModel
 
@@ -69,10 +70,17 @@ def make_labels(
     bars: pd.DataFrame,
     segments: np.ndarray,
     execution: ExecutionModel,
-    horizons=(5, 30),
-    signal_cost_multiple: float = 1.5,
+    horizons=None,
+    signal_cost_multiple: float | None = None,
 ) -> pd.DataFrame:
-    """Labels frame (same index as bars), columns from ``label_columns(horizons)``."""
+    """Labels frame (same index as bars), columns from ``label_columns(horizons)``.
+
+    ``horizons`` and ``signal_cost_multiple`` left as None are [data] horizons and
+    [costs] signal_cost_multiple."""
+    if horizons is None or signal_cost_multiple is None:
+        cfg = resolve_config()
+        horizons = cfg.data.horizons if horizons is None else horizons
+        signal_cost_multiple = cfg.costs.signal_cost_multiple if signal_cost_multiple is None else signal_cost_multiple
     o = bars["open"].to_numpy(np.float64)
     h_ = bars["high"].to_numpy(np.float64)
     l_ = bars["low"].to_numpy(np.float64)

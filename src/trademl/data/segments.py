@@ -10,16 +10,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trademl.config import resolve_config
+
 if TYPE_CHECKING:  # annotations only: the serving path (PPO runtime -> env -> here) stays pandas-free
     import pandas as pd
 
 
-def segment_ids(bars: pd.DataFrame, max_gap_minutes: float = 15) -> np.ndarray:
+def segment_ids(bars: pd.DataFrame, max_gap_minutes: float | None = None) -> np.ndarray:
     """Segment number (0, 1, 2, ...) of every bar.
 
     A new segment starts where the time since the previous bar exceeds
-    ``max_gap_minutes`` or where the ``contract`` column (if present) changes.
+    ``max_gap_minutes`` (None: [data] max_gap_minutes) or where the ``contract`` column
+    (if present) changes.
     """
+    if max_gap_minutes is None:
+        max_gap_minutes = resolve_config().data.max_gap_minutes
     n = len(bars)
     if n == 0:
         return np.zeros(0, dtype=np.int32)

@@ -21,15 +21,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trademl.config import resolve_config
 from trademl.market.contracts import ContractSpec
 
 
 @dataclass(frozen=True)
 class ExecutionModel:
+    """Fills and costs of one contract. Settings left as None come from the config
+    ([costs] commission_per_side, slippage_ticks; [account] max_position_size)."""
+
     spec: ContractSpec
-    commission_per_side: float = 2.25
-    slippage_ticks: float = 1.0
-    max_position: int = 5
+    commission_per_side: float | None = None
+    slippage_ticks: float | None = None
+    max_position: int | None = None
+
+    def __post_init__(self):
+        if None in (self.commission_per_side, self.slippage_ticks, self.max_position):
+            cfg = resolve_config()
+            if self.commission_per_side is None:
+                object.__setattr__(self, "commission_per_side", cfg.costs.commission_per_side)
+            if self.slippage_ticks is None:
+                object.__setattr__(self, "slippage_ticks", cfg.costs.slippage_ticks)
+            if self.max_position is None:
+                object.__setattr__(self, "max_position", cfg.account.max_position_size)
 
     @classmethod
     def from_config(cls, spec: ContractSpec, costs, max_position: int) -> "ExecutionModel":

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from trademl.config import Config
+from trademl.config import Config, resolve_config
 from trademl.data.sequences import Normalizer, valid_window_ends
 from trademl.errors import DataError, InsufficientDataError, ModelStoreError
 
@@ -97,7 +97,7 @@ def train_lstm(
     from trademl.data.splits import train_valid_split, walk_forward_splits
     from trademl.models.lstm_train import fit_stage
 
-    config = config or Config()
+    config = resolve_config(config)
     lc = config.lstm
     torch.set_num_threads(lc.TORCH_THREADS)
     task, ends = sequence_task(dataset, config)

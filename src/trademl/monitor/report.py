@@ -59,9 +59,9 @@ def run_monitor(log=None, bars=None, *, since=None, symbol: str | None = None, c
     ``reference_bars``: bars of the training period, for models whose manifest carries no
     ``feature_reference``. ``html_path``: where to write the report (None: no report).
     """
-    from trademl.config import Config, load_config
+    from trademl.config import resolve_config
 
-    cfg = config if isinstance(config, Config) else load_config(config)
+    cfg = resolve_config(config)
     log_path = Path(log) if log is not None else Path(cfg.paths.log_dir) / "predictions.sqlite"
     if not log_path.exists():
         raise TradeMLError("no prediction log here", where=str(log_path),
@@ -157,7 +157,7 @@ def _execution(bars, ok: pd.DataFrame, symbol, cfg):
     if not market and not ok.empty and ok["symbol"].notna().any():
         market = ok["symbol"].dropna().mode().iloc[0]
     spec = contract_spec(market or cfg.data.symbol)
-    return ExecutionModel.from_config(spec, cfg.costs, cfg.ppo.max_position_size)
+    return ExecutionModel.from_config(spec, cfg.costs, cfg.account.max_position_size)
 
 
 def _errors_by_kind(errs: pd.DataFrame) -> pd.DataFrame:
@@ -390,9 +390,9 @@ def _table_html(frame: pd.DataFrame, formats: dict) -> str:
 def write_html(result: MonitorResult, path, *, config=None) -> Path:
     """The report, self-contained (plotly.js inlined once) and written atomically."""
     from trademl.backtest.report import _ERROR_COLLECTOR, _STYLE, _atomic_write_text
-    from trademl.config import load_config
+    from trademl.config import resolve_config
 
-    cfg = config or load_config()
+    cfg = resolve_config(config)
     figures = [("Calibration", _calibration_figure(result))]
     figures += [(f"P&L at {h} bars", _pnl_figure(result, h)) for h in result.horizons]
     if result.drift:

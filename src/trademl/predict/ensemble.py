@@ -211,10 +211,10 @@ class EnsemblePredictor:
 
     def __init__(self, model_root=None, config=None, *, record: bool = True, log_dir=None,
                  reload_interval_s: float | None = None):
-        from trademl.config import Config, load_config
+        from trademl.config import resolve_config
         from trademl.models.store import ModelStore
 
-        self.config = config if isinstance(config, Config) else load_config(config)
+        self.config = resolve_config(config)
         self.store = ModelStore(model_root or self.config.paths.model_root)
         self.reload_interval_s = self.config.serve.reload_interval_s if reload_interval_s is None else reload_interval_s
         self._reload_lock = threading.Lock()
@@ -438,7 +438,7 @@ def _run_ppo(rt, inputs: _Input, request, side, config):
     if why:
         return None, None, why
     recent = [0] * (RECENT_ACTIONS - len(request.recent_actions)) + list(request.recent_actions)
-    balance = config.ppo.initial_balance if request.balance is None else request.balance
+    balance = config.account.initial_balance if request.balance is None else request.balance
     obs = rt.observation(window[None], request.position, balance, request.unrealized_pnl, np.array([recent]))
     probs, value = rt.predict(obs)
     hold, buy, sell = (float(p) for p in probs[0])
@@ -461,7 +461,7 @@ def _inputs(models: LoadedModels, request: PredictRequest, config) -> _Input:
     warnings = []
     if models.symbol and root_of(models.symbol) != spec.root:
         warnings.append(f"the models were trained on {models.symbol}; this request is {symbol}")
-    limit = config.ppo.max_position_size
+    limit = config.account.max_position_size
     if abs(request.position) > limit:
         raise RequestError(f"position {request.position} is beyond max_position_size {limit}", field="position")
     names = models.feature_names
@@ -700,9 +700,9 @@ def predict_stdio(stdin, stdout, *, model_root=None, config=None, record: bool =
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     code = 0
     try:
-        from trademl.config import load_config
+        from trademl.config import resolve_config
 
-        cfg = load_config(config) if not hasattr(config, "serve") else config
+        cfg = resolve_config(config)
         buffer = getattr(stdin, "buffer", stdin)
         body = parse_json_body(buffer.read(cfg.serve.max_body_bytes + 1), cfg.serve.max_body_bytes)
         parse_request(body)  # a malformed request fails before any model is loaded

@@ -82,7 +82,7 @@ class PredictRequest(_Strict):
         description="the last raw bars, oldest first: features are computed from them with the training code",
     )
     position: StrictInt = Field(default=0, ge=-1000, le=1000, description="contracts held, + long / - short")
-    balance: Number | None = Field(default=None, description="account balance; default: ppo initial_balance")
+    balance: Number | None = Field(default=None, description="account balance; default: [account] initial_balance")
     unrealized_pnl: Number = 0.0
     recent_actions: list[Literal[0, 1, 2]] = Field(
         default_factory=list, max_length=RECENT_ACTIONS,

@@ -4,8 +4,8 @@
     POST /v1/predict/batch   {"requests": [...]} -> {"predictions": [...]}
     GET  /healthz            200 when at least one model is loaded, 503 otherwise
     GET  /v1/models          loaded versions, weights, feature names, what failed to load
-    GET  /metrics            Prometheus text: predictions by recommendation, latency
-                             histogram, errors by kind, loaded model versions
+    GET  /metrics            Prometheus text (prometheus_client): predictions by recommendation,
+                             latency histogram, errors by kind, loaded model versions
 
 Every failure is JSON ``{"error": {"message", "field", "kind"}}`` (plus pydantic's
 ``detail`` list on 422): 401 without the bearer token when one is set, 413 over the body
@@ -18,12 +18,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-import threading
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.predict.ensemble import KINDS, EnsemblePredictor, RequestError
@@ -41,66 +43,69 @@ _ERROR_STATUS = {"validation": 422, "not_json": 422, "insufficient_input": 422, 
                  "unauthorized": 401, "internal": 500}
 
 
+class _LoadedModels(Collector):
+    """The predictor's loaded models, read at scrape time (hot reload changes them between scrapes)."""
+
+    def __init__(self, predictor: EnsemblePredictor):
+        self.predictor = predictor
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("trademl_model_loaded", "1 for the model version being served, per kind.",
+                                  labels=["kind", "version"]),
+                GaugeMetricFamily("trademl_model_weight", "Ensemble weight of each loaded model.", labels=["kind"]))
+
+    def describe(self):
+        return list(self._families())
+
+    def collect(self):
+        loaded, weight = self._families()
+        models = self.predictor.models
+        for kind in KINDS:
+            if kind in models.versions:
+                loaded.add_metric([kind, str(models.versions[kind])], 1)
+                weight.add_metric([kind], models.weights.get(kind, 0.0))
+        yield loaded
+        yield weight
+
+
 class Metrics:
-    """Counters for /metrics, written by hand in the Prometheus text format (no client library)."""
+    """The service's Prometheus metrics (prometheus_client), in a registry this app owns, so two
+    apps in one process never share or collide on a counter."""
 
     def __init__(self, predictor: EnsemblePredictor | None = None):
-        self._lock = threading.Lock()
         # Failures the predictor never sees (422 from parsing, 413, 401) still reach the
         # prediction log, so the monitor's "errors by kind" matches this counter.
         self._recorder = getattr(predictor, "recorder", None)
-        self.predictions = {name: 0 for name in ("BUY", "SELL", "HOLD")}
-        self.errors: dict[str, int] = {}
-        self.buckets = [0] * len(LATENCY_BUCKETS_MS)
-        self.latency_sum_ms = 0.0
-        self.latency_count = 0
+        self.registry = CollectorRegistry()
+        self.predictions = Counter("trademl_predictions", "Predictions served, by ensemble recommendation.",
+                                   ["recommendation"], registry=self.registry)
+        for name in ("BUY", "SELL", "HOLD"):
+            self.predictions.labels(recommendation=name)
+        self.latency = Histogram("trademl_prediction_latency_ms", "Time to answer one prediction, milliseconds.",
+                                 buckets=LATENCY_BUCKETS_MS, registry=self.registry)
+        self.errors = Counter("trademl_errors", "Failed requests, by kind.", ["kind"], registry=self.registry)
+        if predictor is not None:
+            self.registry.register(_LoadedModels(predictor))
         self.started = time.time()
+        uptime = Gauge("trademl_uptime_seconds", "Seconds since the server started.", registry=self.registry)
+        uptime.set_function(lambda: time.time() - self.started)
 
     def observe(self, recommendation: str, latency_ms: float) -> None:
-        with self._lock:
-            self.predictions[recommendation] += 1
-            self.latency_sum_ms += latency_ms
-            self.latency_count += 1
-            for i, edge in enumerate(LATENCY_BUCKETS_MS):
-                if latency_ms <= edge:
-                    self.buckets[i] += 1
+        self.predictions.labels(recommendation=recommendation).inc()
+        self.latency.observe(latency_ms)
 
     def error(self, kind: str, message: str | None = None) -> None:
         """Count a failed request; ``message`` given = the predictor did not log it, log it here."""
-        with self._lock:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.errors.labels(kind=kind).inc()
         if message is not None and self._recorder is not None:
             self._recorder.record_error(RequestError(message, kind=kind), None, None)
 
-    def render(self, predictor: EnsemblePredictor) -> str:
-        models = predictor.models
-        with self._lock:
-            lines = [
-                "# HELP trademl_predictions_total Predictions served, by ensemble recommendation.",
-                "# TYPE trademl_predictions_total counter",
-                *(f'trademl_predictions_total{{recommendation="{k}"}} {v}' for k, v in self.predictions.items()),
-                "# HELP trademl_prediction_latency_ms Time to answer one prediction, milliseconds.",
-                "# TYPE trademl_prediction_latency_ms histogram",
-                *(f'trademl_prediction_latency_ms_bucket{{le="{edge}"}} {n}' for edge, n in zip(LATENCY_BUCKETS_MS, self.buckets)),
-                f'trademl_prediction_latency_ms_bucket{{le="+Inf"}} {self.latency_count}',
-                f"trademl_prediction_latency_ms_sum {self.latency_sum_ms:.6f}",
-                f"trademl_prediction_latency_ms_count {self.latency_count}",
-                "# HELP trademl_errors_total Failed requests, by kind.",
-                "# TYPE trademl_errors_total counter",
-                *(f'trademl_errors_total{{kind="{k}"}} {v}' for k, v in sorted(self.errors.items())),
-            ]
-        lines += [
-            "# HELP trademl_model_loaded 1 for the model version being served, per kind.",
-            "# TYPE trademl_model_loaded gauge",
-            *(f'trademl_model_loaded{{kind="{k}",version="{models.versions[k]}"}} 1' for k in KINDS if k in models.versions),
-            "# HELP trademl_model_weight Ensemble weight of each loaded model.",
-            "# TYPE trademl_model_weight gauge",
-            *(f'trademl_model_weight{{kind="{k}"}} {models.weights.get(k, 0.0)}' for k in KINDS if k in models.versions),
-            "# HELP trademl_uptime_seconds Seconds since the server started.",
-            "# TYPE trademl_uptime_seconds gauge",
-            f"trademl_uptime_seconds {time.time() - self.started:.3f}",
-        ]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The Prometheus text exposition (format 0.0.4, served as CONTENT_TYPE)."""
+        return generate_latest(self.registry)
+
+    CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 class GuardMiddleware:
@@ -164,10 +169,17 @@ def _error(status_kind: str, message: str, field: str | None = None, detail=None
     return JSONResponse(body, status_code=_ERROR_STATUS.get(status_kind, 400))
 
 
-def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None, max_body_bytes: int = 1_000_000,
-               max_batch: int = 256) -> FastAPI:
+def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None, max_body_bytes: int | None = None,
+               max_batch: int | None = None) -> FastAPI:
     """The FastAPI app around one predictor; ``token`` (when given) is required as a bearer token.
-    ``predictor`` None gives an app good only for its OpenAPI document."""
+    ``predictor`` None gives an app good only for its OpenAPI document. ``max_body_bytes`` and
+    ``max_batch`` left as None are the [serve] settings."""
+    if max_body_bytes is None or max_batch is None:
+        from trademl.config import resolve_config
+
+        serve_cfg = resolve_config().serve
+        max_body_bytes = serve_cfg.max_body_bytes if max_body_bytes is None else max_body_bytes
+        max_batch = serve_cfg.max_batch if max_batch is None else max_batch
     app = FastAPI(title="trademl", version="1", summary="Ensemble trading signals from LightGBM, LSTM and PPO models.")
     metrics = Metrics(predictor)
     app.state.predictor = predictor
@@ -245,7 +257,7 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
-        return PlainTextResponse(metrics.render(predictor), media_type="text/plain; version=0.0.4")
+        return Response(metrics.render(), media_type=Metrics.CONTENT_TYPE)
 
     return app
 
@@ -278,9 +290,9 @@ def resolve_token(token_env: str, host: str) -> str | None:
 
 def build_app(config=None, model_root=None, log_dir=None, *, host: str | None = None, record: bool = True) -> FastAPI:
     """The app from a config (what `trademl serve` runs and what tests use)."""
-    from trademl.config import load_config
+    from trademl.config import resolve_config
 
-    cfg = config if hasattr(config, "serve") else load_config(config)
+    cfg = resolve_config(config)
     token = resolve_token(cfg.serve.token_env, host or cfg.serve.host)
     predictor = EnsemblePredictor(model_root, cfg, record=record, log_dir=log_dir)
     return create_app(predictor, token=token, max_body_bytes=cfg.serve.max_body_bytes, max_batch=cfg.serve.max_batch)
@@ -290,9 +302,9 @@ def serve(config=None, model_root=None, host: str | None = None, port: int | Non
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
-    from trademl.config import load_config
+    from trademl.config import resolve_config
 
-    cfg = config if hasattr(config, "serve") else load_config(config)
+    cfg = resolve_config(config)
     host = host or cfg.serve.host
     app = build_app(cfg, model_root, log_dir, host=host)
     uvicorn.run(app, host=host, port=port or cfg.serve.port, log_level="warning", access_log=False)

@@ -159,7 +159,7 @@ export interface components {
         PredictRequest: {
             /**
              * Balance
-             * @description account balance; default: ppo initial_balance
+             * @description account balance; default: [account] initial_balance
              */
             balance?: number | null;
             /**

@@ -67,13 +67,13 @@ def compute_features(
     *,
     symbol: str | None = None,
     names: Iterable[str] | None = None,
-    max_gap_minutes: float = 15,
+    max_gap_minutes: float | None = None,
     extra_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Causal features of every bar: float32 columns in schema order, same index as ``bars``.
 
     The value at bar t reads bars up to t only; windows restart at segment boundaries
-    (gaps longer than ``max_gap_minutes``, contract rolls) and are NaN during each
+    (gaps longer than ``max_gap_minutes``, None: [data] max_gap_minutes; contract rolls) and are NaN during each
     segment's warm-up. Volume features are left out, with a warning, when the bars carry
     no volume. ``extra_columns`` (e.g. ``edge`` of synthetic bars) are passed through as
     features of the same name. The schema is in ``result.attrs["schema"]``.
@@ -110,7 +110,7 @@ def feature_row_from_bars(
     *,
     symbol: str | None = None,
     names: Iterable[str] | None = None,
-    max_gap_minutes: float = 15,
+    max_gap_minutes: float | None = None,
     extra_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The features of the LAST bar, from the last ``required_history(names)`` bars only.

@@ -42,7 +42,7 @@ def _finite_column(bars: pd.DataFrame, name: str, where: str) -> np.ndarray:
 class BarContext:
     """Arrays of one bars frame plus a cache of the intermediates features share."""
 
-    def __init__(self, bars: pd.DataFrame, tick_size: float, max_gap_minutes: float = 15):
+    def __init__(self, bars: pd.DataFrame, tick_size: float, max_gap_minutes: float | None = None):
         where = str(bars.attrs.get("source") or "bars")
         if not isinstance(bars.index, pd.DatetimeIndex) or bars.index.tz is None:
             raise DataError("bars need a tz-aware DatetimeIndex (UTC bar-open times)", where=f"{where}: index")

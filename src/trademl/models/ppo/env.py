@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
+from trademl.config import resolve_config
 from trademl.data.segments import bars_since_start, bars_to_end
 from trademl.errors import DataError, TradeMLError
 from trademl.market.execution import ExecutionModel
@@ -202,11 +203,13 @@ class TradingCore:
     spec: ObservationSpec
     rewards: RewardSettings
     n_envs: int = 1
-    episode_length: int = 390
+    episode_length: int | None = None  # None: [ppo] episode_length
     seed: int | None = None
     t: np.ndarray = field(init=False)
 
     def __post_init__(self):
+        if self.episode_length is None:
+            self.episode_length = resolve_config().ppo.episode_length
         if len(self.market.starts) == 0:
             raise TradeMLError(
                 "no bar can start an episode: every segment is shorter than the feature window plus two bars",
@@ -297,7 +300,7 @@ class TradingEnvironment(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, market: MarketData, execution: ExecutionModel, spec: ObservationSpec,
-                 rewards: RewardSettings, episode_length: int = 390, seed: int | None = None):
+                 rewards: RewardSettings, episode_length: int | None = None, seed: int | None = None):
         self.core = TradingCore(market, execution, spec, rewards, 1, episode_length, seed)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
         self.action_space = gym.spaces.Discrete(3)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trademl.config import resolve_config
 from trademl.errors import TradeMLError
 
 REWARD_KINDS = ("pnl", "sharpe")
@@ -35,14 +36,23 @@ DSR_CLIP = 10.0
 
 @dataclass(frozen=True)
 class RewardSettings:
-    kind: str = "sharpe"
+    """``kind`` and ``dsr_eta`` left as None are [ppo] reward and dsr_eta; the penalties
+    default to none at all (``from_config`` reads the configured ones)."""
+
+    kind: str | None = None
     reward_scale: float = 1.0
-    dsr_eta: float = 0.01
+    dsr_eta: float | None = None
     risk_penalty: float = 0.0
     drawdown_penalty: float = 0.0
     trade_penalty: float = 0.0
 
     def __post_init__(self):
+        if self.kind is None or self.dsr_eta is None:
+            ppo = resolve_config().ppo
+            if self.kind is None:
+                object.__setattr__(self, "kind", ppo.reward)
+            if self.dsr_eta is None:
+                object.__setattr__(self, "dsr_eta", ppo.dsr_eta)
         if self.kind not in REWARD_KINDS:
             raise TradeMLError(f"unknown reward {self.kind!r}; choose one of {', '.join(REWARD_KINDS)}", where="ppo.reward")
         if not self.reward_scale > 0:

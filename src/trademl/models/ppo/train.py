@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trademl.config import Config
+from trademl.config import Config, resolve_config
 from trademl.data.segments import segment_ids
 from trademl.errors import DataError, InsufficientDataError, TradeMLError
 from trademl.market.contracts import ContractSpec, contract_spec
@@ -122,7 +122,7 @@ def observation_features(bars: pd.DataFrame, contract: ContractSpec, cfg: Config
 def prepare_market(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, schema: dict | None = None,
                    symbol: str | None = None) -> PreparedMarket:
     """Bars (+ optional precomputed raw features [n, F]) -> the environments' data."""
-    cfg = cfg or Config()
+    cfg = resolve_config(cfg)
     p = cfg.ppo
     n = len(bars)
     source = bars.attrs.get("source", "bars")
@@ -143,10 +143,11 @@ def prepare_market(bars: pd.DataFrame, cfg: Config | None = None, *, features=No
     seg = segment_ids(bars, cfg.data.max_gap_minutes) + (np.arange(n) >= split)
     close = bars["close"].to_numpy(np.float64)
     normalizer = FeatureNormalizer.fit(features, schema["names"], np.arange(split))
-    obs_spec = ObservationSpec(normalizer, p.window, p.max_position_size, p.initial_balance,
-                               PNL_SCALE_FRACTION * p.initial_balance)
+    account = cfg.account
+    obs_spec = ObservationSpec(normalizer, p.window, account.max_position_size, account.initial_balance,
+                               PNL_SCALE_FRACTION * account.initial_balance)
     rewards = RewardSettings.from_config(p, _one_contract_bar_pnl_std(close[:split], seg[:split], contract))
-    prepared = PreparedMarket(symbol, contract, ExecutionModel.from_config(contract, cfg.costs, p.max_position_size),
+    prepared = PreparedMarket(symbol, contract, ExecutionModel.from_config(contract, cfg.costs, account.max_position_size),
                               schema, features, bars["open"].to_numpy(np.float64), close, seg, split, bars.index,
                               obs_spec, rewards, bars["edge"].to_numpy(np.float64) if "edge" in bars.columns else None)
     for span in ("train", "eval"):
@@ -191,7 +192,7 @@ def train_ppo(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, s
     """Train, evaluate on the held-out span and (with ``store``) save to the model store."""
     import torch
 
-    cfg = cfg or Config()
+    cfg = resolve_config(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.ppo.torch_threads)
     try:
@@ -230,7 +231,7 @@ def train_ppo_from_source(source=None, cfg: Config | None = None, *, symbol: str
     """What `trademl train ppo` runs: a bars file, a dataset folder (its features are used as
     built), ``synthetic`` bars with a planted edge (passed to the agent as the feature
     ``edge``), or by default the bundled ES sample."""
-    cfg = (cfg or Config()).model_copy(deep=True)
+    cfg = resolve_config(cfg).model_copy(deep=True)
     if synthetic:
         from trademl.data.synthetic import synthetic_bars
 
@@ -288,7 +289,8 @@ def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
     from trademl.models.store import ModelStore
 
     probe = prepared.market("eval")
-    probe_obs = TradingCore(probe, prepared.execution, prepared.obs_spec, prepared.rewards, 256, seed=0)
+    probe_obs = TradingCore(probe, prepared.execution, prepared.obs_spec, prepared.rewards, 256,
+                            cfg.ppo.episode_length, seed=0)
     probe_obs.reset()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_policy(model.policy, prepared.obs_spec.obs_dim, Path(tmp) / POLICY_FILE)
@@ -445,6 +447,6 @@ def _load_checkpoint(folder: Path, env, prepared: PreparedMarket):
                            hint="resume with the same bars and config, or train without --resume")
     if state["obs_spec"] != prepared.obs_spec.to_dict():
         raise TradeMLError("the checkpoint was trained with other observation settings (window, features, "
-                           "max_position_size, initial_balance)", where=str(folder),
+                           "[account] max_position_size, initial_balance)", where=str(folder),
                            hint="resume with the same config, or train without --resume")
     return PPO.load(zip_path, env=env, device="cpu")

@@ -26,7 +26,8 @@ class TradingVecEnv(VecEnv):
     render_mode = None
 
     def __init__(self, market: MarketData, execution: ExecutionModel, spec: ObservationSpec,
-                 rewards: RewardSettings, n_envs: int = 64, episode_length: int = 390, seed: int | None = None):
+                 rewards: RewardSettings, n_envs: int = 64, episode_length: int | None = None,
+                 seed: int | None = None):
         self.core = TradingCore(market, execution, spec, rewards, n_envs, episode_length, seed)
         obs_space = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
         super().__init__(n_envs, obs_space, spaces.Discrete(3))
