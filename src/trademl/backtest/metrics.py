@@ -183,7 +183,7 @@ def deflate_all(metrics: dict[str, dict], trials: list[str] | None = None, *, n_
 # ----------------------------------------------------------------------------- calibration
 
 
-def hit_rate_by_confidence(open_, close, action, confidence, segments, *, horizon: int = 5,
+def hit_rate_by_confidence(open_, close, action, confidence, segments, *, horizon: int,
                            bins: int = 10) -> pd.DataFrame:
     """Realized hit rate of the signals by confidence bucket.
 

@@ -326,8 +326,9 @@ def _write_decisions(path: Path, tmp: Path, config: Config) -> dict:
     from trademl.data.decisions import join_decisions, load_decisions
 
     frame = pd.read_parquet(tmp / DATA_FILE)
+    frame.attrs["max_gap_minutes"] = config.data.max_gap_minutes
     decisions = load_decisions(path)
-    joined = join_decisions(decisions, frame, frame["segment"].to_numpy(), frame)
+    joined = join_decisions(decisions, frame, frame["segment"].to_numpy(), frame, horizon=config.data.horizons[0])
     joined.to_parquet(tmp / DECISIONS_FILE)
     return {"source": str(path), "rows": int(len(joined))}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trademl.config import resolve_config
 from trademl.data.bars import median_bar_minutes, parse_timestamps
 from trademl.errors import DataError
 
@@ -213,7 +214,7 @@ def _same_root(a: str, b: str) -> bool:
 
 
 def join_decisions(decisions: pd.DataFrame, bars: pd.DataFrame, segments: np.ndarray,
-                   labels: pd.DataFrame | None = None, *, horizon: int = 5,
+                   labels: pd.DataFrame | None = None, *, horizon: int | None = None,
                    bar_minutes: float | None = None, max_stale_minutes: float | None = None,
                    check_symbol: bool = True) -> pd.DataFrame:
     """Join each decision with the last bar closed at or before it, and label it.
@@ -221,21 +222,29 @@ def join_decisions(decisions: pd.DataFrame, bars: pd.DataFrame, segments: np.nda
     A bar opened at ``o`` closes at ``o + bar_minutes`` (default: ``bars.attrs["bar_minutes"]``
     or the median spacing). The label ``win`` is the realized outcome (pnl > 0) where the
     log gives a pnl, else the bars' ``win_long_h`` / ``win_short_h`` of that bar for the
-    decision's side at ``horizon``; ``label_source`` says which ("outcome", "bars", or
-    "none" where the bar label is undefined, e.g. its window crosses a gap). ``win_{h}``
+    decision's side at ``horizon`` (None: the first of [data] horizons); ``label_source``
+    says which ("outcome", "bars", or "none" where the bar label is undefined, e.g. its
+    window crosses a gap). ``win_{h}``
     holds the bar label at every horizon found in ``labels``.
 
     Decisions before the first bar closed, more than ``max_stale_minutes`` after the last
-    closed bar (default: the gap threshold, 15, or one bar length if longer), or for another symbol are left out and
+    closed bar (default: the gap threshold, ``bars.attrs["max_gap_minutes"]`` or [data]
+    max_gap_minutes, or one bar length if longer), or for another symbol are left out and
     listed in ``attrs["join_report"]`` (a warning says how many).
     """
     n_bars = len(bars)
     if len(segments) != n_bars or (labels is not None and len(labels) != n_bars):
         raise DataError(f"bars ({n_bars}), segments ({len(segments)}) and labels "
                         f"({'none' if labels is None else len(labels)}) must have one row per bar", where="join_decisions")
+    if horizon is None:
+        horizon = resolve_config().data.horizons[0]
     minutes = bar_minutes or bars.attrs.get("bar_minutes") or median_bar_minutes(bars)
-    # a decision inside a long bar is up to one bar length after the last close: not stale
-    stale = max_stale_minutes if max_stale_minutes is not None else max(bars.attrs.get("max_gap_minutes", 15), minutes)
+    stale = max_stale_minutes
+    if stale is None:
+        gap = bars.attrs.get("max_gap_minutes")
+        gap = resolve_config().data.max_gap_minutes if gap is None else gap
+        # a decision inside a long bar is up to one bar length after the last close: not stale
+        stale = max(gap, minutes)
     closes = bars.index.as_unit("ns").asi8 + int(round(minutes * _NS_PER_MINUTE))
     stamps = pd.DatetimeIndex(decisions["timestamp"])
     if stamps.tz is None:

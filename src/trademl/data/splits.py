@@ -36,8 +36,8 @@ class Fold:
 
 def walk_forward_splits(
     n_rows: int,
-    n_folds: int = 4,
-    horizon: int = 30,
+    n_folds: int,
+    horizon: int,
     embargo: int | None = None,
     min_train: int | None = None,
 ) -> list[Fold]:
@@ -69,7 +69,7 @@ def walk_forward_splits(
     return folds
 
 
-def train_valid_split(train: np.ndarray, valid_fraction: float = 0.2, horizon: int = 30) -> tuple[np.ndarray, np.ndarray]:
+def train_valid_split(train: np.ndarray, valid_fraction: float, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Last ``valid_fraction`` of the training rows for validation, purged by ``horizon + 1``."""
     n_valid = max(1, int(len(train) * valid_fraction))
     valid = train[-n_valid:]

@@ -33,7 +33,7 @@ INPUT_NAME = "sequence"
 
 
 class LSTMSignalNet(nn.Module):
-    def __init__(self, n_features: int, hidden_size: int = 128, num_layers: int = 2, dropout: float = 0.2):
+    def __init__(self, n_features: int, hidden_size: int, num_layers: int, dropout: float):
         super().__init__()
         self.lstm = nn.LSTM(
             n_features,

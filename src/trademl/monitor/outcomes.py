@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from trademl.config import resolve_config
 from trademl.data.bars import median_bar_minutes
 from trademl.data.labels import make_labels
 from trademl.data.segments import segment_ids
@@ -159,9 +160,12 @@ def calibration_error(table: pd.DataFrame) -> float:
     return float(np.sum(weights * gap) / np.sum(weights))
 
 
-def score_models(scored: pd.DataFrame, horizons, *, bins: int = 5) -> tuple[pd.DataFrame, dict]:
+def score_models(scored: pd.DataFrame, horizons, *, bins: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Per (model, horizon): predictions, calls (trades taken), judged calls, hit rate, P&L of
-    following the model (one contract per call), calibration error; and the bins behind it."""
+    following the model (one contract per call), calibration error; and the bins behind it
+    (None: [monitor] calibration_bins)."""
+    if bins is None:
+        bins = resolve_config().monitor.calibration_bins
     rows, tables = [], {}
     for model in [m for m in MODELS if m in set(scored["model"])]:
         mine = scored[scored["model"] == model]
