@@ -1,11 +1,15 @@
-"""Judging and calibrating win probabilities, in numpy only (serving imports this module).
+"""Judging and calibrating win probabilities.
 
 - ``IsotonicCalibrator``: a monotone piecewise-linear map from raw model probability to
-  calibrated probability, fitted on out-of-fold predictions by pool-adjacent-violators on
-  equal-count bins, stored as JSON knots and applied with ``np.interp``.
-- Scores of a probability forecast: AUC with a confidence interval that respects serial
-  correlation (clustered DeLong), log-loss, Brier score, expected calibration error and the
-  reliability table behind it.
+  calibrated probability, fitted on out-of-fold predictions by scikit-learn's
+  ``IsotonicRegression`` on equal-count bins, stored as JSON knots and applied with
+  ``np.interp``.
+- Scores of a probability forecast: AUC (scikit-learn) with a confidence interval that
+  respects serial correlation (clustered DeLong), log-loss and Brier score (scikit-learn),
+  expected calibration error and the reliability table behind it.
+
+Serving imports this module for ``IsotonicCalibrator.apply`` only, so scikit-learn is
+imported inside the functions that fit or score (training time), never at module level.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from trademl.errors import ModelStoreError
 # Calibrated probabilities never reach 0 or 1: one surprising outcome must not cost an
 # infinite log-loss, and a bin of a few hundred rows cannot justify certainty.
 PROB_FLOOR = 1e-4
-LOG_LOSS_EPS = 1e-15
+# Where scikit-learn's log_loss clips float64 probabilities, so row_log_loss agrees with it.
+LOG_LOSS_EPS = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
@@ -32,24 +37,35 @@ class IsotonicCalibrator:
 
     @classmethod
     def fit(cls, raw: np.ndarray, labels: np.ndarray, max_bins: int = 50, min_bin_rows: int = 200) -> "IsotonicCalibrator":
+        """Isotonic regression (scikit-learn's) of the bins' win rate on their mean raw score.
+
+        Each block that the regression pools becomes one knot, at its rows' mean score: the
+        map runs through the blocks' centres rather than along their edges (as sklearn's own
+        ``predict`` would), which follows a smooth curve more closely.
+        """
+        from sklearn.isotonic import IsotonicRegression
+
         raw = np.asarray(raw, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.float64)
         if len(raw) == 0:
             raise ValueError("cannot calibrate on no predictions")
-        # Equal-count bins first: they make PAV fast and keep one lucky handful of rows from
-        # setting a knot of its own.
+        # Equal-count bins first: they keep the fit small and one lucky handful of rows
+        # from setting a knot of its own.
         n_bins = int(max(1, min(max_bins, len(raw) // max(1, min_bin_rows))))
         order = np.argsort(raw, kind="stable")
         edges = np.linspace(0, len(raw), n_bins + 1).astype(int)
         bin_of = np.empty(len(raw), dtype=np.int64)
         bin_of[order] = np.searchsorted(edges, np.arange(len(raw)), side="right") - 1
         weight = np.bincount(bin_of, minlength=n_bins).astype(np.float64)
-        x = np.bincount(bin_of, weights=raw, minlength=n_bins) / weight
+        x = np.bincount(bin_of, weights=raw, minlength=n_bins) / weight  # ascending
         y = np.bincount(bin_of, weights=labels, minlength=n_bins) / weight
-        x, y, weight = _merge_equal_x(x, y, weight)
-        x, y = _pool_adjacent_violators(x, y, weight)
-        y = np.clip(y, PROB_FLOOR, 1 - PROB_FLOOR)
-        return cls(tuple(float(v) for v in x), tuple(float(v) for v in y))
+        iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, y, sample_weight=weight)
+        fitted = iso.predict(x)  # bins of one pooled block (ties in x included) share one value
+        starts = np.r_[True, fitted[1:] != fitted[:-1]]
+        block = np.cumsum(starts) - 1
+        knots_x = np.bincount(block, weights=weight * x) / np.bincount(block, weights=weight)
+        knots_y = np.clip(fitted[starts], PROB_FLOOR, 1 - PROB_FLOOR)
+        return cls(tuple(float(v) for v in knots_x), tuple(float(v) for v in knots_y))
 
     def apply(self, raw) -> np.ndarray:
         return np.interp(np.asarray(raw, dtype=np.float64), self.x, self.y)
@@ -75,27 +91,6 @@ class IsotonicCalibrator:
         return cls(tuple(x.tolist()), tuple(y.tolist()))
 
 
-def _merge_equal_x(x, y, w):
-    """Bins that share a mean score (ties in the raw scores) become one knot."""
-    keys, inverse = np.unique(x, return_inverse=True)
-    wsum = np.bincount(inverse, weights=w)
-    return keys, np.bincount(inverse, weights=y * w) / wsum, wsum
-
-
-def _pool_adjacent_violators(x, y, w):
-    """Weighted isotonic regression of y on ascending x; blocks become knots at their mean x."""
-    blocks: list[list[float]] = []  # [sum w*x, sum w*y, sum w]
-    for xi, yi, wi in zip(x, y, w):
-        blocks.append([wi * xi, wi * yi, wi])
-        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] >= blocks[-1][1] / blocks[-1][2]:
-            last = blocks.pop()
-            for k in range(3):
-                blocks[-1][k] += last[k]
-    bx = np.array([b[0] / b[2] for b in blocks])
-    by = np.array([b[1] / b[2] for b in blocks])
-    return bx, by
-
-
 # --- scores ---------------------------------------------------------------------------
 
 
@@ -106,13 +101,23 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return (first + (counts + 1) / 2.0)[inverse]
 
 
-def auc_with_ci(scores, labels, clusters=None, z: float = 1.96) -> tuple[float, float, float]:
-    """ROC AUC and its ~95% confidence interval.
+def roc_auc(scores, labels) -> float:
+    """ROC AUC (scikit-learn); NaN when the labels hold one class only."""
+    from sklearn.metrics import roc_auc_score
 
-    The variance is DeLong's, summed by cluster (Obuchowski 1997): rows of one cluster
-    (e.g. one block of consecutive bars, whose overlapping label windows make their
-    outcomes move together) count as one draw, so the interval does not pretend that
-    correlated rows are independent evidence.
+    pos = np.asarray(labels) > 0.5
+    if pos.all() or not pos.any():
+        return float("nan")
+    return float(roc_auc_score(pos, np.asarray(scores, dtype=np.float64)))
+
+
+def auc_with_ci(scores, labels, clusters=None, z: float = 1.96) -> tuple[float, float, float]:
+    """ROC AUC (scikit-learn's) and its ~95% confidence interval.
+
+    scikit-learn has no interval for it. The variance is DeLong's, summed by cluster
+    (Obuchowski 1997): rows of one cluster (e.g. one block of consecutive bars, whose
+    overlapping label windows make their outcomes move together) count as one draw, so the
+    interval does not pretend that correlated rows are independent evidence.
     """
     scores = np.asarray(scores, dtype=np.float64)
     pos = np.asarray(labels) > 0.5
@@ -122,7 +127,7 @@ def auc_with_ci(scores, labels, clusters=None, z: float = 1.96) -> tuple[float, 
     ranks = average_ranks(scores)
     v10 = (ranks[pos] - average_ranks(scores[pos])) / n  # share of negatives below each positive
     v01 = 1.0 - (ranks[~pos] - average_ranks(scores[~pos])) / m  # share of positives above each negative
-    auc = float(v10.mean())
+    auc = roc_auc(scores, pos)  # equals v10.mean() up to rounding
     clusters = np.arange(len(scores)) if clusters is None else np.asarray(clusters)
     _, cid = np.unique(clusters, return_inverse=True)
     k = int(cid.max()) + 1
@@ -135,13 +140,17 @@ def auc_with_ci(scores, labels, clusters=None, z: float = 1.96) -> tuple[float, 
 
 
 def row_log_loss(p, y) -> np.ndarray:
+    """Each row's log-loss (scikit-learn gives only their mean or sum), clipped as sklearn clips."""
     p = np.clip(np.asarray(p, dtype=np.float64), LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     y = np.asarray(y, dtype=np.float64)
     return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
 
 def log_loss(p, y) -> float:
-    return float(np.mean(row_log_loss(p, y)))
+    """Mean log-loss of win probabilities ``p`` for outcomes ``y`` (scikit-learn)."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    return float(sk_log_loss(np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64), labels=[0.0, 1.0]))
 
 
 def clustered_mean_ci(values, clusters, z: float = 1.96) -> tuple[float, float, float]:
@@ -158,7 +167,10 @@ def clustered_mean_ci(values, clusters, z: float = 1.96) -> tuple[float, float, 
 
 
 def brier(p, y) -> float:
-    return float(np.mean((np.asarray(p, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2))
+    """Brier score, the mean squared error of win probabilities (scikit-learn)."""
+    from sklearn.metrics import brier_score_loss
+
+    return float(brier_score_loss(np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64), labels=[0.0, 1.0]))
 
 
 def reliability_table(p, y, n_bins: int = 10) -> list[dict]:
@@ -166,6 +178,7 @@ def reliability_table(p, y, n_bins: int = 10) -> list[dict]:
 
     Equal-count rather than equal-width bins, because win probabilities crowd around the
     base rate: fixed-width bins would put nearly every row into one or two of them.
+    (scikit-learn's calibration_curve gives neither the row counts nor the bins' edges.)
     """
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
