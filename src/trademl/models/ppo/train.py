@@ -18,8 +18,11 @@ policy in this action space can turn into P&L (see bench/README.md, PPO). The
 ``max_position`` version of the same oracle is reported too (``oracle_max_position_pnl``).
 
 Checkpoints (SB3 zip + normaliser) go to ``[ppo] checkpoint_dir`` every
-``checkpoint_every`` timesteps; ``resume=True`` continues from there to
-``total_timesteps``. The zip is for resuming only; serving loads policy.onnx.
+``checkpoint_every`` timesteps and at the end, through SB3's ``CheckpointCallback``; each
+one replaces the last as ``ppo_checkpoint.zip`` beside ``checkpoint.json`` (what it was
+trained on), so the folder always holds the newest. ``resume=True`` continues from there to
+``total_timesteps``. The zip is for resuming only; serving loads policy.onnx. The progress
+bar is SB3's ``ProgressBarCallback`` (tqdm + rich).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,10 +213,9 @@ def _train(bars, cfg: Config, features, schema, symbol, resume, progress, consol
     model = _load_checkpoint(checkpoints, env, prepared) if resume else new_model(env, cfg)
     start_steps = model.num_timesteps
     t0 = time.perf_counter()
-    if p.total_timesteps > start_steps:
-        callback = _callbacks(cfg, prepared, checkpoints, start_steps, progress, console)
+    if p.total_timesteps > start_steps:  # the callbacks checkpoint along the way and at the end
+        callback = _callbacks(cfg, prepared, checkpoints, progress, console)
         model.learn(p.total_timesteps - start_steps, callback=callback, reset_num_timesteps=not resume)
-        _save_checkpoint(checkpoints, model, prepared)
     train_seconds = time.perf_counter() - t0
     metrics = evaluate_agent(lambda obs: policy_probabilities(model.policy, obs), prepared)
     metrics.update(timesteps=int(model.num_timesteps), train_seconds=round(train_seconds, 2),
@@ -376,56 +379,60 @@ def _max_drawdown(pnl: np.ndarray) -> float:
     return float(np.max(np.maximum.accumulate(np.r_[0.0, equity])[1:] - equity, initial=0.0))
 
 
-def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, start_steps: int, progress: bool, console):
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, progress: bool, console):
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, ProgressBarCallback
 
-    total, every = cfg.ppo.total_timesteps, cfg.ppo.checkpoint_every
+    class Checkpoint(CheckpointCallback):
+        """SB3's checkpointing every ``checkpoint_every`` timesteps, plus one at the end (after the
+        last policy update); each save then becomes THE checkpoint, with its state file."""
 
-    class Checkpoint(BaseCallback):
         def __init__(self):
-            super().__init__()
-            self.last = start_steps
+            super().__init__(save_freq=1, save_path=str(checkpoints), name_prefix="ppo")
+
+        def _init_callback(self) -> None:
+            super()._init_callback()
+            # One callback call is one env.step() of all the environments.
+            self.save_freq = max(1, cfg.ppo.checkpoint_every // self.training_env.num_envs)
 
         def _on_step(self) -> bool:
+            due = self.n_calls % self.save_freq == 0
+            super()._on_step()
+            if due:
+                self._commit()
             return True
 
-        def _on_rollout_end(self) -> None:
-            if self.num_timesteps - self.last >= every:
-                _save_checkpoint(checkpoints, self.model, prepared)
-                self.last = self.num_timesteps
+        def _on_training_end(self) -> None:
+            self.model.save(self._checkpoint_path(extension="zip"))
+            self._commit()
 
-    class Progress(BaseCallback):
-        """A rich progress bar over timesteps, with the mean net P&L of recent episodes."""
+        def _commit(self) -> None:
+            _commit_checkpoint(checkpoints, Path(self._checkpoint_path(extension="zip")), self.model, prepared)
+
+    class Progress(ProgressBarCallback):
+        """SB3's progress bar on ``console``, over all timesteps (a resumed run starts part-way),
+        with the mean net P&L of recent episodes."""
 
         def _on_training_start(self) -> None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from tqdm import TqdmExperimentalWarning
+            from tqdm.rich import tqdm
 
-            self.bar = Progress(TextColumn("PPO"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[status]}"), console=console, transient=False)
-            self.task = self.bar.add_task("train", total=total, completed=start_steps, status="")
-            self.bar.start()
-
-        def _on_step(self) -> bool:
-            return True
+            with warnings.catch_warnings():  # "rich is experimental", as SB3 itself silences it
+                warnings.simplefilter("ignore", TqdmExperimentalWarning)
+                self.pbar = tqdm(total=self.locals["total_timesteps"], initial=self.model.num_timesteps, desc="PPO",
+                                 options={"console": console} if console is not None else {})
 
         def _on_rollout_end(self) -> None:
             eps = self.model.ep_info_buffer
-            status = f"episode P&L ${np.mean([e['pnl'] for e in eps]):,.0f}" if eps else ""
-            self.bar.update(self.task, completed=min(self.num_timesteps, total), status=status)
-
-        def _on_training_end(self) -> None:
-            self.bar.update(self.task, completed=min(self.num_timesteps, total))
-            self.bar.stop()
+            if eps:
+                self.pbar.set_description(f"PPO, episode P&L ${np.mean([e['pnl'] for e in eps]):,.0f}", refresh=False)
 
     return CallbackList([Checkpoint()] + ([Progress()] if progress else []))
 
 
-def _save_checkpoint(folder: Path, model, prepared: PreparedMarket) -> None:
-    """SB3 zip + what it was trained on; both replaced atomically, zip first."""
-    folder.mkdir(parents=True, exist_ok=True)
-    part = folder / (CHECKPOINT_ZIP + ".part.zip")
-    model.save(part)
-    os.replace(part, folder / CHECKPOINT_ZIP)
+def _commit_checkpoint(folder: Path, saved: Path, model, prepared: PreparedMarket) -> None:
+    """Make ``saved`` (the zip SB3 just wrote) the checkpoint, then record what it was trained
+    on; both replaced atomically, zip first."""
+    os.replace(saved, folder / CHECKPOINT_ZIP)
     state = {"num_timesteps": int(model.num_timesteps), "fingerprint": prepared.fingerprint(),
              "obs_spec": prepared.obs_spec.to_dict()}
     tmp = folder / (CHECKPOINT_STATE + ".part")
