@@ -1,5 +1,9 @@
 """Contract specs and configuration."""
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
 
 from trademl.config import Config, load_config, resolve_config, small_budget
@@ -32,14 +36,67 @@ def test_unknown_symbol_is_a_clear_error_unless_a_spec_is_given():
     assert spec.point_value == pytest.approx(1000.0)
 
 
+GUIDE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ml-trading-guide.md"
+
+
+def _guide_sections() -> dict[str, str]:
+    """The guide's text by heading (the text under each ``#`` line, up to the next one;
+    ``#`` lines inside code blocks are comments, not headings)."""
+    sections, heading, in_code = {}, "", False
+    for line in GUIDE.read_text().splitlines():
+        in_code ^= line.lstrip().startswith("```")
+        if line.startswith("#") and not in_code:
+            heading = line.lstrip("#").strip()
+        sections[heading] = sections.get(heading, "") + line + "\n"
+    return sections
+
+
+def _number(text: str):
+    return ast.literal_eval(text.strip())
+
+
+@pytest.mark.skipif(not GUIDE.is_file(), reason=f"the guide {GUIDE} is not on this machine")
 def test_config_defaults_are_the_guides():
-    cfg = load_config(overrides={})
-    assert cfg.lstm.SEQUENCE_LENGTH == 60 and cfg.lstm.PREDICTION_HORIZON == 5
-    assert cfg.lstm.HIDDEN_SIZE == 128 and cfg.lstm.NUM_LAYERS == 2
-    assert cfg.account.initial_balance == 100_000 and cfg.account.max_position_size == 5
-    assert cfg.ppo.learning_rate == 3e-4 and cfg.ppo.total_timesteps == 1_000_000
-    assert cfg.data.horizons == [5, 30]
-    assert cfg.backtest.confidence_threshold == 0.7
+    """Every default the guide states, read from the guide's own text."""
+    defaults = Config()
+    text = GUIDE.read_text()
+    sections = _guide_sections()
+    checked = []  # (setting, the value the guide states)
+
+    # "**Configuration** (in script):" lists: `NAME = value` under "Train LSTM Model" / "Train PPO Agent".
+    homes = {"LSTM": ("lstm",), "PPO": ("ppo", "account")}
+    for heading, body in sections.items():
+        kind = next((k for k in homes if "Train " in heading and k in heading), None)
+        for name, value in re.findall(r"^- `(\w+) = ([^`]+)`:", body, flags=re.M):
+            assert kind, f"guide setting {name} under {heading!r}: no config section for it"
+            (section,) = [s for s in homes[kind] if name in type(getattr(defaults, s)).model_fields]
+            checked.append((f"{section}.{name}", _number(value)))
+    assert len(checked) >= 8, f"the guide's configuration lists were not found: {checked}"
+
+    # The trading rule: act only above this confidence.
+    (threshold,) = set(re.findall(r"confidence_score > ([0-9.]+)", text))
+    checked.append(("backtest.confidence_threshold", _number(threshold)))
+    # The guide's backtest: its starting capital and position limit.
+    backtest = sections["Backtesting"]
+    checked.append(("account.initial_balance", _number(re.search(r"initial_balance = (\S+)", backtest)[1])))
+    checked.append(("account.max_position_size", _number(re.search(r"position < (\d+)", backtest)[1])))
+    # Troubleshooting: "Need at least 1000 rows for PPO", "... 200 rows for LSTM".
+    minimum = dict((kind, _number(n)) for n, kind in re.findall(r"Need at least (\d+) rows for (\w+)", text))
+    checked += [("ppo.MIN_ROWS", minimum["PPO"]), ("lstm.MIN_SEQUENCES", minimum["LSTM"])]
+    # The output format's LightGBM fields win_<h>m_prob name the label horizons.
+    checked.append(("data.horizons", sorted({_number(h) for h in re.findall(r"win_(\d+)m_prob", text)})))
+
+    for setting, stated in checked:
+        section, name = setting.split(".")
+        assert getattr(getattr(defaults, section), name) == stated, f"{setting}: the guide says {stated}"
+
+    # Tuning advice ("config.clip_epsilon = 0.1  # Reduce ...") states which side of a value the default is on.
+    for name, value, advice in re.findall(r"config\.(\w+) = (\S+)\s+# (\w+)", text):
+        default = getattr(defaults.ppo, name)
+        if advice == "Reduce":
+            assert default > _number(value), f"ppo.{name}: the guide reduces it to {value}"
+        elif advice == "Increase":
+            assert default < _number(value), f"ppo.{name}: the guide increases it to {value}"
 
 
 def test_config_file_and_overrides(tmp_path):

@@ -17,11 +17,17 @@ app = typer.Typer(help="ML trading signals for futures minute bars.", no_args_is
 data_app = typer.Typer(help="Load bars and build datasets.", no_args_is_help=True)
 train_app = typer.Typer(help="Train models into the model store.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect the model store.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the settings.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
 
+# Options that several commands share, declared once.
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: ./trademl.toml if present).")
+BarsArg = typer.Argument(None, help="Bars file (CSV/TXT/Parquet). Default: the bundled ES sample.")
+TrainingDataArg = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample).")
+ModelRootOpt = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root).")
 
 
 def friendly_errors(fn):
@@ -52,7 +58,7 @@ def console():
 @data_app.command("build")
 @friendly_errors
 def data_build(
-    bars: Optional[Path] = typer.Argument(None, help="Bars file (CSV/TXT/Parquet). Default: the bundled ES sample."),
+    bars: Optional[Path] = BarsArg,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset folder (default: artifacts/data/<name>)."),
     decisions: Optional[Path] = typer.Option(None, "--decisions", help="Decision log (CSV or JSONL) of the bot."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract symbol or root, e.g. NQZ5 (default: config)."),
@@ -75,7 +81,7 @@ def data_build(
 @data_app.command("inspect")
 @friendly_errors
 def data_inspect(
-    bars: Optional[Path] = typer.Argument(None, help="Bars file (CSV/TXT/Parquet). Default: the bundled ES sample."),
+    bars: Optional[Path] = BarsArg,
     repair: bool = typer.Option(False, "--repair", help="Drop/dedupe bad rows and list them instead of failing."),
     tz: Optional[str] = typer.Option(None, "--tz", help="Timezone of naive stamps (default UTC)."),
     resample: Optional[int] = typer.Option(None, "--resample", help="Describe the N-minute bars instead."),
@@ -124,7 +130,8 @@ def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
     """Train lgb_5m and lgb_30m into the store with a progress bar, then print their tables."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from trademl.models.lgbm import load_training_dataset, print_reports, train_lgbm
+    from trademl.data.dataset import load_training_dataset
+    from trademl.models.lgbm import print_reports, train_lgbm
     from trademl.models.store import ModelStore
 
     out = console()
@@ -143,7 +150,7 @@ def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
 @train_app.command("lgbm")
 @friendly_errors
 def train_lgbm_command(
-    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample)."),
+    dataset: Optional[Path] = TrainingDataArg,
     rows: str = typer.Option("auto", "--rows", help="Training rows: auto (decision log if any), bars or decisions."),
     config: Optional[Path] = ConfigOpt,
 ):
@@ -156,13 +163,13 @@ def train_lgbm_command(
 @train_app.command("all")
 @friendly_errors
 def train_all_command(
-    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample)."),
+    dataset: Optional[Path] = TrainingDataArg,
     config: Optional[Path] = ConfigOpt,
 ):
     """LightGBM (lgb_5m, lgb_30m), the LSTM and the PPO agent on one dataset, into the model store."""
-    from trademl.backtest.walkforward import print_trained, train_models
     from trademl.config import load_config
-    from trademl.models.lgbm import load_training_dataset
+    from trademl.data.dataset import load_training_dataset
+    from trademl.models.train_all import print_trained, train_models
 
     cfg = load_config(config)
     out = console()
@@ -198,12 +205,17 @@ def models_list(config: Optional[Path] = ConfigOpt):
 
 
 def _headline(metrics: dict) -> str:
-    """One line of the model's out-of-sample figures, whatever the kind stored."""
-    oos = metrics.get("out_of_sample", metrics)
-    parts = [f"{k} {oos[k]:.3f}" for k in ("auc", "log_loss", "accuracy", "sharpe") if isinstance(oos.get(k), (int, float))]
-    verdict = metrics.get("verdict", {})
-    if "beats_base_rate" in verdict:
-        parts.append("beats base rate" if verdict["beats_base_rate"] else "not above base rate")
+    """One line of the model's out-of-sample figures: the ``headline`` and ``validation_skill``
+    every kind stores in one shape (``trademl.models.base``)."""
+    parts = []
+    for name, value in (metrics.get("headline") or {}).items():
+        if isinstance(value, bool):
+            parts.append(name.replace("_", " ") if value else f"not {name.replace('_', ' ')}")
+        elif isinstance(value, (int, float)):
+            parts.append(f"{name} {value:,.3f}" if isinstance(value, float) else f"{name} {value:,}")
+    skill = (metrics.get("validation_skill") or {}).get("value")
+    if isinstance(skill, (int, float)):
+        parts.append(f"skill {skill:.3f}")
     return ", ".join(parts) or "-"
 
 
@@ -251,7 +263,7 @@ def train_ppo_command(
 @app.command("predict")
 @friendly_errors
 def predict_command(
-    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: paths.model_root of the config)."),
+    model_root: Optional[Path] = ModelRootOpt,
     no_log: bool = typer.Option(False, "--no-log", help="Do not append to logs/predictions.*."),
     config: Optional[Path] = ConfigOpt,
 ):
@@ -265,9 +277,9 @@ def predict_command(
 @app.command("serve")
 @friendly_errors
 def serve_command(
-    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: serve.host, 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default: serve.port, 8000)."),
-    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: paths.model_root of the config)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: [serve] host)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: [serve] port)."),
+    model_root: Optional[Path] = ModelRootOpt,
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Prediction logs (default: paths.log_dir of the config)."),
     config: Optional[Path] = ConfigOpt,
 ):
@@ -284,7 +296,7 @@ def monitor_command(
     log: Optional[Path] = typer.Option(None, "--log", help="Prediction log (default: <[paths] log_dir>/predictions.sqlite)."),
     since: Optional[str] = typer.Option(None, "--since", help="Only predictions from then on: ISO time (UTC) or 24h / 7d ago."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Only predictions for this symbol, e.g. NQZ5."),
-    model_root: Optional[Path] = typer.Option(None, "--model-root", help="Model store (default: paths.model_root of the config)."),
+    model_root: Optional[Path] = ModelRootOpt,
     reference_bars: Optional[Path] = typer.Option(
         None, "--reference-bars", help="Training-period bars, for models whose manifest has no feature_reference."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <[paths] report_dir>/monitor.html)."),
@@ -316,7 +328,7 @@ def monitor_command(
 @app.command("backtest")
 @friendly_errors
 def backtest_command(
-    dataset: Optional[Path] = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample)."),
+    dataset: Optional[Path] = TrainingDataArg,
     folds: Optional[int] = typer.Option(None, "--folds", help="Walk-forward folds (default: n_folds of the backtest config section)."),
     budget: str = typer.Option("full", "--budget", help="Training per fold: small (the demo config section) or full (the config as is)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <report_dir>/backtest.html)."),
@@ -339,6 +351,34 @@ def demo(config: Optional[Path] = ConfigOpt):
     from trademl.demo import run_demo
 
     run_demo(load_config(config), console())
+
+
+@config_app.command("show")
+@friendly_errors
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help='JSON {"section.name": {"value": ..., "description": ...}}.'),
+):
+    """Every setting as resolved (defaults <- trademl.toml), with what it means."""
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from trademl.config import describe_settings, load_config
+
+    settings = describe_settings(load_config(config))
+    if as_json:
+        typer.echo(json.dumps(settings, indent=2))
+        return
+    table = Table(title="trademl settings")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold", max_width=32)
+    table.add_column("description", overflow="fold")
+    for name, s in settings.items():
+        table.add_row(escape(name), escape(json.dumps(s["value"])), escape(s["description"]))
+    Console().print(table)
 
 
 def main() -> None:

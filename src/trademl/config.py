@@ -6,7 +6,8 @@ flow: [data], [costs], [account], [lgbm], [lstm], [ppo], [ensemble], [backtest],
 [monitor]. Each setting has one home: code that needs a default reads it from here
 (``resolve_config``), never retypes it.
 Where the guide names a setting (SEQUENCE_LENGTH, initial_balance, clip_epsilon, ...)
-the field has exactly that name.
+the field has exactly that name. Every field carries its meaning as a ``description``;
+`trademl config show` prints them with the values as resolved.
 """
 
 from __future__ import annotations
@@ -25,153 +26,169 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    symbol: str = "ES"
-    horizons: list[int] = Field(default_factory=lambda: [5, 30])
-    # A gap longer than this (minutes) between consecutive bars starts a new segment:
-    # features restart and no label or sequence spans it.
-    max_gap_minutes: int = 15
-    resample_minutes: int = 1
-    # Extra numeric bar columns passed through as features (exogenous signals).
-    extra_feature_columns: list[str] = Field(default_factory=list)
-    chunk_rows: int = 500_000
+    """Bars, segments, features and labels."""
+
+    symbol: str = Field("ES", description="Contract symbol or root used when the data does not name one, e.g. NQZ5.")
+    horizons: list[int] = Field(default_factory=lambda: [5, 30],
+                                description="Label horizons in bars: win/signal/movement/risk labels are made for each.")
+    max_gap_minutes: int = Field(15, description=(
+        "A gap longer than this (minutes) between consecutive bars starts a new segment: "
+        "features restart and no label or sequence spans it."))
+    resample_minutes: int = Field(1, description="Bar length the dataset is built at (minutes); 1 keeps minute bars.")
+    extra_feature_columns: list[str] = Field(default_factory=list, description=(
+        "Extra numeric bar columns passed through as features (exogenous signals)."))
+    chunk_rows: int = Field(500_000, description="Bars read per chunk when building a dataset from a large file.")
 
 
 class CostsConfig(_Section):
     """The one cost model: used by labels, the PPO environment and the backtester."""
 
-    commission_per_side: float = 2.25  # dollars per contract per side
-    slippage_ticks: float = 1.0  # ticks against us on every fill
-    # Signal threshold: a move counts as buy/sell only beyond this multiple of round-trip costs.
-    signal_cost_multiple: float = 1.5
+    commission_per_side: float = Field(2.25, description="Commission in dollars per contract per side.")
+    slippage_ticks: float = Field(1.0, description="Ticks against us on every fill.")
+    signal_cost_multiple: float = Field(1.5, description=(
+        "Signal threshold: a move counts as buy/sell only beyond this multiple of round-trip costs."))
 
 
 class AccountConfig(_Section):
     """The trading account: read by the labels, the PPO environment, the backtester and the
     request validation alike."""
 
-    initial_balance: float = 100_000.0
-    max_position_size: int = 5  # contracts, long or short
+    initial_balance: float = Field(100_000.0, description="Account balance in dollars at the start (guide's name).")
+    max_position_size: int = Field(5, description="Most contracts held, long or short (guide's name).")
 
 
 class LGBMConfig(_Section):
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    n_estimators: int = 500
-    min_child_samples: int = 200
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    bagging_freq: int = 1
-    lambda_l2: float = 1.0
-    early_stopping_rounds: int = 50
-    n_folds: int = 4
-    seed: int = 7
-    # Share of each fold's training rows (its latest part, purged) used for early stopping.
-    valid_fraction: float = 0.2
-    # Bars dropped after the purge between training and test; None = the horizon.
-    embargo_bars: int | None = None
-    # Fewer labelled rows than this (both sides counted) cannot give honest figures.
-    min_rows: int = 2000
-    # At most this many equal-count bins feed the isotonic calibration map.
-    calibration_bins: int = 50
-    # LightGBM threads. 1 by default: OpenMP threads spin-wait, so on a busy machine two of
-    # them took 70x longer than one on the same fit (33 s vs 0.47 s, 160k rows); 0 = all cores.
-    num_threads: int = 1
+    """The LightGBM win models (lgb_5m, lgb_30m)."""
+
+    num_leaves: int = Field(31, description="LightGBM num_leaves: leaves per tree.")
+    learning_rate: float = Field(0.05, description="LightGBM learning rate (shrinkage per tree).")
+    n_estimators: int = Field(500, description="Most boosting rounds (early stopping may use fewer).")
+    min_child_samples: int = Field(200, description="LightGBM min_child_samples: fewest rows in a leaf.")
+    feature_fraction: float = Field(0.8, description="Share of the features each tree samples.")
+    bagging_fraction: float = Field(0.8, description="Share of the rows each bagging round samples.")
+    bagging_freq: int = Field(1, description="Rows are re-sampled every this many trees (0: no bagging).")
+    lambda_l2: float = Field(1.0, description="L2 regularisation of the leaf values.")
+    early_stopping_rounds: int = Field(50, description="Stop after this many rounds without a better validation loss.")
+    n_folds: int = Field(4, description="Walk-forward folds of the out-of-sample evaluation.")
+    seed: int = Field(7, description="Random seed of LightGBM.")
+    valid_fraction: float = Field(0.2, description=(
+        "Share of each fold's training rows (its latest part, purged) used for early stopping."))
+    embargo_bars: int | None = Field(None, description=(
+        "Bars dropped after the purge between training and test; None = the horizon."))
+    min_rows: int = Field(2000, description=(
+        "Fewer labelled rows than this (both sides counted) cannot give honest figures."))
+    calibration_bins: int = Field(50, description="At most this many equal-count bins feed the isotonic calibration map.")
+    # 1 by default: OpenMP threads spin-wait, so on a busy machine two of them took 70x longer
+    # than one on the same fit (33 s vs 0.47 s, 160k rows).
+    num_threads: int = Field(1, description="LightGBM threads; 0 = all cores.")
 
 
 class LSTMConfig(_Section):
-    SEQUENCE_LENGTH: int = 60
-    PREDICTION_HORIZON: int = 5
-    HIDDEN_SIZE: int = 128
-    NUM_LAYERS: int = 2
-    DROPOUT: float = 0.2
-    BATCH_SIZE: int = 256
-    LEARNING_RATE: float = 1e-3
-    EPOCHS: int = 20
-    PATIENCE: int = 3
-    N_FOLDS: int = 3
-    MIN_SEQUENCES: int = 200
+    """The bidirectional LSTM (signal, movement, risk heads), with the guide's names."""
+
+    SEQUENCE_LENGTH: int = Field(60, description="Bars in each input sequence.")
+    PREDICTION_HORIZON: int = Field(5, description="Bars ahead the signal, movement and risk labels look.")
+    HIDDEN_SIZE: int = Field(128, description="Hidden units of each LSTM direction.")
+    NUM_LAYERS: int = Field(2, description="Stacked LSTM layers.")
+    DROPOUT: float = Field(0.2, description="Dropout between LSTM layers and before the heads.")
+    BATCH_SIZE: int = Field(256, description="Sequences per training batch.")
+    LEARNING_RATE: float = Field(1e-3, description="Adam learning rate.")
+    EPOCHS: int = Field(20, description="Most training epochs per fit.")
+    PATIENCE: int = Field(3, description="Stop after this many epochs without a better validation loss.")
+    N_FOLDS: int = Field(3, description="Walk-forward folds of the out-of-sample evaluation.")
+    MIN_SEQUENCES: int = Field(200, description="Fewest usable sequences (and training sequences per fold) to train at all.")
     # Two cores on the reference machine; the same count also keeps results bit-identical.
-    TORCH_THREADS: int = 2
-    seed: int = 7
+    TORCH_THREADS: int = Field(2, description="torch threads while training.")
+    seed: int = Field(7, description="Random seed of torch and the batch order.")
 
 
 class PPOConfig(_Section):
-    learning_rate: float = 3e-4
-    total_timesteps: int = 1_000_000
-    clip_epsilon: float = 0.2
+    """The PPO agent (stable-baselines3) and its trading environment."""
+
+    learning_rate: float = Field(3e-4, description="Adam learning rate of the policy and value nets.")
+    total_timesteps: int = Field(1_000_000, description="Environment steps to train for.")
+    clip_epsilon: float = Field(0.2, description="PPO clip range of the probability ratio (guide's name).")
     # Rollouts of n_envs x n_steps = 8192 steps from the numpy VecEnv, minibatches of 1024,
     # 10 epochs: the settings of the learning tests and of bench/bench_ppo.py (1M steps).
-    n_steps: int = 32
-    n_envs: int = 256
-    batch_size: int = 1024
-    n_epochs: int = 10
+    n_steps: int = Field(32, description="Steps per environment in each rollout.")
+    n_envs: int = Field(256, description="Environments stepped together (one numpy VecEnv).")
+    batch_size: int = Field(1024, description="Minibatch size of each gradient step.")
+    n_epochs: int = Field(10, description="Passes over each rollout.")
     # A short horizon: minute-bar edges and costs play out within a few bars, and a long
     # one adds the noise of many future bars to every advantage (learned 2x slower).
-    gamma: float = 0.5
-    gae_lambda: float = 0.9
-    ent_coef: float = 0.0
-    window: int = 4
-    episode_length: int = 390
-    reward: str = "sharpe"  # "pnl" or "sharpe" (differential Sharpe ratio)
-    dsr_eta: float = 0.01  # adaptation rate of the differential Sharpe ratio's running moments
-    # Per bar, minus risk_penalty * position**2 (one contract's bar variance = 1): go flat without an edge.
-    risk_penalty: float = 0.05
-    drawdown_penalty: float = 0.0
-    # Per contract traded, on top of the real costs: without it the agent trades on noise.
-    trade_penalty: float = 0.1
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
-    # The last fraction of the bars is held out: never trained on, the agent is evaluated there.
-    eval_fraction: float = 0.2
-    checkpoint_dir: str = "artifacts/checkpoints/ppo"
-    checkpoint_every: int = 200_000  # timesteps between checkpoints (for --resume)
+    gamma: float = Field(0.5, description="Discount factor of future rewards.")
+    gae_lambda: float = Field(0.9, description="GAE lambda of the advantage estimate.")
+    ent_coef: float = Field(0.0, description="Entropy bonus coefficient.")
+    window: int = Field(4, description="Bars of features in each observation.")
+    episode_length: int = Field(390, description="Most bars per training episode (390: one regular session).")
+    reward: str = Field("sharpe", description='Reward: "pnl" or "sharpe" (differential Sharpe ratio).')
+    dsr_eta: float = Field(0.01, description="Adaptation rate of the differential Sharpe ratio's running moments.")
+    risk_penalty: float = Field(0.05, description=(
+        "Per bar, minus risk_penalty * position**2 (one contract's bar variance = 1): go flat without an edge."))
+    drawdown_penalty: float = Field(0.0, description="Minus this multiple of every new increase in drawdown.")
+    trade_penalty: float = Field(0.1, description=(
+        "Per contract traded, on top of the real costs: without it the agent trades on noise."))
+    vf_coef: float = Field(0.5, description="Value-loss coefficient.")
+    max_grad_norm: float = Field(0.5, description="Gradients are clipped to this norm.")
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer sizes of the policy and value nets.")
+    eval_fraction: float = Field(0.2, description=(
+        "The last fraction of the bars is held out: never trained on, the agent is evaluated there."))
+    checkpoint_dir: str = Field("artifacts/checkpoints/ppo", description="Where checkpoints for --resume are written.")
+    checkpoint_every: int = Field(200_000, description="Timesteps between checkpoints (for --resume).")
     # One thread: the policy's matmuls are small, and on a shared 2-core machine a second
     # OpenMP thread waits on the first (measured 10-20x slower under load; bench/README.md).
-    torch_threads: int = 1
-    MIN_ROWS: int = 1000
-    seed: int = 7
+    torch_threads: int = Field(1, description="torch threads while training.")
+    MIN_ROWS: int = Field(1000, description="Fewest bars the agent trains on (the guide's minimum).")
+    seed: int = Field(7, description="Random seed of the policy, the environments and the episode starts.")
 
 
 class EnsembleConfig(_Section):
-    # Weights per model kind (lgb_5m, lgb_30m, lstm, ppo); None = from each model's
-    # validation skill in its manifest (README: "How the ensemble decides").
-    weights: dict[str, float] | None = None
+    """How the models' votes are combined."""
+
+    weights: dict[str, float] | None = Field(None, description=(
+        "Weights per model kind (lgb_5m, lgb_30m, lstm, ppo); None = from each model's validation "
+        'skill in its manifest (README: "How the ensemble decides").'))
 
 
 class BacktestConfig(_Section):
-    # The guide's rule: BUY/SELL move the position by one contract, only above this confidence.
-    confidence_threshold: float = 0.7
-    n_folds: int = 4
-    # The report's confidence chart: a signal hits when the price moved its way from the
-    # fill (next open) to the close this many bars after the signal.
-    hit_rate_horizon: int = 5
-    random_baseline_seed: int = 0
+    """The walk-forward backtest and its report."""
+
+    confidence_threshold: float = Field(0.7, description=(
+        "The guide's rule: BUY/SELL move the position by one contract, only above this confidence."))
+    n_folds: int = Field(4, description="Walk-forward folds (each trains the models on the past, trades the fold).")
+    hit_rate_horizon: int = Field(5, description=(
+        "The report's confidence chart: a signal hits when the price moved its way from the fill "
+        "(next open) to the close this many bars after the signal."))
+    random_baseline_seed: int = Field(0, description="Seed of the random-entries baseline.")
 
 
 class ServeConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token_env: str = "TRADEML_TOKEN"
-    max_body_bytes: int = 1_000_000
-    # A newer `latest` in the model store is picked up at most this often (seconds).
-    reload_interval_s: float = 1.0
-    max_batch: int = 256
+    """The HTTP service."""
+
+    host: str = Field("127.0.0.1", description="Bind address; beyond loopback the service needs a bearer token.")
+    port: int = Field(8000, description="Port.")
+    token_env: str = Field("TRADEML_TOKEN", description="Environment variable holding the bearer token clients send.")
+    max_body_bytes: int = Field(1_000_000, description="Largest request body accepted (bytes).")
+    reload_interval_s: float = Field(1.0, description="A newer `latest` in the model store is picked up at most this often (seconds).")
+    max_batch: int = Field(256, description="Most requests in one POST /v1/predict/batch.")
 
 
 class MonitorConfig(_Section):
-    psi_threshold: float = 0.2
-    calibration_threshold: float = 0.1
+    """The monitor: drift and calibration alerts over the prediction log."""
+
+    psi_threshold: float = Field(0.2, description="A feature drifts when its PSI (live vs training) is above this.")
+    calibration_threshold: float = Field(0.1, description="Calibration error above which a model raises an alert.")
     # Below these counts sampling noise alone reaches the thresholds (PSI ~ bins/n; the
     # calibration error of 5 bins of n/5 outcomes ~ 0.4/sqrt(n/5)): reported, not alerted.
-    min_drift_samples: int = 200
-    min_calibration_samples: int = 300
-    calibration_bins: int = 5
-    # Models whose calibration can raise an alert: LightGBM states the probability that its
-    # trade wins after costs, which is what the monitor measures. The LSTM/PPO class
-    # probabilities (a move beyond 1.5x costs; an action) and the ensemble's confidence score
-    # are other quantities; their calibration is reported, and alerts on it are opt-in.
-    calibration_models: list[str] = Field(default_factory=lambda: ["lgb_5m", "lgb_30m"])
+    min_drift_samples: int = Field(200, description="Fewest live rows for a drift alert (fewer: reported only).")
+    min_calibration_samples: int = Field(300, description="Fewest judged calls for a calibration alert (fewer: reported only).")
+    calibration_bins: int = Field(5, description="Equal-count bins of the calibration error.")
+    # LightGBM states the probability that its trade wins after costs, which is what the monitor
+    # measures. The LSTM/PPO class probabilities (a move beyond 1.5x costs; an action) and the
+    # ensemble's confidence score are other quantities; their calibration is reported, and
+    # alerts on it are opt-in.
+    calibration_models: list[str] = Field(default_factory=lambda: ["lgb_5m", "lgb_30m"], description=(
+        "Models whose calibration can raise an alert."))
 
 
 class DemoConfig(_Section):
@@ -180,20 +197,26 @@ class DemoConfig(_Section):
     (train all three, then a 3-fold walk-forward that trains them again per fold) runs in a
     few minutes on two CPU cores; see ``small_budget``."""
 
-    lgbm: dict[str, int | float] = Field(default_factory=lambda: {"n_estimators": 200, "n_folds": 3})
+    lgbm: dict[str, int | float] = Field(default_factory=lambda: {"n_estimators": 200, "n_folds": 3},
+                                         description="[lgbm] settings replaced in the small budget.")
     # The LSTM dominates the demo's time. One torch thread: on a busy 2-core machine a
     # second one waits on the first (walk-forward folds took 77 s and 156 s instead of 13 s).
     lstm: dict[str, int | float] = Field(default_factory=lambda: {
-        "HIDDEN_SIZE": 32, "NUM_LAYERS": 1, "EPOCHS": 3, "N_FOLDS": 2, "BATCH_SIZE": 512, "TORCH_THREADS": 1})
-    ppo: dict[str, int | float] = Field(default_factory=lambda: {"total_timesteps": 200_000})
-    backtest: dict[str, int | float] = Field(default_factory=lambda: {"n_folds": 3})
+        "HIDDEN_SIZE": 32, "NUM_LAYERS": 1, "EPOCHS": 3, "N_FOLDS": 2, "BATCH_SIZE": 512, "TORCH_THREADS": 1},
+        description="[lstm] settings replaced in the small budget.")
+    ppo: dict[str, int | float] = Field(default_factory=lambda: {"total_timesteps": 200_000},
+                                        description="[ppo] settings replaced in the small budget.")
+    backtest: dict[str, int | float] = Field(default_factory=lambda: {"n_folds": 3},
+                                             description="[backtest] settings replaced in the small budget.")
 
 
 class PathsConfig(_Section):
-    data_dir: str = "artifacts/data"
-    model_root: str = "artifacts/models"
-    log_dir: str = "logs"
-    report_dir: str = "artifacts/reports"
+    """Where data, models, logs and reports live."""
+
+    data_dir: str = Field("artifacts/data", description="Datasets built by `trademl data build`.")
+    model_root: str = Field("artifacts/models", description="The model store.")
+    log_dir: str = Field("logs", description="Prediction logs (predictions.sqlite).")
+    report_dir: str = Field("artifacts/reports", description="HTML reports (backtest, monitor).")
 
 
 class Config(_Section):
@@ -270,6 +293,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
             f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
         )
         raise TradeMLError(f"invalid configuration: {problems}", where=str(path or "config")) from None
+
+
+def describe_settings(config: Config) -> dict[str, dict]:
+    """Every setting of ``config`` as ``{"section.name": {"value": ..., "description": ...}}``,
+    values as JSON would hold them (what `trademl config show` prints)."""
+    out = {}
+    for section in type(config).model_fields:
+        values = getattr(config, section)
+        dumped = values.model_dump(mode="json")
+        for name, setting in type(values).model_fields.items():
+            out[f"{section}.{name}"] = {"value": dumped[name], "description": setting.description or ""}
+    return out
 
 
 def resolve_config(config: Config | str | os.PathLike | None = None) -> Config:

@@ -1,17 +1,15 @@
 """The backtest report: one self-contained HTML file that opens offline.
 
-plotly.js is inlined once (no CDN). The page carries a tiny error collector, installed
-before any other script, that records uncaught errors and console.error calls and, once
-the page has loaded, writes them and the number of rendered plots into
-``<pre id="report-status">``: a headless browser test reads that back.
+The page is ``trademl.html_page``'s: plotly.js inlined once (no CDN) and a tiny error
+collector, installed before any other script, that records uncaught errors and
+console.error calls and, once the page has loaded, writes them and the number of rendered
+plots into ``<pre id="report-status">``: a headless browser test reads that back.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,42 +20,9 @@ from trademl.backtest.engine import BacktestResult
 from trademl.backtest.metrics import daily_pnl, drawdowns, hit_rate_by_confidence
 from trademl.config import resolve_config
 from trademl.errors import TradeMLError
+from trademl.html_page import figures_html, metrics_table, write_page
 
 MAX_POINTS_PER_LINE = 4000  # a 1M-bar equity curve is decimated to this many points (last of each step)
-
-_ERROR_COLLECTOR = """<script>
-window.__reportErrors = [];
-window.addEventListener('error', function (e) { window.__reportErrors.push('error: ' + e.message); });
-window.addEventListener('unhandledrejection', function (e) { window.__reportErrors.push('rejection: ' + e.reason); });
-(function () {
-  var original = console.error;
-  console.error = function () {
-    window.__reportErrors.push('console.error: ' + Array.prototype.join.call(arguments, ' '));
-    return original.apply(console, arguments);
-  };
-})();
-window.addEventListener('load', function () {
-  setTimeout(function () {
-    var plots = document.querySelectorAll('.js-plotly-plot').length;
-    var rendered = document.querySelectorAll('.js-plotly-plot .main-svg').length;
-    var status = document.getElementById('report-status');
-    status.setAttribute('data-errors', String(window.__reportErrors.length));
-    status.setAttribute('data-plots', String(plots));
-    status.setAttribute('data-rendered-svgs', String(rendered));
-    status.textContent = 'errors: ' + window.__reportErrors.length + '; plots: ' + plots +
-      (window.__reportErrors.length ? '\\n' + window.__reportErrors.join('\\n') : '');
-  }, 0);
-});
-</script>"""
-
-_STYLE = """<style>
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
-table.metrics { border-collapse: collapse; font-size: 0.85em; }
-table.metrics th, table.metrics td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
-table.metrics th:first-child, table.metrics td:first-child { text-align: left; }
-.note { color: #666; font-size: 0.9em; }
-#report-status { color: #999; font-size: 0.75em; }
-</style>"""
 
 
 def _decimate(index: pd.DatetimeIndex, *arrays: np.ndarray):
@@ -157,24 +122,9 @@ def _format_value(metric: str, value) -> str:
 
 def table_html(table: pd.DataFrame) -> str:
     """Metrics as rows, runs as columns: a handful of runs stay readable side by side."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["metric", *table.index])
-    body = []
-    for metric in table.columns:
-        cells = "".join(f"<td>{_format_value(metric, table.at[run, metric])}</td>" for run in table.index)
-        body.append(f"<tr><td>{html.escape(str(metric))}</td>{cells}</tr>")
-    return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    rows = [[html.escape(str(metric)), *(_format_value(metric, table.at[run, metric]) for run in table.index)]
+            for metric in table.columns]
+    return metrics_table(["metric", *table.index], rows)
 
 
 def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | None = None, main: str | None = None,
@@ -209,35 +159,20 @@ def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | 
         notes.append("No per-bar signals with confidence (target-position run, or bars not given): "
                      "no confidence vs hit-rate chart.")
 
-    parts = []
-    for i, (heading, fig) in enumerate(figures):
-        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
-        parts.append(f"<h2>{html.escape(heading)}</h2>{div}")
     span = f"{run.index[0]} .. {run.index[-1]}" if len(run.index) else "no bars"
     spec = run.model.spec
     summary = (f"{len(run.index):,} bars, {span}; contract {spec.root} (point value ${spec.point_value:g}); "
                f"commission ${run.model.commission_per_side:g}/side, slippage {run.model.slippage_ticks:g} tick(s); "
                f"max position {run.model.max_position}; fills at the next bar's open.")
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-{_ERROR_COLLECTOR}
-{_STYLE}</head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p class="note">{html.escape(summary)}</p>
+    body = f"""<p class="note">{html.escape(summary)}</p>
 <h2>Strategy vs baselines</h2>
 {table_html(table)}
 <p class="note">Sharpe and Sortino are annualised from daily (session) P&amp;L, 252 sessions a year. PSR is the
 probability that the true Sharpe is above zero; DSR deflates it for the {int(table["dsr_trials"].max())} runs compared
 (a DSR above 0.95 is a significant edge).</p>
 {"".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
-{"".join(parts)}
-<pre id="report-status">not loaded</pre>
-</body></html>
-"""
-    out = Path(path)
-    _atomic_write_text(out, page)
-    return out
+{figures_html(figures)}"""
+    return write_page(path, title, body)
 
 
 def backtest_report(bars: pd.DataFrame, signals, *, config=None, model_signals: dict | None = None,

@@ -20,6 +20,7 @@ import pandas as pd
 
 from trademl.data.reference import feature_reference
 from trademl.errors import TradeMLError
+from trademl.html_page import figures_html, metrics_table, write_page
 from trademl.monitor.alerts import calibration_alerts, drift_alerts
 from trademl.monitor.drift import drift_table
 from trademl.monitor.log import PredictionLog
@@ -379,17 +380,13 @@ def _cell(value, kind: str) -> str:
 
 def _table_html(frame: pd.DataFrame, formats: dict) -> str:
     """Columns formatted by ``formats`` (name -> pct/usd/int/num; others as text)."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for row in frame.itertuples(index=False):
-        cells = "".join(f"<td>{_cell(v, formats.get(c, 'str'))}</td>" for c, v in zip(frame.columns, row))
-        body.append(f"<tr>{cells}</tr>")
-    return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    rows = [[_cell(v, formats.get(c, "str")) for c, v in zip(frame.columns, row)]
+            for row in frame.itertuples(index=False)]
+    return metrics_table(frame.columns, rows)
 
 
 def write_html(result: MonitorResult, path, *, config=None) -> Path:
     """The report, self-contained (plotly.js inlined once) and written atomically."""
-    from trademl.backtest.report import _ERROR_COLLECTOR, _STYLE, _atomic_write_text
     from trademl.config import resolve_config
 
     cfg = resolve_config(config)
@@ -399,10 +396,6 @@ def write_html(result: MonitorResult, path, *, config=None) -> Path:
         figures.append(("Feature drift", _drift_figure(result, cfg.monitor.psi_threshold)))
     if result.latency:
         figures.append(("Latency", _latency_figure(result)))
-    parts = []
-    for i, (heading, fig) in enumerate(figures):
-        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
-        parts.append(f"<h2>{html.escape(heading)}</h2>{div}")
     ok = result.predictions
     span = f"{ok['ts_utc'].min()} .. {ok['ts_utc'].max()}" if len(ok) else "no predictions"
     formats = dict(_SCORE_COLUMNS)
@@ -417,14 +410,7 @@ def write_html(result: MonitorResult, path, *, config=None) -> Path:
                       '<p class="note">No feature above the PSI threshold.</p>'))
     errors_html = _table_html(result.errors, {"count": "int"}) if len(result.errors) else '<p class="note">No failed request.</p>'
     latency = ", ".join(f"{k} {v:.2f} ms" for k, v in result.latency.items() if k != "n") if result.latency else "-"
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>trademl monitor</title>
-{_ERROR_COLLECTOR}
-{_STYLE}
-<style>.alert {{ color: #b00; font-weight: 600; }}</style></head>
-<body>
-<h1>trademl monitor</h1>
-<p class="note">{len(ok):,} predictions, {html.escape(span)}; log {html.escape(str(result.log_path))}.
+    body = f"""<p class="note">{len(ok):,} predictions, {html.escape(span)}; log {html.escape(str(result.log_path))}.
 Each call is one contract entered at the open of the first bar after the prediction and exited h bars later,
 through the execution model (slippage and commission); LightGBM calls when its win probability is above 0.5.</p>
 {alerts}
@@ -435,10 +421,5 @@ through the execution model (slippage and commission); LightGBM calls when its w
 {drift_html}
 <h2>Errors by kind</h2>
 {errors_html}
-{"".join(parts)}
-<pre id="report-status">not loaded</pre>
-</body></html>
-"""
-    out = Path(path)
-    _atomic_write_text(out, page)
-    return out
+{figures_html(figures)}"""
+    return write_page(path, "trademl monitor", body, head="\n<style>.alert { color: #b00; font-weight: 600; }</style>")
