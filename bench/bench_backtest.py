@@ -66,7 +66,7 @@ def zero_costs():
 def effective_target(bars, signals):
     """The positions trademl's rule and execution model trade (what the peers are given)."""
     from trademl.backtest.engine import run_backtest
-    from trademl.data.segments import bars_to_end
+    from trademl.segments import bars_to_end
 
     r = run_backtest(bars, signals, costs=zero_costs())
     return np.where(bars_to_end(r.segments) <= 1, 0.0, r.target), float(r.pnl.sum())

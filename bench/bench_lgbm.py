@@ -99,7 +99,7 @@ def bench_serving(cfg, dataset, repeats: int) -> dict:
 
     from trademl.models import lgbm
     from trademl.models.store import ModelStore
-    from trademl.predict.runtime_lgbm import LGBMRuntime
+    from trademl.models.kinds.lgbm import LGBMRuntime
 
     with tempfile.TemporaryDirectory() as root:
         store = ModelStore(root)

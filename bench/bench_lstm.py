@@ -131,7 +131,8 @@ def bench_latency(runs: int) -> dict:
     import torch
 
     from trademl.models.lstm_model import LSTMSignalNet, ServingHead, export_onnx
-    from trademl.predict.runtime_lstm import LSTMRuntime, latency_session_options
+    from trademl.models.kinds.lstm import LSTMRuntime
+    from trademl.models.onnx_session import session_options as latency_session_options
 
     torch.manual_seed(0)
     net = LSTMSignalNet(F, HIDDEN, LAYERS, 0.2).eval()
@@ -153,7 +154,7 @@ def bench_latency(runs: int) -> dict:
             results[f"onnxruntime, {threads} thread(s), {level}"] = _latency(lambda: sess.run(None, {"sequence": x}), runs)
         sess = ort.InferenceSession(str(path), latency_session_options(1), providers=["CPUExecutionProvider"])
         runtime = LSTMRuntime(sess, [f"f{i}" for i in range(F)], np.zeros(F), np.ones(F), T, 5)
-        results["LSTMRuntime.predict (served path: checks + normalise + ORT, 1 thread)"] = _latency(lambda: runtime.predict(x), runs)
+        results["LSTMRuntime.heads (served path: checks + normalise + ORT, 1 thread)"] = _latency(lambda: runtime.heads(x), runs)
         with torch.no_grad():
             expected = [t.numpy() for t in head(xt)]
         got = sess.run(None, {"sequence": x})

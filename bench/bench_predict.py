@@ -82,7 +82,7 @@ def snapshot_request(root: Path) -> dict:
     names = p.models.feature_names
     bars = synthetic_bars(600, seed=5, symbol="NQ")
     feats = compute_features(bars, symbol="NQ")[names]
-    seq = feats.iloc[-p.models.sequence_length:].to_numpy()
+    seq = feats.iloc[-p.models.history:].to_numpy()
     return {"symbol": "NQZ5", "features": dict(zip(names, map(float, seq[-1]))), "sequence": seq.tolist(),
             "position": 1, "balance": 100250.0, "unrealized_pnl": 125.0, "recent_actions": [0, 1, 0, 0, 2, 0, 1, 1, 0, 0]}
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trademl.predict.ensemble import EnsemblePredictor, predict_stdio
+from trademl.predict.ensemble import EnsemblePredictor
+from trademl.predict.stdio import predict_stdio
 
 __all__ = ["EnsemblePredictor"]
 

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trademl.backtest.engine import clipped_cumsum, run_backtest, target_from_signals
+from trademl.backtest.engine import run_backtest, target_from_signals
+from trademl.market.broker import clipped_cumsum
 from trademl.config import CostsConfig
-from trademl.data.segments import bars_to_end, segment_ids
+from trademl.segments import bars_to_end, segment_ids
 from trademl.data.synthetic import synthetic_bars
 from trademl.errors import DataError, TradeMLError
 from trademl.market.contracts import contract_spec
@@ -266,8 +267,8 @@ def test_real_es_bars_hold_nothing_across_gaps_or_the_roll():
 
 
 def test_the_predictors_outputs_drive_the_engine():
-    from trademl.backtest.engine import signals_from_votes
-    from trademl.predict.combine import combine_votes, signal_vote
+    from trademl.models.base import class_vote
+    from trademl.predict.decision import decide
 
     bars = hand_bars("NQ")
     # the guide's JSON names, as logged by the predictor
@@ -276,8 +277,8 @@ def test_the_predictors_outputs_drive_the_engine():
     # the vectorised vote: codes 0 hold / 1 buy / 2 sell, like the PPO actions
     buy = np.array([0.9, 0.1, 0.1, 0.0, 0.5, np.nan, 0.2, 0.2])
     sell = np.array([0.05, 0.85, 0.1, 0.95, 0.4, np.nan, 0.2, 0.2])
-    combined = combine_votes({"lstm": signal_vote(1 - buy - sell, buy, sell)}, {"lstm": 1.0})
-    signals = signals_from_votes(combined)
+    decision = decide({"lstm": class_vote(1 - buy - sell, buy, sell)}, {"lstm": 1.0})
+    signals = {"action": decision.direction, "confidence": np.where(decision.voted, decision.confidence, np.nan)}
     assert list(signals["action"][:5]) == [1, -1, 0, -1, 1]
-    assert np.isnan(signals["confidence"][5])  # nobody voted on bar 5: it never trades
+    assert not decision.voted[5] and np.isnan(signals["confidence"][5])  # nobody voted on bar 5: it never trades
     assert list(run_backtest(bars, signals).position[:5]) == [0, 1, 0, 0, -1]

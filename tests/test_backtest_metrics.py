@@ -16,7 +16,7 @@ from trademl.backtest.metrics import (
     hit_rate_by_confidence, probabilistic_sharpe_ratio, session_dates,
 )
 from trademl.config import CostsConfig
-from trademl.data.segments import bars_to_end
+from trademl.segments import bars_to_end
 from trademl.data.synthetic import synthetic_bars
 
 from test_backtest_engine import ACTION, CONFIDENCE, hand_bars

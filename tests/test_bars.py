@@ -13,8 +13,9 @@ from trademl.data.bars import (
     load_bars,
     read_bars_chunks,
     resample_bars,
+    summary_rows,
 )
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.data.synthetic import synthetic_bars
 from trademl.errors import DataError
 
@@ -370,12 +371,25 @@ def test_cli_inspect_shows_the_summary_and_what_repair_dropped(tmp_path):
     bad_line = _corrupt(lines, ",", "swapped_high_low", at=30)
     path = _write_lines(tmp_path / "es.csv", lines)
     runner = CliRunner()
-    failed = runner.invoke(app, ["data", "inspect", str(path)])
+    wide = {"COLUMNS": "200"}  # one table row per line
+    failed = runner.invoke(app, ["data", "inspect", str(path)], env=wide)
     assert failed.exit_code == 2 and f"line {bad_line}: high < low" in failed.output
-    repaired = runner.invoke(app, ["data", "inspect", str(path), "--repair", "--resample", "5"])
+    assert failed.output.startswith("error: ") and len(failed.output.strip().splitlines()) <= 2
+    repaired = runner.invoke(app, ["data", "inspect", str(path), "--repair", "--resample", "5"], env=wide)
     assert repaired.exit_code == 0, repaired.output
     assert "ES201312, ES201403" in repaired.output and "5 min" in repaired.output
     assert f"line {bad_line}: high < low" in repaired.output
+    # The printed table is describe_bars of the repaired, resampled bars, row for row ...
+    bars = load_bars(path, repair=True)
+    report = bars.attrs["repair_report"]
+    five = resample_bars(bars, 5)
+    printed = [[c.strip() for c in line.strip().strip("│").split("│")] for line in repaired.output.splitlines()
+               if line.strip().startswith("│")]
+    assert printed == [[label, text] for label, text in summary_rows(describe_bars(five))]
+    assert dict(printed)["bars"] == f"{len(five):,}" and len(five) < len(bars)
+    # ... followed by what repair dropped: exactly the corrupted line, out of every data line read.
+    assert [d.line for d in report.dropped] == [bad_line] and report.rows_read == len(lines) - 1
+    assert repaired.output.rstrip().endswith(str(report))
 
 
 def test_a_newest_first_file_is_rejected_with_a_sorting_hint(tmp_path):

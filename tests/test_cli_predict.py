@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,17 @@ def feature_count(trained_store) -> int:
     return len(manifest["feature_schema"]["names"])
 
 
+@pytest.fixture(scope="module")
+def library_answer(trained_store) -> dict:
+    """What the library itself answers to the guide's example, through JSON as the commands print it."""
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    out = EnsemblePredictor(trained_store.root, trained_store.config, record=False).ensemble_predict(dict(GUIDE_EXAMPLE))
+    return json.loads(json.dumps(out))
+
+
 @pytest.mark.parametrize("entry", [[TRADEML, "predict"], [sys.executable, SCRIPT]], ids=["trademl", "script"])
-def test_guide_example_gives_the_guide_fields(entry, trained_store, tmp_path):
+def test_guide_example_gives_the_guide_fields(entry, trained_store, library_answer, tmp_path):
     result = run(entry + ["--model-root", str(trained_store.root)], json.dumps(GUIDE_EXAMPLE).encode(), tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     out = only_json(result.stdout)
@@ -55,9 +65,21 @@ def test_guide_example_gives_the_guide_fields(entry, trained_store, tmp_path):
     assert 0.0 <= out["confidence_score"] <= 1.0
     assert out["timestamp"] == "2024-01-01T12:00:00Z"
     assert set(out["model_versions"]) == {"lgb_5m", "lgb_30m"}
-    # The guide's log line, in the working directory's logs/.
-    line = (tmp_path / "logs" / "predictions.log").read_text().strip().splitlines()[-1]
-    assert line.endswith(f"- Prediction: {out['ensemble_recommendation']}, Confidence: {100 * out['confidence_score']:.2f}%")
+    # Every figure is the library's own answer to the same request, on the same stored models.
+    assert out == library_answer
+    # The guide's log line, in the working directory's logs/: one request, one line.
+    lines = (tmp_path / "logs" / "predictions.log").read_text().strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith(f"- Prediction: {out['ensemble_recommendation']}, Confidence: {100 * out['confidence_score']:.2f}%")
+    # ... and one row in the SQLite prediction log beside it, holding what was printed.
+    with sqlite3.connect(tmp_path / "logs" / "predictions.sqlite") as db:
+        rows = db.execute("SELECT symbol, recommendation, confidence, output_json, model_versions_json, side "
+                          "FROM predictions").fetchall()
+    assert len(rows) == 1
+    symbol, recommendation, confidence, output_json, versions_json, side = rows[0]
+    assert (symbol, recommendation, side) == ("NQZ5", out["ensemble_recommendation"], "long")
+    assert confidence == out["confidence_score"]
+    assert json.loads(output_json) == out and json.loads(versions_json) == out["model_versions"]
 
 
 def test_malformed_table_each_gets_an_error_json_and_exit_2(trained_store, feature_count, tmp_path):
@@ -81,7 +103,7 @@ def test_no_model_is_exit_3_with_an_error(tmp_path):
     assert err["kind"] == "model_store" and "no model is loaded" in err["message"]
 
 
-def test_guide_import_of_predict_advanced(trained_store, tmp_path):
+def test_guide_import_of_predict_advanced(trained_store, library_answer, tmp_path):
     """`from predict_advanced import EnsemblePredictor` works with scripts/ on sys.path."""
     code = (
         "import sys, json; sys.path.insert(0, sys.argv[1]);"
@@ -93,3 +115,5 @@ def test_guide_import_of_predict_advanced(trained_store, tmp_path):
                  b"", tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     assert json.loads(result.stdout)["models_used"] == ["lgb_5m", "lgb_30m"]
+    assert json.loads(result.stdout) == library_answer  # the same predictor as `import trademl`'s
+    assert not (tmp_path / "logs").exists()  # record=False writes no log

@@ -151,7 +151,7 @@ def test_resolve_config_honours_the_working_directory_file(tmp_path, monkeypatch
     other.write_text("[account]\ninitial_balance = 25000.0\n")
     assert resolve_config(other).account.initial_balance == 25_000.0
     # functions whose settings are left as None read the same file
-    from trademl.data.segments import segment_ids
+    from trademl.segments import segment_ids
     from trademl.market.contracts import contract_spec
     from trademl.market.execution import ExecutionModel
     import pandas as pd

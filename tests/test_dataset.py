@@ -1,6 +1,7 @@
 """Dataset build: chunked == whole, nothing crosses the ES roll or gaps, atomic, decisions."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,16 +148,46 @@ def test_synthetic_dataset_carries_the_edge_feature():
     assert np.array_equal(ds.frame["edge"].to_numpy(np.float32), ds.X[:, -1])
 
 
-def test_cli_build_prints_summary_and_paths(tmp_path):
+def _table_cells(text: str) -> dict[str, str]:
+    """The rows of a printed rich table (first cell -> second cell)."""
+    rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.strip().startswith("│")]
+    return {r[0]: r[1] for r in rows if len(r) >= 2}
+
+
+def test_cli_build_prints_summary_and_paths(tmp_path, es_slice_dataset):
+    env = dict(os.environ, COLUMNS="200")  # one table row per line
+    out = tmp_path / "x"
     proc = subprocess.run(
-        [sys.executable, "-m", "trademl.cli", "data", "build", str(ES_SLICE), "--out", str(tmp_path / "x"), "--symbol", "ES"],
-        capture_output=True, text=True,
+        [sys.executable, "-m", "trademl.cli", "data", "build", str(ES_SLICE), "--out", str(out), "--symbol", "ES"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert "rows" in proc.stderr and "data.parquet" in proc.stderr
+    # What it wrote: the dataset the library builds from the same file, one row per bar.
+    assert sorted(p.name for p in out.iterdir()) == ["data.parquet", "manifest.json"]
+    built, same = load_dataset(out), load_dataset(es_slice_dataset.path)
+    assert len(built.frame) == len(load_bars(ES_SLICE, symbol="ES")) == 101
+    pd.testing.assert_frame_equal(built.frame, same.frame)
+    m = built.manifest
+    assert m == json.loads((out / "manifest.json").read_text())
+    assert m["symbol"] == "ES" and m["rows"] == len(built.frame) and m["feature_schema"] == same.manifest["feature_schema"]
+    # What it printed: the manifest's figures, then the files written.
+    cells = _table_cells(proc.stderr)
+    assert cells["rows"] == f"{m['rows']:,}"
+    assert cells["segments"] == str(m["segments"])
+    assert cells["span"] == f"{m['span']['start']} .. {m['span']['end']}"
+    assert cells["features"] == f"{len(m['feature_schema']['names'])} (schema {m['feature_schema']['hash'][:12]})"
+    for h, b in m["label_balance"].items():
+        assert cells[f"labels {h}m"].startswith(f"{b['rows_labelled']:,} labelled; win long {b['win_long_rate']}")
+    written = proc.stderr[proc.stderr.index("written:"):].split()[1:]
+    assert written == [str(out / "data.parquet"), str(out / "manifest.json")]
+
     proc = subprocess.run([sys.executable, "-m", "trademl.cli", "data", "build", str(tmp_path / "nope.csv")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "nope.csv" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stdout == ""
+    assert not (tmp_path / "artifacts").exists()  # nothing written for a file that is not there
 
 
 def test_resampled_build_keeps_sessions_as_segments(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from trademl.data.bars import load_bars
 from trademl.data.decisions import join_decisions, load_decisions
 from trademl.data.labels import make_labels
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.errors import DataError
 from trademl.market.contracts import contract_spec
 from trademl.market.execution import ExecutionModel

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from rich.console import Console
 
@@ -73,7 +75,13 @@ def test_cli_train_all_stores_every_kind_with_its_table(tmp_path, monkeypatch):
         f'checkpoint_dir = "{tmp_path / "ckpt"}"\n'
         f'[paths]\nmodel_root = "{tmp_path / "models"}"\n'
     )
-    runner = CliRunner()
+    from test_lgbm import assert_lgbm_tables_match_the_store
+    from test_lstm import assert_lstm_summary_matches
+    from test_ppo_train import assert_ppo_summary_matches
+
+    from trademl.data.bars import bundled_sample_path
+
+    runner = CliRunner(env={"COLUMNS": "250"})  # one table row per line
     result = runner.invoke(app, ["train", "all"])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
@@ -82,5 +90,19 @@ def test_cli_train_all_stores_every_kind_with_its_table(tmp_path, monkeypatch):
     assert "trained in lgbm" in out
     store = ModelStore(tmp_path / "models")
     assert all(store.latest(kind) is not None for kind in ("lgb_5m", "lgb_30m", "lstm", "ppo"))
+    # One model of each kind, on the one dataset (the bundled ES bars, one feature schema), with
+    # trademl.toml's budgets; each trainer's printed table holds its stored model's figures.
+    kinds = ("lgb_5m", "lgb_30m", "lstm", "ppo")
+    assert {k: len(store.versions(k)) for k in kinds} == dict.fromkeys(kinds, 1)
+    assert len({store.latest(k).manifest["feature_schema"]["hash"] for k in kinds}) == 1
+    assert store.latest("lgb_5m").manifest["training_span"]["dataset"] == str(bundled_sample_path())
+    assert store.latest("lgb_5m").manifest["config"]["lgbm"]["n_estimators"] == 30
+    assert store.latest("ppo").manifest["metrics"]["timesteps"] >= 1024
+    assert store.latest("ppo").manifest["config"]["total_timesteps"] == 1024
+    assert_lgbm_tables_match_the_store(result.output, store)
+    assert_lstm_summary_matches(result.output, store.latest("lstm"))
+    assert_ppo_summary_matches(result.output, store.latest("ppo"))
+    assert re.fullmatch(r"trained in lgbm \d+ s, lstm \d+ s, ppo \d+ s", result.output.splitlines()[-1].strip())
     missing = runner.invoke(app, ["train", "all", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2 and "no such dataset" in missing.output
+    assert {k: len(store.versions(k)) for k in kinds} == dict.fromkeys(kinds, 1)  # nothing stored

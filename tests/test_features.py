@@ -18,7 +18,7 @@ from trademl.data.features import (
     feature_row_from_bars,
     required_history,
 )
-from trademl.data.segments import bars_since_start, segment_ids
+from trademl.segments import bars_since_start, segment_ids
 from trademl.data.synthetic import synthetic_bars
 from trademl.errors import DataError, SchemaError, TradeMLError
 

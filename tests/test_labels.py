@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from trademl.data.labels import BUY, HOLD, SELL, label_columns, make_labels
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.market.contracts import contract_spec
 from trademl.market.execution import ExecutionModel
 

@@ -247,7 +247,7 @@ def test_reliability_table_counts_every_row():
 def test_onnx_equals_lightgbm_and_runtime_serves_calibrated_probabilities(small_run):
     import lightgbm as lgb
 
-    from trademl.predict.runtime_lgbm import LGBMRuntime
+    from trademl.models.kinds.lgbm import LGBMRuntime
 
     dataset, _, store, report = small_run
     stored = store.load("lgb_5m", feature_names=dataset.feature_names)
@@ -268,7 +268,7 @@ def test_onnx_equals_lightgbm_and_runtime_serves_calibrated_probabilities(small_
 
 def test_runtime_imports_neither_lightgbm_nor_torch():
     code = (
-        "import sys, trademl.predict.runtime_lgbm\n"
+        "import sys, trademl.models.kinds.lgbm\n"
         "assert 'lightgbm' not in sys.modules and 'torch' not in sys.modules, "
         "[m for m in ('lightgbm', 'torch') if m in sys.modules]"
     )
@@ -276,7 +276,7 @@ def test_runtime_imports_neither_lightgbm_nor_torch():
 
 
 def test_runtime_refuses_bad_input(small_run):
-    from trademl.predict.runtime_lgbm import LGBMRuntime
+    from trademl.models.kinds.lgbm import LGBMRuntime
 
     dataset, _, store, _ = small_run
     runtime = LGBMRuntime.load(store.latest("lgb_5m"))
@@ -446,14 +446,69 @@ def test_cli_train_lgbm_and_models_list(tmp_path, monkeypatch):
         f'[paths]\nmodel_root = "{tmp_path / "models"}"\n'
     )
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "lgbm", str(bundled_sample_path())])
+    wide = {"COLUMNS": "250"}  # one table row per line
+    result = runner.invoke(app, ["train", "lgbm", str(bundled_sample_path())], env=wide)
     assert result.exit_code == 0, result.output
     assert "lgb_5m" in result.output and "lgb_30m" in result.output and "OOS" in result.output
     assert "base rate" in result.output
-    listed = runner.invoke(app, ["models", "list"])
+    # Both kinds stored once each, trained with trademl.toml's settings, with the printed figures.
+    store = ModelStore(tmp_path / "models")
+    assert {k: len(store.versions(k)) for k in ("lgb_5m", "lgb_30m")} == {"lgb_5m": 1, "lgb_30m": 1}
+    for kind in ("lgb_5m", "lgb_30m"):
+        stored = store.latest(kind)
+        settings = stored.manifest["config"]["lgbm"]
+        assert (settings["n_estimators"], settings["num_leaves"], settings["min_child_samples"]) == (40, 7, 100)
+        m = stored.manifest["metrics"]
+        assert m["horizon"] == int(kind[4:-1]) and 1 <= m["final_iterations"] <= 40
+        assert all(1 <= f["best_iteration"] <= 40 for f in m["folds"])
+        assert stored.manifest["training_span"]["dataset"] == str(bundled_sample_path())
+    assert_lgbm_tables_match_the_store(result.output, store)
+
+    listed = runner.invoke(app, ["models", "list"], env=wide)
     assert listed.exit_code == 0 and listed.output.count("lgb_") >= 2
+    rows = table_rows(listed.output)
+    assert sorted(r[:2] for r in rows) == sorted([k, store.latest(k).version] for k in ("lgb_5m", "lgb_30m"))
+    for kind, version, created, trained_on, schema, headline in rows:
+        manifest = store.latest(kind).manifest
+        span, oos = manifest["training_span"], manifest["metrics"]["out_of_sample"]
+        assert created == manifest["created_at"][:19]
+        assert trained_on == f"{span['start'][:10]}..{span['end'][:10]}, {span['rows']} rows"
+        assert schema == f"{len(manifest['feature_schema']['names'])} feat {manifest['feature_schema']['hash'][:8]}"
+        # The headline: its out-of-sample AUC and log-loss, and whether it beats the base rate.
+        assert f"auc {oos['auc']:.3f}" in headline and f"log_loss {oos['log_loss']:.3f}" in headline, headline
+        beats = manifest["metrics"]["verdict"]["beats_base_rate"]
+        assert "base rate" in headline and ("not " in headline) == (not beats), headline
     missing = runner.invoke(app, ["train", "lgbm", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2 and "no such dataset" in missing.output
+    assert {k: len(store.versions(k)) for k in ("lgb_5m", "lgb_30m")} == {"lgb_5m": 1, "lgb_30m": 1}
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of a rich table printed with vertical rules, cells stripped."""
+    return [[c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.strip().startswith("│")]
+
+
+def assert_lgbm_tables_match_the_store(output: str, store: ModelStore, kinds=("lgb_5m", "lgb_30m")) -> None:
+    """The table `trademl train lgbm` prints for each kind holds the latest stored model's
+    manifest figures: one row per fold, then the out-of-sample row; then its verdict and path."""
+    for kind in kinds:
+        stored = store.latest(kind)
+        m = stored.manifest["metrics"]
+        block = output[output.index(f"{kind}: win probability at {m['horizon']} bars"):]
+        block = block[:block.index("stored: ")] + block[block.index("stored: "):].splitlines()[0]
+        printed = {line.split()[0]: line.split()[-7:] for line in block.splitlines()
+                   if line.split() and (line.split()[0] == "OOS" or line.split()[0].isdigit())}
+
+        def cells(d: dict, rows: int, trees: int) -> list[str]:
+            return [f"{rows:,}", str(trees), f"{d['auc']:.3f}", f"{d['log_loss']:.4f}/{d['base_log_loss']:.4f}",
+                    f"{d['brier']:.4f}/{d['base_brier']:.4f}", f"{d['ece']:.3f}", f"{d['base_rate']:.3f}"]
+
+        expected = {str(f["fold"]): cells(f, f["rows"], f["best_iteration"]) for f in m["folds"]}
+        expected["OOS"] = cells(m["out_of_sample"], m["out_of_sample"]["rows"], m["final_iterations"])
+        assert printed == expected, kind
+        assert f"{kind} {m['verdict']['text']}" in " ".join(block.split())
+        assert block.splitlines()[-1].strip() == f"stored: {stored.path}"
 
 
 def test_stored_model_carries_its_training_feature_distribution(tmp_path):

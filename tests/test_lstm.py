@@ -10,6 +10,7 @@ sequences of 8 bars) so the file runs in well under a minute on two busy cores.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ from trademl.models.lstm import sequence_task, train_lstm
 from trademl.models.lstm_model import LSTMSignalNet, ServingHead
 from trademl.models.lstm_train import Batcher, predict_raw
 from trademl.models.store import ModelStore
-from trademl.predict.runtime_lstm import LSTMRuntime
+from trademl.models.kinds.lstm import LSTMRuntime
 
 HORIZON = 5
 
@@ -108,7 +109,7 @@ def test_onnx_runtime_equals_pytorch(edge_run):
     head = ServingHead(result.net, result.movement_scale, stored_weights(stored)).eval()
     batcher = Batcher(task, result.normalizer, result.movement_scale)
     for sample in (ends[-1:], ends[100:133]):  # batch 1 and a batch other than the traced one
-        got = runtime.predict(windows_at(task.X, sample, 8))
+        got = runtime.heads(windows_at(task.X, sample, 8))
         with torch.no_grad():
             probs, movement, risk = (t.numpy() for t in head(batcher.inputs(sample)))
         np.testing.assert_allclose(got["hold"], probs[:, 0], atol=1e-5)
@@ -129,16 +130,16 @@ def test_runtime_rejects_bad_windows(edge_run):
     runtime = LSTMRuntime.load(ModelStore(cfg.paths.model_root).load("lstm"))
     F = len(runtime.feature_names)
     with pytest.raises(DataError, match=r"\[n, 8, %d\]" % F):
-        runtime.predict(np.zeros((1, 7, F), np.float32))
+        runtime.heads(np.zeros((1, 7, F), np.float32))
     bad = np.zeros((2, 8, F), np.float32)
     bad[1, 3, 2] = np.nan
     with pytest.raises(DataError, match=f"window 1, step 3, feature '{runtime.feature_names[2]}'"):
-        runtime.predict(bad)
+        runtime.heads(bad)
 
 
 def test_serving_runtime_imports_neither_torch_nor_lightgbm():
     code = (
-        "import sys, trademl.predict.runtime_lstm; "
+        "import sys, trademl.models.kinds.lstm; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "assert 'lightgbm' not in sys.modules, 'lightgbm imported'"
     )
@@ -250,16 +251,52 @@ def test_cli_trains_resumes_and_reports_errors(tmp_path):
         f"[paths]\nmodel_root = '{tmp_path / 'models'}'\n"
     )
     runner = CliRunner()
+    wide = {"COLUMNS": "250"}  # one printed line per line
+    store = ModelStore(tmp_path / "models")
     args = ["train", "lstm", str(folder), "--config", str(toml), "--checkpoint-dir", str(tmp_path / "ckpt")]
-    first = runner.invoke(app, args)
+    first = runner.invoke(app, args, env=wide)
     assert first.exit_code == 0, first.output
     assert "stored lstm" in first.output and "model.onnx" in first.output
-    again = runner.invoke(app, [*args, "--resume"])  # every stage finished: nothing retrained
+    assert len(store.versions("lstm")) == 1
+    stored = store.latest("lstm")
+    assert_lstm_summary_matches(first.output, stored)
+    assert LSTMRuntime.load(stored).sequence_length == 8  # trademl.toml's SEQUENCE_LENGTH
+    # One printed line per epoch of each stage (N_FOLDS = 1: fold0, then final), the checkpoints' history.
+    history = {stage: torch.load(tmp_path / "ckpt" / f"{stage}.pt", weights_only=True)["history"]
+               for stage in ("fold0", "final")}
+    assert [len(h) for h in history.values()] == [2, 2]  # EPOCHS = 2
+    expected = [(stage, r["epoch"], f"{r['train_loss']:.4f}", f"{r['val_loss']:.4f}")
+                for stage, h in history.items() for r in h]
+    printed = [(m[1], int(m[2]), m[3], m[4]) for m in
+               re.finditer(r"(\w+) epoch +(\d+): train loss ([\d.]+) +val loss ([\d.]+)", first.output)]
+    assert printed == expected
+
+    again = runner.invoke(app, [*args, "--resume"], env=wide)  # every stage finished: nothing retrained
     assert again.exit_code == 0, again.output
     assert "epoch" not in again.output
     assert len(ModelStore(tmp_path / "models").versions("lstm")) == 2
+    resumed = store.latest("lstm")
+    assert resumed.version != stored.version
+    assert_lstm_summary_matches(again.output, resumed)
+    a, b = (torch.load(s.file("model.pt"), weights_only=True) for s in (stored, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same weights, stored again
+    assert resumed.manifest["metrics"]["cv"] == stored.manifest["metrics"]["cv"]
     missing = runner.invoke(app, ["train", "lstm", str(tmp_path / "nowhere"), "--config", str(toml)])
     assert missing.exit_code == 2 and "nowhere" in missing.output
+    assert len(store.versions("lstm")) == 2
+
+
+def assert_lstm_summary_matches(output: str, stored) -> None:
+    """The paragraph `trademl train lstm` ends with names the stored model and its manifest figures."""
+    cv = stored.manifest["metrics"]["cv"]
+    lines = [" ".join(line.split()) for line in output.splitlines()]
+    assert f"stored lstm {stored.version} at {stored.path}" in lines
+    assert (f"walk-forward OOS on {cv['n_test']:,} sequences: accuracy {cv['accuracy']:.3f} "
+            f"(majority class {cv['majority_accuracy']:.3f}), movement corr {cv['movement_corr']:.3f}, "
+            f"risk MAE {cv['risk_mae']:.3f}") in lines
+    files = sorted(stored.manifest["files"])
+    assert "written: " + ", ".join(files) in lines
+    assert {"model.onnx", "normalizer.json"} <= set(files) and all(stored.file(f).is_file() for f in files)
 
 
 def test_a_killed_training_process_resumes_to_the_same_weights(tmp_path):

@@ -22,7 +22,7 @@ from trademl.models.store import ModelStore
 from trademl.monitor.alerts import EXIT_ALERT, calibration_alerts
 from trademl.data.reference import feature_reference
 from trademl.monitor.drift import drift_table, psi
-from trademl.monitor.log import PredictionLog
+from trademl.predict.log import PredictionLog
 from trademl.monitor.outcomes import join_outcomes, model_calls, score_models, trade_outcomes
 from trademl.monitor.report import parse_since, run_monitor
 
@@ -286,23 +286,67 @@ def test_since_and_symbol_narrow_the_log(monitored):
         parse_since("last tuesday")
 
 
+def _number(text: str) -> float:
+    """A printed figure ("1,400", "57.0%", "-$32,128", "0.500", "-") as a number (NaN for "-")."""
+    if text == "-":
+        return float("nan")
+    sign = -1.0 if text.startswith("-") else 1.0
+    return sign * float(text.lstrip("-").lstrip("$").rstrip("%").replace(",", ""))
+
+
+def _assert_prints_the_library_result(invoked, expected, html_path) -> None:
+    """`trademl monitor` printed what run_monitor computes from the same log, bars and config:
+    the exit code, the counts, every score, the drift of each model, each alert, the report."""
+    out = invoked.stderr
+    assert invoked.exit_code == expected.exit_code
+    ok = expected.predictions
+    assert out.splitlines()[0] == (f"{len(ok):,} predictions ({ok['ts_utc'].min()} .. {ok['ts_utc'].max()}), "
+                                   f"{int(expected.errors['count'].sum())} failed requests, from {expected.log_path}")
+    rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in out.splitlines()
+            if line.strip().startswith("│")]
+    scores = [r for r in rows if len(r) == 11]
+    assert [(r[0], int(r[1])) for r in scores] == list(zip(expected.scores["model"], expected.scores["horizon"]))
+    precision = [1, 1, 1, 1, 0.0005, 0.5, 0.5, 0.0005, 0.0005]  # what each printed column rounds to
+    for printed, row in zip(scores, expected.scores.itertuples()):
+        want = [row.predictions, row.calls, row.judged, row.pending, row.hit_rate, row.pnl, row.pnl_per_call,
+                row.mean_confidence, row.calibration_error]
+        got = [_number(t) for t in printed[2:]]
+        got[4] /= 100.0  # hit rate in percent
+        for g, w, tol in zip(got, want, precision):
+            assert (np.isnan(g) and not np.isfinite(w)) or g == pytest.approx(w, abs=tol * 1.001), (printed, row)
+    text = " ".join(out.split())
+    for (kind, version), drift in expected.drift.items():
+        assert f"Feature drift, {kind} {version}: {int(drift['flagged'].sum())} of {len(drift)} flagged" in text
+        worst = drift.sort_values("psi", ascending=False).head(8)  # the table shows the worst 8
+        printed_psi = {r[0]: r[1] for r in rows if len(r) == 4 and r[0] in set(drift["feature"])}
+        assert printed_psi == {f: f"{v:.3f}" for f, v in zip(worst["feature"], worst["psi"])}
+    assert [line for line in out.splitlines() if line.startswith("ALERT")] == [f"ALERT {a}" for a in expected.alerts]
+    assert f"report: {html_path}" in out.splitlines() and html_path.is_file()
+
+
 def test_cli_exit_codes_and_stderr_lines(monitored):
     from trademl.cli import app
 
     base, _, bars_path, logs, cfg, _ = monitored
     cfg_path = base / "trademl.toml"
     cfg_path.write_text(f'[paths]\nmodel_root = "{base / "models"}"\nreport_dir = "{base / "reports"}"\n')
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "250"})  # one table row per line
     fine = runner.invoke(app, ["monitor", "--log", str(logs["fine"]), "--bars", str(bars_path), "-c", str(cfg_path)])
     assert fine.exit_code == 0, fine.output
     assert "ALERT" not in fine.stderr and (base / "reports" / "monitor.html").exists()
+    _assert_prints_the_library_result(fine, run_monitor(logs["fine"], bars_path, config=load_config(cfg_path)),
+                                      base / "reports" / "monitor.html")
     drifted = runner.invoke(app, ["monitor", "--log", str(logs["drifted"]), "--bars", str(bars_path), "-c", str(cfg_path),
                                   "--out", str(base / "drifted.html")])
     assert drifted.exit_code == EXIT_ALERT
     assert "ALERT drift: lgb_5m" in drifted.stderr
+    _assert_prints_the_library_result(drifted, run_monitor(logs["drifted"], bars_path, config=load_config(cfg_path)),
+                                      base / "drifted.html")
     over = runner.invoke(app, ["monitor", "--log", str(logs["overconfident"]), "--bars", str(bars_path),
                                "-c", str(cfg_path), "--out", str(base / "over.html")])
     assert over.exit_code == EXIT_ALERT and "ALERT calibration: lgb_5m at 5 bars" in over.stderr
+    _assert_prints_the_library_result(over, run_monitor(logs["overconfident"], bars_path, config=load_config(cfg_path)),
+                                      base / "over.html")
     copy = base / "copy.sqlite"
     # a WAL database is the main file plus its -wal file: copy it through SQLite's backup API
     with sqlite3.connect(logs["fine"]) as src, sqlite3.connect(copy) as dst:

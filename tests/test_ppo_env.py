@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.data.synthetic import synthetic_bars
 from trademl.errors import TradeMLError
 from trademl.market.contracts import contract_spec
 from trademl.market.execution import ExecutionModel
-from trademl.models.ppo.env import (
-    BUY, HOLD, SELL, FeatureNormalizer, MarketData, ObservationSpec, TradingCore, TradingEnvironment,
-)
+from trademl.market.actions import BUY, HOLD, SELL
+from trademl.market.broker import simulate
+from trademl.models.ppo.env import MarketData, TradingCore, TradingEnvironment
+from trademl.models.ppo.observation import FeatureNormalizer, ObservationSpec
 from trademl.models.ppo.rewards import RewardSettings
 from trademl.models.ppo.vec_env import TradingVecEnv
 
@@ -79,7 +80,7 @@ def test_scripted_pnl_costs_and_caps_match_hand_computation(symbol):
     # The same target positions through ExecutionModel.simulate give the same dollars.
     target = np.zeros(len(bars))
     target[1:6] = [1, 2, 2, 1, 1]
-    sim = env.core.execution.simulate(target, bars["open"].to_numpy(), bars["close"].to_numpy(), seg)
+    sim = simulate(env.core.execution, target, bars["open"].to_numpy(), bars["close"].to_numpy(), seg)
     assert sim.pnl[2:7] == pytest.approx(HAND[symbol])
 
 

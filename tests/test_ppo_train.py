@@ -14,7 +14,9 @@ import pytest
 from trademl.config import Config
 from trademl.data.synthetic import synthetic_bars
 from trademl.errors import InsufficientDataError, TradeMLError
-from trademl.models.ppo.env import BUY, SELL, TradingCore
+from trademl.market.actions import BUY, SELL
+from trademl.market.broker import simulate
+from trademl.models.ppo.env import TradingCore
 from trademl.models.ppo.train import prepare_market, run_policy, train_ppo
 from trademl.models.store import ModelStore
 
@@ -46,7 +48,7 @@ def test_fewer_than_1000_rows_is_a_clear_error_with_the_numbers(tmp_path):
 
 def test_onnx_policy_equals_sb3_to_1e5(trained):
     from trademl.models.ppo.export import sb3_outputs
-    from trademl.predict.runtime_ppo import PPORuntime
+    from trademl.models.kinds.ppo import PPORuntime
 
     bars, cfg, result = trained
     stored = ModelStore(cfg.paths.model_root).load("ppo", feature_names=result.prepared.feature_names)
@@ -57,7 +59,7 @@ def test_onnx_policy_equals_sb3_to_1e5(trained):
     for a in np.random.default_rng(0).integers(0, 3, (30, 64)):  # states with positions and P&L
         core.step(a)
     obs = core.observe()
-    probs, value = runtime.predict(obs)
+    probs, value = runtime.policy(obs)
     ref_probs, ref_value = sb3_outputs(result.model.policy, obs)
     assert np.abs(probs - ref_probs).max() <= 1e-5
     assert np.abs(value - ref_value).max() <= 1e-5
@@ -66,7 +68,7 @@ def test_onnx_policy_equals_sb3_to_1e5(trained):
 
 
 def test_runtime_observation_from_raw_features_equals_the_environments(trained):
-    from trademl.predict.runtime_ppo import PPORuntime
+    from trademl.models.kinds.ppo import PPORuntime
 
     bars, cfg, result = trained
     p = result.prepared
@@ -87,7 +89,7 @@ def test_runtime_observation_from_raw_features_equals_the_environments(trained):
 
 
 def test_runtime_imports_neither_torch_nor_lightgbm():
-    code = ("import sys, trademl.predict.runtime_ppo; "
+    code = ("import sys, trademl.models.kinds.ppo; "
             "bad = [m for m in ('torch', 'lightgbm', 'stable_baselines3') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -137,7 +139,7 @@ def test_evaluation_pnl_is_the_execution_models_pnl_of_the_agents_positions(trai
         return probs
 
     run = run_policy(follow_edge, p, market, starts)
-    sim = p.execution.simulate(run["target"], p.open, p.close, p.segments)
+    sim = simulate(p.execution, run["target"], p.open, p.close, p.segments)
     assert run["pnl"].sum() == pytest.approx(sim.pnl.sum(), abs=1e-6)
     assert run["costs"].sum() == pytest.approx(sim.costs.sum(), abs=1e-6)
     assert np.abs(run["target"]).max() <= 5
@@ -175,15 +177,47 @@ def test_cli_train_ppo_on_synthetic_bars_and_a_clear_error_on_short_files(tmp_pa
         f'checkpoint_dir = "{tmp_path / "ckpt"}"\n'
     )
     runner = CliRunner()
-    ok = runner.invoke(app, ["train", "ppo", "--synthetic", "3000", "--timesteps", "256", "--config", str(toml)])
+    ok = runner.invoke(app, ["train", "ppo", "--synthetic", "3000", "--timesteps", "256", "--config", str(toml)],
+                       env={"COLUMNS": "200"})
     assert ok.exit_code == 0, ok.output
     assert len(ModelStore(tmp_path / "models").versions("ppo")) == 1
+    stored = ModelStore(tmp_path / "models").latest("ppo")
+    settings = stored.manifest["config"]
+    assert (settings["total_timesteps"], settings["n_envs"], settings["n_steps"], settings["window"]) == (256, 16, 16, 4)
+    span = stored.manifest["training_span"]
+    assert span["rows"] + span["eval_rows"] == 3000  # --synthetic 3000: all of them, train then held out
+    assert stored.manifest["metrics"]["timesteps"] == 256
+    assert json.loads(stored.file("eval.json").read_text()) == stored.manifest["metrics"]
+    assert (tmp_path / "ckpt" / "ppo_checkpoint.zip").is_file()
+    assert_ppo_summary_matches(ok.output, stored)
+    assert f"wrote {tmp_path / 'ckpt'}" in ok.output.splitlines()
     short = tmp_path / "short.csv"
     b = synthetic_bars(500, seed=1)
     b[["open", "high", "low", "close", "volume"]].to_csv(short, index_label="timestamp")
     bad = runner.invoke(app, ["train", "ppo", str(short), "--symbol", "NQ", "--config", str(toml)])
     assert bad.exit_code == 2
     assert "at least 1000 bars" in bad.output and "got 500" in bad.output
+    assert ModelStore(tmp_path / "models").versions("ppo") == [stored.version]  # nothing stored
+
+
+def assert_ppo_summary_matches(output: str, stored) -> None:
+    """The table `trademl train ppo` prints holds the stored agent's held-out figures (its manifest's
+    metrics), and it names the stored model's folder."""
+    m = stored.manifest["metrics"]
+    lines = output.splitlines()
+    title = " ".join(" ".join(lines).split())
+    assert f"PPO agent, held-out span ({m['eval_decisions']} decisions, {m['eval_segments']} segments)" in title
+    printed = {r[0]: r[1] for r in ([c.strip() for c in line.strip().strip("│").split("│")] for line in lines
+                                    if line.strip().startswith("│")) if len(r) == 2}
+    expected = {"net P&L ($)": f"{m['net_pnl']:,.2f}", "costs ($)": f"{m['costs']:,.2f}", "trades": f"{m['trades']:,}",
+                "mean |position|": f"{m['mean_abs_position']:.3f}", "max drawdown ($)": f"{m['max_drawdown']:,.2f}",
+                "vs flat ($)": f"{m['vs_flat']:,.2f}", "timesteps": f"{m['timesteps']:,}",
+                "training (s)": f"{m['train_seconds']:.1f}", "timesteps/s": f"{m['timesteps_per_second']:,.0f}"}
+    if "oracle_pnl" in m:
+        expected["oracle, 1 contract ($)"] = f"{m['oracle_pnl']:,.2f}"
+        expected["agent / oracle"] = "-" if m["pnl_vs_oracle"] is None else f"{m['pnl_vs_oracle']:.2f}"
+    assert printed == expected
+    assert f"wrote {stored.path}" in lines
 
 
 # Learning. The market: 200,000 synthetic NQ minute bars, planted edge IC 0.15 at horizon 5

@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 
 from malformed_requests import GUIDE_EXAMPLE
-from trademl.predict.combine import BUY, HOLD, SELL, combine_votes, lgbm_vote, signal_vote
-from trademl.predict.ensemble import EnsemblePredictor, RequestError, choose_weights, validation_skill
+from trademl.market.actions import BUY, HOLD, SELL
+from trademl.models.base import class_vote
+from trademl.models.kinds.lgbm import lgbm_vote
+from trademl.predict.decision import choose_weights, decide
+from trademl.predict.ensemble import EnsemblePredictor
+from trademl.predict.request import RequestError
 
 
 # --- the vote (known answers) ------------------------------------------------------------
@@ -38,7 +42,7 @@ def test_weighted_argmax_confidence_and_agreement():
         "b": np.array([[0.1, 0.3, 0.6]]),  # SELL
         "c": np.array([[0.3, 0.5, 0.2]]),  # BUY
     }
-    c = combine_votes(votes, {"a": 2.0, "b": 1.0, "c": 1.0})
+    c = decide(votes, {"a": 2.0, "b": 1.0, "c": 1.0})
     p = (2 * np.array([0.2, 0.7, 0.1]) + [0.1, 0.3, 0.6] + [0.3, 0.5, 0.2]) / 4
     np.testing.assert_allclose(c.probabilities[0], p)
     assert c.action[0] == BUY and c.recommendation[0] == "BUY"
@@ -48,12 +52,12 @@ def test_weighted_argmax_confidence_and_agreement():
 
 def test_ties_go_to_hold_and_weights_matter():
     tie = {"a": np.array([[0.0, 0.5, 0.5]]), "b": np.array([[0.5, 0.5, 0.0]])}
-    assert combine_votes(tie, {"a": 1, "b": 1}).action[0] == BUY  # 0.25 / 0.5 / 0.25
+    assert decide(tie, {"a": 1, "b": 1}).action[0] == BUY  # 0.25 / 0.5 / 0.25
     flat = {"a": np.array([[1 / 3, 1 / 3, 1 / 3]])}
-    assert combine_votes(flat, {"a": 1}).action[0] == HOLD
+    assert decide(flat, {"a": 1}).action[0] == HOLD
     split = {"a": np.array([[0.1, 0.8, 0.1]]), "b": np.array([[0.1, 0.1, 0.8]])}
-    assert combine_votes(split, {"a": 1, "b": 3}).action[0] == SELL
-    assert combine_votes(split, {"a": 3, "b": 1}).action[0] == BUY
+    assert decide(split, {"a": 1, "b": 3}).action[0] == SELL
+    assert decide(split, {"a": 3, "b": 1}).action[0] == BUY
 
 
 def test_batch_rows_with_missing_models_equal_single_rows():
@@ -61,18 +65,18 @@ def test_batch_rows_with_missing_models_equal_single_rows():
     raw = {m: rng.dirichlet([1, 1, 1], size=50) for m in ("a", "b", "c")}
     raw["b"][::3] = np.nan  # model b has no output on every third row
     weights = {"a": 0.5, "b": 1.0, "c": 0.2}
-    batch = combine_votes(raw, weights)
+    batch = decide(raw, weights)
     for i in range(50):
         present = {m: v[i] for m, v in raw.items() if np.isfinite(v[i]).all()}
-        one = combine_votes(present, weights)
+        one = decide(present, weights)
         assert one.action[0] == batch.action[i]
         np.testing.assert_allclose(one.confidence[0], batch.confidence[i])
-    nobody = combine_votes({"a": np.full((2, 3), np.nan)}, {"a": 1.0})
+    nobody = decide({"a": np.full((2, 3), np.nan)}, {"a": 1.0})
     assert not nobody.voted.any() and (nobody.confidence == 0).all()
 
 
-def test_signal_vote_reorders_nothing_and_renormalises():
-    v = signal_vote([0.2], [0.5], [0.31])
+def test_class_vote_reorders_nothing_and_renormalises():
+    v = class_vote([0.2], [0.5], [0.31])
     np.testing.assert_allclose(v[0], np.array([0.2, 0.5, 0.31]) / 1.01)
 
 
@@ -80,20 +84,33 @@ def test_signal_vote_reorders_nothing_and_renormalises():
 
 
 def test_weights_from_config_skill_or_equal_with_warning():
-    metrics = {"lgb_5m": {"out_of_sample": {"auc": 0.6}}, "lstm": {"cv": {"accuracy": 0.55, "majority_accuracy": 0.5}},
-               "ppo": {"pnl_vs_oracle": 0.4, "net_pnl": 10.0}}
+    from trademl.models.base import known_kinds, validation_skill
+    from trademl.models.lgbm import win_skill
+    from trademl.models.lstm import lstm_skill
+    from trademl.models.ppo.train import ppo_skill
+
+    def stored(record):  # what each kind's manifest holds: metrics["validation_skill"], one shape
+        return {"validation_skill": record}
+
+    metrics = {"lgb_5m": stored(win_skill({"auc": 0.6, "auc_ci": [0.55, 0.65]})),
+               "lstm": stored(lstm_skill({"accuracy": 0.55, "majority_accuracy": 0.5, "n_test": 100})),
+               "ppo": stored(ppo_skill({"pnl_vs_oracle": 0.4, "net_pnl": 10.0}))}
     weights, note = choose_weights(None, metrics)
     assert note is None
     np.testing.assert_allclose([weights["lgb_5m"], weights["lstm"], weights["ppo"]], [0.2, 0.1, 0.4])
+    assert metrics["lgb_5m"]["validation_skill"]["interval"] == pytest.approx([0.1, 0.3])
     weights, note = choose_weights({"lstm": 2.0}, metrics)
     assert weights == {"lgb_5m": 0.0, "lstm": 2.0, "ppo": 0.0} and note is None
-    weights, note = choose_weights(None, {**metrics, "ppo": {"net_pnl": 5.0}})  # real data: no oracle
+    no_oracle = stored(ppo_skill({"net_pnl": 5.0}))  # real data: no oracle to scale the P&L by
+    weights, note = choose_weights(None, {**metrics, "ppo": no_oracle})
     assert set(weights.values()) == {1.0} and "ppo" in note
-    weights, note = choose_weights(None, {"lgb_5m": {"out_of_sample": {"auc": 0.49}}, "ppo": {"net_pnl": -3.0}})
+    weights, note = choose_weights(None, {"lgb_5m": stored(win_skill({"auc": 0.49, "auc_ci": [0.45, 0.53]})),
+                                          "ppo": stored(ppo_skill({"net_pnl": -3.0}))})
     assert set(weights.values()) == {1.0} and "no model beat its baseline" in note
-    assert validation_skill("ppo", {"net_pnl": -1.0}) == 0.0
+    assert validation_skill(stored(ppo_skill({"net_pnl": -1.0}))) == 0.0
+    assert validation_skill({"out_of_sample": {"auc": 0.7}}) is None  # an older manifest: no stored skill
     with pytest.raises(Exception, match="unknown model kinds"):
-        choose_weights({"xgb": 1.0}, metrics)
+        choose_weights({"xgb": 1.0}, metrics, known_kinds())
 
 
 # --- the predictor on the trained store ---------------------------------------------------
@@ -110,12 +127,84 @@ def bars_payload(bars) -> list[dict]:
             for t, row in zip(bars.index, bars[cols].to_numpy())]
 
 
-def test_guide_example_is_a_valid_prediction(predictor):
+def _documented_skill(kind: str, metrics: dict) -> float | None:
+    """A model's validation skill as README "How the ensemble decides" states it, from its
+    manifest's metrics (a stored ``validation_skill`` first): lgb_* 2 AUC - 1; lstm the accuracy
+    gain over the majority class; ppo the held-out share of the oracle's P&L (0 if it lost)."""
+    if metrics.get("validation_skill") is not None:
+        return metrics["validation_skill"]["value"]
+    if kind.startswith("lgb_"):
+        return max(0.0, 2.0 * float(metrics["out_of_sample"]["auc"]) - 1.0)
+    if kind == "lstm":
+        acc, maj = float(metrics["cv"]["accuracy"]), float(metrics["cv"]["majority_accuracy"])
+        return max(0.0, (acc - maj) / (1.0 - maj)) if maj < 1 else 0.0
+    if metrics.get("pnl_vs_oracle") is not None:
+        return min(1.0, max(0.0, float(metrics["pnl_vs_oracle"])))
+    return 0.0 if float(metrics["net_pnl"]) <= 0 else None
+
+
+def test_guide_example_is_a_valid_prediction(predictor, trained_store):
+    """The guide's example (4 features, no sequence) gives exactly what the stored LightGBM
+    models say about that row (NaN for the features it does not send), combined by the
+    documented vote (README "How the ensemble decides"), written out here rather than imported;
+    the LSTM and the PPO agent are skipped, each with a warning saying why."""
+    from trademl.models.store import ModelStore
+    from trademl.models.kinds.lgbm import LGBMRuntime
+
     out = predictor.ensemble_predict(dict(GUIDE_EXAMPLE))
     assert out["models_used"] == ["lgb_5m", "lgb_30m"]
     assert 0 <= out["win_5m_prob"] <= 1 and 0 <= out["win_30m_prob"] <= 1
     assert out["ensemble_recommendation"] in ("BUY", "SELL", "HOLD")
     assert any("features missing" in w for w in out["warnings"])
+
+    store = ModelStore(trained_store.root)
+    stored = {k: store.load(k) for k in ("lgb_5m", "lgb_30m", "lstm", "ppo")}
+    names = stored["lgb_5m"].feature_names
+    row = np.full(len(names), np.nan, dtype=np.float32)
+    for name, value in GUIDE_EXAMPLE["features"].items():
+        row[names.index(name)] = value
+    win = {}  # kind -> (p_long, p_short) of this row
+    for kind in ("lgb_5m", "lgb_30m"):
+        rt = LGBMRuntime.load(stored[kind])
+        win[kind] = tuple(float(rt.predict_win(row[None], side)[0]) for side in (1, -1))
+    # The request sends no side: the win fields are about a long.
+    assert out["win_5m_prob"] == pytest.approx(win["lgb_5m"][0], abs=1e-9)
+    assert out["win_30m_prob"] == pytest.approx(win["lgb_30m"][0], abs=1e-9)
+    assert out["timestamp"] == "2024-01-01T12:00:00Z"
+    assert out["model_versions"] == {k: store.latest(k).version for k in ("lgb_5m", "lgb_30m")}
+    # Absent: every LSTM and PPO field; each skipped with a warning naming the missing sequence.
+    assert set(out) == {"timestamp", "models_used", "win_5m_prob", "win_30m_prob", "ensemble_recommendation",
+                        "confidence_score", "warnings", "model_versions"}
+    for kind in ("lstm", "ppo"):
+        skipped = [w for w in out["warnings"] if w.startswith(f"{kind} skipped")]
+        assert len(skipped) == 1 and "sequence" in skipped[0], out["warnings"]
+    assert any(f"{len(names) - 4} of {len(names)} features missing" in w for w in out["warnings"]), out["warnings"]
+
+    # The vote of each LightGBM model: buy = p_long, sell = p_short, hold = 1 - both (>= 0), normalised.
+    votes = {}
+    for kind, (p_long, p_short) in win.items():
+        v = np.array([max(0.0, 1.0 - p_long - p_short), p_long, p_short])
+        votes[kind] = v / v.sum()
+    # The weights: [ensemble] weights if set, else each loaded model's validation skill; equal
+    # weights when a skill is unknown or none is above 0.
+    configured = trained_store.config.ensemble.weights
+    if configured:
+        weights = {k: float(configured.get(k, 0.0)) for k in stored}
+    else:
+        skills = {k: _documented_skill(k, s.manifest["metrics"]) for k, s in stored.items()}
+        equal = any(s is None for s in skills.values()) or not any(s > 0 for s in skills.values())
+        weights = {k: 1.0 if equal else s for k, s in skills.items()}
+        assert any(w.startswith("equal ensemble weights") for w in out["warnings"]) == equal, out["warnings"]
+    w = {k: weights[k] for k in votes}
+    if sum(w.values()) == 0:  # only weight-0 models ran: equal weights among them, and a warning says so
+        w = {k: 1.0 for k in votes}
+        assert any("weight 0" in x for x in out["warnings"]), out["warnings"]
+    total = sum(w.values())
+    p = sum(w[k] * votes[k] for k in votes) / total
+    winner = int(np.argmax(p))  # the first maximum: ties go to HOLD, then BUY
+    agreement = sum(w[k] for k in votes if int(np.argmax(votes[k])) == winner) / total
+    assert out["ensemble_recommendation"] == ("HOLD", "BUY", "SELL")[winner]
+    assert out["confidence_score"] == pytest.approx(p[winner] * agreement, abs=1e-9)
 
 
 def test_raw_bars_and_precomputed_features_give_identical_outputs(predictor, trained_store):
@@ -129,7 +218,7 @@ def test_raw_bars_and_precomputed_features_give_identical_outputs(predictor, tra
     from_features = predictor.ensemble_predict({
         "symbol": "NQZ5", "timestamp": from_bars["timestamp"], "position": 1, "recent_actions": [0, 1, 1],
         "features": dict(zip(feats.columns, map(float, feats.iloc[-1]))),
-        "sequence": feats.iloc[-predictor.models.sequence_length:].to_numpy().tolist(),
+        "sequence": feats.iloc[-predictor.models.history:].to_numpy().tolist(),
     })
     assert from_features == from_bars
     as_array = predictor.ensemble_predict({
@@ -158,7 +247,7 @@ def test_serving_row_equals_the_training_row_and_ignores_the_future(trained_stor
 
 
 def test_side_selects_the_long_or_short_win_probability(predictor, trained_store):
-    seq = np.zeros((predictor.models.sequence_length, len(predictor.models.feature_names)))
+    seq = np.zeros((predictor.models.history, len(predictor.models.feature_names)))
     base = {"symbol": "NQ", "features": [0.0] * len(predictor.models.feature_names), "sequence": seq.tolist()}
     long_ = predictor.ensemble_predict(dict(base))
     short = predictor.ensemble_predict(dict(base, side="short"))
@@ -260,7 +349,7 @@ def test_predictions_are_logged_with_the_guides_line(trained_store, tmp_path):
 
 
 def test_prediction_log_sqlite_gets_digest_output_versions_latency(trained_store, tmp_path):
-    pytest.importorskip("trademl.monitor.log", reason="the prediction log (issue 8) has not landed")
+    pytest.importorskip("trademl.predict.log", reason="the prediction log (issue 8) has not landed")
     import sqlite3
 
     p = EnsemblePredictor(trained_store.root, trained_store.config, log_dir=tmp_path / "logs")
@@ -305,7 +394,7 @@ def test_the_guides_python_call_with_numpy_arrays(predictor):
     """The guide's market_data: 'features': feature_array, 'sequence': historical_sequence (numpy)."""
     width = len(predictor.models.feature_names)
     rng = np.random.default_rng(1)
-    sequence = rng.normal(size=(predictor.models.sequence_length, width)).astype(np.float32)
+    sequence = rng.normal(size=(predictor.models.history, width)).astype(np.float32)
     market_data = {"features": sequence[-1], "sequence": sequence, "position": 0, "balance": 100_000.0,
                    "unrealized_pnl": 0.0, "recent_actions": [0, 1, 0, 2, 0, 0, 1, 0, 0, 0]}
     out = predictor.ensemble_predict(market_data)

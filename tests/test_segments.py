@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from trademl.data.segments import bars_since_start, bars_to_end, segment_ends, segment_ids, segment_starts
+from trademl.segments import bars_since_start, bars_to_end, segment_ends, segment_ids, segment_starts
 
 
 def _frame(minutes, contract=None):

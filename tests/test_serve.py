@@ -81,7 +81,8 @@ def test_models_and_metrics(client, trained_store):
     models = client.get("/v1/models").json()
     assert set(models["models"]) == {"lgb_5m", "lgb_30m", "lstm", "ppo"}
     assert models["sequence_length"] == trained_store.config.lstm.SEQUENCE_LENGTH
-    assert models["ppo_window"] == trained_store.config.ppo.window
+    assert models["history"] == {"lgb_5m": 1, "lgb_30m": 1, "lstm": trained_store.config.lstm.SEQUENCE_LENGTH,
+                                 "ppo": trained_store.config.ppo.window}
     before = client.get("/metrics").text
     client.post("/v1/predict", json=GUIDE_EXAMPLE)
     client.post("/v1/predict", content=b"not json", headers={"content-type": "application/json"})
@@ -168,7 +169,7 @@ def test_typescript_client_against_a_live_server(trained_store):
 
 
 def test_failures_before_the_predictor_reach_the_prediction_log(trained_store, tmp_path):
-    from trademl.monitor.log import PredictionLog
+    from trademl.predict.log import PredictionLog
 
     with TestClient(build_app(trained_store.config, trained_store.root, tmp_path)) as c:
         c.post("/v1/predict", content=b"{oops", headers={"content-type": "application/json"})

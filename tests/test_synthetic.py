@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.data.synthetic import forward_log_return, rank_ic, synthetic_bars
 
 

@@ -3,26 +3,24 @@ account, honesty on a random walk and on a planted edge, the CLI."""
 
 from __future__ import annotations
 
+import html
+import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from trademl.backtest.walkforward import (
-    ENSEMBLE,
-    Accounts,
-    backtest_segments,
-    budget_config,
-    check_models,
-    walk_forward_backtest,
-)
+from trademl.backtest.walkforward import ENSEMBLE, backtest_segments, budget_config, walk_forward_backtest
 from trademl.config import load_config
 from trademl.data.dataset import dataset_from_bars
 from trademl.data.splits import label_window_overlap
 from trademl.data.synthetic import synthetic_bars
 from trademl.errors import TradeMLError
 from trademl.market.contracts import contract_spec
+from trademl.market.broker import Broker
 from trademl.market.execution import ExecutionModel
+from trademl.models.train_all import check_families
 
 # Tiny budgets: a 3-fold walk-forward of all three models on 30k bars in ~40 s on two shared cores.
 TINY = {
@@ -57,7 +55,7 @@ def test_budget_and_models_are_checked():
     with pytest.raises(TradeMLError, match="--budget"):
         budget_config(cfg, "huge")
     with pytest.raises(TradeMLError, match="xgboost"):
-        check_models(("lgbm", "xgboost"))
+        check_families(("lgbm", "xgboost"))
     bad = load_config(None, {"demo": {"lstm": {"HIDDEN": 4}}})
     with pytest.raises(TradeMLError, match=r"\[demo\].*lstm.HIDDEN"):
         budget_config(bad, "small")
@@ -72,19 +70,22 @@ def test_fold_boundaries_are_segment_breaks():
 def test_account_hand_computed_es():
     """A BUY at bar 0's close fills at bar 1's open plus one tick; state as the PPO env defines it."""
     es = contract_spec("ES")  # tick 0.25 = $12.50, $50 a point
-    accounts = Accounts(1, ExecutionModel(es, commission_per_side=2.25, slippage_ticks=1, max_position=5), 100_000.0)
-    accounts.decide(np.array([1.0]), np.array([1]), 5)
-    accounts.fill(False, prev_close=4000.0, open_=4001.0, close=4003.0)
-    assert accounts.position.tolist() == [1.0] and accounts.avg_price.tolist() == [4001.25]
+    broker = Broker(ExecutionModel(es, commission_per_side=2.25, slippage_ticks=1, max_position=5), 1, 100_000.0)
+    broker.signal(np.array([1]), np.array([True]))
+    broker.fill_target(False, prev_close=4000.0, open_=4001.0, close=4003.0)
+    assert broker.position.tolist() == [1] and broker.avg_price.tolist() == [4001.25]
     # bar P&L: (4003 - 4001) * 50 - 12.50 slippage - 2.25 commission
-    assert accounts.equity[0] == pytest.approx(100 - 12.5 - 2.25)
-    position, balance, unrealized = accounts.state(4003.0)
-    assert unrealized[0] == pytest.approx((4003.0 - 4001.25) * 50)
-    assert balance[0] == pytest.approx(100_000 - 2.25)  # cash: only the commission is realized
-    assert accounts.recent[0, -1] == 1
-    accounts.decide(np.array([1.0]), np.array([1]), 5)
-    accounts.fill(True, prev_close=4003.0, open_=4002.0, close=4010.0)  # the segment's last bar: flat
-    assert accounts.position.tolist() == [0.0] and accounts.avg_price.tolist() == [0.0]
+    assert broker.equity[0] == pytest.approx(100 - 12.5 - 2.25)
+    state = broker.state(4003.0)
+    assert state.position.tolist() == [1.0]
+    assert state.unrealized_pnl[0] == pytest.approx((4003.0 - 4001.25) * 50)
+    assert state.balance[0] == pytest.approx(100_000 - 2.25)  # cash: only the commission is realized
+    assert state.recent_actions[0, -1] == 1
+    broker.signal(np.array([2]), np.array([False]))  # a SELL that did not count: recorded as hold, no move
+    assert broker.target.tolist() == [1] and broker.recent[0, -2:].tolist() == [1, 0]
+    broker.signal(np.array([1]), np.array([True]))
+    broker.fill_target(True, prev_close=4003.0, open_=4002.0, close=4010.0)  # the segment's last bar: flat
+    assert broker.position.tolist() == [0] and broker.avg_price.tolist() == [0.0]
 
 
 def test_random_twin_of_a_strategy_that_never_traded_stays_flat():
@@ -184,6 +185,30 @@ def test_planted_edge_gives_a_significant_out_of_sample_sharpe():
 # ----------------------------------------------------------------------------- the command
 
 
+def _figure(text: str) -> float:
+    """A printed or reported figure ("$17,205", "$-5", "-$5", "44%", "0.941", "-") as a number; "-" is NaN."""
+    text = text.strip()
+    if text == "-":
+        return math.nan
+    negative = text.startswith("-") or text.startswith("$-")
+    value = float(text.replace("$", "").replace("-", "").replace(",", "").rstrip("%"))
+    return (-value if negative else value) / (100.0 if text.endswith("%") else 1.0)
+
+
+def _report_metrics(page: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The HTML report's metrics table: (runs in order, {metric: {run: cell text}})."""
+    table = page[page.index('<table class="metrics">'):]
+    table = table[:table.index("</table>")]
+    head = re.findall(r"<th>(.*?)</th>", table)
+    assert head[0] == "metric"
+    runs = [html.unescape(h) for h in head[1:]]
+    metrics = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", table[table.index("<tbody>"):]):
+        cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)]
+        metrics[cells[0]] = dict(zip(runs, cells[1:]))
+    return runs, metrics
+
+
 @pytest.mark.slow
 def test_cli_backtest_and_script(tmp_path, monkeypatch):
     """`trademl backtest` on the bundled ES bars (LightGBM only, 2 folds): progress per fold,
@@ -202,7 +227,8 @@ def test_cli_backtest_and_script(tmp_path, monkeypatch):
         f'[paths]\nmodel_root = "{tmp_path / "models"}"\nreport_dir = "{tmp_path / "reports"}"\n'
     )
     runner = CliRunner()
-    result = runner.invoke(app, ["backtest", "--folds", "2", "--models", "lgbm", "--out", "wf.html"])
+    result = runner.invoke(app, ["backtest", "--folds", "2", "--models", "lgbm", "--out", "wf.html"],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "fold 1/2" in out and "fold 2/2 done" in out
@@ -211,6 +237,36 @@ def test_cli_backtest_and_script(tmp_path, monkeypatch):
     assert "DSR" in out and "report:" in out
     assert (tmp_path / "wf.html").is_file() and "Equity and drawdown" in (tmp_path / "wf.html").read_text()
     assert not (tmp_path / "models").exists(), "fold models live in temporary stores, not in the model store"
+    # Each fold trains on a longer past than the one before and reports when it is done, in order.
+    trained_to = [int(n.replace(",", "")) for n in re.findall(r"fold \d/2: training on rows 0\.\.([\d,]+)", out)]
+    assert len(trained_to) == 2 and trained_to[0] < trained_to[1]
+    assert re.findall(r"fold (\d)/2 done", out) == ["1", "2"]
+    # The printed table is the report's table: the same runs in the same order, the same figures.
+    page = (tmp_path / "wf.html").read_text()
+    runs, reported = _report_metrics(page)
+    assert runs[:2] == ["ensemble", "flat"] and {"buy_and_hold", "lgb_5m alone", "lgb_30m alone"} <= set(runs)
+    printed = {}
+    for line in result.output.splitlines():
+        tokens = line.split()
+        if len(tokens) > 8 and " ".join(tokens[:-8]) in runs:
+            printed[" ".join(tokens[:-8])] = tokens[-8:]
+    assert list(printed) == runs
+    columns = [("total_pnl", 0.5), ("sharpe", 0.0051), ("max_drawdown_usd", 0.5), ("trades", 0), ("win_rate", 0.0051),
+               ("costs_paid", 0.5), ("psr", 0.0006), ("dsr", 0.0006)]  # printed precision vs the report's
+    for run, cells in printed.items():
+        for text, (metric, tol) in zip(cells, columns):
+            got, want = _figure(text), _figure(reported[metric][run])
+            assert (math.isnan(got) and math.isnan(want)) or abs(got - want) <= tol, (run, metric, text, reported[metric][run])
+    # The verdict line says what the ensemble's row says.
+    verdict = next(line for line in result.output.splitlines() if line.startswith("ensemble: "))
+    if _figure(reported["trades"]["ensemble"]) == 0:
+        threshold = load_config(tmp_path / "trademl.toml").backtest.confidence_threshold
+        assert verdict.startswith("ensemble: never traded") and f"the threshold is {threshold:g}" in verdict
+    elif not math.isnan(_figure(reported["dsr"]["ensemble"])):
+        assert verdict.startswith(f"ensemble: deflated Sharpe {reported['dsr']['ensemble']} over "
+                                  f"{reported['dsr_trials']['ensemble']} candidates")
+    assert result.output.splitlines()[-1] == "report: wf.html"
+    assert "2 folds" in page[page.index("<title>"):page.index("</title>")]
 
     bad = runner.invoke(app, ["backtest", "--budget", "huge"])
     assert bad.exit_code == 2 and "--budget" in bad.output
@@ -219,3 +275,7 @@ def test_cli_backtest_and_script(tmp_path, monkeypatch):
     script = Path(__file__).resolve().parents[1] / "scripts" / "backtest_models.py"
     shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "--folds" in shown.stdout and "--budget" in shown.stdout
+    # The script is `trademl backtest`: every option of the command, and no other.
+    options = lambda text: sorted(set(re.findall(r"--[a-z][a-z-]*", text)))  # noqa: E731
+    assert options(shown.stdout) == options(runner.invoke(app, ["backtest", "--help"]).output)
+    assert {"--folds", "--budget", "--out", "--models", "--config"} <= set(options(shown.stdout))

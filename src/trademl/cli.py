@@ -209,13 +209,12 @@ def _headline(metrics: dict) -> str:
     every kind stores in one shape (``trademl.models.base``)."""
     parts = []
     for name, value in (metrics.get("headline") or {}).items():
-        if isinstance(value, bool):
-            parts.append(name.replace("_", " ") if value else f"not {name.replace('_', ' ')}")
-        elif isinstance(value, (int, float)):
-            parts.append(f"{name} {value:,.3f}" if isinstance(value, float) else f"{name} {value:,}")
-    skill = (metrics.get("validation_skill") or {}).get("value")
-    if isinstance(skill, (int, float)):
-        parts.append(f"skill {skill:.3f}")
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, float):
+            parts.append(f"{name} {value:.3f}")
+        elif isinstance(value, int):
+            parts.append(f"{name} {value:,}")
     return ", ".join(parts) or "-"
 
 
@@ -268,7 +267,7 @@ def predict_command(
     config: Optional[Path] = ConfigOpt,
 ):
     """One JSON snapshot on stdin -> one JSON prediction on stdout (exit 2: bad request, 3: no model)."""
-    from trademl.predict.ensemble import predict_stdio
+    from trademl.predict.stdio import predict_stdio
 
     code = predict_stdio(sys.stdin, sys.stdout, model_root=model_root, config=config, record=not no_log)
     raise typer.Exit(code)
@@ -307,7 +306,7 @@ def monitor_command(
 ):
     """Prediction log + bars since -> hit rate, P&L, calibration, drift, latency, errors (exit 3 on an alert)."""
     from trademl.config import load_config
-    from trademl.monitor.log import PredictionLog
+    from trademl.predict.log import PredictionLog
     from trademl.monitor.report import parse_since, print_summary, run_monitor
 
     cfg = load_config(config)

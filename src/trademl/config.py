@@ -313,3 +313,21 @@ def resolve_config(config: Config | str | os.PathLike | None = None) -> Config:
     if isinstance(config, Config):
         return config
     return load_config(config)
+
+
+def with_overrides(config=None, overrides: dict | None = None) -> Config:
+    """``resolve_config(config)`` with ``{"section": {"name": value}}`` applied and validated
+    (what keyword arguments such as ``LGBMWinModel(n_estimators=200)`` do)."""
+    cfg = resolve_config(config)
+    if not overrides:
+        return cfg
+    raw = cfg.model_dump()
+    for section, values in overrides.items():
+        if section not in raw:
+            raise TradeMLError(f"no config section [{section}]", where="overrides")
+        raw[section].update(values)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise TradeMLError(f"invalid setting: {problems}", where="overrides") from None

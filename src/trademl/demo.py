@@ -27,8 +27,9 @@ class DemoResult:
 
 def run_demo(config: Config, console, *, bars_path=None, budget: str = "small", report_path=None) -> DemoResult:
     """Run the four steps with the ``budget`` ("small": the [demo] settings); returns what was written."""
+    from trademl.models.train_all import print_trained, train_models
     from trademl.backtest.walkforward import (
-        budget_config, print_trained, results_table, train_models, verdict, walk_forward_backtest,
+        budget_config, results_table, verdict, walk_forward_backtest,
     )
     from trademl.data.dataset import build_dataset, load_dataset, print_summary
 

@@ -18,7 +18,7 @@ import pandas as pd
 from trademl.backtest.engine import BacktestResult, run_backtest
 from trademl.backtest.metrics import compute_metrics, deflate_all
 from trademl.config import resolve_config
-from trademl.data.segments import bars_to_end
+from trademl.segments import bars_to_end
 from trademl.errors import TradeMLError
 
 TABLE_COLUMNS = [

@@ -3,27 +3,29 @@
 For every purged, embargoed fold of the dataset rows (``trademl.data.splits``, horizon =
 the longest label horizon):
 
-1. every model kind is trained on the fold's training rows only, with the library
-   trainers, into a temporary model store (``train_models``);
+1. every registered kind is trained on the fold's training rows only, into the fold's own
+   model store (``trademl.models.train_all.train_models``, what `trademl train all` runs);
 2. the stored models are opened with their serving runtimes (ONNX Runtime, no torch and no
-   lightgbm) and predict every bar of the test fold: LightGBM and the LSTM in batches, the
-   PPO agent bar by bar, because its observation holds the account it trades;
-3. the votes are combined by ``trademl.predict.combine`` with the weights
-   ``trademl.predict.ensemble.choose_weights`` gives from the models' validation skill, the
-   code the predictor runs, so backtest and serving cannot disagree.
+   lightgbm) and predict every bar of the test fold through the one model interface
+   (``Runtime.predict(ModelInputs) -> Votes``): the kinds that do not observe the account in
+   one batch, the PPO agent bar by bar, because its observation holds the account it trades;
+3. the votes go through ``trademl.predict.decision.decide`` with the weights
+   ``choose_weights`` gives from the stored validation skill: the functions the predictor
+   calls, so backtest and serving cannot disagree (a test replays a fold through the
+   predictor bar by bar and gets the same decisions).
 
 The folds' test spans are concatenated and traded by ``run_backtest`` (the guide's +/-1
 contract rule up to max_position_size, only above the confidence threshold, fills at the
-next bar's open through the shared execution model). A fold boundary is a segment break:
-the account is flat when the models are replaced. Next to the ensemble, each model alone
-(its own vote through the same rule; the PPO agent with its own account) and the
-baselines (flat, buy-and-hold, random entries with the same trade count) run on the same
-bars; every Sharpe is deflated for the candidates compared.
+next bar's open through the broker). A fold boundary is a segment break: the account is
+flat when the models are replaced. Next to the ensemble, each model alone (its own vote
+through the same rule; the PPO agent with its own account) and the baselines (flat,
+buy-and-hold, random entries with the same trade count) run on the same bars; every Sharpe
+is deflated for the candidates compared.
 
-The PPO agent observes an account: for the ensemble, the ensemble's position, its average
-entry price, the segment's net P&L and the last 10 actions the ensemble took (hold when no
-signal counted); the account restarts flat at every segment start, as the agent's training
-episodes and held-out evaluation do.
+The PPO agent observes an account, kept by the one broker (``trademl.market.broker``): for
+the ensemble, the ensemble's position, its average entry price, the segment's net P&L and
+the last 10 actions the ensemble took (hold when no signal counted); the account restarts
+flat at every segment start, as the agent's training episodes and held-out evaluation do.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ import numpy as np
 import pandas as pd
 
 from trademl.config import Config, resolve_config, small_budget
-from trademl.errors import InsufficientDataError, ModelStoreError, TradeMLError
+from trademl.errors import InsufficientDataError, TradeMLError
+from trademl.market.actions import direction_of
+from trademl.market.execution import ExecutionModel
+from trademl.models.base import ModelInputs, Votes, kind_order, open_runtime
+from trademl.predict.decision import choose_weights, decide
 
-MODEL_KINDS = {"lgbm": ("lgb_5m", "lgb_30m"), "lstm": ("lstm",), "ppo": ("ppo",)}
 ENSEMBLE = "ensemble"
 BUDGETS = ("small", "full")
-LSTM_BATCH = 1024  # windows per ONNX call: bounded memory on long folds
 
 Progress = Callable[[str], None]
 
@@ -61,179 +65,12 @@ def budget_config(config: Config, budget: str | None) -> Config:
     raise TradeMLError(f"budget must be one of {', '.join(BUDGETS)}, not {budget!r}", where="--budget")
 
 
-def check_models(models) -> tuple[str, ...]:
-    models = tuple(models)
-    unknown = [m for m in models if m not in MODEL_KINDS]
-    if unknown or not models:
-        raise TradeMLError(f"unknown models {unknown}; choose among {', '.join(MODEL_KINDS)}", where="models")
-    return models
-
-
-# ----------------------------------------------------------------------------- training
-
-
-@dataclass
-class TrainedModels:
-    """What ``train_models`` stored, with the trainers' own reports for printing."""
-
-    stored: dict  # kind -> StoredModel
-    skipped: dict = field(default_factory=dict)  # kind -> why it was not trained
-    seconds: dict = field(default_factory=dict)  # model group -> training seconds
-    lgbm_reports: list = field(default_factory=list)
-    lstm_result: object = None
-    ppo_result: object = None
-
-    @property
-    def metrics(self) -> dict:
-        return {kind: s.manifest.get("metrics") or {} for kind, s in self.stored.items()}
-
-
-def ppo_bars(dataset) -> pd.DataFrame:
-    """The dataset's bars for the PPO trainer; a planted ``edge`` column (synthetic market)
-    rides along so the agent's held-out evaluation can score it against the edge oracle."""
-    bars = dataset.bars()
-    if "edge" in dataset.frame.columns:
-        bars["edge"] = dataset.frame["edge"].to_numpy(np.float64)
-    return bars
-
-
-def train_models(dataset, config: Config, model_root, *, models=tuple(MODEL_KINDS), work_dir=None,
-                 skip_failed: bool = False, progress: bool = False, console=None) -> TrainedModels:
-    """Train the chosen model groups on ``dataset`` into the store at ``model_root``.
-
-    ``work_dir`` holds the trainers' checkpoints (default: where the config puts them). With
-    ``skip_failed`` a model kind that cannot be trained here (too little data in an early
-    fold, or its ONNX export failed its parity check) is skipped and named in ``skipped``,
-    as the predictor skips a model it cannot load, instead of failing the whole run.
-    """
-    from trademl.models.lgbm import train_win_model
-    from trademl.models.lstm import train_lstm
-    from trademl.models.ppo.train import train_ppo
-    from trademl.models.store import ModelStore
-
-    models = check_models(models)
-    model_root = Path(model_root)
-    cfg = config.model_copy(deep=True)
-    cfg.paths.model_root = str(model_root)
-    lstm_checkpoints = None  # the trainer's default, beside the store
-    if work_dir is not None:
-        cfg.ppo.checkpoint_dir = str(Path(work_dir) / "ppo")
-        lstm_checkpoints = Path(work_dir) / "lstm"
-    out = TrainedModels({})
-
-    def lgbm(horizon):
-        report = train_win_model(dataset, horizon, cfg, ModelStore(model_root))
-        out.lgbm_reports.append(report)
-        return report.stored
-
-    def lstm():
-        out.lstm_result = train_lstm(dataset, cfg, store_root=model_root, checkpoint_dir=lstm_checkpoints,
-                                     progress=progress)
-        return out.lstm_result.stored
-
-    def ppo():
-        out.ppo_result = train_ppo(ppo_bars(dataset), cfg, features=dataset.X, schema=dataset.manifest["feature_schema"],
-                                   symbol=dataset.symbol, progress=progress, console=console)
-        return out.ppo_result.stored
-
-    # One job per stored kind, so that one kind failing leaves the others (train_lgbm's horizons).
-    jobs = []
-    if "lgbm" in models:
-        horizons = [h for h in (5, 30) if h in dataset.horizons] or list(dataset.horizons)
-        jobs += [("lgbm", f"lgb_{h}m", lambda h=h: lgbm(h)) for h in horizons]
-    jobs += [(g, g, fn) for g, fn in (("lstm", lstm), ("ppo", ppo)) if g in models]
-    for group, kind, job in jobs:
-        started = time.perf_counter()
-        try:
-            out.stored[kind] = job()
-        except (InsufficientDataError, ModelStoreError) as e:
-            if not skip_failed:
-                raise
-            out.skipped[kind] = str(e)
-        out.seconds[group] = out.seconds.get(group, 0.0) + time.perf_counter() - started
-    return out
-
-
-def print_trained(trained: TrainedModels, console) -> None:
-    """Each trainer's own table, then where the models are."""
-    from trademl.models.lgbm import print_reports
-    from trademl.models.lstm import stored_summary
-    from trademl.models.ppo.train import print_summary
-
-    if trained.lgbm_reports:
-        print_reports(trained.lgbm_reports, console)
-    if trained.lstm_result is not None:
-        console.print(stored_summary(trained.lstm_result.stored))
-    if trained.ppo_result is not None:
-        print_summary(trained.ppo_result, console)
-    for kind, why in trained.skipped.items():
-        console.print(f"[yellow]{kind} not trained: {why}[/]")
-    times = ", ".join(f"{g} {s:.0f} s" for g, s in trained.seconds.items())
-    console.print(f"trained in {times}")
-
-
 def sub_dataset(dataset, rows: np.ndarray):
     """The dataset restricted to ``rows`` (a contiguous, time-ordered block)."""
     from trademl.data.dataset import Dataset
 
     frame = dataset.frame.iloc[int(rows[0]): int(rows[-1]) + 1]
     return Dataset(frame, dict(dataset.manifest), None, getattr(dataset, "path", None))
-
-
-# ----------------------------------------------------------------------------- the account the PPO agent sees
-
-
-class Accounts:
-    """Position, average entry price, segment P&L and last 10 actions of N accounts.
-
-    Each account follows the backtest engine's rule (``target_from_signals``): a counted
-    BUY/SELL moves the target one contract within +/-max_position, the target restarts at
-    0 at a segment start, and the execution model closes the position at the open of a
-    segment's last bar. Fills and P&L come from the shared ``ExecutionModel``.
-    """
-
-    def __init__(self, n: int, execution, initial_balance: float):
-        from trademl.models.ppo.env import N_RECENT_ACTIONS
-
-        self.execution = execution
-        self.initial_balance = initial_balance
-        self.target = np.zeros(n)
-        self.position = np.zeros(n)
-        self.avg_price = np.zeros(n)
-        self.equity = np.zeros(n)
-        self.recent = np.zeros((n, N_RECENT_ACTIONS), np.int64)
-
-    def restart(self) -> None:
-        for a in (self.target, self.position, self.avg_price, self.equity, self.recent):
-            a[...] = 0
-
-    def state(self, close: float):
-        """(position, balance, unrealized P&L) at a bar's close, as the PPO environment defines them."""
-        unrealized = self.position * (close - self.avg_price) * self.execution.spec.point_value
-        return self.position, self.initial_balance + self.equity - unrealized, unrealized
-
-    def decide(self, step: np.ndarray, action_code: np.ndarray, max_position: int) -> None:
-        """Apply counted steps (+1/-1/0) at this bar's close; record the actions (0/1/2)."""
-        self.target = np.clip(self.target + step, -max_position, max_position)
-        self.recent[:, :-1] = self.recent[:, 1:]
-        self.recent[:, -1] = action_code
-
-    def fill(self, closing: bool, prev_close: float, open_: float, close: float) -> None:
-        """The next bar: fill at its open (flat when it is the segment's last), book its P&L."""
-        prev = self.position
-        new = np.zeros_like(prev) if closing else self.target.copy()
-        pnl, _ = self.execution.bar_pnl(prev, new, prev_close, open_, close)
-        qty = new - prev
-        fill = self.execution.fill_price(open_, qty)
-        # The broker's average entry price (the PPO environment's rule): adding averages in,
-        # reducing keeps it, flipping through zero restarts at the fill.
-        grows = (np.abs(new) > np.abs(prev)) & (prev * new >= 0)
-        grown = (self.avg_price * np.abs(prev) + fill * np.abs(qty)) / np.maximum(np.abs(new), 1)
-        avg = np.where(grows, grown, self.avg_price)
-        avg = np.where(prev * new < 0, fill, avg)
-        self.avg_price = np.where(new == 0, 0.0, avg)
-        self.position = new
-        self.equity = self.equity + pnl
 
 
 # ----------------------------------------------------------------------------- predicting one fold
@@ -244,122 +81,116 @@ class FoldPrediction:
     """Per test bar of one fold: every model's vote, the ensemble's and each model's own signal."""
 
     votes: dict  # kind -> [n, 3] (hold, buy, sell), NaN where the model could not run
-    outputs: dict  # column -> [n]: win probabilities, LSTM and PPO heads
+    outputs: dict  # "<kind>_<output>" -> [n]: win probabilities, LSTM and PPO heads, ...
     action: np.ndarray  # ensemble: 0 hold, 1 buy, 2 sell
     confidence: np.ndarray
     alone: dict  # "<kind>" -> (action 0/1/2, confidence)
 
 
 def open_runtimes(stored: dict) -> dict:
-    from trademl.predict.ensemble import _load_runtime
-
-    return {kind: _load_runtime(kind, s) for kind, s in stored.items()}
-
-
-def _lgbm_votes(rt, X: np.ndarray):
-    usable = np.isfinite(X).any(axis=1)  # the predictor skips a bar whose features are all missing
-    p_long, p_short = rt.predict_win(X, np.ones(len(X))), rt.predict_win(X, -np.ones(len(X)))
-    p_long[~usable] = p_short[~usable] = np.nan
-    from trademl.predict.combine import lgbm_vote
-
-    return lgbm_vote(p_long, p_short), p_long, p_short
-
-
-def _lstm_votes(rt, X: np.ndarray, segments: np.ndarray, rows: np.ndarray):
-    from trademl.data.sequences import valid_window_ends, windows_at
-    from trademl.predict.combine import signal_vote
-
-    n = len(rows)
-    heads = {k: np.full(n, np.nan) for k in ("hold", "buy", "sell", "movement", "risk")}
-    ends = np.intersect1d(valid_window_ends(X, segments, rt.sequence_length), rows)
-    at = np.searchsorted(rows, ends)
-    for lo in range(0, len(ends), LSTM_BATCH):
-        out = rt.predict(windows_at(X, ends[lo: lo + LSTM_BATCH], rt.sequence_length))
-        for k in heads:
-            heads[k][at[lo: lo + LSTM_BATCH]] = np.ravel(out[k])
-    return signal_vote(heads["hold"], heads["buy"], heads["sell"]), heads
+    """{kind: Runtime} in the predictor's order (the order ``decide`` sums the votes in)."""
+    return {kind: open_runtime(stored[kind]) for kind in sorted(stored, key=kind_order)}
 
 
 def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_segments: np.ndarray,
                  config: Config) -> FoldPrediction:
-    """Every model and the ensemble on the test ``rows`` of ``dataset`` (see the module doc)."""
-    from trademl.predict.combine import combine_votes
+    """Every model and the ensemble on the test ``rows`` of ``dataset`` (see the module doc).
 
-    X = dataset.X
-    seg = dataset.segments
-    votes, outputs = {}, {}
-    for kind in ("lgb_5m", "lgb_30m"):
-        if kind in runtimes:
-            votes[kind], outputs[f"{kind}_win_long"], outputs[f"{kind}_win_short"] = _lgbm_votes(runtimes[kind], X[rows])
-    if "lstm" in runtimes:
-        votes["lstm"], heads = _lstm_votes(runtimes["lstm"], X, seg, rows)
-        outputs.update({f"lstm_{k}": v for k, v in heads.items()})
+    Kinds whose votes do not depend on the account predict the whole fold in one batch;
+    kinds that observe the account (the PPO agent) run bar by bar beside the broker.
+    """
+    inputs = ModelInputs(dataset.X, rows, dataset.segments)
+    votes = {kind: rt.predict(inputs) for kind, rt in runtimes.items() if not rt.needs_account}
     alone = {}
-    for kind, vote in votes.items():
-        single = combine_votes({kind: vote}, {kind: 1.0})
+    for kind, v in votes.items():
+        single = decide({kind: v.vote}, {kind: 1.0})
         alone[kind] = (single.action, single.confidence)
-    if "ppo" in runtimes:
-        action, confidence, ppo_out, alone["ppo"] = _ppo_loop(runtimes["ppo"], votes, weights, dataset, rows,
-                                                               bt_segments, config)
-        votes["ppo"] = ppo_out.pop("vote")
-        outputs.update(ppo_out)
+    observing = {kind: rt for kind, rt in runtimes.items() if rt.needs_account}
+    if observing:
+        action, confidence, looped = _account_loop(observing, votes, list(runtimes), weights, dataset, rows,
+                                                   bt_segments, config)
+        votes.update(looped.votes)
+        alone.update(looped.alone)
+        extra = looped.outputs
     else:
-        combined = combine_votes(votes, weights)
-        action, confidence = combined.action, combined.confidence
-    return FoldPrediction(votes, outputs, action, confidence, alone)
+        decision = decide({k: v.vote for k, v in votes.items()}, weights)
+        action, confidence, extra = decision.action, decision.confidence, {}
+    outputs = {f"{kind}_{name}": values for kind, v in votes.items() for name, values in v.outputs.items()}
+    outputs.update(extra)
+    return FoldPrediction({k: v.vote for k, v in votes.items()}, outputs, action, confidence, alone)
 
 
-def _ppo_loop(rt, votes: dict, weights: dict, dataset, rows: np.ndarray, bt_segments: np.ndarray, config: Config):
-    """Bar by bar: the agent sees the ensemble's account (row 0) and its own (row 1), in one
-    batch-2 ONNX call; the ensemble vote of the bar follows, then both accounts trade."""
-    from trademl.data.segments import bars_to_end
-    from trademl.data.sequences import valid_window_ends
-    from trademl.market.execution import ExecutionModel
-    from trademl.predict.combine import combine_votes, signal_vote
+@dataclass
+class _Looped:
+    votes: dict  # kind -> Votes over the fold (the ensemble account's observations)
+    alone: dict  # kind -> (action, confidence) of the kind trading its own account
+    outputs: dict  # extra columns: the positions each observing kind saw
 
-    bt = config.backtest
-    X = dataset.X
+
+def _account_loop(observing: dict, votes: dict, order: list, weights: dict, dataset, rows: np.ndarray,
+                  bt_segments: np.ndarray, config: Config):
+    """Bar by bar through the broker: account 0 is the ensemble's, account 1 + j the j-th observing
+    kind's own. At each close every observing kind sees the ensemble's account (its vote joins
+    the ensemble's) and its own (its decision alone); the decisions count above the threshold,
+    move the broker's targets, and fill at the next open (flat before a gap or a fold boundary).
+    """
+    from trademl.market.broker import Broker
+    from trademl.segments import bars_to_end, segment_start_mask
+
     frame = dataset.frame
     open_ = frame["open"].to_numpy(np.float64)[rows]
     close = frame["close"].to_numpy(np.float64)[rows]
-    n, w = len(rows), rt.window
-    can_run = np.isin(rows, valid_window_ends(X, dataset.segments, w))
-    starts = np.r_[True, bt_segments[1:] != bt_segments[:-1]]
-    left = bars_to_end(bt_segments)
+    n, kinds = len(rows), list(observing)
+    starts, left = segment_start_mask(bt_segments), bars_to_end(bt_segments)
     execution = ExecutionModel.from_config(dataset.spec, config.costs, config.account.max_position_size)
-    accounts = Accounts(2, execution, config.account.initial_balance)
-    direction = np.array([0.0, 1.0, -1.0])  # hold, buy, sell -> contracts
-    probs_all, value_all = np.full((n, 3), np.nan), np.full(n, np.nan)
-    action, confidence = np.zeros(n, np.int8), np.zeros(n)
-    alone_action, alone_conf = np.zeros(n, np.int8), np.zeros(n)
-    seen = np.zeros((n, 2))  # the positions the agent saw: the ensemble's account, its own
+    broker = Broker(execution, 1 + len(kinds), config.account.initial_balance)
+    threshold = config.backtest.confidence_threshold
+    seen = np.zeros((n, 1 + len(kinds)))
+    ran = {k: [] for k in kinds}  # per bar: the kind's Votes of the ensemble account, or None
+    codes, conf = np.zeros((n, 1 + len(kinds)), np.int8), np.zeros((n, 1 + len(kinds)))
     for i in range(n):
         if starts[i]:
-            accounts.restart()
-        seen[i] = accounts.position
-        row_votes = {k: v[i] for k, v in votes.items()}
-        if can_run[i]:
-            window = X[rows[i] - w + 1: rows[i] + 1]
-            position, balance, unrealized = accounts.state(close[i])
-            obs = rt.observation(np.stack([window, window]), position, balance, unrealized, accounts.recent)
-            probs, value = rt.predict(obs)
-            probs_all[i], value_all[i] = probs[0], float(np.ravel(value)[0])
-            row_votes["ppo"] = signal_vote(probs[:1, 0], probs[:1, 1], probs[:1, 2])[0]
-            own = int(np.argmax(probs[1]))
-            alone_action[i], alone_conf[i] = own, float(probs[1][own] / probs[1].sum())
+            broker.restart()
+        seen[i] = broker.position
+        state = broker.state(close[i])
+        row_votes = {k: v.vote[i] for k, v in votes.items()}
+        for j, kind in enumerate(kinds):
+            # One prediction per account, each a batch of one, as the predictor makes it.
+            mine = observing[kind].predict(ModelInputs(dataset.X, [rows[i]], dataset.segments, account=state.take([0])))
+            own = observing[kind].predict(ModelInputs(dataset.X, [rows[i]], dataset.segments,
+                                                      account=state.take([1 + j])))
+            ran[kind].append(mine if mine.ran[0] else None)
+            if mine.ran[0]:
+                row_votes[kind] = mine.vote[0]
+                single = decide({kind: own.vote}, {kind: 1.0})
+                codes[i, 1 + j], conf[i, 1 + j] = single.action[0], single.confidence[0]
         if row_votes:
-            combined = combine_votes({k: v[None] for k, v in row_votes.items()}, weights)
-            action[i], confidence[i] = combined.action[0], combined.confidence[0]
-        codes = np.array([action[i], alone_action[i]])
-        counted = (np.array([confidence[i], alone_conf[i]]) > bt.confidence_threshold) & (codes != 0)
-        accounts.decide(np.where(counted, direction[codes], 0.0), np.where(counted, codes, 0), config.account.max_position_size)
+            decision = decide({k: row_votes[k][None] for k in order if k in row_votes}, weights)
+            codes[i, 0], conf[i, 0] = decision.action[0], decision.confidence[0]
+        broker.signal(codes[i], conf[i] > threshold)
         if left[i] > 0:
-            accounts.fill(left[i] == 1, close[i], open_[i + 1], close[i + 1])
-    ppo_out = {"vote": signal_vote(probs_all[:, 0], probs_all[:, 1], probs_all[:, 2]),
-               "ppo_hold": probs_all[:, 0], "ppo_buy": probs_all[:, 1], "ppo_sell": probs_all[:, 2],
-               "ppo_value": value_all, "ppo_seen_ensemble_position": seen[:, 0],
-               "ppo_alone_position": seen[:, 1]}
-    return action, confidence, ppo_out, (alone_action, alone_conf)
+            broker.fill_target(left[i] == 1, close[i], open_[i + 1], close[i + 1])
+    looped = _Looped({k: _stack_votes(k, ran[k], n) for k in kinds},
+                     {k: (codes[:, 1 + j], conf[:, 1 + j]) for j, k in enumerate(kinds)}, {})
+    for j, kind in enumerate(kinds):
+        looped.outputs[f"{kind}_seen_ensemble_position"] = seen[:, 0]
+        looped.outputs[f"{kind}_alone_position"] = seen[:, 1 + j]
+    return codes[:, 0], conf[:, 0], looped
+
+
+def _stack_votes(kind: str, per_bar: list, n: int) -> Votes:
+    """One Votes over the fold from per-bar ones (None: the model could not run on that bar)."""
+    template = next((v for v in per_bar if v is not None), None)
+    if template is None:
+        return Votes.none(kind, n, "never ran on this fold")
+    vote = np.full((n, 3), np.nan)
+    outputs = {name: np.full(n, np.nan) for name in template.outputs}
+    for i, v in enumerate(per_bar):
+        if v is not None:
+            vote[i] = v.vote[0]
+            for name in outputs:
+                outputs[name][i] = v.outputs[name][0]
+    return Votes(kind, vote, outputs, template.fields)
 
 
 # ----------------------------------------------------------------------------- the walk-forward
@@ -370,7 +201,7 @@ class FoldOutcome:
     number: int
     train_rows: tuple[int, int]  # first and last dataset row trained on
     test_rows: tuple[int, int]
-    versions: dict  # kind -> version in the fold's temporary store
+    versions: dict  # kind -> version in the fold's store
     training_spans: dict  # kind -> the manifest's training span
     weights: dict
     weight_warning: str | None
@@ -408,27 +239,30 @@ class WalkForwardResult:
         return self.report_path
 
 
-def _engine_codes(action: np.ndarray) -> np.ndarray:
-    """combine's 0 hold / 1 buy / 2 sell -> the engine's 0 / +1 / -1."""
-    return np.array([0, 1, -1], dtype=np.int8)[np.asarray(action, dtype=np.int64)]
-
-
 def backtest_segments(data_segments: np.ndarray, fold_of_row: np.ndarray) -> np.ndarray:
     """Segment ids of the concatenated test bars: a new one at every data gap and fold boundary."""
-    change = np.r_[False, (data_segments[1:] != data_segments[:-1]) | (fold_of_row[1:] != fold_of_row[:-1])]
+    from trademl.segments import segment_start_mask
+
+    change = segment_start_mask(data_segments) | segment_start_mask(fold_of_row)
+    change[:1] = False
     return np.cumsum(change, dtype=np.int32)
 
 
-def walk_forward_backtest(dataset, config: Config | None = None, *, models=tuple(MODEL_KINDS),
+def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
                           n_folds: int | None = None, budget: str | None = None,
-                          progress: Progress | None = None, work_dir=None) -> WalkForwardResult:
-    """Train on each fold's past, predict its test span, trade the concatenated folds. See the module doc."""
+                          progress: Progress | None = None, work_dir=None, keep_models=None) -> WalkForwardResult:
+    """Train on each fold's past, predict its test span, trade the concatenated folds. See the module doc.
+
+    ``models``: the families to train (default: every registered one). ``keep_models``: a folder
+    that keeps each fold's model store (``fold<N>``), e.g. to replay a fold through the
+    predictor; by default they are temporary.
+    """
     from trademl.data.splits import walk_forward_splits
     from trademl.models.store import ModelStore
-    from trademl.predict.ensemble import KINDS, choose_weights
+    from trademl.models.train_all import check_families, families, train_models
 
     cfg = budget_config(resolve_config(config), budget)
-    models = check_models(models)
+    models = check_families(models or families())
     n_folds = n_folds or cfg.backtest.n_folds
     horizon = max(dataset.horizons)
     folds = walk_forward_splits(len(dataset.frame), n_folds, horizon, cfg.lgbm.embargo_bars)
@@ -440,16 +274,17 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=tuple
             f"({dataset.frame.index[fold.train[-1]]:%Y-%m-%d %H:%M}), testing {len(fold.test):,} bars "
             f"from {dataset.frame.index[fold.test[0]]:%Y-%m-%d %H:%M}")
         with tempfile.TemporaryDirectory(prefix="trademl-wf-", dir=work_dir) as tmp:
-            trained = train_models(sub_dataset(dataset, fold.train), cfg, Path(tmp) / "models", models=models,
+            root = Path(keep_models) / f"fold{fold.number}" if keep_models is not None else Path(tmp) / "models"
+            trained = train_models(sub_dataset(dataset, fold.train), cfg, root, models=models,
                                    work_dir=Path(tmp) / "checkpoints", skip_failed=True)
-            # The predictor's order and weights: validation skill from each manifest.
-            stored = {k: ModelStore(Path(tmp) / "models").load(k) for k in KINDS if k in trained.stored}
+            stored = {k: ModelStore(root).load(k) for k in trained.stored}
             if not stored:
                 raise InsufficientDataError(f"fold {fold.number + 1}: no model could be trained: {trained.skipped}",
                                             where="walk-forward", hint="use more data or fewer folds")
-            weights, warning = choose_weights(cfg.ensemble.weights, {k: s.manifest.get("metrics") or {}
-                                                                   for k, s in stored.items()})
+            # The predictor's order and weights (``trademl.predict.loader``): stored skill of each kind.
             runtimes = open_runtimes(stored)
+            weights, warning = choose_weights(cfg.ensemble.weights, {k: stored[k].manifest.get("metrics") or {}
+                                                                   for k in runtimes})
         fold_segments = backtest_segments(dataset.segments[fold.test], np.zeros(len(fold.test)))
         predicting = time.perf_counter()
         predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg)
@@ -477,16 +312,16 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes) -> WalkForwar
     bars.attrs["symbol"] = dataset.symbol
     segments = backtest_segments(dataset.segments[rows], fold_of_row)
     signals = pd.DataFrame({
-        "action": _engine_codes(np.concatenate([p.action for _, p in parts])),
+        "action": direction_of(np.concatenate([p.action for _, p in parts])),
         "confidence": np.concatenate([p.confidence for _, p in parts]),
         "fold": fold_of_row,
     }, index=bars.index)
     model_signals = {}
-    for kind in [k for k in ("lgb_5m", "lgb_30m", "lstm", "ppo") if any(k in p.alone for _, p in parts)]:
+    for kind in sorted({k for _, p in parts for k in p.alone}, key=kind_order):
         # A fold where the model was skipped holds: no signal, confidence 0.
         held = [p.alone.get(kind, (np.zeros(len(f.test), np.int8), np.zeros(len(f.test)))) for f, p in parts]
         model_signals[kind] = pd.DataFrame({
-            "action": _engine_codes(np.concatenate([a for a, _ in held])),
+            "action": direction_of(np.concatenate([a for a, _ in held])),
             "confidence": np.concatenate([c for _, c in held]),
         }, index=bars.index)
     columns = sorted({c for _, p in parts for c in p.outputs})
@@ -549,10 +384,10 @@ def verdict(result: WalkForwardResult) -> str:
 
 
 def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds: int | None = None,
-                    budget: str | None = None, out=None, models=tuple(MODEL_KINDS), console=None) -> WalkForwardResult:
+                    budget: str | None = None, out=None, models=None, console=None) -> WalkForwardResult:
     """What `trademl backtest` and scripts/backtest_models.py run: progress per fold, the
     table, the verdict and the HTML report (default: [paths] report_dir/backtest.html)."""
-    from trademl.models.lgbm import load_training_dataset
+    from trademl.data.dataset import load_training_dataset
 
     cfg = resolve_config(config)
     dataset = load_training_dataset(dataset_path, cfg)

@@ -2,7 +2,7 @@
 
 The result is the bars frame every later step takes: indexed by a tz-aware UTC
 ``DatetimeIndex`` named ``timestamp`` holding the bar-OPEN time (nanosecond unit, which
-``trademl.data.segments`` relies on), float64 columns open, high, low, close and volume
+``trademl.segments`` relies on), float64 columns open, high, low, close and volume
 (volume absent when the file has none), an optional string column ``contract``, and any
 extra numeric columns of the file as float64. ``attrs`` carries ``symbol`` and ``source``.
 
@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from trademl.config import resolve_config
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.errors import DataError
+from trademl.segments import segment_start_mask
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = (*PRICE_COLUMNS, "volume")
@@ -833,7 +834,7 @@ def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | 
                         where="resample")
     seg = segment_ids(bars, max_gap_minutes if max_gap_minutes is not None else bars.attrs.get("max_gap_minutes"))
     bucket = _ns(bars.index) // (minutes * _NS_PER_MINUTE)
-    starts = np.flatnonzero(np.r_[True, (bucket[1:] != bucket[:-1]) | (seg[1:] != seg[:-1])])
+    starts = np.flatnonzero(segment_start_mask(bucket) | segment_start_mask(seg))
     ends = np.r_[starts[1:], len(bars)] - 1
     columns = {
         "open": bars["open"].to_numpy(float)[starts],

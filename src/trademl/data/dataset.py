@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from trademl.config import Config, resolve_config
 from trademl.data.labels import label_columns, make_labels
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.errors import DataError
 from trademl.market.contracts import ContractSpec, contract_spec
 from trademl.market.execution import ExecutionModel
@@ -91,6 +92,62 @@ class Dataset:
         out = self.frame[cols].copy()
         out.attrs["symbol"] = self.symbol
         return out
+
+    # -- the short public API: Dataset.from_bars(...), .load, .save, .snapshot --
+
+    @classmethod
+    def from_bars(cls, bars, symbol: str | None = None, config=None) -> "Dataset":
+        """Build in memory from a bars file (any format ``load_bars`` reads) or a bars DataFrame."""
+        from trademl.data.bars import load_bars
+
+        config = resolve_config(config)
+        if isinstance(bars, pd.DataFrame):
+            return dataset_from_bars(bars, config, symbol)
+        path = Path(bars)
+        frame = load_bars(path, symbol=symbol, max_gap_minutes=config.data.max_gap_minutes)
+        dataset = dataset_from_bars(frame, config, symbol or _symbol_from_name(path))
+        dataset.path = path
+        return dataset
+
+    @classmethod
+    def load(cls, path) -> "Dataset":
+        """A dataset folder written by ``save`` or ``trademl data build``."""
+        return load_dataset(path)
+
+    def save(self, path) -> Path:
+        """Write the dataset folder (data.parquet + manifest.json) atomically; returns its path."""
+        path = Path(path)
+        frame = self.frame.copy()
+        frame.attrs = {}  # the schema is in the manifest, not in Parquet metadata
+        with _atomic_folder(path) as tmp:
+            frame.to_parquet(tmp / DATA_FILE, compression="zstd")
+            if self.decisions is not None:
+                self.decisions.to_parquet(tmp / DECISIONS_FILE)
+            (tmp / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2, default=str))
+        self.path = path
+        return path
+
+    def snapshot(self, row: int = -1, *, history: int | None = None) -> dict:
+        """Bar ``row`` as the predictor's request: its features (NaN -> missing), the last
+        ``history`` complete feature rows of its segment as ``sequence`` (default: the LSTM's
+        [lstm] SEQUENCE_LENGTH, left out when the segment has fewer), symbol and timestamp."""
+        n = len(self.frame)
+        i = row + n if row < 0 else row
+        if not 0 <= i < n:
+            raise DataError(f"row {row} is outside the dataset's {n} rows", where="snapshot")
+        length = history or resolve_config().lstm.SEQUENCE_LENGTH
+        X = self.X
+        current = X[i]
+        request = {
+            "symbol": self.symbol,
+            "timestamp": self.frame.index[i].isoformat(),
+            "features": {k: (None if not np.isfinite(v) else float(v)) for k, v in zip(self.feature_names, current)},
+        }
+        from trademl.data.sequences import complete_windows_at
+
+        if complete_windows_at(X, [i], length, self.segments)[0]:
+            request["sequence"] = X[i - length + 1: i + 1].astype(np.float64).tolist()
+        return request
 
     def execution_model(self, costs, max_position: int) -> ExecutionModel:
         return ExecutionModel.from_config(self.spec, costs, max_position)
@@ -244,25 +301,13 @@ def build_dataset(
     spec = contract_spec(symbol)
     resample_minutes = resample_minutes or config.data.resample_minutes
     out_dir = Path(out_dir) if out_dir else Path(config.paths.data_dir) / bars_path.name.split(".")[0]
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with _atomic_folder(out_dir) as tmp:
         chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair,
                                             max_gap_minutes=config.data.max_gap_minutes)
         manifest = _write_chunks(chunks, tmp, spec, symbol, config, resample_minutes, progress, bars_path)
         if decisions_path:
             manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            backup = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, backup)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     written = [out_dir / DATA_FILE, out_dir / MANIFEST_FILE]
     if decisions_path:
         written.append(out_dir / DECISIONS_FILE)
@@ -344,6 +389,25 @@ def _progress(enabled: bool, source):
     return p, task
 
 
+@contextmanager
+def _atomic_folder(path: Path):
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole."""
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            backup = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(path, backup)
+            os.replace(tmp, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_dataset(path) -> Dataset:
     """Read a dataset folder written by ``build_dataset``."""
     path = Path(path)
@@ -357,6 +421,25 @@ def load_dataset(path) -> Dataset:
         raise DataError(f"unreadable dataset: {e}", where=str(path)) from None
     decisions = pd.read_parquet(path / DECISIONS_FILE) if (path / DECISIONS_FILE).exists() else None
     return Dataset(frame, manifest, decisions, path)
+
+
+def load_training_dataset(path=None, config=None) -> Dataset:
+    """A dataset folder, or a bars file built in memory; by default the built bundled
+    sample (``[paths] data_dir``/es_1min_lean), else the bundled sample built in memory."""
+    from trademl.data.bars import bundled_sample_path, load_bars
+
+    config = resolve_config(config)
+    if path is None:
+        default = Path(config.paths.data_dir) / bundled_sample_path().name.split(".")[0]
+        path = default if (default / MANIFEST_FILE).is_file() else bundled_sample_path()
+    path = Path(path)
+    if path.is_dir():
+        return load_dataset(path)
+    if not path.exists():
+        raise DataError("no such dataset folder or bars file", where=str(path))
+    dataset = dataset_from_bars(load_bars(path), config)
+    dataset.path = path
+    return dataset
 
 
 def print_summary(result: BuildResult, console) -> None:

@@ -24,12 +24,12 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from trademl.config import resolve_config
-from trademl.data.segments import bars_to_end, segment_starts
+from trademl.segments import bars_to_end, segment_starts
+from trademl.market.actions import BUY, HOLD, SELL
 from trademl.market.execution import ExecutionModel
 
 ATR_WINDOW = 14
 RISK_ATR_MULTIPLE = 3.0
-HOLD, BUY, SELL = 0, 1, 2
 
 
 def label_columns(horizons) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from trademl.data.segments import bars_since_start
+from trademl.segments import bars_since_start
 from trademl.errors import DataError, SchemaError
 
 _FIT_CHUNK_ROWS = 16_384  # float64 temporaries of 16k x F: a few MB, whatever n is
@@ -65,6 +65,23 @@ def valid_window_ends(
     if required is not None:
         ok &= np.asarray(required, dtype=bool)
     return np.flatnonzero(ok).astype(np.int64)
+
+
+def complete_windows_at(X: np.ndarray, at: np.ndarray, length: int, segments: np.ndarray | None = None) -> np.ndarray:
+    """For each row t of ``at``: is the window of rows t-length+1..t full, finite and in t's segment?
+
+    The rule of :func:`valid_window_ends`, evaluated at the given rows only (O(len(at) x
+    length) rather than O(len(X))), so a bar-by-bar caller on a long history stays cheap.
+    """
+    at = np.asarray(at, dtype=np.int64)
+    ok = at >= length - 1
+    if segments is not None:
+        seg = np.asarray(segments)
+        ok &= seg[np.maximum(at - length + 1, 0)] == seg[at]  # ids only grow: equal ends, one segment
+    idx = np.flatnonzero(ok)
+    if len(idx):
+        ok[idx] = np.isfinite(window_view(X, length)[at[idx] - (length - 1)]).all(axis=(1, 2))
+    return ok
 
 
 def windows_at(X: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The one execution model. The PPO environment and the backtester both call it.
+"""The one execution model: what a fill costs. The broker (``trademl.market.broker``) calls it
+for every account: the backtest engine, the walk-forward and the PPO environment.
 
 Timing: a decision taken at the close of bar t fills at the open of bar t+1, moved
 against us by ``slippage_ticks`` ticks, and pays ``commission_per_side`` dollars per
@@ -65,6 +66,11 @@ class ExecutionModel:
         """Price paid (qty > 0) or received (qty < 0) at the next bar's open."""
         return next_open + np.sign(qty) * self.slippage_ticks * self.spec.tick_size
 
+    def round_trip_costs(self, qty):
+        """(commission, slippage) in dollars of ``qty`` contracts opened and closed again."""
+        qty = np.abs(qty)
+        return 2 * self.commission_per_side * qty, 2 * self.slippage_ticks * self.spec.tick_value * qty
+
     def bar_pnl(self, prev_pos, new_pos, prev_close, open_, close):
         """Net dollar P&L of one bar on which the position goes prev_pos -> new_pos at the open.
 
@@ -75,45 +81,3 @@ class ExecutionModel:
         gross = (prev_pos * (open_ - prev_close) + new_pos * (close - open_)) * pv
         costs = qty * self.cost_per_contract
         return gross - costs, costs
-
-    def simulate(self, target, open_, close, segments=None, flatten_at_segment_end=True):
-        """Run a series of target positions (decided at each bar's close) through the model.
-
-        ``target[t]`` is the position wanted after the decision at the close of bar t;
-        it is held from the open of bar t+1. With ``flatten_at_segment_end`` the position
-        is closed at the open of the last bar of each segment (an intraday account is flat
-        before a gap, a weekend or a roll) and nothing is held across a gap.
-        """
-        target = self.cap(np.asarray(target, dtype=np.float64))
-        n = len(target)
-        if segments is not None and flatten_at_segment_end:
-            # bars_to_end(seg) <= 1, from two shifted comparisons (5x cheaper on 1M bars)
-            seg = np.asarray(segments)
-            last = np.ones(n, dtype=bool)
-            last[:-1] = seg[1:] != seg[:-1]
-            near_end = last.copy()
-            near_end[:-1] |= last[1:]
-            target = np.where(near_end, 0.0, target)
-        pos = np.zeros(n)
-        pos[1:] = target[:-1]
-        prev = np.r_[0.0, pos[:-1]]
-        prev_close = np.r_[close[0], close[:-1]]
-        pnl, costs = self.bar_pnl(prev, pos, prev_close, open_, close)
-        qty = pos - prev
-        return ExecutionResult(position=pos, trade_qty=qty, fill_price=np.where(qty != 0, self.fill_price(open_, qty), np.nan), pnl=pnl, costs=costs)
-
-
-@dataclass
-class ExecutionResult:
-    """Per-bar arrays: position held during the bar, contracts traded at its open, their fill
-    price (NaN where nothing traded), net P&L in dollars and the costs inside it."""
-
-    position: np.ndarray
-    trade_qty: np.ndarray
-    fill_price: np.ndarray
-    pnl: np.ndarray
-    costs: np.ndarray
-
-    @property
-    def equity(self) -> np.ndarray:
-        return np.cumsum(self.pnl)

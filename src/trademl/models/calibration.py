@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trademl.errors import ModelStoreError
+from trademl.segments import segment_start_mask
 
 # Calibrated probabilities never reach 0 or 1: one surprising outcome must not cost an
 # infinite log-loss, and a bin of a few hundred rows cannot justify certainty.
@@ -61,7 +62,7 @@ class IsotonicCalibrator:
         y = np.bincount(bin_of, weights=labels, minlength=n_bins) / weight
         iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, y, sample_weight=weight)
         fitted = iso.predict(x)  # bins of one pooled block (ties in x included) share one value
-        starts = np.r_[True, fitted[1:] != fitted[:-1]]
+        starts = segment_start_mask(fitted)  # runs of equal fitted values
         block = np.cumsum(starts) - 1
         knots_x = np.bincount(block, weights=weight * x) / np.bincount(block, weights=weight)
         knots_y = np.clip(fitted[starts], PROB_FLOOR, 1 - PROB_FLOOR)

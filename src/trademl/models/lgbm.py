@@ -32,6 +32,7 @@ import numpy as np
 
 from trademl.data.reference import feature_reference
 from trademl.errors import DataError, InsufficientDataError, ModelStoreError, SchemaError
+from trademl.models.base import skill
 from trademl.models.calibration import (
     IsotonicCalibrator,
     auc_with_ci,
@@ -351,14 +352,25 @@ def score_out_of_sample(rows: WinRows, results: list[FoldResult], horizon: int, 
     oos = {**_scores(p, y, base), "auc": auc, "auc_ci": [lo, hi], "log_loss_gain": gain,
            "log_loss_gain_ci": [gain_lo, gain_hi], "raw_auc": auc_with_ci(raw, y)[0],
            "raw_log_loss": log_loss(raw, y), "raw_ece": expected_calibration_error(raw, y)}
+    judged = verdict(oos)
     return {
         "horizon": horizon,
         "rows_source": rows.source,
         "folds": folds,
         "out_of_sample": oos,
         "reliability": reliability_table(p, y),
-        "verdict": verdict(oos),
+        "verdict": judged,
+        "validation_skill": win_skill(oos, judged["text"]),
+        "headline": {"auc": auc, "log_loss": oos["log_loss"],
+                     "verdict": "beats base rate" if judged["beats_base_rate"] else "not above base rate"},
     }
+
+
+def win_skill(oos: dict, note: str | None = None) -> dict:
+    """Gini (2 AUC - 1) of the calibrated out-of-fold win probabilities, with its interval."""
+    lo, hi = oos["auc_ci"]
+    return skill(2.0 * oos["auc"] - 1.0, "Gini (2 AUC - 1) of the calibrated out-of-fold win probabilities",
+                 interval=(2.0 * lo - 1.0, 2.0 * hi - 1.0), note=note)
 
 
 def verdict(oos: dict) -> dict:
@@ -530,25 +542,6 @@ def train_lgbm(dataset, config, store=None, horizons=None, progress: Progress | 
     """lgb_5m and lgb_30m (or the horizons given) on one dataset."""
     horizons = list(horizons or [h for h in (5, 30) if h in dataset.horizons] or dataset.horizons)
     return [train_win_model(dataset, h, config, store, progress, expected_schema, source) for h in horizons]
-
-
-def load_training_dataset(path, config):
-    """A dataset folder, or a bars file built in memory; by default the built bundled
-    sample (``[paths] data_dir``/es_1min_lean), else the bundled sample built in memory."""
-    from trademl.data.bars import bundled_sample_path, load_bars
-    from trademl.data.dataset import MANIFEST_FILE, dataset_from_bars, load_dataset
-
-    if path is None:
-        default = Path(config.paths.data_dir) / bundled_sample_path().name.split(".")[0]
-        path = default if (default / MANIFEST_FILE).is_file() else bundled_sample_path()
-    path = Path(path)
-    if path.is_dir():
-        return load_dataset(path)
-    if not path.exists():
-        raise DataError("no such dataset folder or bars file", where=str(path))
-    dataset = dataset_from_bars(load_bars(path), config)
-    dataset.path = path
-    return dataset
 
 
 # --- presentation ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 from trademl.config import Config, resolve_config
 from trademl.data.sequences import Normalizer, valid_window_ends
 from trademl.errors import DataError, InsufficientDataError, ModelStoreError
+from trademl.models.base import skill
 
 KIND = "lstm"
 VALID_FRACTION = 0.2
@@ -137,6 +138,8 @@ def train_lstm(
                 fold_metrics.append(_score_fold(net, task, result, fit, test, settings, pooled))
     cv = _pooled_metrics(task, pooled)
     metrics = {
+        "validation_skill": lstm_skill(cv),
+        "headline": {k: cv[k] for k in ("accuracy", "majority_accuracy", "movement_corr") if k in cv},
         "cv": cv,
         "out_of_sample": cv,  # the name `trademl models list` and the other kinds use
         "folds": fold_metrics,
@@ -210,6 +213,17 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
         return 0.0  # a constant prediction correlates with nothing
     return float(np.corrcoef(a.astype(np.float64), b)[0, 1])
+
+
+def lstm_skill(cv: dict) -> dict:
+    """Accuracy gain of the signal head over always predicting the majority class, out of fold:
+    (acc - maj) / (1 - maj), 0 when it does no better."""
+    if "accuracy" not in cv:
+        return skill(None, "accuracy gain over the majority class", note="no fold could be scored")
+    acc, maj = float(cv["accuracy"]), float(cv["majority_accuracy"])
+    return skill(max(0.0, (acc - maj) / (1.0 - maj)) if maj < 1 else 0.0,
+                 "accuracy gain over the majority class, (acc - maj) / (1 - maj), out of fold",
+                 note=f"accuracy {acc:.3f} vs {maj:.3f} for the majority class over {cv['n_test']} sequences")
 
 
 def _pooled_metrics(task, pooled) -> dict:

@@ -146,6 +146,26 @@ class ModelStore:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def adopt(self, stored: StoredModel) -> StoredModel:
+        """Copy a verified model folder (e.g. one staged by ``TradeModel.fit``) into this store,
+        under its own kind and version, atomically; the copy is verified again."""
+        stored.verify()
+        final = self.root / stored.kind / stored.version
+        if final.exists():
+            if final.resolve() == Path(stored.path).resolve():
+                return stored
+            raise ModelStoreError(f"version {stored.version} of {stored.kind} is already in this store", where=str(final))
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{stored.kind}-{uuid.uuid4().hex}"
+        try:
+            shutil.copytree(stored.path, tmp)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return self.load(stored.kind, stored.version)
+
     def versions(self, kind: str) -> list[str]:
         d = self.root / kind
         if not d.is_dir():

@@ -26,7 +26,7 @@ import pandas as pd
 from trademl.config import resolve_config
 from trademl.data.bars import median_bar_minutes
 from trademl.data.labels import make_labels
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.market.execution import ExecutionModel
 
 MODELS = ("lgb_5m", "lgb_30m", "lstm", "ppo", "ensemble")

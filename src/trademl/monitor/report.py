@@ -23,10 +23,9 @@ from trademl.errors import TradeMLError
 from trademl.html_page import figures_html, metrics_table, write_page
 from trademl.monitor.alerts import calibration_alerts, drift_alerts
 from trademl.monitor.drift import drift_table
-from trademl.monitor.log import PredictionLog
+from trademl.predict.log import PredictionLog
 from trademl.monitor.outcomes import NATIVE_HORIZON, join_outcomes, model_calls, score_models, trade_outcomes
 
-MODEL_KINDS = ("lgb_5m", "lgb_30m", "lstm", "ppo")
 LATENCY_PERCENTILES = (50, 90, 99)
 
 
@@ -221,7 +220,7 @@ def _versions_used(ok: pd.DataFrame) -> list[tuple[str, str]]:
     seen = []
     for versions in ok["model_versions"]:
         for kind, version in (versions or {}).items():
-            if kind in MODEL_KINDS and (kind, version) not in seen:
+            if (kind, version) not in seen:
                 seen.append((kind, version))
     return seen
 

@@ -2,7 +2,7 @@
 
 The features are computed by ``trademl.data.features.compute_features``, the very
 function the dataset builder calls, over the bars the request sent; segments come from
-``trademl.data.segments.segment_ids`` with the same gap rule. So a model sees at
+``trademl.segments.segment_ids`` with the same gap rule. So a model sees at
 serving time exactly what it saw in training, and a change to a feature changes both.
 
 pandas and the feature library are imported here, not at the top of the predict path:
@@ -61,7 +61,7 @@ def bars_frame(bars: list, symbol: str):
 def features_from_bars(bars: list, *, symbol: str, feature_names: list[str], max_gap_minutes: float) -> OnlineFeatures:
     """Compute ``feature_names`` (in that order) for every bar of the request."""
     from trademl.data.features import compute_features
-    from trademl.data.segments import segment_ids
+    from trademl.segments import segment_ids
 
     frame = bars_frame(bars, symbol)
     extras = tuple(n for n in feature_names if n in frame.columns and n not in BAR_FIELDS)

@@ -28,7 +28,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trademl.errors import ModelStoreError, TradeMLError
-from trademl.predict.ensemble import KINDS, EnsemblePredictor, RequestError
+from trademl.predict.ensemble import EnsemblePredictor
+from trademl.predict.request import RequestError
 from trademl.predict.schema import (
     BatchRequest,
     BatchResponse,
@@ -61,10 +62,9 @@ class _LoadedModels(Collector):
     def collect(self):
         loaded, weight = self._families()
         models = self.predictor.models
-        for kind in KINDS:
-            if kind in models.versions:
-                loaded.add_metric([kind, str(models.versions[kind])], 1)
-                weight.add_metric([kind], models.weights.get(kind, 0.0))
+        for kind, version in models.versions.items():
+            loaded.add_metric([kind, str(version)], 1)
+            weight.add_metric([kind], models.weights.get(kind, 0.0))
         yield loaded
         yield weight
 

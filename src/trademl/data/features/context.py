@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from trademl.data.features import rolling
-from trademl.data.segments import segment_ids
+from trademl.segments import segment_ids
 from trademl.errors import DataError
+from trademl.segments import segment_start_mask
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 NS_PER_MINUTE = 60_000_000_000
@@ -195,9 +196,8 @@ class BarContext:
         """VWAP sessions: a new one at each segment start and each new trading day."""
         if "sessions" not in self._cache:
             day = self.trading_day
-            new = np.zeros(len(day), dtype=bool)
+            new = segment_start_mask(day)  # a new trading day, or a new segment
             new[self.first_rows] = True
-            new[1:] |= day[1:] != day[:-1]
             self._cache["sessions"] = rolling.SegmentIndex(np.cumsum(new))
         return self._cache["sessions"]
 

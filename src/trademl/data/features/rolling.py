@@ -18,6 +18,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from trademl.segments import segment_start_mask
+
 _BLOCK = 4096
 # Largest exponent an EMA block may span: q**-L stays far from float64 overflow (1e308)
 # even after multiplying inputs of 1e12 (a price times a large volume).
@@ -29,9 +31,7 @@ class SegmentIndex:
 
     def __init__(self, seg: np.ndarray):
         n = len(seg)
-        is_start = np.ones(n, dtype=bool)
-        if n:
-            is_start[1:] = seg[1:] != seg[:-1]
+        is_start = segment_start_mask(seg)
         self.first_rows = np.flatnonzero(is_start)
         self.lengths = np.diff(np.append(self.first_rows, n))
         self.since = np.arange(n) - self.per_bar(self.first_rows)

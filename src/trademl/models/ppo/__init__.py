@@ -1,6 +1,7 @@
 """The PPO agent: trading environment (env.py, vec_env.py), reward shaping (rewards.py),
-SB3 training with evaluation and checkpoints (train.py), ONNX export (export.py).
+SB3 training with evaluation and checkpoints (train.py), ONNX export (export.py), and the
+observation layout (observation.py, numpy only).
 
-Importing this package loads neither torch nor stable-baselines3: the serving runtime
-(`trademl.predict.runtime_ppo`) reuses the observation layout of env.py.
+Importing this package loads neither torch, stable-baselines3 nor gymnasium: the serving
+runtime (`trademl.models.kinds.ppo`) imports observation.py alone.
 """

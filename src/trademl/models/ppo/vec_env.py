@@ -18,7 +18,8 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
 from trademl.market.execution import ExecutionModel
-from trademl.models.ppo.env import MarketData, ObservationSpec, TradingCore
+from trademl.models.ppo.env import MarketData, TradingCore
+from trademl.models.ppo.observation import ObservationSpec
 from trademl.models.ppo.rewards import RewardSettings
 
 

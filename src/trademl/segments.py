@@ -1,7 +1,9 @@
 """Segments: runs of bars with no gap and no contract roll inside.
 
 Every causal computation (features, labels, sequences, episodes) restarts at a segment
-boundary, so nothing ever bleeds across a weekend, a session break or a roll.
+boundary, so nothing ever bleeds across a weekend, a session break or a roll; the broker
+flattens the account before one. This module sits on the lowest floor (numpy only) so that
+the data, market and model code all share one definition of a segment and its masks.
 """
 
 from __future__ import annotations
@@ -32,34 +34,41 @@ def segment_ids(bars: pd.DataFrame, max_gap_minutes: float | None = None) -> np.
     breaks = np.zeros(n, dtype=bool)
     breaks[1:] = np.diff(stamps) > int(max_gap_minutes * 60e9)
     if "contract" in bars.columns:
-        c = bars["contract"].to_numpy()
-        breaks[1:] |= c[1:] != c[:-1]
+        breaks[1:] |= segment_start_mask(bars["contract"].to_numpy())[1:]  # a roll
     return np.cumsum(breaks, dtype=np.int32)  # int32 straight away: no 8-byte pass over 1M bars
+
+
+def segment_start_mask(seg) -> np.ndarray:
+    """True at the first bar of every segment (and at bar 0): where a new run of ids begins."""
+    seg = np.asarray(seg)
+    mask = np.ones(len(seg), dtype=bool)
+    mask[1:] = seg[1:] != seg[:-1]
+    return mask
+
+
+def segment_end_mask(seg) -> np.ndarray:
+    """True at the last bar of every segment (and at the last bar)."""
+    seg = np.asarray(seg)
+    mask = np.ones(len(seg), dtype=bool)
+    mask[:-1] = seg[1:] != seg[:-1]
+    return mask
 
 
 def segment_starts(seg: np.ndarray) -> np.ndarray:
     """Index of the first bar of each bar's segment (same length as ``seg``)."""
-    n = len(seg)
-    starts = np.zeros(n, dtype=np.int64)
-    if n == 0:
-        return starts
-    is_start = np.ones(n, dtype=bool)
-    is_start[1:] = seg[1:] != seg[:-1]
-    first = np.flatnonzero(is_start)
-    return first[np.cumsum(is_start) - 1]
+    is_start = segment_start_mask(seg)
+    if not len(is_start):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(is_start)[np.cumsum(is_start) - 1]
 
 
 def segment_ends(seg: np.ndarray) -> np.ndarray:
     """Index of the last bar of each bar's segment (same length as ``seg``)."""
-    n = len(seg)
-    if n == 0:
+    if not len(seg):
         return np.zeros(0, dtype=np.int64)
-    is_end = np.ones(n, dtype=bool)
-    is_end[:-1] = seg[1:] != seg[:-1]
-    last = np.flatnonzero(is_end)
     # the segment index of each bar in order of appearance
-    order = np.cumsum(np.r_[True, seg[1:] != seg[:-1]]) - 1
-    return last[order]
+    order = np.cumsum(segment_start_mask(seg)) - 1
+    return np.flatnonzero(segment_end_mask(seg))[order]
 
 
 def bars_since_start(seg: np.ndarray) -> np.ndarray:

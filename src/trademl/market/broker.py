@@ -1,0 +1,245 @@
+"""The one broker: positions, average entry price, fills and the position rule.
+
+Everything that holds a position goes through here, over the one ``ExecutionModel`` (what a
+fill costs): the vectorised backtest engine, the walk-forward's bar-by-bar accounts (the
+ensemble's and the PPO agent's own, whose state the agent observes) and the PPO training
+environments. There are two forms of the same rules:
+
+* ``Broker``: N accounts stepped bar by bar (arrays, one entry per account). A decision at
+  the close of bar t is filled at the open of bar t+1 by ``fill``; ``state`` gives what the
+  bot (and the PPO agent) sees: position, balance, unrealized P&L, the last 10 actions.
+* ``target_from_signals`` + ``simulate``: the same position rule and fills for a whole
+  series at once (the engine's fast path, ~50 ms for 1M bars).
+
+The position rule (the guide's): a counted BUY adds one contract, a counted SELL removes one,
+within +/- max_position; the account is flat at every segment start, and the position is
+closed at the open of a segment's last bar, so nothing is held across a gap or a roll.
+
+Average entry price (what a broker reports, for unrealized P&L): adding to a position
+averages the fill in, reducing keeps it, flipping through zero restarts at the fill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trademl.market.actions import DIRECTION, HOLD
+from trademl.market.execution import ExecutionModel
+from trademl.segments import segment_end_mask, segment_start_mask
+
+#: The guide's TradingState keeps the last 10 actions (codes 0/1/2, oldest first).
+RECENT_ACTIONS = 10
+
+
+@dataclass
+class AccountState:
+    """What an account shows at a bar's close, per account: the predict request's position,
+    balance, unrealized_pnl and recent_actions (codes 0/1/2, oldest first, [n, 10])."""
+
+    position: np.ndarray
+    balance: np.ndarray
+    unrealized_pnl: np.ndarray
+    recent_actions: np.ndarray
+
+    @classmethod
+    def flat(cls, n: int, balance: float) -> "AccountState":
+        return cls(np.zeros(n), np.full(n, float(balance)), np.zeros(n), np.zeros((n, RECENT_ACTIONS), np.int64))
+
+    def take(self, idx) -> "AccountState":
+        return AccountState(self.position[idx], self.balance[idx], self.unrealized_pnl[idx], self.recent_actions[idx])
+
+
+class Broker:
+    """N accounts' positions, average entry prices, net P&L and recent actions."""
+
+    def __init__(self, execution: ExecutionModel, n: int = 1, initial_balance: float = 0.0):
+        self.execution = execution
+        self.n = int(n)
+        self.initial_balance = float(initial_balance)
+        self.position = np.zeros(self.n, np.int64)
+        self.target = np.zeros(self.n, np.int64)  # wanted after the last decision, filled at the next open
+        self.avg_price = np.zeros(self.n)
+        self.equity = np.zeros(self.n)  # net P&L since the last restart, dollars
+        self.recent = np.full((self.n, RECENT_ACTIONS), HOLD, np.int64)
+
+    def restart(self, idx=None) -> None:
+        """Flat accounts with no history (all, or those in ``idx``): a segment or episode start."""
+        idx = slice(None) if idx is None else idx
+        for a in (self.position, self.target, self.avg_price, self.equity, self.recent):
+            a[idx] = 0
+
+    # -- what the account shows at a bar's close --
+
+    def unrealized(self, close, idx=None) -> np.ndarray:
+        idx = slice(None) if idx is None else idx
+        return self.position[idx] * (close - self.avg_price[idx]) * self.execution.spec.point_value
+
+    def balance(self, close, idx=None) -> np.ndarray:
+        """Cash: the initial balance plus realized P&L net of every cost (equity minus the open trade)."""
+        idx = slice(None) if idx is None else idx
+        return self.initial_balance + self.equity[idx] - self.unrealized(close, idx)
+
+    def state(self, close) -> AccountState:
+        """The accounts at a bar's close (copies): what the bot sends with its request."""
+        unrealized = self.unrealized(close)
+        return AccountState(self.position.astype(np.float64), self.initial_balance + self.equity - unrealized,
+                            unrealized, self.recent.copy())
+
+    # -- deciding at a close, filling at the next open --
+
+    def record(self, codes) -> None:
+        """Append this bar's action codes (0 hold, 1 buy, 2 sell) to the recent actions."""
+        self.recent[:, :-1] = self.recent[:, 1:]
+        self.recent[:, -1] = codes
+
+    def signal(self, codes, counted) -> None:
+        """The position rule at a bar's close: each counted BUY/SELL moves the target one contract
+        (within the cap); the recent actions record what counted (hold otherwise)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        counted = np.asarray(counted, dtype=bool) & (codes != HOLD)
+        self.target = self.execution.cap(self.target + np.where(counted, DIRECTION[codes], 0)).astype(np.int64)
+        self.record(np.where(counted, codes, HOLD))
+
+    def fill(self, new_position, prev_close, open_, close):
+        """Move every account to ``new_position`` at this bar's open and book the bar.
+
+        Returns (pnl, costs, traded contracts), per account, from the execution model.
+        """
+        prev = self.position
+        new = np.asarray(new_position, dtype=np.int64)
+        pnl, costs = self.execution.bar_pnl(prev, new, prev_close, open_, close)
+        qty = new - prev
+        fill = self.execution.fill_price(open_, qty)
+        grows = (np.abs(new) > np.abs(prev)) & (prev * new >= 0)
+        grown = (self.avg_price * np.abs(prev) + fill * np.abs(qty)) / np.maximum(np.abs(new), 1)
+        avg = np.where(grows, grown, self.avg_price)
+        avg = np.where(prev * new < 0, fill, avg)  # flipped through zero: the rest opened at the fill
+        self.avg_price = np.where(new == 0, 0.0, avg)
+        self.position = new
+        self.equity = self.equity + pnl
+        return pnl, costs, qty
+
+    def fill_target(self, closing: bool, prev_close, open_, close):
+        """Fill the target at this bar's open, or go flat when this is the segment's last bar."""
+        return self.fill(np.zeros(self.n, np.int64) if closing else self.target, prev_close, open_, close)
+
+
+# ----------------------------------------------------------------------------- the same rules, vectorised
+
+
+@dataclass
+class ExecutionResult:
+    """Per-bar arrays: position held during the bar, contracts traded at its open, their fill
+    price (NaN where nothing traded), net P&L in dollars and the costs inside it."""
+
+    position: np.ndarray
+    trade_qty: np.ndarray
+    fill_price: np.ndarray
+    pnl: np.ndarray
+    costs: np.ndarray
+
+    @property
+    def equity(self) -> np.ndarray:
+        return np.cumsum(self.pnl)
+
+
+def clipped_cumsum(steps, lo: int, hi: int, reset=None) -> np.ndarray:
+    """x[t] = clip(x[t-1] + steps[t], lo, hi) with x[-1] = 0, and x[t-1] read as 0 where reset[t].
+
+    Every step is the map x -> clip(x + a, l, h); maps of that shape stay of that shape when
+    composed (a constant c is clip(x + 0, c, c), which is how a reset is written), so the
+    running composition is a scan. It runs blockwise: the bars are cut into ~sqrt(n)/2
+    blocks, the scan walks the rows of all blocks at once (one numpy operation per row,
+    vectorised across blocks), a scalar pass chains the block end states, and one final
+    vectorised clip applies them. About 20x faster than a Python loop on 1M bars.
+    """
+    s = np.asarray(steps, dtype=np.int32)
+    n = len(s)
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    a_step = s.copy()
+    l_step = np.full(n, lo, dtype=np.int32)
+    h_step = np.full(n, hi, dtype=np.int32)
+    if reset is not None:
+        reset = np.asarray(reset, dtype=bool)
+        constant = np.clip(s[reset], lo, hi)
+        a_step[reset], l_step[reset], h_step[reset] = 0, constant, constant
+
+    block = max(16, int(np.sqrt(n) / 2))
+    n_blocks = -(-n // block)
+    pad = n_blocks * block - n
+
+    def rows(x, fill):  # (block, n_blocks): row j holds the j-th bar of every block, contiguous
+        return np.ascontiguousarray(np.r_[x, np.full(pad, fill, np.int32)].reshape(n_blocks, block).T)
+
+    A_step, L_step, H_step = rows(a_step, 0), rows(l_step, lo), rows(h_step, hi)
+    A, L, H = np.empty_like(A_step), np.empty_like(L_step), np.empty_like(H_step)
+    far = 1 << 20  # the identity map: clip(x + 0, -far, far)
+    a = np.zeros(n_blocks, np.int32)
+    l = np.full(n_blocks, -far, np.int32)
+    h = np.full(n_blocks, far, np.int32)
+    tmp = np.empty(n_blocks, np.int32)
+    for j in range(block):
+        np.add(a, A_step[j], out=A[j])
+        np.add(l, A_step[j], out=tmp)
+        np.maximum(tmp, L_step[j], out=tmp)
+        np.minimum(tmp, H_step[j], out=L[j])
+        np.add(h, A_step[j], out=tmp)
+        np.maximum(tmp, L_step[j], out=tmp)
+        np.minimum(tmp, H_step[j], out=H[j])
+        a, l, h = A[j], L[j], H[j]
+
+    state, starts = 0, []
+    for a_end, l_end, h_end in zip(A[-1].tolist(), L[-1].tolist(), H[-1].tolist()):
+        starts.append(state)
+        state = min(max(state + a_end, l_end), h_end)
+    X = A + np.asarray(starts, dtype=np.int32)
+    np.maximum(X, L, out=X)
+    np.minimum(X, H, out=X)
+    return X.T.ravel()[:n]
+
+
+def target_from_directions(direction, counted, max_position: int, segments=None) -> np.ndarray:
+    """The position rule over a whole series: the target after each bar's close.
+
+    ``direction`` is +1/-1/0 per bar, ``counted`` whether that bar's signal counts. The
+    target restarts from 0 at each segment start (the account was flattened before the gap).
+    Only bars where something happens (a counted signal or a segment start) enter the scan;
+    the position is carried forward in between.
+    """
+    direction = np.asarray(direction, dtype=np.int8)
+    counted = np.asarray(counted, dtype=bool) & (direction != 0)
+    reset = None if segments is None else segment_start_mask(np.asarray(segments))
+    event = counted if reset is None else counted | reset
+    at = np.flatnonzero(event)
+    m = int(max_position)
+    state = clipped_cumsum(direction[at] * counted[at], -m, m, None if reset is None else reset[at])
+    carried = np.concatenate(([0.0], state.astype(np.float64)))  # 0 before the first event
+    return carried[np.cumsum(event, dtype=np.int32)]
+
+
+def simulate(execution: ExecutionModel, target, open_, close, segments=None, flatten_at_segment_end=True):
+    """Run a series of target positions (decided at each bar's close) through the execution model.
+
+    ``target[t]`` is the position wanted after the decision at the close of bar t; it is held
+    from the open of bar t+1. With ``flatten_at_segment_end`` the position is closed at the open
+    of the last bar of each segment and nothing is held across a gap: ``Broker.fill_target``'s
+    rule, for every bar at once.
+    """
+    target = execution.cap(np.asarray(target, dtype=np.float64))
+    n = len(target)
+    if segments is not None and flatten_at_segment_end:
+        last = segment_end_mask(np.asarray(segments))  # decided on the segment's last bar: nothing to fill
+        near_end = last.copy()
+        near_end[:-1] |= last[1:]  # decided on the bar before it: filled at the last bar's open, flat
+        target = np.where(near_end, 0.0, target)
+    pos = np.zeros(n)
+    pos[1:] = target[:-1]
+    prev = np.r_[0.0, pos[:-1]]
+    prev_close = np.r_[close[0], close[:-1]]
+    pnl, costs = execution.bar_pnl(prev, pos, prev_close, open_, close)
+    qty = pos - prev
+    fill = np.where(qty != 0, execution.fill_price(open_, qty), np.nan)
+    return ExecutionResult(position=pos, trade_qty=qty, fill_price=fill, pnl=pnl, costs=costs)

@@ -1,0 +1,118 @@
+"""The guide's bidirectional LSTM with attention (kind ``lstm``): three heads over a window of
+SEQUENCE_LENGTH feature rows: signal (hold, buy, sell), expected movement, risk.
+
+Training: ``trademl.models.lstm`` (walk-forward CV, resumable per-epoch checkpoints, ONNX
+export checked against PyTorch). Serving: ``LSTMRuntime``: the ONNX graph with the training
+rows' normalisation; its vote is the signal head's probabilities as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from trademl.errors import DataError, ModelStoreError, SchemaError
+from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, class_vote
+from trademl.models.onnx_session import open_session
+
+BATCH = 1024  # windows per ONNX call: bounded memory on long spans
+HEADS = ("hold", "buy", "sell", "movement", "risk")
+
+
+class LSTMRuntime(Runtime):
+    kind_pattern = "lstm"
+    order = 20
+
+    def __init__(self, session, feature_names, mean, std, sequence_length: int, horizon: int, version: str = ""):
+        self.session = session
+        self.feature_names = list(feature_names)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.sequence_length = int(sequence_length)
+        self.history = self.sequence_length
+        self.horizon = int(horizon)
+        self.version = version
+        self.kind = "lstm"
+        self._input = session.get_inputs()[0].name
+        self._outputs = [o.name for o in session.get_outputs()]
+
+    @classmethod
+    def load(cls, stored_model, threads: int | None = None) -> "LSTMRuntime":
+        """From a StoredModel of kind "lstm" (already checksum-verified by the store)."""
+        where = str(stored_model.path)
+        if stored_model.kind != "lstm":
+            raise ModelStoreError(f"expected an lstm model, got {stored_model.kind!r}", where=where)
+        norm = json.loads(stored_model.file("normalizer.json").read_text())
+        names = list(norm["feature_names"])
+        if names != stored_model.feature_names:
+            raise SchemaError("normalizer.json and the manifest list different features", where=where)
+        cfg = stored_model.manifest.get("config", {})
+        session = open_session(stored_model.file("model.onnx"), threads, where=where)
+        return cls(session, names, norm["mean"], norm["std"], cfg["SEQUENCE_LENGTH"], cfg["PREDICTION_HORIZON"],
+                   stored_model.version)
+
+    def _check(self, seq: np.ndarray) -> np.ndarray:
+        seq = np.asarray(seq, dtype=np.float32)
+        if seq.ndim == 2:
+            seq = seq[None]
+        expected = (self.sequence_length, len(self.feature_names))
+        if seq.ndim != 3 or seq.shape[1:] != expected:
+            raise DataError(
+                f"LSTM input must be [n, {expected[0]}, {expected[1]}] (sequence length, features), got {list(seq.shape)}",
+                where="sequence",
+            )
+        bad = ~np.isfinite(seq)
+        if bad.any():
+            n, t, f = np.argwhere(bad)[0]
+            raise DataError(f"non-finite value in window {n}, step {t}, feature {self.feature_names[f]!r}",
+                            where="sequence")
+        return seq
+
+    def heads(self, seq: np.ndarray) -> dict[str, np.ndarray]:
+        """RAW windows [n, T, F] (or one [T, F]) -> hold, buy, sell, movement, risk, each [n]."""
+        x = (self._check(seq) - self.mean) / self.std
+        probs, movement, risk = self.session.run(self._outputs, {self._input: x.astype(np.float32, copy=False)})
+        return {"hold": probs[:, 0], "buy": probs[:, 1], "sell": probs[:, 2],
+                "movement": np.ravel(movement), "risk": np.clip(np.ravel(risk), 0.0, 1.0)}
+
+    def predict(self, inputs: ModelInputs) -> Votes:
+        from trademl.data.sequences import windows_at
+
+        n = len(inputs)
+        ok, why = inputs.complete_windows(self.sequence_length, "LSTM")
+        out = {k: np.full(n, np.nan) for k in HEADS}
+        idx = np.flatnonzero(ok)
+        for lo in range(0, len(idx), BATCH):
+            chunk = idx[lo: lo + BATCH]
+            for k, v in self.heads(windows_at(inputs.X, inputs.at[chunk], self.sequence_length)).items():
+                out[k][chunk] = v
+        fields = {"lstm_buy_prob": "buy", "lstm_sell_prob": "sell", "lstm_hold_prob": "hold",
+                  "lstm_expected_movement": "movement", "lstm_risk_score": "risk"}
+        return Votes(self.kind, class_vote(out["hold"], out["buy"], out["sell"]), out, fields, why)
+
+
+class LSTMModel(TradeModel):
+    """The guide's LSTM signal model (``[lstm]`` settings: SEQUENCE_LENGTH, HIDDEN_SIZE, ...)."""
+
+    section = "lstm"
+    runtime = LSTMRuntime
+    default_kinds = ("lstm",)
+
+    @classmethod
+    def for_dataset(cls, dataset, config=None) -> list["LSTMModel"]:
+        return [cls(config)]
+
+    def print_report(self, console) -> None:
+        from trademl.models.lstm import stored_summary
+
+        console.print(stored_summary(self.stored))
+
+    def _train(self, dataset, staging_root: Path, progress: bool = False, checkpoint_dir=None, resume: bool = False,
+               on_epoch_end=None, **_):
+        """``_``: options of other kinds (console) that do not apply here."""
+        from trademl.models.lstm import train_lstm
+
+        return train_lstm(dataset, self.config, store_root=staging_root, checkpoint_dir=checkpoint_dir, resume=resume,
+                          progress=bool(progress), on_epoch_end=on_epoch_end)

@@ -1,0 +1,86 @@
+"""``trademl train all``: every registered kind of model trained on one dataset into one store.
+
+What ``trademl train all`` runs, what the demo runs, and what the walk-forward backtest runs
+for each fold (into a temporary store). The kinds come from the registry
+(``trademl.models.base``): a new kind file is trained here without a change to this module.
+One job per stored kind, so one kind failing (too little data in an early fold, an ONNX
+export that failed its parity check) can be skipped and named while the others are stored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trademl.errors import InsufficientDataError, ModelStoreError, TradeMLError
+from trademl.models.base import registry
+
+
+@dataclass
+class TrainedModels:
+    """What ``train_models`` stored, with each trainer's own result for printing."""
+
+    stored: dict  # kind -> StoredModel
+    skipped: dict = field(default_factory=dict)  # kind -> why it was not trained
+    seconds: dict = field(default_factory=dict)  # family ([lgbm], [lstm], [ppo]) -> training seconds
+    models: dict = field(default_factory=dict)  # kind -> the fitted TradeModel
+
+    @property
+    def metrics(self) -> dict:
+        return {kind: s.manifest.get("metrics") or {} for kind, s in self.stored.items()}
+
+
+def families() -> tuple[str, ...]:
+    """The model families ``train all`` knows (their config sections): lgbm, lstm, ppo, ..."""
+    return tuple(registry().models)
+
+
+def check_families(chosen) -> tuple[str, ...]:
+    chosen = tuple(chosen)
+    known = families()
+    unknown = [m for m in chosen if m not in known]
+    if unknown or not chosen:
+        raise TradeMLError(f"unknown models {unknown}; choose among {', '.join(known)}", where="models")
+    return chosen
+
+
+def train_models(dataset, config, model_root, *, models=None, work_dir=None, skip_failed: bool = False,
+                 progress: bool = False, console=None) -> TrainedModels:
+    """Train the chosen families (default: all) on ``dataset`` into the store at ``model_root``.
+
+    ``work_dir`` holds the trainers' checkpoints (default: where the config puts them). With
+    ``skip_failed`` a kind that cannot be trained here is skipped and named in ``skipped``, as
+    the predictor skips a model it cannot load, instead of failing the whole run.
+    """
+    from trademl.config import resolve_config
+
+    cfg = resolve_config(config).model_copy(deep=True)
+    cfg.paths.model_root = str(model_root)
+    chosen = check_families(models or families())
+    out = TrainedModels({})
+    for family in chosen:
+        for model in registry().models[family].for_dataset(dataset, cfg):
+            started = time.perf_counter()
+            options = {"progress": progress, "console": console}
+            if work_dir is not None:
+                options["checkpoint_dir"] = Path(work_dir) / model.kind
+            try:
+                out.stored[model.kind] = model.fit(dataset, **options).save(model_root)
+                out.models[model.kind] = model
+            except (InsufficientDataError, ModelStoreError) as e:
+                if not skip_failed:
+                    raise
+                out.skipped[model.kind] = str(e)
+            out.seconds[family] = out.seconds.get(family, 0.0) + time.perf_counter() - started
+    return out
+
+
+def print_trained(trained: TrainedModels, console) -> None:
+    """Each trainer's own table, then what was skipped and how long it took."""
+    for model in trained.models.values():
+        model.print_report(console)
+    for kind, why in trained.skipped.items():
+        console.print(f"[yellow]{kind} not trained: {why}[/]")
+    times = ", ".join(f"{g} {s:.0f} s" for g, s in trained.seconds.items())
+    console.print(f"trained in {times}")

@@ -1,0 +1,136 @@
+"""Every answered prediction to the guide's ``logs/predictions.log`` line and to the SQLite
+prediction log (``trademl.predict.log``), which ``trademl monitor`` reads; failed requests
+are logged there too, by kind, so the monitor can count errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from trademl.errors import ModelStoreError, TradeMLError
+from trademl.predict.request import iso_utc
+from trademl.predict.schema import PredictRequest
+
+
+def request_digest(request: PredictRequest) -> str:
+    """sha256 of a validated request's canonical form: the same request, the same digest.
+
+    The scalar fields as sorted JSON, then each array field (features, sequence, bars) as its
+    names (sorted JSON) and its values as little-endian float64 bytes. Hashing the numbers'
+    bytes instead of their JSON text keeps this ~50 us for a 60 x 40 sequence, not ~1.5 ms.
+    """
+    h = hashlib.sha256()
+    scalars = request.model_dump(mode="json", exclude={"features", "sequence", "bars"}, exclude_none=True)
+    h.update(json.dumps(scalars, sort_keys=True, separators=(",", ":")).encode())
+    for name, (keys, values) in _array_fields(request):
+        h.update(json.dumps([name, keys]).encode())
+        h.update(np.asarray(values, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def _array_fields(request: PredictRequest):
+    """(field, (column names or None, values [rows, cols] with NaN for null)) of each array field sent."""
+    f = request.features
+    if isinstance(f, dict):
+        keys = sorted(f)
+        yield "features", (keys, [np.nan if f[k] is None else f[k] for k in keys])
+    elif f is not None:
+        yield "features", (None, [np.nan if v is None else v for v in f])
+    s = request.sequence
+    if s and isinstance(s[0], dict):
+        keys = sorted(s[0])
+        yield "sequence", (keys, [[row[k] for k in keys] for row in s])
+    elif s is not None:
+        yield "sequence", (None, s)
+    if request.bars is not None:
+        extras = sorted({k for b in request.bars for k in (b.model_extra or {})})
+        cols = ["timestamp", "open", "high", "low", "close", "volume", *extras]
+        yield "bars", (cols, [[b.timestamp.timestamp(), b.open, b.high, b.low, b.close,
+                               np.nan if b.volume is None else b.volume,
+                               *((b.model_extra or {}).get(k, np.nan) for k in extras)] for b in request.bars])
+
+
+def json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return str(obj)
+
+
+class PredictionRecorder:
+    """Every prediction to the guide's logs/predictions.log line and to the SQLite prediction log."""
+
+    def __init__(self, log_dir):
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._line = _guide_logger(self.log_dir / "predictions.log")
+        self._sqlite = _open_prediction_log(self.log_dir / "predictions.sqlite")
+
+    def record(self, request: PredictRequest, output: dict, latency_ms: float,
+               feature_names: list[str] | None = None) -> None:
+        self._line.info("Prediction: %s, Confidence: %.2f%%", output["ensemble_recommendation"],
+                        100.0 * output["confidence_score"])
+        if self._sqlite is not None:
+            self._sqlite.append({
+                "timestamp": output["timestamp"],
+                "logged_at": iso_utc(datetime.now(timezone.utc)),
+                "symbol": request.symbol,
+                "request_digest": request_digest(request),
+                "recommendation": output["ensemble_recommendation"],
+                "confidence": output["confidence_score"],
+                "output": output,
+                "model_versions": output["model_versions"],
+                "latency_ms": latency_ms,
+                "features": _logged_features(request, feature_names),
+                "decision_bar": iso_utc(request.bars[-1].timestamp) if request.bars else None,
+                "side": request.side,
+            })
+
+    def record_error(self, error: TradeMLError, market_data, latency_ms: float) -> None:
+        if self._sqlite is None:
+            return
+        kind = getattr(error, "kind", None) or ("model_store" if isinstance(error, ModelStoreError) else "error")
+        symbol = market_data.get("symbol") if isinstance(market_data, dict) else getattr(market_data, "symbol", None)
+        self._sqlite.append_error(kind, str(error), symbol=symbol if isinstance(symbol, str) else None,
+                                  latency_ms=latency_ms)
+
+
+def _logged_features(request: PredictRequest, names: list[str] | None) -> dict | None:
+    """The decision bar's features as sent, name -> value, for the monitor's drift check.
+
+    None for a request that sent bars: the features are computed inside the predictor, and
+    the monitor recomputes them from the bars file with the same (causal) code.
+    """
+    row = request.features
+    if row is None and request.sequence:
+        row = request.sequence[-1]
+    if isinstance(row, dict):
+        return dict(row)
+    if row is not None and names and len(row) == len(names):
+        return dict(zip(names, row))
+    return None
+
+
+def _guide_logger(path: Path) -> logging.Logger:
+    """The guide's format, '%(asctime)s - %(message)s', in its own logger (one handler per file)."""
+    logger = logging.getLogger(f"trademl.predictions.{path.resolve()}")
+    if not logger.handlers:
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def _open_prediction_log(path: Path):
+    from trademl.predict.log import PredictionLog
+
+    return PredictionLog(path)

@@ -1,0 +1,45 @@
+"""``trademl predict`` and scripts/predict_advanced.py: one JSON request on stdin, one JSON
+object on stdout, an exit code that says what happened."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from trademl.errors import ModelStoreError, TradeMLError
+from trademl.predict.ensemble import EnsemblePredictor
+from trademl.predict.recorder import json_default
+from trademl.predict.request import RequestError, parse_json_body, parse_request
+
+EXIT_BAD_REQUEST = 2
+EXIT_NO_MODEL = 3
+
+
+def predict_stdio(stdin, stdout, *, model_root=None, config=None, record: bool = True) -> int:
+    """Read one JSON request from ``stdin`` and write one JSON object to ``stdout``.
+
+    Exit codes: 0 a prediction; 2 a bad request (error JSON names the field); 3 no usable
+    model. Logs go to stderr only, so stdout is exactly one JSON object.
+    """
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    code = 0
+    try:
+        from trademl.config import resolve_config
+
+        cfg = resolve_config(config)
+        buffer = getattr(stdin, "buffer", stdin)
+        body = parse_json_body(buffer.read(cfg.serve.max_body_bytes + 1), cfg.serve.max_body_bytes)
+        parse_request(body)  # a malformed request fails before any model is loaded
+        result = EnsemblePredictor(model_root, cfg, record=record).ensemble_predict(body)
+    except RequestError as e:
+        result, code = e.to_json(), EXIT_NO_MODEL if e.kind == "no_model" else EXIT_BAD_REQUEST
+    except TradeMLError as e:
+        kind = "model_store" if isinstance(e, ModelStoreError) else "error"
+        result = {"error": {"message": str(e), "field": e.where, "kind": kind}}
+        code = EXIT_NO_MODEL if kind == "model_store" else EXIT_BAD_REQUEST
+    if code:
+        print(f"error: {result['error']['message']}", file=sys.stderr)
+    stdout.write(json.dumps(result, default=json_default) + "\n")
+    stdout.flush()
+    return code
