@@ -228,6 +228,11 @@ class TradeModel(ABC):
     def kind(self) -> str:
         return self.default_kinds[0]
 
+    @classmethod
+    def for_dataset(cls, dataset, config=None) -> list["TradeModel"]:
+        """The models of this family ``train all`` trains on ``dataset`` (one, by default)."""
+        return [cls(config)]
+
     # -- training --
 
     def fit(self, dataset, **options) -> "TradeModel":

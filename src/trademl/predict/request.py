@@ -54,23 +54,6 @@ def parse_request(market_data) -> PredictRequest:
         raise RequestError(message, field=where, detail=errors) from None
 
 
-def parse_request(market_data) -> PredictRequest:
-    """A dict (the guide's market_data) or a PredictRequest -> a validated PredictRequest."""
-    from pydantic import ValidationError
-
-    if isinstance(market_data, PredictRequest):
-        return market_data
-    if not isinstance(market_data, dict):
-        raise RequestError(f"the request must be a JSON object, got {type(market_data).__name__}", field="body")
-    market_data = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in market_data.items()}
-    try:
-        return PredictRequest.model_validate(market_data)
-    except ValidationError as e:
-        errors = e.errors(include_url=False, include_context=False, include_input=False)
-        message, where = describe_validation_error(errors)
-        raise RequestError(message, field=where, detail=errors) from None
-
-
 def parse_json_body(data: bytes | str, max_bytes: int):
     """Bytes of one request -> the decoded JSON value, or RequestError (too large, not JSON).
 

@@ -160,8 +160,11 @@ class LGBMWinModel(TradeModel):
         print_reports([self.report], console)
 
     def _train(self, dataset, staging_root: Path, progress=None, expected_schema=None, source: str = "auto", **_):
+        """``progress``: a callback (stage, done, total), as the CLI's bar gives; ``True`` (what
+        ``train all`` passes every kind) has no bar of its own here. ``_``: other kinds' options."""
         from trademl.models.lgbm import train_win_model
         from trademl.models.store import ModelStore
 
+        progress = progress if callable(progress) else None
         return train_win_model(dataset, self.horizon, self.config, ModelStore(staging_root), progress=progress,
                                expected_schema=expected_schema, source=source)

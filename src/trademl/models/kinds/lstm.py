@@ -100,10 +100,6 @@ class LSTMModel(TradeModel):
     runtime = LSTMRuntime
     default_kinds = ("lstm",)
 
-    @classmethod
-    def for_dataset(cls, dataset, config=None) -> list["LSTMModel"]:
-        return [cls(config)]
-
     def print_report(self, console) -> None:
         from trademl.models.lstm import stored_summary
 

@@ -135,10 +135,6 @@ class PPOAgent(TradeModel):
     runtime = PPORuntime
     default_kinds = ("ppo",)
 
-    @classmethod
-    def for_dataset(cls, dataset, config=None) -> list["PPOAgent"]:
-        return [cls(config)]
-
     def print_report(self, console) -> None:
         from trademl.models.ppo.train import print_summary
 
