@@ -286,10 +286,13 @@ class TradeModel(ABC):
         if store is None:
             store = self.config.paths.model_root
         store = store if isinstance(store, ModelStore) else ModelStore(store)
+        staged = self.stored.path
         self.stored = store.adopt(self.stored)
         self._runtime = None
         if hasattr(self.report, "stored"):  # the trainer's report names where the model is
             self.report.stored = self.stored
+        if isinstance(getattr(self.report, "written", None), list):
+            self.report.written = [self.stored.path if Path(p) == staged else p for p in self.report.written]
         return self.stored
 
     def print_report(self, console) -> None:
@@ -336,7 +339,9 @@ def registry() -> Registered:
         for info in pkgutil.iter_modules(kinds.__path__):
             importlib.import_module(f"{kinds.__name__}.{info.name}")
         runtimes = sorted(_all_subclasses(Runtime), key=lambda c: c.order)
-        models = {c.section: c for c in _all_subclasses(TradeModel) if "section" in c.__dict__}
+        # In the runtimes' order (lgbm, lstm, ppo), whatever order the modules were imported in.
+        trainers = sorted((c for c in _all_subclasses(TradeModel) if "section" in c.__dict__), key=lambda c: c.runtime.order)
+        models = {c.section: c for c in trainers}
         _REGISTRY = Registered(tuple(runtimes), models)
     return _REGISTRY
 
