@@ -91,3 +91,21 @@ def test_normaliser_round_trips_through_json_and_survives_constant_features(tmp_
     (tmp_path / "bad.json").write_text('{"feature_names": ["a"], "mean": [1, 2], "std": [1]}')
     with pytest.raises(SchemaError, match="bad.json"):
         Normalizer.load(tmp_path / "bad.json")
+
+
+def test_windows_checked_at_given_rows_follow_the_valid_window_rule():
+    """complete_windows_at (the per-request path, any number of rows) and valid_window_ends
+    (training, every row) are one rule: full, finite, inside one segment."""
+    from trademl.data.sequences import complete_windows_at, valid_window_ends, windows_at
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 6)).astype(np.float32)
+    X[rng.integers(0, 3000, 40), rng.integers(0, 6, 40)] = np.nan
+    seg = np.repeat(np.arange(10), 300)
+    for length in (1, 4, 60):
+        valid = valid_window_ends(X, seg, length)
+        batch = complete_windows_at(X, np.arange(3000), length, seg)
+        alone = np.array([complete_windows_at(X, [t], length, seg)[0] for t in range(3000)])
+        assert np.array_equal(np.flatnonzero(batch), valid) and np.array_equal(alone, batch)
+        few, many = valid[:5], valid[:40]  # a request's few windows are the batch's first ones, bit for bit
+        assert np.array_equal(windows_at(X, few, length), windows_at(X, many, length)[:5])

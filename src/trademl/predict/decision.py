@@ -64,14 +64,16 @@ def decide(votes: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> Dec
     if not votes:
         raise ValueError("decide needs at least one model's votes")
     names = list(votes)
-    stacked = np.stack([np.atleast_2d(np.asarray(votes[m], dtype=np.float64)) for m in names])  # [M, n, 3]
+    stacked = np.array([np.asarray(votes[m], dtype=np.float64).reshape(-1, 3) for m in names])  # [M, n, 3]
     w = np.array([float(weights.get(m, 0.0)) for m in names], dtype=np.float64)
     if np.any(w < 0) or not np.all(np.isfinite(w)):
         raise ValueError(f"ensemble weights must be finite and >= 0, got {dict(zip(names, w))}")
     present = np.isfinite(stacked).all(axis=2)  # [M, n]
-    row_w = np.where(present, w[:, None], 0.0)
-    total = np.zeros(present.shape[1])
-    for m in range(len(names)):
+    row_w = present * w[:, None]
+    # Sums over the models in their given order, element by element: a row gets the same bits
+    # whether it is decided alone (the predictor) or in a batch (the backtest).
+    total = row_w[0].copy()
+    for m in range(1, len(names)):
         total += row_w[m]
     voted = present.any(axis=0)
     reweighted = voted & (total == 0)
@@ -80,19 +82,17 @@ def decide(votes: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> Dec
         total = np.where(reweighted, present.sum(axis=0).astype(np.float64), total)
     safe_total = np.where(voted, total, 1.0)
     filled = np.where(present[:, :, None], stacked, 0.0)
-    # Sums over the models in their given order, element by element: a row gets the same bits
-    # whether it is decided alone (the predictor) or in a batch (the backtest).
-    probs = np.zeros(filled.shape[1:])
-    for m in range(len(names)):
+    probs = row_w[0][:, None] * filled[0]
+    for m in range(1, len(names)):
         probs += row_w[m][:, None] * filled[m]
     probs /= safe_total[:, None]
-    action = np.where(voted, np.argmax(probs, axis=1), 0).astype(np.int8)  # first maximum: ties go to HOLD
-    own = np.argmax(filled, axis=2)  # [M, n]
-    agreeing = np.zeros(len(total))
-    for m in range(len(names)):
-        agreeing += row_w[m] * (own[m] == action)
+    action = np.argmax(probs, axis=1).astype(np.int8)  # first maximum: ties go to HOLD (and 0 where nobody voted)
+    agree = row_w * (np.argmax(filled, axis=2) == action)  # [M, n]
+    agreeing = agree[0].copy()
+    for m in range(1, len(names)):
+        agreeing += agree[m]
     agreement = np.where(voted, agreeing / safe_total, 0.0)
-    winning = np.take_along_axis(probs, action[:, None].astype(np.int64), axis=1)[:, 0]
+    winning = probs[np.arange(len(action)), action]
     confidence = np.where(voted, np.clip(winning * agreement, 0.0, 1.0), 0.0)
     return Decision(action, confidence, probs, agreement, voted, reweighted)
 
