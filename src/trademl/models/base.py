@@ -198,6 +198,83 @@ class Runtime(ABC):
         return fnmatch.fnmatchcase(kind, cls.kind_pattern)
 
 
+def check_onnx_contract(session, where: str, inputs, outputs, *, only_these_outputs: bool = True) -> None:
+    """Refuse (``ModelStoreError`` naming ``where``, the file) an ONNX graph whose signature is
+    not its kind's contract, before any request can reach it.
+
+    ``inputs`` and ``outputs`` are ``[(name or None, shape), ...]``: a name of None matches the
+    graph's input or output at that position; a shape is a tuple of ints (fixed dims) and None
+    (the batch). Every input and output must be a float tensor of that rank and those fixed
+    dims, with a dynamic batch; ``only_these_outputs=False`` allows other outputs beside the
+    named ones. The graph is then run once on a zero batch of two of the contract's shapes and
+    every output checked for its shape, so a graph that declares the right shapes but cannot
+    compute on them (``Invalid rank``) is refused here too.
+    """
+    import numpy as np
+
+    def declared(node, kind_of: str, i: int, want_name, shape) -> None:
+        label = f"{kind_of} {node.name!r}"
+        if want_name is not None and node.name != want_name:
+            raise ModelStoreError(f"the ONNX {kind_of} {i} is {node.name!r}, the contract says {want_name!r}", where=where,
+                                  hint="retrain the model: this graph is not what its kind exports")
+        if node.type != "tensor(float)":
+            raise ModelStoreError(f"the ONNX {label} is {node.type}, the contract says tensor(float)", where=where,
+                                  hint="retrain the model: this graph is not what its kind exports")
+        got = list(node.shape)
+        contract = ["n" if d is None else d for d in shape]
+        if len(shape) == 1 and len(got) == 2 and got[1] == 1:
+            got = got[:1]  # a per-row output declared [n, 1]: the runtimes ravel it
+        if len(got) != len(shape) or not all(_dim_fits(g, d) for g, d in zip(got, shape)):
+            raise ModelStoreError(f"the ONNX {label} has shape {got}, the contract says {contract}", where=where,
+                                  hint="retrain the model: this graph is not what its kind exports")
+
+    graph_inputs, graph_outputs = session.get_inputs(), session.get_outputs()
+    if len(graph_inputs) != len(inputs):
+        raise ModelStoreError(f"the ONNX graph takes {len(graph_inputs)} inputs, the contract says {len(inputs)}",
+                              where=where, hint="retrain the model: this graph is not what its kind exports")
+    for i, (node, (name, shape)) in enumerate(zip(graph_inputs, inputs)):
+        declared(node, "input", i, name, shape)
+    by_name = {o.name: o for o in graph_outputs}
+    if only_these_outputs and len(graph_outputs) != len(outputs):
+        raise ModelStoreError(f"the ONNX graph has {len(graph_outputs)} outputs, the contract says {len(outputs)}",
+                              where=where, hint="retrain the model: this graph is not what its kind exports")
+    wanted = []
+    for i, (name, shape) in enumerate(outputs):
+        if name is None:
+            node = graph_outputs[i]
+        elif name in by_name:
+            node = by_name[name]
+        else:
+            raise ModelStoreError(f"the ONNX graph has no output {name!r} (has {sorted(by_name)})", where=where,
+                                  hint="retrain the model: this graph is not what its kind exports")
+        declared(node, "output", i, name, shape)
+        wanted.append((node.name, shape))
+    n = 2
+    feed = {node.name: np.zeros([n if d is None else d for d in shape], np.float32)
+            for node, (_, shape) in zip(graph_inputs, inputs)}
+    try:
+        results = session.run([name for name, _ in wanted], feed)
+    except Exception as e:  # onnxruntime's own exception types
+        shapes = {k: list(v.shape) for k, v in feed.items()}
+        raise ModelStoreError(f"the ONNX graph does not run on inputs of the contract's shapes {shapes}: {e}",
+                              where=where, hint="retrain the model: this graph is not what its kind exports") from None
+    for (name, shape), value in zip(wanted, results):
+        got = list(np.shape(value))
+        expected = [n if d is None else d for d in shape]
+        # a per-row output ([n]) may come as [n, 1]: the runtimes ravel it
+        if got != expected and not (len(shape) == 1 and got == [n, 1]):
+            raise ModelStoreError(f"the ONNX output {name!r} comes out as {got} for a batch of {n}, the contract says "
+                                  f"{expected}", where=where, hint="retrain the model: this graph is not what its kind exports")
+
+
+def _dim_fits(declared, contract) -> bool:
+    """A declared ONNX dim against the contract's: the batch (None) must be dynamic; a fixed dim
+    must be that int, or symbolic (the probe run of ``check_onnx_contract`` then checks it)."""
+    if contract is None:
+        return not isinstance(declared, int)
+    return declared == contract or not isinstance(declared, int)
+
+
 # ----------------------------------------------------------------------------- the training side
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from trademl.errors import DataError, ModelStoreError, SchemaError
-from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes
+from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, check_onnx_contract
 from trademl.models.calibration import IsotonicCalibrator
 from trademl.models.onnx_session import open_session
 
@@ -83,12 +83,14 @@ class LGBMRuntime(Runtime):
         except json.JSONDecodeError as e:
             raise ModelStoreError(f"calibration.json is not JSON: {e}", where=where) from None
         calibrator = IsotonicCalibrator.from_dict(calibration, where=f"{where}/calibration.json")
-        session = open_session(stored_model.file("model.onnx"), threads, where=where)
-        width = session.get_inputs()[0].shape[-1]
-        if isinstance(width, int) and width != len(inputs):
-            raise SchemaError(f"model.onnx takes {width} inputs, the manifest names {len(inputs)}", where=where)
-        return cls(session, names, info["horizon"], calibrator, info.get("onnx_input", "input"),
-                   info.get("onnx_output", "probabilities"), stored_model.version, stored_model.kind)
+        onnx_file = stored_model.file("model.onnx")
+        session = open_session(onnx_file, threads, where=str(onnx_file))
+        input_name, output_name = info.get("onnx_input", "input"), info.get("onnx_output", "probabilities")
+        # the contract: one float input [n, F + 1] (the features, then the side), [n, 2] class probabilities
+        check_onnx_contract(session, str(onnx_file), [(input_name, (None, len(inputs)))], [(output_name, (None, 2))],
+                            only_these_outputs=False)
+        return cls(session, names, info["horizon"], calibrator, input_name, output_name, stored_model.version,
+                   stored_model.kind)
 
     def raw_probability(self, X, side) -> np.ndarray:
         """Uncalibrated tree probability of a win for rows X [n, F] traded on ``side`` (+1/-1)."""

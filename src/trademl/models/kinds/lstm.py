@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from trademl.errors import DataError, ModelStoreError, SchemaError
-from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, class_vote
+from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, check_onnx_contract, class_vote
 from trademl.models.onnx_session import open_session
 
 BATCH = 1024  # windows per ONNX call: bounded memory on long spans
@@ -49,9 +49,15 @@ class LSTMRuntime(Runtime):
         if names != stored_model.feature_names:
             raise SchemaError("normalizer.json and the manifest list different features", where=where)
         cfg = stored_model.manifest.get("config", {})
-        session = open_session(stored_model.file("model.onnx"), threads, where=where)
-        return cls(session, names, norm["mean"], norm["std"], cfg["SEQUENCE_LENGTH"], cfg["PREDICTION_HORIZON"],
-                   stored_model.version)
+        length = cfg.get("SEQUENCE_LENGTH")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise ModelStoreError(f"the manifest's config has no valid SEQUENCE_LENGTH ({length!r})", where=where)
+        onnx_file = stored_model.file("model.onnx")
+        session = open_session(onnx_file, threads, where=str(onnx_file))
+        # the contract: windows [n, SEQUENCE_LENGTH, F] -> signal probabilities [n, 3], movement [n], risk [n]
+        check_onnx_contract(session, str(onnx_file), [(None, (None, length, len(names)))],
+                            [(None, (None, 3)), (None, (None,)), (None, (None,))])
+        return cls(session, names, norm["mean"], norm["std"], length, cfg["PREDICTION_HORIZON"], stored_model.version)
 
     def _check(self, seq: np.ndarray) -> np.ndarray:
         seq = np.asarray(seq, dtype=np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 
 from trademl.errors import DataError, ModelStoreError, SchemaError
 from trademl.market.broker import RECENT_ACTIONS, AccountState
-from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, class_vote
+from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, check_onnx_contract, class_vote
 from trademl.models.onnx_session import open_session
 from trademl.models.ppo.observation import ACTION_NAMES, ObservationSpec
 
@@ -53,7 +53,11 @@ class PPORuntime(Runtime):
 
     @classmethod
     def from_files(cls, onnx_path, spec: ObservationSpec, version: str = "", threads: int | None = None) -> "PPORuntime":
-        return cls(open_session(onnx_path, threads, where=str(onnx_path)), spec, version)
+        session = open_session(onnx_path, threads, where=str(onnx_path))
+        # the contract: observations [n, obs_dim] -> action_probs [n, 3] (hold, buy, sell), state_value [n]
+        check_onnx_contract(session, str(onnx_path), [(OBS_INPUT, (None, int(spec.obs_dim)))],
+                            [(OUTPUTS[0], (None, 3)), (OUTPUTS[1], (None,))])
+        return cls(session, spec, version)
 
     @property
     def feature_names(self) -> list[str]:
