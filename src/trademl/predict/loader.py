@@ -2,22 +2,29 @@
 replaced whole on hot reload.
 
 Every registered kind (``trademl.models.base.registry``) that has a version in the store is
-opened with its runtime; a kind that is missing, fails its checks or reads another feature
-schema than the others is left out and named in ``load_errors``, and the rest still serve.
+opened with its runtime: its newest version that passes the store's checks and its runtime's
+ONNX contract check. A version that fails is named in ``load_errors`` and the next older one is
+tried, so a corrupt or tampered newest version falls back to the newest good one instead of
+dropping the kind. A kind with no loadable version, or one that reads another feature schema
+than the others, is left out and named in ``load_errors``, and the rest still serve.
 
 Hot reload: at most once per ``reload_interval_s`` the store's version lists are read (a
-directory listing per kind, no hashing); when a newer version appeared, it is loaded and
-verified beside the current set in a background thread and the new set is swapped in with one
-reference assignment, so a request in flight finishes on the set it started with and none is
-dropped. A kind whose new version fails to load keeps serving its previous version.
+directory listing per kind, no hashing), and the folders of the versions that failed are
+stat'ed; when a version appeared or went, or a failed version's folder changed (a copy that
+wrote its manifest first and its other files later), the set is loaded again beside the
+current one in a background thread and swapped in with one reference assignment, so a request
+in flight finishes on the set it started with and none is dropped. A version that failed is
+retried only once its folder changed, so an unchanged bad folder is not re-hashed every
+interval; a kind whose versions all fail keeps serving the one it has.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trademl.errors import TradeMLError
 from trademl.models.base import kind_order, known_kinds, open_runtime, registry
@@ -40,6 +47,7 @@ class LoadedModels:
     symbol: str | None
     metrics: dict[str, dict]
     symbols: dict[str, str | None]
+    listing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every version on disk per kind, then
 
     @property
     def history(self) -> int:
@@ -70,7 +78,9 @@ class ModelLoader:
         self.reload_interval_s = reload_interval_s
         self._reload_lock = threading.Lock()
         self._checked = time.monotonic()
-        self.models = self._load(self._newest_versions(), previous=None)
+        # (kind, version) -> (the folder's state when it failed, why): retried once the state changes
+        self._failed: dict[tuple[str, str], tuple[tuple, str]] = {}
+        self.models = self._load(self._listing(), previous=None)
 
     def kinds(self) -> list[str]:
         """The kinds to serve: every default kind, and any other registered kind in the store."""
@@ -78,47 +88,98 @@ class ModelLoader:
         in_store = [k for k in self.store.kinds() if any(rt.serves(k) for rt in runtimes)]
         return sorted(set(known_kinds()) | set(in_store), key=kind_order)
 
-    def _newest_versions(self) -> dict[str, str | None]:
-        out = {}
-        for kind in self.kinds():
-            versions = self.store.versions(kind)
-            out[kind] = versions[-1] if versions else None
-        return out
+    def _listing(self) -> dict[str, tuple[str, ...]]:
+        """Every version on disk per kind to serve, oldest first (a directory listing, no hashing)."""
+        return {kind: tuple(self.store.versions(kind)) for kind in self.kinds()}
 
-    def _load(self, newest: dict[str, str | None], previous: LoadedModels | None) -> LoadedModels:
+    def _folder_state(self, kind: str, version: str) -> tuple:
+        """What changes when anything in the version folder is added, removed, grown or rewritten."""
+        folder = self.store.root / kind / version
+        state = []
+        try:
+            for dirpath, dirnames, filenames in os.walk(folder):
+                for name in sorted(dirnames + filenames):
+                    p = os.path.join(dirpath, name)
+                    st = os.lstat(p)
+                    state.append((os.path.relpath(p, folder), st.st_size, st.st_mtime_ns))
+                dirnames.sort()
+        except OSError:
+            pass
+        return tuple(sorted(state))
+
+    def _reason(self, e: Exception) -> str:
+        """Why a version failed, naming the file relative to the store (no absolute path: this
+        text reaches responses and /v1/models); the log line has the full path."""
+        if not isinstance(e, TradeMLError):
+            return f"{type(e).__name__}: {e}"
+        text = e.message
+        if e.where:
+            where = e.where
+            for root in (str(self.store.root.resolve()), str(self.store.root)):
+                if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
+                    where = os.path.relpath(where, root)
+                    break
+            text = f"{where}: {text}"
+        return f"{text} ({e.hint})" if e.hint else text
+
+    def _failed_changed(self) -> bool:
+        return any(self._folder_state(kind, version) != state for (kind, version), (state, _) in self._failed.items())
+
+    def _load(self, listing: dict[str, tuple[str, ...]], previous: LoadedModels | None) -> LoadedModels:
         runtimes, versions, metrics, symbols, errors = {}, {}, {}, {}, {}
 
         def keep_previous(kind):
             runtimes[kind], versions[kind] = previous.runtimes[kind], previous.versions[kind]
             metrics[kind], symbols[kind] = previous.metrics.get(kind, {}), previous.symbols.get(kind)
 
-        for kind, version in newest.items():
+        self._failed = {key: v for key, v in self._failed.items() if key[1] in listing.get(key[0], ())}
+        for kind, on_disk in listing.items():
             had = previous is not None and kind in previous.runtimes
-            if had and previous.versions[kind] == version:
-                keep_previous(kind)  # unchanged: no re-hashing, no new session
+            if not on_disk:
+                errors[kind] = f"no trained {kind} model in the store"
                 continue
-            if version is None:
-                errors[kind] = f"no trained {kind} model in {self.store.root}"
-                continue
-            try:
-                stored = self.store.load(kind, version)
-                runtimes[kind], versions[kind] = open_runtime(stored), version
+            bad, chosen = [], None
+            for version in reversed(on_disk):  # newest first, down to the newest good one
+                if had and previous.versions[kind] == version:
+                    keep_previous(kind)  # unchanged: no re-hashing, no new session
+                    chosen = version
+                    break
+                state = self._folder_state(kind, version)
+                known = self._failed.get((kind, version))
+                if known is not None and known[0] == state:
+                    bad.append(known[1])  # failed before and nothing changed since: not re-hashed
+                    continue
+                try:
+                    stored = self.store.load(kind, version)
+                    runtime = open_runtime(stored)
+                except Exception as e:  # one bad folder never takes the reload (or the other kinds) down
+                    message = f"{kind} {version} could not be loaded: {self._reason(e)}"
+                    self._failed[(kind, version)] = (state, message)
+                    log.warning("%s could not be loaded: %s", self.store.root / kind / version, e)
+                    bad.append(message)
+                    continue
+                self._failed.pop((kind, version), None)
+                runtimes[kind], versions[kind] = runtime, version
                 metrics[kind], symbols[kind] = stored.manifest.get("metrics") or {}, _model_symbol(stored)
-            except (TradeMLError, ImportError, OSError, KeyError, ValueError) as e:
-                errors[kind] = f"{kind} {version} could not be loaded: {e}"
-                log.warning("%s", errors[kind])
-                if had:  # keep serving the model we have rather than none
-                    keep_previous(kind)
+                chosen = version
+                break
+            if chosen is None and had:  # keep serving the model we have rather than none
+                keep_previous(kind)
+                chosen = previous.versions[kind]
+            if bad:
+                errors[kind] = "; ".join(bad) + (f"; serving {kind} {chosen}" if chosen else "")
         names = _common_schema(runtimes, versions, errors)
         metrics = {k: metrics[k] for k in runtimes}
-        weights, weight_warning = choose_weights(self.config.ensemble.weights, metrics, newest)
+        newest = {kind: (on_disk[-1] if on_disk else None) for kind, on_disk in listing.items()}
+        weights, weight_warning = choose_weights(self.config.ensemble.weights, metrics, list(listing))
         symbol = next((symbols[k] for k in runtimes if symbols.get(k)), None)
-        return LoadedModels(runtimes, versions, dict(newest), errors, names, weights, weight_warning, symbol,
-                            metrics, {k: symbols.get(k) for k in runtimes})
+        return LoadedModels(runtimes, versions, newest, errors, names, weights, weight_warning, symbol,
+                            metrics, {k: symbols.get(k) for k in runtimes}, dict(listing))
 
     def maybe_reload(self, force: bool = False, wait: bool = False) -> bool:
-        """Swap in newer versions if any appeared (see the module doc). ``wait`` loads in this
-        thread instead of a background one. Returns True when a reload was started (or done)."""
+        """Reload if a version appeared or went, or a failed one's folder changed (see the module
+        doc). ``wait`` loads in this thread instead of a background one. Returns True when a
+        reload was started (or done)."""
         now = time.monotonic()
         if not force and now - self._checked < self.reload_interval_s:
             return False
@@ -126,8 +187,8 @@ class ModelLoader:
             return False  # a reload is running: keep serving the current set
         try:
             self._checked = now
-            newest = self._newest_versions()
-            changed = newest != self.models.seen
+            listing = self._listing()
+            changed = listing != self.models.listing or self._failed_changed()
         except BaseException:
             self._reload_lock.release()
             raise
@@ -135,15 +196,15 @@ class ModelLoader:
             self._reload_lock.release()
             return False
         if wait:
-            self._swap_in(newest)
+            self._swap_in(listing)
         else:  # the lock travels with the work: the loader thread releases it
-            threading.Thread(target=self._swap_in, args=(newest,), name="trademl-reload", daemon=True).start()
+            threading.Thread(target=self._swap_in, args=(listing,), name="trademl-reload", daemon=True).start()
         return True
 
-    def _swap_in(self, newest: dict[str, str | None]) -> None:
+    def _swap_in(self, listing: dict[str, tuple[str, ...]]) -> None:
         """Load what changed beside the current set, then replace it whole. Holds the reload lock."""
         try:
-            fresh = self._load(newest, previous=self.models)
+            fresh = self._load(listing, previous=self.models)
             if fresh.versions != self.models.versions:
                 log.info("models reloaded: %s", fresh.versions)
             self.models = fresh  # one assignment: requests see the old set or the new, never a mix
