@@ -117,7 +117,94 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(monkeypatch):
         resolve_token("TRADEML_TOKEN", "0.0.0.0")
     assert resolve_token("TRADEML_TOKEN", "127.0.0.1") is None
     monkeypatch.setenv("TRADEML_TOKEN", "x")
-    assert resolve_token("TRADEML_TOKEN", "0.0.0.0") == "x"
+    with pytest.raises(TradeMLError, match="1-character bearer token; at least 16"):
+        resolve_token("TRADEML_TOKEN", "0.0.0.0")
+    assert resolve_token("TRADEML_TOKEN", "127.0.0.1") == "x"  # loopback: any token is better than none
+    monkeypatch.setenv("TRADEML_TOKEN", "k" * 16)
+    assert resolve_token("TRADEML_TOKEN", "0.0.0.0") == "k" * 16
+
+
+def test_serve_refuses_a_short_token_and_a_bad_port_with_one_clear_line(monkeypatch, tmp_path):
+    env = dict(os.environ, TRADEML_TOKEN="x")
+    trademl = str(Path(sys.executable).parent / "trademl")
+    short = subprocess.run([trademl, "serve", "--host", "0.0.0.0", "--model-root", str(tmp_path)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert short.returncode == 2 and "at least 16" in short.stderr and "Traceback" not in short.stderr
+    port = subprocess.run([trademl, "serve", "--port", "99999", "--model-root", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert port.returncode == 2 and "65535" in port.stderr and "Traceback" not in port.stderr
+
+
+def test_bearer_scheme_is_case_insensitive_and_unauthorized_requests_are_not_logged(trained_store, tmp_path,
+                                                                                      monkeypatch):
+    from trademl.predict.log import PredictionLog
+
+    monkeypatch.setenv("TRADEML_TOKEN", "s3cret")
+    with TestClient(build_app(trained_store.config, trained_store.root, tmp_path)) as c:
+        for _ in range(20):
+            assert c.post("/v1/predict", json=GUIDE_EXAMPLE, headers={"authorization": "Bearer wrong"}).status_code == 401
+        for scheme in ("bearer", "BEARER", "Bearer"):
+            r = c.post("/v1/predict", json=GUIDE_EXAMPLE, headers={"authorization": f"{scheme} s3cret"})
+            assert r.status_code == 200, (scheme, r.text)
+        assert c.post("/v1/predict", json=GUIDE_EXAMPLE, headers={"authorization": "Basic s3cret"}).status_code == 401
+        metrics = c.get("/metrics", headers={"authorization": "bearer s3cret"}).text
+    assert 'trademl_errors_total{kind="unauthorized"} 21.0' in metrics
+    rows = PredictionLog(tmp_path / "predictions.sqlite").query()
+    assert len(rows) == 3 and rows["error_kind"].isna().all()  # the three answered, no row for the 21 refused
+
+
+def test_host_header_is_checked_when_bound_to_loopback(trained_store, tmp_path):
+    app = build_app(trained_store.config, trained_store.root, tmp_path, record=False, host="127.0.0.1", check_host=True)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
+        assert c.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
+        assert c.get("/healthz", headers={"host": "[::1]:8000"}).status_code == 200
+        evil = c.post("/v1/predict", json=GUIDE_EXAMPLE, headers={"host": "evil.example:8000"})
+        assert evil.status_code == 400 and evil.json()["error"]["kind"] == "bad_host"
+
+
+def test_head_healthz_and_models_show_no_paths(client, trained_store):
+    head = client.head("/healthz")
+    assert head.status_code == 200 and head.content == b""
+    text = client.get("/v1/models").text
+    assert "model_root" not in json.loads(text)
+    assert str(trained_store.root) not in text and str(trained_store.root.parent) not in text
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_not_a_hang(trained_store, tmp_path):
+    """Against a live uvicorn: the guard's read timeout answers a body that stops arriving."""
+    import socket
+
+    from trademl.serve import app as app_module
+
+    app = build_app(trained_store.config, trained_store.root, tmp_path, record=False, body_timeout_s=0.5)
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                           http=app_module._timed_h11_protocol()))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 500\r\n\r\n{\"features\": ")
+            reply = b""
+            while b'"kind"' not in reply and (part := conn.recv(4096)):
+                reply += part
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b'"kind":"timeout"' in reply
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_no_model_is_503_and_unhealthy(trained_store, tmp_path):

@@ -277,12 +277,14 @@ def predict_command(
 @friendly_errors
 def serve_command(
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: [serve] host)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default: [serve] port)."),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port, 1..65535 (default: [serve] port)."),
     model_root: Optional[Path] = ModelRootOpt,
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Prediction logs (default: paths.log_dir of the config)."),
     config: Optional[Path] = ConfigOpt,
 ):
-    """The HTTP service: POST /v1/predict, /v1/predict/batch; GET /healthz, /v1/models, /metrics."""
+    """The HTTP service: POST /v1/predict, /v1/predict/batch; GET /healthz, /v1/models, /metrics.
+
+    Beyond loopback it needs a bearer token of at least 16 characters in [serve] token_env."""
     from trademl.serve.app import serve
 
     serve(config, model_root, host, port, log_dir)

@@ -20,6 +20,12 @@ from trademl.market.broker import RECENT_ACTIONS, AccountState
 from trademl.models.base import ModelInputs
 from trademl.predict.schema import PredictRequest, describe_validation_error
 
+MAX_JSON_DEPTH = 32  # the deepest valid request is 4 levels (batch -> requests -> sequence -> row)
+# Bars whose lows and highs lie further apart than this many ticks are refused: the volume
+# profile's histogram is sized by that range (one bar priced 4e9..1e308 asked for TiBs).
+# 100,000 ticks is 25,000 points of NQ or ES, more than the index itself moves in years.
+MAX_PRICE_RANGE_TICKS = 100_000
+
 
 class RequestError(TradeMLError):
     """A prediction request that cannot be answered as sent; ``field`` names the culprit."""
@@ -29,6 +35,7 @@ class RequestError(TradeMLError):
         self.field = field
         self.kind = kind
         self.detail = detail
+        self.predictor_logged = False  # the server logs it unless the predictor already did
 
     def to_json(self) -> dict:
         out = {"error": {"message": str(self), "field": self.field, "kind": self.kind}}
@@ -57,16 +64,65 @@ def parse_request(market_data) -> PredictRequest:
 def parse_json_body(data: bytes | str, max_bytes: int):
     """Bytes of one request -> the decoded JSON value, or RequestError (too large, not JSON).
 
-    NaN and Infinity are decoded (as FastAPI does) so that validation rejects them naming
-    the field they are in, rather than as an anonymous syntax error.
+    Strict: the bytes must be UTF-8, an object must not name a key twice, and containers
+    nest at most MAX_JSON_DEPTH deep. NaN and Infinity are decoded (as FastAPI does) so that
+    validation rejects them naming the field they are in, rather than as an anonymous
+    syntax error.
     """
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > max_bytes:
         raise RequestError(f"request is larger than {max_bytes} bytes", field="body", kind="too_large")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(f"request is not valid JSON: {e}", field="body", kind="not_json") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"request is not valid UTF-8 (byte {e.start})", field="body", kind="not_json") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise RequestError(f"request is not valid JSON: key {e.key!r} appears twice in one object", field="body",
+                           kind="not_json") from None
+    except RecursionError:
+        raise RequestError(f"request is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", field="body",
+                           kind="not_json") from None
+    except ValueError as e:
+        raise RequestError(f"request is not valid JSON: {str(e)[:200]}", field="body", kind="not_json") from None
+    if _too_deep(value):
+        raise RequestError(f"request is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", field="body",
+                           kind="not_json")
+    return value
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key[:100]
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+def _too_deep(value) -> bool:
+    """Whether containers nest deeper than MAX_JSON_DEPTH (an explicit stack: no recursion)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def iso_utc(dt: datetime) -> str:
@@ -103,6 +159,7 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
     if abs(request.position) > limit:
         raise RequestError(f"position {request.position} is beyond max_position_size {limit}", field="position")
     if request.bars is not None:
+        _check_price_range(request.bars, spec.tick_size)
         row, seq, stamp = _from_bars(request, spec.root, feature_names, config, warnings)
     else:
         seq = _sequence_matrix(request.sequence, feature_names, min_history)
@@ -143,21 +200,44 @@ def _from_bars(request, root: str, names: list[str], config, warnings: list[str]
     return online.matrix[-1], seq, iso_utc(request.bars[-1].timestamp)
 
 
+def _check_price_range(bars, tick: float) -> None:
+    """Refuse bars whose price range would size the volume profile beyond MAX_PRICE_RANGE_TICKS."""
+    lows = [b.low for b in bars]
+    highs = [b.high for b in bars]
+    lo, hi = min(lows), max(highs)
+    if (hi - lo) / tick > MAX_PRICE_RANGE_TICKS:
+        i = max(range(len(bars)), key=lambda k: max(highs[k] - lo, hi - lows[k]))
+        raise RequestError(f"the bars span {lo:g}..{hi:g}, more than {MAX_PRICE_RANGE_TICKS} ticks of {tick:g}: "
+                           f"not one instrument's prices", field=f"bars[{i}]")
+
+
+def _as_float32(values, field_of) -> np.ndarray:
+    """float32 array of ``values``; a value beyond float32's range is an error naming it, not inf."""
+    with np.errstate(over="ignore"):
+        out = np.asarray(values, dtype=np.float32)
+    if np.isinf(out).any():
+        where = tuple(int(i) for i in np.argwhere(np.isinf(out))[0])
+        raise RequestError(f"{field_of(where)}: beyond the float32 range the models read (|x| <= 3.4e38)",
+                           field=field_of(where))
+    return out
+
+
 def _feature_row(features, names: list[str], warnings: list[str]) -> np.ndarray:
     width = len(names)
     if isinstance(features, list):
         if len(features) != width:
             raise RequestError(f"features has {len(features)} values; the models read {width} (in schema order, see GET /v1/models)", field="features")
-        return np.array([np.nan if v is None else v for v in features], dtype=np.float32)
+        return _as_float32([np.nan if v is None else v for v in features], lambda w: f"features[{w[0]}]")
     unknown = [k for k in features if k not in set(names)]
     if unknown:
         raise RequestError(f"unknown features {unknown[:5]}; the models read {width} features (GET /v1/models lists them)",
                            field=f"features.{unknown[0]}")
-    row = np.full(width, np.nan, dtype=np.float32)
+    row = np.full(width, np.nan)
     index = {n: i for i, n in enumerate(names)}
     for k, v in features.items():
         if v is not None:
             row[index[k]] = v
+    row = _as_float32(row, lambda w: f"features.{names[w[0]]}")
     missing = [n for n, v in zip(names, row) if not np.isfinite(v)]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -176,11 +256,11 @@ def _sequence_matrix(sequence, names: list[str], needed: int) -> np.ndarray | No
             extra = [k for k in keys if k not in names]
             raise RequestError(f"sequence rows must name every feature: missing {missing[:5]}, unknown {extra[:5]}",
                                field="sequence[0]")
-        seq = np.array([[row[n] for n in names] for row in sequence], dtype=np.float32)
+        seq = _as_float32([[row[n] for n in names] for row in sequence], lambda w: f"sequence[{w[0]}].{names[w[1]]}")
     else:
         if len(sequence[0]) != width:
             raise RequestError(f"sequence rows have {len(sequence[0])} values; the models read {width}", field="sequence[0]")
-        seq = np.asarray(sequence, dtype=np.float32)
+        seq = _as_float32(sequence, lambda w: f"sequence[{w[0]}][{w[1]}]")
     if len(seq) < needed:
         raise RequestError(f"sequence has {len(seq)} rows; the models need {needed} (the last {needed} are used when more are sent)",
                            field="sequence")

@@ -22,6 +22,12 @@ RECENT_ACTIONS = 10  # the guide's TradingState: the last 10 actions
 MAX_BARS = 5_000
 MAX_SEQUENCE_ROWS = 5_000
 MAX_BATCH = 256
+# Stamps the whole chain can hold: pandas' nanosecond times end in 2262, and a logged stamp
+# outside them would stop `trademl monitor`; nothing before the Unix epoch is market data here.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=timezone.utc)
+# The models read float32: a larger magnitude would silently become inf ("missing").
+FLOAT32_MAX = 3.4028234663852886e38
 
 # JSON numbers only (strict: no strings, no booleans) and finite: NaN/inf would poison every
 # model. Validated by pydantic-core natively: a 60 x 40 sequence costs ~30 us, not ~2 ms.
@@ -29,6 +35,26 @@ Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 PositiveNumber = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 NonNegativeNumber = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 OptionalNumber = Union[Number, None]
+
+
+def utc_in_range(v: datetime) -> datetime:
+    """A stamp as UTC (no offset = UTC, like the bar loader), within [MIN_TIME, MAX_TIME)."""
+    if v.tzinfo is None:
+        v = v.replace(tzinfo=timezone.utc)
+    try:
+        v = v.astimezone(timezone.utc)
+    except OverflowError:  # year 1 at +05:00, year 9999 at -05:00: no such UTC time
+        raise ValueError(f"time {v.isoformat()} is outside the supported range "
+                         f"{MIN_TIME.year}..{MAX_TIME.year - 1} (UTC)") from None
+    if not MIN_TIME <= v < MAX_TIME:
+        raise ValueError(f"time {v.isoformat()} is outside the supported range {MIN_TIME.year}..{MAX_TIME.year - 1} (UTC)")
+    return v
+
+
+def check_float32(value, name: str) -> None:
+    """A finite number the models can read as float32, or ValueError naming it."""
+    if value is not None and not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+        raise ValueError(f"{name + ' ' if name else ''}{value!r} is beyond the float32 range the models read (|x| <= 3.4e38)")
 
 
 class _Strict(BaseModel):
@@ -50,11 +76,12 @@ class Bar(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
-        # A stamp without an offset is read as UTC, like the bar loader does.
-        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+        return utc_in_range(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Bar":
+        for name in ("open", "high", "low", "close", "volume"):
+            check_float32(getattr(self, name), name)  # a bar-level error: name the price
         if self.high < max(self.open, self.close) or self.low > min(self.open, self.close):
             raise ValueError(
                 f"high {self.high} / low {self.low} are inconsistent with open {self.open} and close {self.close}"
@@ -64,6 +91,7 @@ class Bar(BaseModel):
                 raise ValueError(f"extra bar field {name!r} must be a number, got {type(value).__name__}")
             if not math.isfinite(value):
                 raise ValueError(f"extra bar field {name!r} must be a finite number")
+            check_float32(value, f"extra bar field {name!r}")
         return self
 
 
@@ -93,9 +121,23 @@ class PredictRequest(_Strict):
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
-        if v is None:
-            return v
-        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+        return None if v is None else utc_in_range(v)
+
+    @field_validator("recent_actions", mode="before")
+    @classmethod
+    def _codes_not_booleans(cls, v):
+        # JSON true == 1 to a Literal[0, 1, 2]; an action code is a number, never a boolean.
+        if isinstance(v, list):
+            for i, code in enumerate(v):
+                if isinstance(code, bool):
+                    raise ValueError(f"item {i} is {str(code).lower()}; action codes are the numbers 0, 1, 2")
+        return v
+
+    @field_validator("balance", "unrealized_pnl")
+    @classmethod
+    def _float32(cls, v, info):
+        check_float32(v, "")
+        return v
 
     @field_validator("sequence")
     @classmethod
