@@ -138,6 +138,7 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
     from trademl.segments import bars_to_end, segment_start_mask
 
     frame = dataset.frame
+    X, data_segments = dataset.X, dataset.segments  # properties that copy: read once, not per bar
     open_ = frame["open"].to_numpy(np.float64)[rows]
     close = frame["close"].to_numpy(np.float64)[rows]
     n, kinds = len(rows), list(observing)
@@ -156,9 +157,8 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
         row_votes = {k: v.vote[i] for k, v in votes.items()}
         for j, kind in enumerate(kinds):
             # One prediction per account, each a batch of one, as the predictor makes it.
-            mine = observing[kind].predict(ModelInputs(dataset.X, [rows[i]], dataset.segments, account=state.take([0])))
-            own = observing[kind].predict(ModelInputs(dataset.X, [rows[i]], dataset.segments,
-                                                      account=state.take([1 + j])))
+            mine = observing[kind].predict(ModelInputs(X, [rows[i]], data_segments, account=state.take([0])))
+            own = observing[kind].predict(ModelInputs(X, [rows[i]], data_segments, account=state.take([1 + j])))
             ran[kind].append(mine if mine.ran[0] else None)
             if mine.ran[0]:
                 row_votes[kind] = mine.vote[0]

@@ -89,7 +89,27 @@ def parse_json_body(data: bytes | str, max_bytes: int):
     if _too_deep(value):
         raise RequestError(f"request is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", field="body",
                            kind="not_json")
+    if b"\\u" in raw and _has_lone_surrogate(value):  # only an escape can spell one in UTF-8 text
+        raise RequestError("request is not valid JSON: a \\u escape names a lone surrogate (not a character)",
+                           field="body", kind="not_json")
     return value
+
+
+def _has_lone_surrogate(value) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 class _DuplicateKey(ValueError):

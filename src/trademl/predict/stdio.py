@@ -14,13 +14,16 @@ from trademl.predict.request import RequestError, parse_json_body, parse_request
 
 EXIT_BAD_REQUEST = 2
 EXIT_NO_MODEL = 3
+EXIT_INTERNAL = 1
 
 
 def predict_stdio(stdin, stdout, *, model_root=None, config=None, record: bool = True) -> int:
     """Read one JSON request from ``stdin`` and write one JSON object to ``stdout``.
 
     Exit codes: 0 a prediction; 2 a bad request (error JSON names the field); 3 no usable
-    model. Logs go to stderr only, so stdout is exactly one JSON object.
+    model; 1 a fault of trademl itself (error JSON of kind "internal"). Logs go to stderr
+    only, so stdout is exactly one JSON object. A prediction log that cannot be written
+    never changes the answer (see recorder.py).
     """
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     code = 0
@@ -38,8 +41,14 @@ def predict_stdio(stdin, stdout, *, model_root=None, config=None, record: bool =
         kind = "model_store" if isinstance(e, ModelStoreError) else "error"
         result = {"error": {"message": str(e), "field": e.where, "kind": kind}}
         code = EXIT_NO_MODEL if kind == "model_store" else EXIT_BAD_REQUEST
+    except Exception as e:  # noqa: BLE001 - a fault of trademl's: still one JSON object, and exit 1
+        logging.getLogger("trademl.predict").debug("internal error", exc_info=True)
+        result = {"error": {"message": f"internal error ({type(e).__name__}: {str(e)[:300]})", "field": None,
+                            "kind": "internal"}}
+        code = EXIT_INTERNAL
     if code:
         print(f"error: {result['error']['message']}", file=sys.stderr)
-    stdout.write(json.dumps(result, default=json_default) + "\n")
+    # ASCII-escaped: a lone surrogate or control character from the request cannot break the line
+    stdout.write(json.dumps(result, default=json_default, ensure_ascii=True) + "\n")
     stdout.flush()
     return code
