@@ -89,3 +89,50 @@ def test_manifest_lists_hashes_and_is_json(tmp_path):
     manifest = json.loads((stored.path / "manifest.json").read_text())
     assert len(manifest["files"]["model.txt"]) == 64
     assert manifest["kind"] == "lgb_5m"
+
+
+def test_manifest_carries_its_own_checksum_over_what_reads_back(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+
+    from trademl.models.store import manifest_digest
+
+    store = ModelStore(tmp_path)
+    # values JSON has no type for are stored as their str; the checksum is over what reads back
+    with store.writer("lgb_5m", feature_schema={"names": NAMES}, metrics={"auc": np.float32(0.5), "nan": float("nan")},
+                      source=Path("/data/x.csv"), manifest_sha256="forged") as w:
+        (w.path / "model.txt").write_bytes(b"m")
+    manifest = json.loads((w.stored.path / "manifest.json").read_text())
+    assert manifest["manifest_sha256"] == manifest_digest(manifest) != "forged"
+    assert manifest["source"] == "/data/x.csv" and manifest["metrics"]["auc"] == "0.5"
+    assert store.load("lgb_5m").manifest == manifest == w.stored.manifest
+
+
+def test_only_folders_named_as_the_writer_names_versions_are_versions(tmp_path):
+    store = ModelStore(tmp_path)
+    good = _save(store)
+    for name in ("backup", "zzz", good.version + "-copy", good.version.upper()):
+        (tmp_path / "lgb_5m" / name).mkdir()
+        (tmp_path / "lgb_5m" / name / "manifest.json").write_text((good.path / "manifest.json").read_text())
+    assert store.versions("lgb_5m") == [good.version]
+    assert store.latest("lgb_5m").version == good.version
+
+
+def test_a_renamed_version_folder_is_refused(tmp_path):
+    store = ModelStore(tmp_path)
+    good = _save(store)
+    renamed = good.path.parent / "20991231T235959999999Z-abcdef"
+    good.path.rename(renamed)
+    with pytest.raises(ModelStoreError, match="says version .* the folder is '20991231T235959999999Z-abcdef'"):
+        store.load("lgb_5m")
+
+
+def test_files_in_subfolders_are_stored_and_loaded(tmp_path):
+    store = ModelStore(tmp_path)
+    with store.writer("lgb_5m", feature_schema={"names": NAMES}) as w:
+        (w.path / "extra").mkdir()
+        (w.path / "extra" / "table.json").write_text("{}")
+    loaded = store.load("lgb_5m")
+    assert set(loaded.manifest["files"]) == {"extra/table.json"}
+    assert loaded.file("extra/table.json").read_text() == "{}"

@@ -111,16 +111,14 @@ class ModelLoader:
         """Why a version failed, naming the file relative to the store (no absolute path: this
         text reaches responses and /v1/models); the log line has the full path."""
         if not isinstance(e, TradeMLError):
-            return f"{type(e).__name__}: {e}"
-        text = e.message
-        if e.where:
-            where = e.where
-            for root in (str(self.store.root.resolve()), str(self.store.root)):
-                if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
-                    where = os.path.relpath(where, root)
-                    break
-            text = f"{where}: {text}"
-        return f"{text} ({e.hint})" if e.hint else text
+            text = f"{type(e).__name__}: {e}"
+        else:
+            text = f"{e.where}: {e.message}" if e.where else e.message
+            text = f"{text} ({e.hint})" if e.hint else text
+        roots = {str(self.store.root.absolute()), str(self.store.root.resolve()), str(self.store.root)}
+        for root in sorted(roots, key=len, reverse=True):  # longest first: a root inside another stays whole
+            text = text.replace(root.rstrip(os.sep) + os.sep, "")
+        return text
 
     def _failed_changed(self) -> bool:
         return any(self._folder_state(kind, version) != state for (kind, version), (state, _) in self._failed.items())
