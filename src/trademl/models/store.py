@@ -361,7 +361,10 @@ class ModelStore:
             manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ModelStoreError(f"unreadable manifest: {e}", where=str(path), hint=RETRAIN_HINT) from None
-        return StoredModel(path, check_manifest(manifest, path, kind, version))
+        try:
+            return StoredModel(path, check_manifest(manifest, path, kind, version))
+        except RecursionError:
+            raise ModelStoreError(f"{MANIFEST} is nested too deeply to check", where=str(path), hint=RETRAIN_HINT) from None
 
     def load(self, kind: str, version: str = "latest", *, feature_names=None, verify: bool = True) -> StoredModel:
         versions = self.versions(kind)

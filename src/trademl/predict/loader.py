@@ -220,6 +220,7 @@ def _common_schema(runtimes: dict, versions: dict, errors: dict) -> list[str]:
         if names is None:
             names, first = list(rt.feature_names), kind
         elif list(rt.feature_names) != names:
-            errors[kind] = f"{kind} {versions[kind]} reads another feature schema than {first}; retrain it on the same dataset"
+            why = f"{kind} {versions[kind]} reads another feature schema than {first}; retrain it on the same dataset"
+            errors[kind] = f"{errors[kind]}; {why}" if kind in errors else why
             del runtimes[kind], versions[kind]
     return names or []
