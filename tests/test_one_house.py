@@ -185,6 +185,13 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
     assert (got_action != 0).sum() > 50 and (got_conf > threshold).sum() > 10, "the fold must trade to mean anything"
     # The account the bot reported is the one the walk-forward traded.
     assert broker.position[0] == 0
+    # The walk-forward scores the PPO agent's two accounts (the ensemble's, its own) in one
+    # batch of two; the predictor scores one: the policy gives each row the same bits.
+    ppo = predictor.models.runtimes["ppo"]
+    obs = np.random.default_rng(0).normal(size=(64, ppo.spec.obs_dim)).astype(np.float32)
+    pairs = np.vstack([ppo.policy(obs[i: i + 2])[0] for i in range(0, 64, 2)])
+    singles = np.vstack([ppo.policy(obs[i: i + 1])[0] for i in range(64)])
+    np.testing.assert_array_equal(pairs, singles)
 
 
 # ----------------------------------------------------------------------------- the floors

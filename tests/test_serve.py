@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,112 @@ def test_body_limit_also_holds_without_content_length(client):
     r = client.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["kind"] == "too_large"
     assert client.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
+
+
+def _metric(page: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(name))
+
+
+def _can_mount_tmpfs() -> str | None:
+    """None when this process may mount a tmpfs (root with CAP_SYS_ADMIN); else why not."""
+    if os.geteuid() != 0:
+        return "not root: cannot mount a small tmpfs to fill"
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        return "mount/umount are not installed"
+    return None
+
+
+def test_a_full_disk_under_the_prediction_log_never_stops_predictions(trained_store, tmp_path, capfd):
+    reason = _can_mount_tmpfs()
+    if reason:
+        pytest.skip(reason)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(logs)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        from trademl.predict.log import PredictionLog
+
+        with TestClient(build_app(trained_store.config, trained_store.root, logs)) as c:
+            assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200  # written while there is room
+            try:  # now fill the disk to the last byte
+                with open(logs / "filler", "wb") as f:
+                    while True:
+                        f.write(b"\0" * 4096)
+                        f.flush()
+            except OSError:
+                pass
+            assert os.statvfs(logs).f_bavail == 0
+            answers = [c.post("/v1/predict", json=dict(GUIDE_EXAMPLE, position=p % 3 - 1)) for p in range(60)]
+            assert [r.status_code for r in answers] == [200] * 60, answers[0].text[:300]
+            assert all(r.json()["ensemble_recommendation"] in ("BUY", "SELL", "HOLD") for r in answers)
+            bad = c.post("/v1/predict", content=b"{oops", headers={"content-type": "application/json"})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "body"  # the client's fault, as before
+            failures = _metric(c.get("/metrics").text, "trademl_log_write_failures_total")
+            assert failures >= 1
+            (logs / "filler").unlink()  # room again: the log picks up where it stopped
+            assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
+        rows = PredictionLog(logs / "predictions.sqlite").query()
+        assert rows["recommendation"].notna().sum() >= 2  # the first one and the one after the space came back
+        err = capfd.readouterr().err
+        assert "Logging error" not in err and "Traceback" not in err
+        assert err.count("cannot write the prediction log") <= 1  # warned once per interval, not per request
+    finally:
+        if subprocess.run(["umount", str(logs)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(logs)], capture_output=True)
+
+
+def test_a_corrupt_locked_or_unwritable_log_is_counted_and_predictions_go_on(trained_store, tmp_path, capfd):
+    import sqlite3
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "predictions.sqlite").write_bytes(b"this is not a database" * 200)
+    (corrupt / "predictions.log").mkdir()  # the guide's log line cannot be opened: a logging handler error
+    with TestClient(build_app(trained_store.config, trained_store.root, corrupt)) as c:
+        assert [c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code for _ in range(5)] == [200] * 5
+        assert _metric(c.get("/metrics").text, "trademl_log_write_failures_total") >= 5
+    locked = tmp_path / "locked"
+    with TestClient(build_app(trained_store.config, trained_store.root, locked)) as c:
+        assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
+        holder = sqlite3.connect(locked / "predictions.sqlite", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            r = c.post("/v1/predict", json=GUIDE_EXAMPLE)
+            assert r.status_code == 200, r.text[:300]
+            assert _metric(c.get("/metrics").text, "trademl_log_write_failures_total") == 1
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+
+
+def test_a_batch_of_256_does_not_hold_up_single_requests(trained_store, tmp_path):
+    """The batch runs in chunks through the thread pool: a single request sent meanwhile is
+    answered long before the batch finishes (the p99 figure is bench/bench_predict.py's)."""
+    import threading
+
+    with TestClient(build_app(trained_store.config, trained_store.root, tmp_path, record=False)) as c:
+        batch = {"requests": [dict(GUIDE_EXAMPLE, position=i % 3 - 1) for i in range(256)]}
+        done = {}
+
+        def send_batch():
+            t = time.perf_counter()
+            r = c.post("/v1/predict/batch", json=batch)
+            done["batch"] = (time.perf_counter() - t, r.status_code, len(r.json()["predictions"]))
+
+        thread = threading.Thread(target=send_batch)
+        thread.start()
+        time.sleep(0.05)
+        singles = []
+        while thread.is_alive() and len(singles) < 200:
+            t = time.perf_counter()
+            assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
+            singles.append(time.perf_counter() - t)
+        thread.join(60)
+    batch_s, status, count = done["batch"]
+    assert (status, count) == (200, 256)
+    assert singles, "the batch finished before a single request could be sent"
+    assert max(singles) < batch_s, (max(singles), batch_s)  # none waited for the whole batch

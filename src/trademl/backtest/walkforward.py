@@ -156,13 +156,14 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
         state = broker.state(close[i])
         row_votes = {k: v.vote[i] for k, v in votes.items()}
         for j, kind in enumerate(kinds):
-            # One prediction per account, each a batch of one, as the predictor makes it.
-            mine = observing[kind].predict(ModelInputs(X, [rows[i]], data_segments, account=state.take([0])))
-            own = observing[kind].predict(ModelInputs(X, [rows[i]], data_segments, account=state.take([1 + j])))
-            ran[kind].append(mine if mine.ran[0] else None)
-            if mine.ran[0]:
-                row_votes[kind] = mine.vote[0]
-                single = decide({kind: own.vote}, {kind: 1.0})
+            # Both accounts in one batch of two: the policy's ONNX graph gives each row the same
+            # bits as a batch of one (the predictor's), checked in tests/test_one_house.py.
+            both = observing[kind].predict(ModelInputs(X, [rows[i], rows[i]], data_segments,
+                                                       account=state.take([0, 1 + j])))
+            ran[kind].append(both if both.ran[0] else None)
+            if both.ran[0]:
+                row_votes[kind] = both.vote[0]
+                single = decide({kind: both.vote[1:]}, {kind: 1.0})
                 codes[i, 1 + j], conf[i, 1 + j] = single.action[0], single.confidence[0]
         if row_votes:
             decision = decide({k: row_votes[k][None] for k in order if k in row_votes}, weights)

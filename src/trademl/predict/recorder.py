@@ -115,8 +115,11 @@ class PredictionRecorder:
 
     def record(self, request: PredictRequest, output: dict, latency_ms: float,
                feature_names: list[str] | None = None) -> None:
-        self._line.info("Prediction: %s, Confidence: %.2f%%", output["ensemble_recommendation"],
-                        100.0 * output["confidence_score"])
+        try:
+            self._line.info("Prediction: %s, Confidence: %.2f%%", output["ensemble_recommendation"],
+                            100.0 * output["confidence_score"])
+        except Exception as e:  # noqa: BLE001 - the handler counts its own failures; this is a last guard
+            self._failed(e)
         log = self._prediction_log()
         if log is None:
             return
@@ -174,6 +177,12 @@ class _CountingFileHandler(logging.FileHandler):
     def __init__(self, path: Path, on_error):
         super().__init__(path, encoding="utf-8", delay=True)  # opened at the first line: errors reach on_error
         self.on_error = on_error
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)  # opening the file (delay=True) happens outside logging's own try
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         self.on_error(sys.exc_info()[1])

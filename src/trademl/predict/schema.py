@@ -126,11 +126,12 @@ class PredictRequest(_Strict):
     @field_validator("recent_actions", mode="before")
     @classmethod
     def _codes_not_booleans(cls, v):
-        # JSON true == 1 to a Literal[0, 1, 2]; an action code is a number, never a boolean.
+        # JSON true and 1.0 both equal 1 to a Literal[0, 1, 2]; an action code is an integer.
         if isinstance(v, list):
             for i, code in enumerate(v):
-                if isinstance(code, bool):
-                    raise ValueError(f"item {i} is {str(code).lower()}; action codes are the numbers 0, 1, 2")
+                if isinstance(code, (bool, float)):  # true, or 1.0: a code is an integer
+                    shown = str(code).lower() if isinstance(code, bool) else repr(code)
+                    raise ValueError(f"item {i} is {shown}; action codes are the integers 0, 1, 2")
         return v
 
     @field_validator("balance", "unrealized_pnl")
