@@ -486,3 +486,39 @@ def test_adopt_refuses_a_tampered_staged_model_and_seals_its_copy(store_copy, tr
     with pytest.raises(ModelStoreError, match="manifest_sha256"):
         ModelStore(tmp_path / "third").adopt(staged)
     assert not (tmp_path / "third" / "ppo").exists()
+
+
+# ----------------------------------------------------------------------------- over HTTP
+
+
+def test_the_server_answers_200_through_every_tampered_reload(store_copy, trained_store):
+    """The probe's 500s and exits, over HTTP: a foreign-shape ONNX with its sha updated, an empty
+    ONNX with a matching hash and a manifest whose files are a list each appear as the newest
+    version of a kind in a running server; every request is answered by every kind's good version."""
+    from fastapi.testclient import TestClient
+
+    from trademl.serve.app import create_app
+
+    root = store_copy()
+    p = predictor(root, trained_store)
+    with TestClient(create_app(p)) as client:
+        def answered() -> dict:
+            r = client.post("/v1/predict", json=request(p))
+            assert r.status_code == 200, r.text
+            return r.json()["model_versions"]
+
+        assert answered() == originals(trained_store)
+        foreign = newer_copy(root, "lstm")
+        shutil.copyfile(_foreign_onnx(trained_store, "lstm"), foreign / "model.onnx")
+        rehash(foreign, "model.onnx")
+        empty = newer_copy(root, "ppo")
+        (empty / "policy.onnx").write_bytes(b"")
+        rehash(empty, "policy.onnx")
+        listed = newer_copy(root, "lgb_30m")
+        edit_manifest(listed, reseal=True, files=["model.onnx"])
+        assert p.maybe_reload(force=True, wait=True)
+        for _ in range(3):
+            assert answered() == originals(trained_store)
+        good = newer_copy(root, "lgb_5m")  # a good new version of another kind still comes in
+        assert p.maybe_reload(force=True, wait=True)
+        assert answered() == {**originals(trained_store), "lgb_5m": good.name}
