@@ -149,7 +149,7 @@ def test_checkpoint_resume_continues_and_refuses_other_data(tmp_path):
     bars = synthetic_bars(3_000, seed=12, edge_ic=0.15)
     cfg = small_config(tmp_path, total_timesteps=256)
     first = train_ppo(bars, cfg, store=False)
-    assert first.timesteps == 256 and (tmp_path / "ckpt" / "ppo_checkpoint.zip").is_file()
+    assert first.timesteps == 256 and (tmp_path / "ckpt" / "policy_state.pt").is_file()
     cfg.ppo.total_timesteps = 768
     resumed = train_ppo(bars, cfg, store=False, resume=True)
     assert resumed.timesteps == 768  # continued from 256, not restarted
@@ -163,6 +163,57 @@ def test_checkpoint_resume_continues_and_refuses_other_data(tmp_path):
     with pytest.raises(TradeMLError, match="no checkpoint"):
         cfg.ppo.checkpoint_dir = str(tmp_path / "empty")
         train_ppo(bars, cfg, store=False, resume=True)
+
+
+def test_resume_restores_the_exact_weights_and_step_count(tmp_path):
+    import torch
+
+    bars = synthetic_bars(3_000, seed=12, edge_ic=0.15)
+    cfg = small_config(tmp_path, total_timesteps=256)
+    first = train_ppo(bars, cfg, store=False)
+    cfg.ppo.total_timesteps = 256  # nothing left to train: the resumed agent is the checkpoint
+    resumed = train_ppo(bars, cfg, store=False, resume=True)
+    assert resumed.timesteps == 256 and resumed.model._n_updates == first.model._n_updates
+    for (name, a), (_, b) in zip(first.model.policy.state_dict().items(), resumed.model.policy.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert resumed.metrics["net_pnl"] == first.metrics["net_pnl"]
+
+
+class _Payload:
+    """Unpickling this object opens (creates) ``path``: what a crafted checkpoint would run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_checkpoint_cannot_run_code_on_resume(tmp_path):
+    import pickle
+    import zipfile
+
+    import torch
+
+    bars = synthetic_bars(3_000, seed=12, edge_ic=0.15)
+    cfg = small_config(tmp_path, total_timesteps=256)
+    train_ppo(bars, cfg, store=False)
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "payload-ran"
+    good = (ckpt / "policy_state.pt").read_bytes()
+    # SB3's own zip format, with a pickled payload in it, beside the checkpoint: never opened.
+    with zipfile.ZipFile(ckpt / "ppo_checkpoint.zip", "w") as z:
+        z.writestr("data", pickle.dumps(_Payload(marker)))
+        z.writestr("policy.pth", pickle.dumps(_Payload(marker)))
+    cfg.ppo.total_timesteps = 512
+    assert train_ppo(bars, cfg, store=False, resume=True).timesteps == 512
+    assert not marker.exists()
+    # A payload in the weights file itself is refused by torch.load(weights_only=True).
+    for name in ("policy_state.pt", "optimizer_state.pt"):
+        (ckpt / "policy_state.pt").write_bytes(good)
+        torch.save({"weights": _Payload(marker)}, ckpt / name)
+        with pytest.raises(TradeMLError, match="not a plain weights file"):
+            train_ppo(bars, cfg, store=False, resume=True)
+        assert not marker.exists(), f"unpickling {name} ran code"
 
 
 def test_cli_train_ppo_on_synthetic_bars_and_a_clear_error_on_short_files(tmp_path):
@@ -188,7 +239,7 @@ def test_cli_train_ppo_on_synthetic_bars_and_a_clear_error_on_short_files(tmp_pa
     assert span["rows"] + span["eval_rows"] == 3000  # --synthetic 3000: all of them, train then held out
     assert stored.manifest["metrics"]["timesteps"] == 256
     assert json.loads(stored.file("eval.json").read_text()) == stored.manifest["metrics"]
-    assert (tmp_path / "ckpt" / "ppo_checkpoint.zip").is_file()
+    assert (tmp_path / "ckpt" / "policy_state.pt").is_file()
     assert_ppo_summary_matches(ok.output, stored)
     assert f"wrote {tmp_path / 'ckpt'}" in ok.output.splitlines()
     short = tmp_path / "short.csv"

@@ -55,7 +55,11 @@ KIND = "ppo"
 POLICY_FILE = "policy.onnx"
 OBS_SPEC_FILE = "obs_spec.json"
 EVAL_FILE = "eval.json"
-CHECKPOINT_ZIP = "ppo_checkpoint.zip"
+# A checkpoint is plain tensors and JSON, never a pickle: resuming reads the weights with
+# torch.load(weights_only=True), so a crafted checkpoint cannot run code (SB3's own zip
+# unpickles its "data" entry with cloudpickle).
+CHECKPOINT_POLICY = "policy_state.pt"
+CHECKPOINT_OPTIMIZER = "optimizer_state.pt"
 CHECKPOINT_STATE = "checkpoint.json"
 # An account worth of P&L inputs is scaled by 1% of the initial balance.
 PNL_SCALE_FRACTION = 0.01
@@ -214,7 +218,7 @@ def _train(bars, cfg: Config, features, schema, symbol, resume, progress, consol
     prepared = prepare_market(bars, cfg, features=features, schema=schema, symbol=symbol)
     env = make_vec_env(prepared, cfg)
     checkpoints = Path(p.checkpoint_dir)
-    model = _load_checkpoint(checkpoints, env, prepared) if resume else new_model(env, cfg)
+    model = _load_checkpoint(checkpoints, env, prepared, cfg) if resume else new_model(env, cfg)
     start_steps = model.num_timesteps
     t0 = time.perf_counter()
     if p.total_timesteps > start_steps:  # the callbacks checkpoint along the way and at the end
@@ -400,8 +404,8 @@ def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, progres
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, ProgressBarCallback
 
     class Checkpoint(CheckpointCallback):
-        """SB3's checkpointing every ``checkpoint_every`` timesteps, plus one at the end (after the
-        last policy update); each save then becomes THE checkpoint, with its state file."""
+        """SB3's checkpoint schedule, every ``checkpoint_every`` timesteps, plus one at the end
+        (after the last policy update); each save writes the weights-only checkpoint."""
 
         def __init__(self):
             super().__init__(save_freq=1, save_path=str(checkpoints), name_prefix="ppo")
@@ -412,18 +416,12 @@ def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, progres
             self.save_freq = max(1, cfg.ppo.checkpoint_every // self.training_env.num_envs)
 
         def _on_step(self) -> bool:
-            due = self.n_calls % self.save_freq == 0
-            super()._on_step()
-            if due:
-                self._commit()
+            if self.n_calls % self.save_freq == 0:
+                save_checkpoint(checkpoints, self.model, prepared)
             return True
 
         def _on_training_end(self) -> None:
-            self.model.save(self._checkpoint_path(extension="zip"))
-            self._commit()
-
-        def _commit(self) -> None:
-            _commit_checkpoint(checkpoints, Path(self._checkpoint_path(extension="zip")), self.model, prepared)
+            save_checkpoint(checkpoints, self.model, prepared)
 
     class Progress(ProgressBarCallback):
         """SB3's progress bar on ``console``, over all timesteps (a resumed run starts part-way),
@@ -446,31 +444,54 @@ def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, progres
     return CallbackList([Checkpoint()] + ([Progress()] if progress else []))
 
 
-def _commit_checkpoint(folder: Path, saved: Path, model, prepared: PreparedMarket) -> None:
-    """Make ``saved`` (the zip SB3 just wrote) the checkpoint, then record what it was trained
-    on; both replaced atomically, zip first."""
-    os.replace(saved, folder / CHECKPOINT_ZIP)
-    state = {"num_timesteps": int(model.num_timesteps), "fingerprint": prepared.fingerprint(),
-             "obs_spec": prepared.obs_spec.to_dict()}
+def save_checkpoint(folder: Path, model, prepared: PreparedMarket) -> None:
+    """The policy's and the optimizer's state dicts (torch.save of tensors) and what they were
+    trained on, each file replaced atomically, the state file last."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, state in ((CHECKPOINT_POLICY, model.policy.state_dict()),
+                        (CHECKPOINT_OPTIMIZER, model.policy.optimizer.state_dict())):
+        tmp = folder / (name + ".part")
+        torch.save(state, tmp)
+        os.replace(tmp, folder / name)
+    state = {"num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
+             "fingerprint": prepared.fingerprint(), "obs_spec": prepared.obs_spec.to_dict()}
     tmp = folder / (CHECKPOINT_STATE + ".part")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, folder / CHECKPOINT_STATE)
 
 
-def _load_checkpoint(folder: Path, env, prepared: PreparedMarket):
-    from stable_baselines3 import PPO
+def _load_checkpoint(folder: Path, env, prepared: PreparedMarket, cfg: Config):
+    """A new agent with the checkpoint's weights, optimizer state and step count."""
+    import pickle
 
-    zip_path, state_path = folder / CHECKPOINT_ZIP, folder / CHECKPOINT_STATE
-    if not (zip_path.is_file() and state_path.is_file()):
+    import torch
+
+    paths = [folder / n for n in (CHECKPOINT_POLICY, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE)]
+    if not all(p.is_file() for p in paths):
         raise TradeMLError("no checkpoint to resume from", where=str(folder), hint="train once without --resume")
-    state = json.loads(state_path.read_text())
-    if state["fingerprint"] != prepared.fingerprint():
-        diff = {k: (state["fingerprint"].get(k), v) for k, v in prepared.fingerprint().items()
-                if state["fingerprint"].get(k) != v}
+    try:
+        state = json.loads(paths[2].read_text())
+        fingerprint, obs_spec, steps = state["fingerprint"], state["obs_spec"], int(state["num_timesteps"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise TradeMLError(f"unreadable checkpoint state: {e}", where=str(paths[2]),
+                           hint="train without --resume") from None
+    if fingerprint != prepared.fingerprint():
+        diff = {k: (fingerprint.get(k), v) for k, v in prepared.fingerprint().items() if fingerprint.get(k) != v}
         raise TradeMLError(f"the checkpoint was trained on other data: {diff}", where=str(folder),
                            hint="resume with the same bars and config, or train without --resume")
-    if state["obs_spec"] != prepared.obs_spec.to_dict():
+    if obs_spec != prepared.obs_spec.to_dict():
         raise TradeMLError("the checkpoint was trained with other observation settings (window, features, "
                            "[account] max_position_size, initial_balance)", where=str(folder),
                            hint="resume with the same config, or train without --resume")
-    return PPO.load(zip_path, env=env, device="cpu")
+    model = new_model(env, cfg)
+    try:
+        model.policy.load_state_dict(torch.load(paths[0], map_location="cpu", weights_only=True))
+        model.policy.optimizer.load_state_dict(torch.load(paths[1], map_location="cpu", weights_only=True))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as e:
+        raise TradeMLError(f"the checkpoint is not a plain weights file of this agent: {str(e).splitlines()[0]}",
+                           where=str(folder), hint="train without --resume") from None
+    model.num_timesteps = steps
+    model._n_updates = int(state.get("n_updates", 0))
+    return model
