@@ -29,8 +29,12 @@ export interface ServiceOptions {
   backoffMs?: number;
 }
 
-/** Why a prediction failed: `http` (the service answered 4xx/5xx), `timeout`, `network`, `invalid_response`. */
-export type MLServiceErrorKind = "http" | "timeout" | "network" | "invalid_response";
+/**
+ * Why a prediction failed: `http` (the service answered 4xx/5xx), `timeout`, `network`,
+ * `invalid_response`, or `invalid_request` (refused before sending: e.g. a NaN or Infinity,
+ * which JSON.stringify would silently turn into null, a "missing" value and a 200 HOLD).
+ */
+export type MLServiceErrorKind = "http" | "timeout" | "network" | "invalid_response" | "invalid_request";
 
 export class MLServiceError extends Error {
   readonly kind: MLServiceErrorKind;
@@ -63,6 +67,25 @@ export class MLServiceError extends Error {
 }
 
 const RECOMMENDATIONS = new Set(["BUY", "SELL", "HOLD"]);
+
+/** The path of the first NaN or +/-Infinity in a request ("features.rsi", "bars[3].close"), or null. */
+export function firstNonFinite(value: unknown, path = ""): string | null {
+  if (typeof value === "number") return Number.isFinite(value) ? null : path || "(value)";
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = firstNonFinite(value[i], `${path}[${i}]`);
+      if (found !== null) return found;
+    }
+    return null;
+  }
+  if (value !== null && typeof value === "object") {
+    for (const [key, item] of Object.entries(value)) {
+      const found = firstNonFinite(item, path ? `${path}.${key}` : key);
+      if (found !== null) return found;
+    }
+  }
+  return null;
+}
 
 function defaults(options: ServiceOptions): Required<Omit<ServiceOptions, "token">> & { token: string | undefined } {
   return {
@@ -140,6 +163,13 @@ async function attempt(url: string, init: RequestInit, timeoutMs: number, attemp
  */
 export async function getAdvancedPrediction(marketData: MarketData, options: ServiceOptions = {}): Promise<MLPrediction> {
   const o = defaults(options);
+  const bad = firstNonFinite(marketData);
+  if (bad !== null) {
+    // JSON has no NaN/Infinity: JSON.stringify would send null, which the service reads as missing.
+    throw new MLServiceError(`${bad} is not a finite number; send null for a missing value`, {
+      kind: "invalid_request", attempts: 0, field: bad,
+    });
+  }
   const headers: Record<string, string> = { "content-type": "application/json", accept: "application/json" };
   if (o.token) headers.authorization = `Bearer ${o.token}`;
   const init: RequestInit = { method: "POST", headers, body: JSON.stringify(marketData) };

@@ -188,6 +188,32 @@ describe("failures reach the caller", () => {
     });
   });
 
+  test("NaN or Infinity is refused before sending, naming the field (never sent as null)", async () => {
+    let requests = 0;
+    const svc = await fakeService((_req, res) => {
+      requests++;
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end("{}");
+    });
+    try {
+      const cases: [MarketData, string][] = [
+        [{ ...GUIDE_EXAMPLE, features: { rsi: Number.NaN } }, "features.rsi"],
+        [{ ...GUIDE_EXAMPLE, unrealized_pnl: Number.POSITIVE_INFINITY }, "unrealized_pnl"],
+        [{ ...GUIDE_EXAMPLE, sequence: [[1, 2], [3, Number.NEGATIVE_INFINITY]] }, "sequence[1][1]"],
+      ];
+      for (const [request, field] of cases) {
+        await assert.rejects(getAdvancedPrediction(request, { baseUrl: svc.url }), (e: unknown) => {
+          assert.ok(e instanceof MLServiceError && e.kind === "invalid_request" && e.field === field, String(e));
+          assert.ok(!e.retryable && e.attempts === 0);
+          return true;
+        });
+      }
+      assert.equal(requests, 0);
+    } finally {
+      await svc.close();
+    }
+  });
+
   test("a 200 without a prediction is an invalid_response", async () => {
     const svc = await fakeService((_req, res) => {
       res.writeHead(200, { "content-type": "application/json" });
