@@ -1,6 +1,6 @@
 """Prediction latency: in-process ensemble, the HTTP service under load, and CLI cold start.
 
-    .venv/bin/python bench/bench_predict.py [--model-root DIR] [--retrain] [--seconds 10]
+    .venv/bin/python bench/bench_predict.py [--model-root DIR] [--retrain] [--seconds 10] [--parts inproc,http,cold,batch]
 
 1. ``EnsemblePredictor.ensemble_predict`` with all four models (the guide's input: features
    of the last bar + a SEQUENCE_LENGTH sequence), p50 / p99 over 2,000 calls, prediction log on.
@@ -11,6 +11,11 @@
 3. Cold start: ``trademl predict`` on the guide's example JSON (a fresh process: imports,
    model loading, one prediction) against the guide's way, a fresh python that imports torch
    and lightgbm (what scripts importing both pay before predicting anything). Target <= 0.5 s.
+4. Batch beside singles (``--parts batch``): batches of 256 one-bar requests (~39 KB, the
+   issue-15 probe) posted back to back on one connection while single requests (the
+   four-model snapshot above) arrive open loop at 50 requests/s from 4 connections; the
+   singles' p50 / p99 beside the batches against the singles alone, for ``--seconds`` each.
+   Target: the singles' p99 beside the batches < 50 ms, zero errors.
 
 Without --model-root the models are trained once into artifacts/bench/predict-models
 (guide-size LSTM: SEQUENCE_LENGTH 60, HIDDEN_SIZE 128, NUM_LAYERS 2, one epoch on 6,000
@@ -210,6 +215,75 @@ def bench_http(root: Path, request: dict, seconds: float, rate: float = 200.0, c
             "server_predict_mean_ms": metric("trademl_prediction_latency_ms_sum") / max(1.0, metric("trademl_prediction_latency_ms_count"))}
 
 
+def one_bar_batch(n: int = 256) -> dict:
+    """The issue-15 probe: ``n`` requests of one raw bar each (~39 KB for 256)."""
+    bar = {"timestamp": "2024-01-02T14:30:00Z", "open": 16500.0, "high": 16501.0, "low": 16499.0, "close": 16500.5,
+           "volume": 10}
+    return {"requests": [{"symbol": "NQZ5", "bars": [dict(bar, close=16500.25 + (i % 4) * 0.25)]} for i in range(n)]}
+
+
+async def _back_to_back(port: int, path: str, request: dict, stop_at: float, results: list) -> None:
+    """POST ``request`` to ``path`` again and again on one keep-alive connection until ``stop_at``."""
+    body = json.dumps(request).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            writer.write(head + body)
+            status_line, answer = await asyncio.wait_for(_read_response(reader), 60)
+            ok = status_line.split()[1:2] == [b"200"] and answer.count(b"ensemble_recommendation") == len(request["requests"])
+            results.append(((time.perf_counter() - t) * 1000, ok))
+    finally:
+        writer.close()
+
+
+async def _singles_beside_batches(port: int, request: dict, rate: float, seconds: float, clients: int):
+    batches: list = []
+    stop_at = time.perf_counter() + 0.2 + seconds
+    (singles, errors), _ = await asyncio.gather(_load(port, request, rate, seconds, clients),
+                                                _back_to_back(port, "/v1/predict/batch", one_bar_batch(), stop_at, batches))
+    return singles, errors, batches
+
+
+def bench_batch(root: Path, request: dict, seconds: float, rate: float = 50.0, clients: int = 4) -> dict:
+    """Single requests alone, then beside back-to-back batches of 256: the singles' latency."""
+    import httpx
+
+    port = free_port()
+    logs = tempfile.mkdtemp()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRADEML_TOKEN", None)
+    server = subprocess.Popen([str(BIN / "trademl"), "serve", "--port", str(port), "--model-root", str(root),
+                               "--log-dir", logs], env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for _ in range(50):
+            httpx.post(f"{url}/v1/predict", json=request)
+        warm = httpx.post(f"{url}/v1/predict/batch", json=one_bar_batch(), timeout=60)
+        assert warm.status_code == 200, warm.text[:300]
+        alone, alone_errors = asyncio.run(_load(port, request, rate, seconds, clients))
+        beside, beside_errors, batches = asyncio.run(_singles_beside_batches(port, request, rate, seconds, clients))
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(logs, ignore_errors=True)
+    a50, a99 = percentiles(alone)
+    b50, b99 = percentiles(beside)
+    batch_ms = [ms for ms, _ in batches]
+    return {"alone_p50_ms": a50, "alone_p99_ms": a99, "beside_p50_ms": b50, "beside_p99_ms": b99,
+            "beside_max_ms": max(beside), "n": len(beside), "errors": alone_errors + beside_errors,
+            "batches": len(batches), "batch_errors": sum(not ok for _, ok in batches),
+            "batch_median_ms": statistics.median(batch_ms) if batch_ms else float("nan"), "rate": rate, "clients": clients}
+
+
 def _timed(argv, stdin: bytes | None = None, cwd=None) -> float:
     t = time.perf_counter()
     r = subprocess.run(argv, input=stdin, capture_output=True, cwd=cwd)
@@ -236,7 +310,7 @@ def main() -> int:
     ap.add_argument("--model-root", type=Path, help="a store with all four kinds (default: train into artifacts/bench)")
     ap.add_argument("--retrain", action="store_true", help="retrain the default bench store")
     ap.add_argument("--seconds", type=float, default=10.0, help="HTTP load duration")
-    ap.add_argument("--parts", default="inproc,http,cold", help="comma list of inproc, http, cold")
+    ap.add_argument("--parts", default="inproc,http,cold,batch", help="comma list of inproc, http, cold, batch")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     root = args.model_root or DEFAULT_ROOT
@@ -250,6 +324,7 @@ def main() -> int:
     http = bench_http(root, request, args.seconds) if "http" in parts else dict(
         skipped, rate=200.0, clients=8, errors=0, n=0, server_counted=0, server_predict_mean_ms=float("nan"),
         server_cpu_ms_per_request=float("nan"))
+    batch = bench_batch(root, request, args.seconds) if "batch" in parts else None
     cold = bench_cold_start(root) if "cold" in parts else {k: float("nan") for k in (
         "trademl_predict_s", "script_s", "import_torch_lightgbm_s")}
     rows = [
@@ -266,6 +341,17 @@ def main() -> int:
         ("cold start scripts/predict_advanced.py", f"{cold['script_s']:.3f} s", "<= 0.5 s", cold["script_s"] <= 0.5),
         ("guide's way: python -c 'import torch, lightgbm'", f"{cold['import_torch_lightgbm_s']:.3f} s", "", True),
     ]
+    if batch is not None:
+        rows += [
+            (f"singles alone p50 / p99 ({batch['rate']:.0f} req/s, {batch['clients']} clients)",
+             f"{batch['alone_p50_ms']:.2f} / {batch['alone_p99_ms']:.2f} ms", "", True),
+            ("singles beside batches of 256 p50 / p99", f"{batch['beside_p50_ms']:.2f} / {batch['beside_p99_ms']:.2f} ms",
+             "p99 < 50 ms", batch["beside_p99_ms"] < 50),
+            ("  singles beside batches, slowest", f"{batch['beside_max_ms']:.2f} ms", "", True),
+            ("  batches of 256 answered (median time)", f"{batch['batches']} ({batch['batch_median_ms']:.0f} ms)", "", True),
+            ("batch-part errors (singles, batches)", f"{batch['errors']} of {batch['n']}, {batch['batch_errors']}", "0",
+             batch["errors"] == 0 and batch["batch_errors"] == 0),
+        ]
     print(f"\nload average at start: {load:.2f} (2 cores shared: figures are noisy)")
     width = max(len(r[0]) for r in rows)
     for name, value, target, ok in rows:
@@ -273,7 +359,8 @@ def main() -> int:
         print(f"{name:<{width}}  {value:>28}  {target:>9}  {status}")
     ratio = cold["import_torch_lightgbm_s"] / cold["trademl_predict_s"]
     print(f"cold start ratio (guide's imports alone / trademl predict end to end): {ratio:.1f}x")
-    print(json.dumps({"in_process": inproc, "http": http, "cold_start": cold, "load_average": load}), file=sys.stderr)
+    print(json.dumps({"in_process": inproc, "http": http, "cold_start": cold, "batch": batch, "load_average": load}),
+          file=sys.stderr)
     return 0
 
 

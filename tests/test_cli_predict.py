@@ -117,3 +117,33 @@ def test_guide_import_of_predict_advanced(trained_store, library_answer, tmp_pat
     assert json.loads(result.stdout)["models_used"] == ["lgb_5m", "lgb_30m"]
     assert json.loads(result.stdout) == library_answer  # the same predictor as `import trademl`'s
     assert not (tmp_path / "logs").exists()  # record=False writes no log
+
+
+def test_a_log_that_cannot_be_written_never_stops_a_prediction(trained_store, library_answer, tmp_path):
+    """A corrupt prediction database and a log line that cannot be opened: the answer is printed,
+    exit 0, one warning on stderr (no "Logging error" traceback)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "predictions.sqlite").write_bytes(b"not a database at all" * 100)
+    (logs / "predictions.log").mkdir()
+    result = run([TRADEML, "predict", "--model-root", str(trained_store.root)], json.dumps(GUIDE_EXAMPLE).encode(), tmp_path)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert only_json(result.stdout) == library_answer
+    err = result.stderr.decode()
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("cannot write the prediction log") == 1, err
+
+
+def test_hostile_stamps_and_bodies_are_exit_2_not_tracebacks(trained_store, tmp_path):
+    """The issue-15 cases that crashed `trademl predict` (the full table: tests/test_hostile_inputs.py)."""
+    cases = [
+        (json.dumps(dict(GUIDE_EXAMPLE, timestamp="0001-01-01T00:00:00+05:00")).encode(), "timestamp"),
+        (b'{"features": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body"),
+        (b"\xff\xfe{}", "body"),
+        (json.dumps({"symbol": "NQZ5", "bars": [{"timestamp": "2024-01-02T14:30:00Z", "open": 4e9, "low": 4e9,
+                                                 "close": 4e9, "high": 3e38}]}).encode(), "bars[0]"),
+    ]
+    for body, field in cases:
+        result = run([TRADEML, "predict", "--model-root", str(trained_store.root), "--no-log"], body, tmp_path)
+        assert result.returncode == 2 and b"Traceback" not in result.stderr, result.stderr[-1000:]
+        assert only_json(result.stdout)["error"]["field"] == field

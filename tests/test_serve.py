@@ -213,6 +213,25 @@ def test_no_model_is_503_and_unhealthy(trained_store, tmp_path):
         assert c.get("/healthz").status_code == 503
         r = c.post("/v1/predict", json=GUIDE_EXAMPLE)
         assert r.status_code == 503 and r.json()["error"]["kind"] == "model_store"
+        assert str(tmp_path) not in r.text and str(tmp_path) not in c.get("/v1/models").text
+
+
+def test_a_fault_of_the_server_is_a_bare_counted_logged_500(trained_store, tmp_path, caplog):
+    app = build_app(trained_store.config, trained_store.root, tmp_path, record=False)
+
+    def broken(request):
+        raise RuntimeError(f"cannot read {tmp_path}/models/secret/weights.bin")
+
+    app.state.predictor.ensemble_predict = broken
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", json=GUIDE_EXAMPLE)
+        assert r.status_code == 500
+        assert r.json() == {"error": {"message": "internal server error (logged on the server)", "field": None,
+                                      "kind": "internal"}}
+        assert 'trademl_errors_total{kind="internal"} 1.0' in c.get("/metrics").text
+        batch = c.post("/v1/predict/batch", json={"requests": [GUIDE_EXAMPLE]})
+        assert batch.status_code == 500 and str(tmp_path) not in batch.text
+    assert any("internal error answering a prediction" in rec.getMessage() and rec.exc_info for rec in caplog.records)
 
 
 def test_openapi_file_is_current():
