@@ -394,6 +394,54 @@ def test_an_empty_log_or_one_of_errors_only_reports_without_alert(tmp_path):
     assert any("no bars given" in n for n in errors_only.notes)
 
 
+def test_unreadable_rows_are_reported_and_pruning_still_works(tmp_path, monkeypatch):
+    """A year-9999 stamp, a stamp that is no time, broken JSON and a control-character symbol in
+    the log: the monitor reports them and goes on; --prune-before runs even when the report
+    cannot be made; absurd look-backs and a damaged database are one clear error."""
+    from trademl.cli import app
+
+    path = tmp_path / "p.sqlite"
+    log = PredictionLog(path)
+    bars = synthetic_bars(300, seed=2, symbol="NQ")
+    for i, stamp in enumerate(bars.index[50:53]):
+        log.append({"timestamp": stamp.isoformat(), "symbol": "NQ", "recommendation": "BUY", "confidence": 0.6,
+                    "output": _output(), "model_versions": {"lgb_5m": "v1"}, "latency_ms": 1.0})
+    log.append_error("validation", "bad \x1b[2J request", symbol="NQ\x1b[31m")
+    log.close()
+    with sqlite3.connect(path) as db:
+        good = db.execute("SELECT * FROM predictions WHERE error_kind IS NULL LIMIT 1").fetchone()
+        cols = [d[0] for d in db.execute("SELECT * FROM predictions").description]
+        row = dict(zip(cols, good))
+        for stamp, output in (("9999-12-31T23:59:59+00:00", row["output_json"]), ("not a time", row["output_json"]),
+                              (row["ts_utc"], "{broken json")):
+            values = dict(row, id=None, ts_utc=stamp, output_json=output)
+            db.execute(f"INSERT INTO predictions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                       [values[c] for c in cols])
+    result = run_monitor(path, bars, html_path=tmp_path / "r.html")
+    assert len(result.predictions) == 3  # the three good rows
+    note = next(n for n in result.notes if "unreadable log rows" in n)
+    assert note.startswith("3 unreadable log rows left out") and "9999-12-31" in note and "not valid JSON" in note
+    runner = CliRunner()
+    out = runner.invoke(app, ["monitor", "--log", str(path), "--out", str(tmp_path / "r2.html")],
+                        env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "\x1b" not in out.output and "\\x1b[2J" in out.output  # a logged escape is shown, not obeyed
+    # --prune-before on its own: the bars file is missing, the report fails, the pruning is done.
+    failed = runner.invoke(app, ["monitor", "--log", str(path), "--bars", str(tmp_path / "missing.csv"),
+                                 "--prune-before", "2200-01-01"])
+    assert failed.exit_code == 2 and "Traceback" not in failed.output
+    # Every row stamped before 2200 went; the year-9999 row and the one with no time stay.
+    assert "pruned 5 rows older than 2200-01-01" in failed.output and "file not found" in failed.output
+    assert PredictionLog(path).count() == 2
+    for since in ("99999999999d", "999999999999999999999m", "yesterday"):
+        bad = runner.invoke(app, ["monitor", "--log", str(path), "--since", since, "--out", str(tmp_path / "x.html")])
+        assert bad.exit_code == 2 and "error:" in bad.output and "Traceback" not in bad.output, (since, bad.output)
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 40)
+    broken = runner.invoke(app, ["monitor", "--log", str(damaged), "--out", str(tmp_path / "y.html")])
+    assert broken.exit_code == 2 and "prediction log" in broken.output and "Traceback" not in broken.output
+
+
 # --- with the real predictor -----------------------------------------------------------------------
 
 

@@ -303,7 +303,7 @@ def monitor_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <[paths] report_dir>/monitor.html)."),
     export: Optional[Path] = typer.Option(None, "--export", help="Also write the selected log rows to this Parquet file."),
     prune_before: Optional[str] = typer.Option(
-        None, "--prune-before", help="After reporting, delete log rows older than this (ISO time or 90d)."),
+        None, "--prune-before", help="Delete log rows older than this (ISO time or 90d), after the report and even when it fails."),
     config: Optional[Path] = ConfigOpt,
 ):
     """Prediction log + bars since -> hit rate, P&L, calibration, drift, latency, errors (exit 3 on an alert)."""
@@ -314,13 +314,18 @@ def monitor_command(
     cfg = load_config(config)
     html_path = out or Path(cfg.paths.report_dir) / "monitor.html"
     cutoff = parse_since(prune_before)  # a bad value fails before anything is written
-    result = run_monitor(log, bars, since=parse_since(since), symbol=symbol, config=cfg, model_root=model_root,
-                         reference_bars=reference_bars, html_path=html_path)
-    print_summary(result, console())
-    if export is not None:
-        console().print(f"exported: {PredictionLog(result.log_path).export_parquet(export, since=parse_since(since), symbol=symbol)}")
-    if cutoff is not None:
-        console().print(f"pruned {PredictionLog(result.log_path).prune(cutoff):,} rows older than {cutoff}")
+    try:
+        result = run_monitor(log, bars, since=parse_since(since), symbol=symbol, config=cfg, model_root=model_root,
+                             reference_bars=reference_bars, html_path=html_path)
+        print_summary(result, console())
+        if export is not None:
+            exported = PredictionLog(result.log_path).export_parquet(export, since=parse_since(since), symbol=symbol)
+            console().print(f"exported: {exported}")
+    finally:  # the housekeeping asked for happens even when the report cannot be made
+        if cutoff is not None:
+            log_path = Path(log) if log is not None else Path(cfg.paths.log_dir) / "predictions.sqlite"
+            if log_path.exists():
+                console().print(f"pruned {PredictionLog(log_path).prune(cutoff):,} rows older than {cutoff}")
     for line in result.alerts:
         typer.echo(f"ALERT {line}", err=True)
     raise typer.Exit(result.exit_code)

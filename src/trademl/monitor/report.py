@@ -68,6 +68,10 @@ def run_monitor(log=None, bars=None, *, since=None, symbol: str | None = None, c
                            hint="the predictor writes it (trademl predict / serve); pass --log")
     frame = PredictionLog(log_path).query(since=since, symbol=symbol)
     notes: list[str] = []
+    skipped = frame.attrs.get("skipped_rows") or []
+    if skipped:
+        shown = "; ".join(f"row {row}: {why}" for row, why in skipped[:5])
+        notes.append(f"{len(skipped)} unreadable log rows left out ({shown}{' ...' if len(skipped) > 5 else ''})")
     bars = _bars(bars, symbol or _main_symbol(frame), cfg)
     frame = _same_market(frame, bars, symbol, notes)
     failed = frame["error_kind"].notna()
@@ -105,11 +109,16 @@ def parse_since(text: str | None):
     text = text.strip()
     unit = {"m": "min", "h": "h", "d": "D"}.get(text[-1:].lower())
     if unit and text[:-1].replace(".", "", 1).isdigit():
-        return pd.Timestamp.now(tz="UTC") - pd.Timedelta(float(text[:-1]), unit=unit)
+        try:
+            return pd.Timestamp.now(tz="UTC") - pd.Timedelta(float(text[:-1]), unit=unit)
+        except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
+            raise TradeMLError(f"{text!r} reaches back past what a timestamp can hold (about 1677)",
+                               where="--since", hint="use a shorter look-back or an ISO time") from None
     try:
         stamp = pd.Timestamp(text)
-    except ValueError:
-        raise TradeMLError(f"{text!r} is neither an ISO time nor a look-back like 24h or 7d", where="--since") from None
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        raise TradeMLError(f"{text!r} is neither an ISO time (1677..2262) nor a look-back like 24h or 7d",
+                           where="--since") from None
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
@@ -268,6 +277,15 @@ _SCORE_COLUMNS = (("model", "str"), ("horizon", "int"), ("predictions", "int"), 
                   ("mean_confidence", "num"), ("calibration_error", "num"))
 
 
+def printable(value) -> "Text":
+    """Logged text (a symbol, an error message) as plain terminal text: control characters
+    escaped (a logged "\x1b[2J" must not clear the reader's screen), no rich markup read."""
+    from rich.text import Text
+
+    text = str(value)
+    return Text("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
+
+
 def print_summary(result: MonitorResult, console) -> None:
     from rich.table import Table
 
@@ -295,7 +313,7 @@ def print_summary(result: MonitorResult, console) -> None:
         for name in ("kind", "count", "last_seen", "last_message"):
             errors.add_column(name)
         for row in result.errors.itertuples():
-            errors.add_row(str(row.kind), f"{row.count:,}", str(row.last_seen), str(row.last_message)[:80])
+            errors.add_row(printable(row.kind), f"{row.count:,}", str(row.last_seen), printable(row.last_message)[:80])
         console.print(errors)
     for (kind, version), drift in result.drift.items():
         worst = drift.sort_values("psi", ascending=False, na_position="last").head(8)
@@ -307,7 +325,7 @@ def print_summary(result: MonitorResult, console) -> None:
                       style="red" if row.flagged else None)
         console.print(t)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print("[yellow]note:[/] ", printable(note), sep="")
     if result.report_path is not None:
         console.print(f"report: {result.report_path}")
 

@@ -31,6 +31,8 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from trademl.errors import TradeMLError
 
 SCHEMA_VERSION = 2  # 2 added `side`
@@ -250,8 +252,12 @@ class PredictionLog:
             clauses.append("symbol = ?")
             params.append(symbol)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        cur = self._connection().execute(f"SELECT * FROM predictions{where} ORDER BY ts_utc, id", params)
-        return [d[0] for d in cur.description], cur.fetchall()
+        try:
+            cur = self._connection().execute(f"SELECT * FROM predictions{where} ORDER BY ts_utc, id", params)
+            return [d[0] for d in cur.description], cur.fetchall()
+        except sqlite3.DatabaseError as e:  # a damaged page, or not a SQLite file at all
+            raise TradeMLError(f"cannot read the prediction log: {e}", where=str(self.path),
+                               hint="restore it from a copy, or move it away to start a new log") from None
 
     def count(self) -> int:
         return self._connection().execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
@@ -262,11 +268,10 @@ class PredictionLog:
         import pandas as pd
 
         columns, rows = self._select(since, symbol, until)
-        frame = pd.DataFrame.from_records(rows, columns=columns)
-        for col in ("ts_utc", "logged_at", "decision_bar"):
-            frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
+        frame, skipped = _readable(pd.DataFrame.from_records(rows, columns=columns))
         for col, name in JSON_COLUMNS.items():
             frame[name] = [json.loads(t) if isinstance(t, str) else None for t in frame.pop(col)]
+        frame.attrs["skipped_rows"] = skipped
         return frame
 
     def prune(self, before) -> int:
@@ -284,9 +289,7 @@ class PredictionLog:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         columns, rows = self._select(since, symbol)
-        frame = pd.DataFrame.from_records(rows, columns=columns)
-        for col in ("ts_utc", "logged_at", "decision_bar"):
-            frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
+        frame, _ = _readable(pd.DataFrame.from_records(rows, columns=columns))
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
@@ -296,6 +299,35 @@ class PredictionLog:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+READABLE_YEARS = (1970, 2200)  # rows stamped outside are reported, not read (pandas' ns times end in 2262)
+
+
+def _readable(frame):
+    """(the rows whose stamps and JSON parse, with the stamps as UTC times; [(id, why), ...] of
+    the others). A row written by an older or a foreign writer (a year-9999 stamp, broken JSON)
+    is reported and left out, so one bad row never stops the monitor."""
+    import pandas as pd
+
+    bad: dict[int, str] = {}
+    lo, hi = pd.Timestamp(f"{READABLE_YEARS[0]}-01-01", tz="UTC"), pd.Timestamp(f"{READABLE_YEARS[1]}-01-01", tz="UTC")
+    for col in ("ts_utc", "logged_at", "decision_bar"):
+        parsed = pd.to_datetime(frame[col], utc=True, format="ISO8601", errors="coerce")
+        outside = parsed.isna().to_numpy() | (parsed < lo).to_numpy() | (parsed >= hi).to_numpy()
+        for i in np.flatnonzero(outside & frame[col].notna().to_numpy()):
+            bad.setdefault(int(i), f"{col} {str(frame[col].iloc[i])[:40]!r} is not a time in "
+                                   f"{READABLE_YEARS[0]}..{READABLE_YEARS[1] - 1}")
+        frame[col] = parsed.mask(pd.Series(outside, index=parsed.index)).dt.as_unit("ns")
+    for col in JSON_COLUMNS:
+        for i, text in enumerate(frame[col]):
+            if isinstance(text, str) and i not in bad:
+                try:
+                    json.loads(text)
+                except ValueError:
+                    bad[i] = f"{col} is not valid JSON"
+    skipped = [(int(frame["id"].iloc[i]), why) for i, why in sorted(bad.items())]
+    return frame.drop(index=frame.index[sorted(bad)]).reset_index(drop=True), skipped
 
 
 def _side(value) -> str | None:
