@@ -63,13 +63,16 @@ def data_build(
     decisions: Optional[Path] = typer.Option(None, "--decisions", help="Decision log (CSV or JSONL) of the bot."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract symbol or root, e.g. NQZ5 (default: config)."),
     repair: bool = typer.Option(False, "--repair", help="Drop/dedupe bad rows and report them instead of failing."),
-    resample: Optional[int] = typer.Option(None, "--resample", help="Resample to N-minute bars first."),
+    resample: Optional[int] = typer.Option(None, "--resample", help="Resample to N-minute bars first (1 to 10080, a week)."),
     config: Optional[Path] = ConfigOpt,
 ):
     """Bars (+ optional decision log) -> Parquet dataset + manifest."""
     from trademl.config import load_config
+    from trademl.data.bars import check_resample_minutes
     from trademl.data.dataset import build_dataset, print_summary
 
+    if resample is not None:
+        check_resample_minutes(resample)
     cfg = load_config(config)
     result = build_dataset(
         bars_path=bars, out_dir=out, decisions_path=decisions, symbol=symbol,
@@ -84,17 +87,21 @@ def data_inspect(
     bars: Optional[Path] = BarsArg,
     repair: bool = typer.Option(False, "--repair", help="Drop/dedupe bad rows and list them instead of failing."),
     tz: Optional[str] = typer.Option(None, "--tz", help="Timezone of naive stamps (default UTC)."),
-    resample: Optional[int] = typer.Option(None, "--resample", help="Describe the N-minute bars instead."),
+    resample: Optional[int] = typer.Option(None, "--resample", help="Describe the N-minute bars instead (1 to 10080, a week)."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol to record (default: from the file)."),
 ):
     """Load and validate a bars file; show what it holds (span, segments, rolls) and what repair dropped."""
     from rich.table import Table
 
-    from trademl.data.bars import bundled_sample_path, describe_bars, load_bars, resample_bars, summary_rows
+    from trademl.data.bars import (bundled_sample_path, check_resample_minutes, check_tz, describe_bars, load_bars,
+                                   resample_bars, summary_rows)
 
+    check_tz(tz)
+    if resample is not None:
+        check_resample_minutes(resample)
     frame = load_bars(bars or bundled_sample_path(), symbol=symbol, repair=repair, tz=tz)
     report = frame.attrs.get("repair_report")
-    if resample:
+    if resample is not None:
         frame = resample_bars(frame, resample)
     table = Table(title="bars", show_header=False)
     for label, text in summary_rows(describe_bars(frame)):

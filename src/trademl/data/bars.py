@@ -44,6 +44,18 @@ PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = (*PRICE_COLUMNS, "volume")
 _NAT = np.iinfo(np.int64).min
 _NS_PER_MINUTE = 60_000_000_000
+# Stamps outside this span are refused by name: pandas' nanosecond stamps end in 1677 and
+# 2262, and a margin keeps bar arithmetic (a bucket end, a horizon) from overflowing.
+_MIN_NS = int(pd.Timestamp("1678-01-01").value)
+_MAX_NS = int(pd.Timestamp("2262-01-01").value)
+_OUT_OF_RANGE = np.iinfo(np.int64).max  # internal marker: a readable stamp outside the span
+STAMP_RANGE = "1678-01-01 .. 2261-12-31"
+# float32 is what the models take: a value it cannot hold is refused, not silently made missing
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_RESAMPLE_MINUTES = 7 * 24 * 60  # a week of minutes
+_MAX_LINE_CHARS = 1_000_000  # a longer line in the sniffed head: not a bars file
+_ECHO_CHARS = 200  # at most this much of a bad value is quoted in a message
+_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
 
 # Header names are normalised (lower case, '<>' and quotes stripped, spaces and dashes
 # to '_') and then looked up here. The first alias found wins.
@@ -164,11 +176,30 @@ def _epoch_to_ns(text: pd.Series) -> np.ndarray:
     factor = next(f for limit, f in ((1e11, 10**9), (1e14, 10**6), (1e17, 10**3), (np.inf, 1)) if median < limit)
     values = numbers.to_numpy(dtype=float)
     out = np.full(len(values), _NAT, dtype=np.int64)
-    ok = np.isfinite(values)
+    finite = np.isfinite(values)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = values * factor
+        ok = finite & (scaled >= _MIN_NS) & (scaled < _MAX_NS)
+    out[finite & ~ok] = _OUT_OF_RANGE  # would overflow the int64 nanoseconds
     if numbers.dtype.kind in "iu":  # exact for ns-scale integers, which float64 would round
         out[ok] = numbers.to_numpy()[ok].astype(np.int64) * factor
     else:
         out[ok] = np.round(values[ok] * factor).astype(np.int64)
+    return out
+
+
+def _index_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """int64 ns of any-unit stamps; NaT stays NaT, a stamp outside the span is marked, not raised."""
+    unit = np.datetime_data(index.dtype.base if hasattr(index.dtype, "base") else index.dtype)[0]
+    per = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}.get(unit)
+    if per is None:
+        return index.as_unit("ns").asi8
+    raw = index.asi8
+    out = np.full(len(raw), _NAT, dtype=np.int64)
+    present = ~np.asarray(index.isna())
+    inside = present & (raw >= -(-_MIN_NS // per)) & (raw < _MAX_NS // per)
+    out[present & ~inside] = _OUT_OF_RANGE
+    out[inside] = raw[inside] * per
     return out
 
 
@@ -187,13 +218,23 @@ def parse_timestamps(values, *, tz: str | None = None, mixed: bool = False) -> n
 
     The shape is the one most of the values have; ``mixed=True`` (for hand-written logs)
     then reads the values left over with the next best shape, and so on. ``tz`` is the
-    zone of naive stamps (default UTC); stamps with an offset keep theirs.
+    zone of naive stamps (default UTC); stamps with an offset keep theirs. A stamp outside
+    ``STAMP_RANGE`` (year 1600, 2300, an overflowing unix number) is NaT too.
     """
+    return _public(_parse_stamps(values, tz=tz, mixed=mixed))
+
+
+def _public(ns: np.ndarray) -> np.ndarray:
+    return np.where(ns == _OUT_OF_RANGE, _NAT, ns)
+
+
+def _parse_stamps(values, *, tz: str | None = None, mixed: bool = False) -> np.ndarray:
+    """:func:`parse_timestamps`, with stamps outside the span marked ``_OUT_OF_RANGE``."""
     s = pd.Series(values).reset_index(drop=True)
     if isinstance(s.dtype, pd.DatetimeTZDtype):
-        return pd.DatetimeIndex(s).tz_convert("UTC").as_unit("ns").asi8
+        return _index_ns(pd.DatetimeIndex(s).tz_convert("UTC"))
     if s.dtype.kind == "M":
-        return _localize(pd.DatetimeIndex(s), tz).as_unit("ns").asi8
+        return _index_ns(_localize(pd.DatetimeIndex(s), tz))
     if s.dtype.kind in "iuf":
         # integers that are really YYYYMMDD[HHMM[SS]] stamps go through the text path
         as_int = s.dropna()
@@ -212,7 +253,7 @@ def parse_timestamps(values, *, tz: str | None = None, mixed: bool = False) -> n
             break
         idx = np.flatnonzero(todo)
         out[idx] = reader(text[todo].reset_index(drop=True))
-        todo[idx[out[idx] != _NAT]] = False
+        todo[idx[out[idx] != _NAT]] = False  # out of range counts as read: its shape was right
         if not todo.any():
             break
     return out
@@ -234,7 +275,7 @@ def _parse_fixed(text: pd.Series, fmt: str, tz: str | None) -> np.ndarray:
         day_first = pd.to_datetime(text, format=fmt.replace("%m/%d", "%d/%m"), errors="coerce")
         if day_first.isna().sum() < parsed.isna().sum():  # 25/01/2024 is day-first
             parsed = day_first
-    return _localize(pd.DatetimeIndex(parsed), tz).as_unit("ns").asi8
+    return _index_ns(_localize(pd.DatetimeIndex(parsed), tz))
 
 
 def _parse_iso(text: pd.Series, sample: pd.Series, tz: str | None) -> np.ndarray:
@@ -245,7 +286,7 @@ def _parse_iso(text: pd.Series, sample: pd.Series, tz: str | None) -> np.ndarray
         parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
     index = pd.DatetimeIndex(parsed)
     index = index.tz_convert("UTC") if index.tz is not None else _localize(index, tz)
-    return index.as_unit("ns").asi8
+    return _index_ns(index)
 
 
 # --------------------------------------------------------------------------- layout
@@ -290,9 +331,19 @@ def _open_text(path: Path):
 
 
 def _read_head(path: Path) -> list[str]:
+    """The first lines, each read with a bound: a huge line (or a file with no newline) is refused fast."""
     try:
+        lines: list[str] = []
         with _open_text(path) as f:
-            return [line for _, line in zip(range(_SNIFF_LINES + 50), f)]
+            while len(lines) < _SNIFF_LINES + 50:
+                line = f.readline(_MAX_LINE_CHARS + 1)
+                if not line:
+                    break
+                if len(line) > _MAX_LINE_CHARS:
+                    raise DataError(f"line longer than {_MAX_LINE_CHARS:,} characters (not a bars file?): "
+                                    f"{_clip(line, 80)!r}", where=f"{path}, line {len(lines) + 1}")
+                lines.append(line)
+        return lines
     except FileNotFoundError:
         raise DataError("file not found", where=str(path)) from None
     except (OSError, UnicodeDecodeError, EOFError) as e:
@@ -375,7 +426,7 @@ def _check_required(columns: dict[str, int], header: list[str] | None, path: Pat
     has_stamp = "timestamp" in columns or "date" in columns
     missing = [c for c in PRICE_COLUMNS if c not in columns] + ([] if has_stamp else ["timestamp"])
     if missing:
-        found = f" (columns found: {', '.join(h.strip() for h in header)})" if header else ""
+        found = f" (columns found: {_clip(', '.join(h.strip() for h in header))})" if header else ""
         raise DataError(f"missing required column(s) {', '.join(missing)}{found}", where=str(path),
                         hint="a bars file needs timestamp, open, high, low, close and ideally volume")
 
@@ -531,9 +582,12 @@ def _numeric(raw: pd.DataFrame, name: str, problems: _Problems, required: bool) 
     missing = column.isna().to_numpy()
     bad_text = ~missing & np.isnan(values)
     text = column.to_numpy()
-    problems.flag(bad_text, lambda i: f"{name} is not a number: {str(text[i]).strip()!r}")
+    problems.flag(bad_text, lambda i: f"{name} is not a number: {_as_text(text[i])!r}")
     problems.flag(missing, f"{name} is missing (empty or NaN)")
     problems.flag(np.isinf(values), f"{name} is infinite")
+    with np.errstate(invalid="ignore"):
+        huge = np.abs(values) >= _FLOAT32_MAX
+    problems.flag(huge, lambda i: f"{name} too large for float32 (must stay below {_FLOAT32_MAX:.4g}): {values[i]:.6g}")
     return values
 
 
@@ -636,7 +690,10 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
     frame, lines = raw.frame[keep_rows], raw.lines[keep_rows]
     problems = _Problems(len(frame), raw.shape_problems[keep_rows])
     stamp_text = _stamp_source(frame)
-    stamps = parse_timestamps(stamp_text, tz=tz)
+    stamps = _parse_stamps(stamp_text, tz=tz)
+    outside = stamps == _OUT_OF_RANGE
+    problems.flag(outside, lambda i: f"timestamp outside the supported range ({STAMP_RANGE}): {_as_text(stamp_text.iloc[i])!r}")
+    stamps[outside] = _NAT
     # in a zone with daylight saving, a well-formed local time can still not exist (spring gap)
     in_zone = f" (or it is not a valid local time in {tz})" if tz not in (None, "UTC", "utc") else ""
     problems.flag(stamps == _NAT, lambda i: f"cannot read timestamp {_as_text(stamp_text.iloc[i])!r}{in_zone}"
@@ -677,7 +734,13 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
 
 
 def _as_text(value) -> str:
-    return str(value).strip()
+    return _clip(str(value).strip())
+
+
+def _clip(text: str, limit: int = _ECHO_CHARS) -> str:
+    """A bad value as quoted in a message: never more than ``limit`` characters of it."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _stamp_source(frame: pd.DataFrame) -> pd.Series:
@@ -730,6 +793,7 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp)
         raise DataError("file not found", where=str(path))
     if bar_stamp not in ("auto", "open", "close"):
         raise DataError(f"bar_stamp must be 'auto', 'open' or 'close', not {bar_stamp!r}", where="bar_stamp")
+    check_tz(tz)
     is_parquet = path.suffix.lower() in _PARQUET_SUFFIXES
     layout = None if is_parquet else _sniff_layout(path)
     if layout is not None and bar_stamp != "auto":
@@ -774,8 +838,37 @@ def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str 
     frames = list(_chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=None,
                           max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp))
     if not frames or frames[0].empty:
-        raise DataError("no valid bars in the file", where=str(path))
+        raise no_bars_error(path, frames[0].attrs.get("repair_report") if frames else None)
     return frames[0]
+
+
+def no_bars_error(path, report: RepairReport | None) -> DataError:
+    """The error for a file that gives no bars: only a header, or every row dropped by repair."""
+    if report is None or report.rows_read == 0:
+        return DataError("no bars: the file has no data rows (only a header or blank lines)", where=str(path))
+    first = report.dropped[0]
+    return DataError(f"no valid bars: repair dropped all {report.rows_read} rows; the first, "
+                     f"{report.unit} {first.line}: {first.reason}", where=str(path))
+
+
+def check_tz(tz: str | None) -> None:
+    """Refuse an unknown zone name by name, before any file is read."""
+    if tz is None:
+        return
+    try:
+        pd.DatetimeIndex([0]).tz_localize(tz)
+    except Exception:  # zoneinfo, pytz and dateutil each raise their own kind
+        raise DataError(f"unknown timezone {_clip(tz, 80)!r}", where="--tz",
+                        hint="an IANA name such as America/Chicago or Europe/London, or UTC") from None
+
+
+def check_resample_minutes(minutes) -> int:
+    """A resample length the bars can take: a whole number of minutes, 1 .. a week."""
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, np.integer, float)) or int(minutes) != minutes \
+            or not 1 <= minutes <= MAX_RESAMPLE_MINUTES:
+        raise DataError(f"resample minutes must be a whole number from 1 to {MAX_RESAMPLE_MINUTES} "
+                        f"(a week), not {_clip(repr(minutes), 40)}", where="--resample")
+    return int(minutes)
 
 
 def read_bars_chunks(path, chunk_rows: int, *, symbol: str | None = None, repair: bool = False,
@@ -823,9 +916,7 @@ def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | 
     open = first, high = max, low = min, close = last, volume = sum, extra numeric
     columns = last value (what is known at the close of the bucket).
     """
-    if int(minutes) != minutes or minutes < 1:
-        raise DataError(f"resample minutes must be a positive whole number, not {minutes}", where="resample")
-    minutes = int(minutes)
+    minutes = check_resample_minutes(minutes)
     if bars.empty:
         return bars.copy()
     step = median_bar_minutes(bars)

@@ -266,6 +266,8 @@ def _complete_segments(chunks, max_gap_minutes: float):
     """Re-cut a stream of bar chunks so every yielded frame ends on a segment boundary."""
     carry = None
     for chunk in chunks:
+        if chunk.empty:  # every row of this chunk was dropped by repair
+            continue
         frame = chunk if carry is None else pd.concat([carry, chunk])
         frame.attrs.update(chunk.attrs)
         seg = segment_ids(frame, max_gap_minutes)
@@ -299,15 +301,20 @@ def build_dataset(
         raise DataError("bars file not found", where=str(bars_path))
     symbol = symbol or _symbol_from_name(bars_path) or config.data.symbol
     spec = contract_spec(symbol)
-    resample_minutes = resample_minutes or config.data.resample_minutes
+    if resample_minutes is None:
+        resample_minutes = config.data.resample_minutes
+    resample_minutes = bars_mod.check_resample_minutes(resample_minutes)
     out_dir = Path(out_dir) if out_dir else Path(config.paths.data_dir) / bars_path.name.split(".")[0]
-    with _atomic_folder(out_dir) as tmp:
-        chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair,
-                                            max_gap_minutes=config.data.max_gap_minutes)
-        manifest = _write_chunks(chunks, tmp, spec, symbol, config, resample_minutes, progress, bars_path)
-        if decisions_path:
-            manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    try:
+        with _atomic_folder(out_dir) as tmp:
+            chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair,
+                                                max_gap_minutes=config.data.max_gap_minutes)
+            manifest = _write_chunks(chunks, tmp, spec, symbol, config, resample_minutes, progress, bars_path)
+            if decisions_path:
+                manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    except OSError as e:  # a full disk or a read-only folder: the half-written folder is gone already
+        raise DataError(f"cannot write the dataset: {e.strerror or e}", where=str(out_dir)) from None
     written = [out_dir / DATA_FILE, out_dir / MANIFEST_FILE]
     if decisions_path:
         written.append(out_dir / DECISIONS_FILE)
@@ -336,9 +343,17 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
     schema = None
     tally = _LabelTally(config.data.horizons)
     repairs = []
+    reports = []  # every chunk's repair report, empty chunks too: the error for a file with no bars names a row
+
+    def tapped():
+        for chunk in chunks:
+            if "repair_report" in chunk.attrs:
+                reports.append(chunk.attrs["repair_report"])
+            yield chunk
+
     bar = _progress(progress, source)
     try:
-        for bars in _complete_segments(chunks, config.data.max_gap_minutes):
+        for bars in _complete_segments(tapped(), config.data.max_gap_minutes):
             if "repair_report" in bars.attrs:
                 repairs.append(str(bars.attrs["repair_report"]))
             if resample_minutes and resample_minutes > 1:
@@ -361,7 +376,14 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
         if bar:
             bar[0].stop()
     if writer is None:
-        raise DataError("no bars in file", where=str(source))
+        from trademl.data.bars import RepairReport, no_bars_error
+
+        folded = None
+        if reports:
+            folded = RepairReport(str(source), unit=reports[0].unit)
+            for r in reports:
+                folded.extend(r)
+        raise no_bars_error(source, folded)
     extra = {"repairs": repairs} if repairs else {}
     extra["resample_minutes"] = resample_minutes or 1
     return _manifest(tally, schema, symbol, spec, bar_config, source=source, extra=extra)
