@@ -173,7 +173,8 @@ def test_head_healthz_and_models_show_no_paths(client, trained_store):
 
 
 def test_a_body_shorter_than_its_content_length_gets_408_not_a_hang(trained_store, tmp_path):
-    """Against a live uvicorn: the guard's read timeout answers a body that stops arriving."""
+    """Against a live uvicorn: the guard's read timeout answers a body that stops arriving, and
+    the header deadline closes a connection whose request line and headers do not arrive."""
     import socket
 
     from trademl.serve import app as app_module
@@ -187,7 +188,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_not_a_hang(trained_stor
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           http=app_module._timed_h11_protocol()))
+                                           http=app_module._timed_h11_protocol(header_timeout_s=0.5)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -203,6 +204,16 @@ def test_a_body_shorter_than_its_content_length_gets_408_not_a_hang(trained_stor
                 reply += part
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert b'"kind":"timeout"' in reply
+        # Headers that stop half way, or nothing at all: the connection is closed, not kept forever.
+        for opening in (b"", b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(opening)
+                started = time.perf_counter()
+                assert conn.recv(4096) == b""  # closed by the server
+                assert time.perf_counter() - started < 3
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # and it still answers
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200")
     finally:
         server.should_exit = True
         thread.join(10)

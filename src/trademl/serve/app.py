@@ -480,7 +480,7 @@ def build_app(config=None, model_root=None, log_dir=None, *, host: str | None = 
                       allowed_hosts=allowed, body_timeout_s=body_timeout_s)
 
 
-def _timed_h11_protocol():
+def _timed_h11_protocol(header_timeout_s: float = HEADER_TIMEOUT_S):
     """uvicorn's h11 protocol with a deadline for the request line and headers: uvicorn's own
     keep-alive timeout starts only after a first response, so a connection that sends nothing,
     or half a header, would otherwise stay open forever."""
@@ -492,7 +492,7 @@ def _timed_h11_protocol():
         def _arm(self) -> None:
             if self._header_deadline is not None:
                 self._header_deadline.cancel()
-            self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+            self._header_deadline = self.loop.call_later(header_timeout_s, self._headers_too_slow)
 
         def _headers_too_slow(self) -> None:
             waiting = self.cycle is None or self.cycle.response_complete  # no request of this connection is being answered
