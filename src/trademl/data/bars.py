@@ -56,6 +56,7 @@ MAX_RESAMPLE_MINUTES = 7 * 24 * 60  # a week of minutes
 _MAX_LINE_CHARS = 1_000_000  # a longer line in the sniffed head: not a bars file
 _ECHO_CHARS = 200  # at most this much of a bad value is quoted in a message
 _DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
+_DECIMAL_COMMA_ONE = r"(?<=^[+-]?\d)(\d*),(?=\d+$)"
 
 # Header names are normalised (lower case, '<>' and quotes stripped, spaces and dashes
 # to '_') and then looked up here. The first alias found wins.
@@ -323,6 +324,7 @@ class _Layout:
     stamps_at_close: bool  # NinjaTrader (headerless ';', YYYYMMDD HHMMSS) labels bars at their close
     quoted: bool
     preamble: tuple[int, ...] = ()  # 1-based lines before the first well-formed one: reported as bad
+    decimal: str = "."  # "," for files that write 1234,50 (with ';', tab or '|' separators, or quoted)
 
 
 def _open_text(path: Path):
@@ -358,9 +360,55 @@ def _is_number(token: str) -> bool:
         return False
 
 
+def _split(line: str, delimiter: str) -> list[str]:
+    """A line's fields; a quoted field ("1234,5") is one field, quotes kept off."""
+    if '"' not in line:
+        return line.split(delimiter)
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [""])
+    except csv.Error:
+        return line.split(delimiter)
+
+
 def _field_count(line: str, delimiter: str) -> int:
     """Fields on a line, not counting empty ones at its end (some tools end lines with a separator)."""
+    if '"' in line:
+        fields = _split(line.rstrip(), delimiter)
+        while len(fields) > 1 and not fields[-1].strip():
+            fields.pop()
+        return len(fields)
     return line.rstrip().rstrip(delimiter).count(delimiter) + 1
+
+
+def _decimal_mark(path: Path, lines: list[str], first_line: int, delimiter: str, columns: dict[str, int]) -> str:
+    """',' when the price fields are written 1234,50; the first such line with ',' separators
+    and no quotes cannot be read at all and is refused by name."""
+    hits = total = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        fields = _split(line, delimiter)
+        cells = [fields[columns[c]] for c in PRICE_COLUMNS if columns.get(c, len(fields)) < len(fields)]
+        total += len(cells)
+        hits += sum(_DECIMAL_COMMA.fullmatch(c.strip().strip('"')) is not None for c in cells)
+    return "," if total and hits > total / 2 else "."
+
+
+def _refuse_comma_decimals(path: Path, head: list[str], nonblank: list[int], first: int, n_fields: int) -> None:
+    """A ','-separated file whose header names the bar columns but whose rows have more fields:
+    decimals written with commas (1234,50) split every price in two. Refused, never read as
+    integers."""
+    for i in nonblank:
+        if i >= first:
+            return
+        fields = head[i].split(",")
+        columns, _ = _map_columns(fields)
+        if all(c in columns for c in PRICE_COLUMNS) and len(fields) < n_fields:
+            raise DataError(
+                f"the header (line {i + 1}) names {len(fields)} columns but the rows have {n_fields} fields: "
+                f"decimals written with commas (1234,50) in a ','-separated file cannot be read: "
+                f"{_clip(head[first], 120)!r}", where=f"{path}, line {first + 1}",
+                hint="export with '.' decimals, or with ';' separators")
 
 
 def _sniff_delimiter(lines: list[str]) -> tuple[str, int]:
@@ -373,7 +421,9 @@ def _sniff_delimiter(lines: list[str]) -> tuple[str, int]:
     for d in (",", ";", "\t", "|"):
         counts = Counter(_field_count(line, d) - 1 for line in lines)
         n, votes = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
-        if n >= 1 and votes > best_votes:  # too few fields for a bar is reported later, by name
+        # too few fields for a bar is reported later, by name; on a tie the separator that
+        # makes more fields wins (2024-01-02;1234,50;... is ';'-separated, not ',')
+        if n >= 1 and (votes, n + 1) > (best_votes, best_fields):
             best, best_votes, best_fields = d, votes, n + 1
     return best, best_fields
 
@@ -388,11 +438,14 @@ def _sniff_layout(path: Path) -> _Layout:
         raise DataError("cannot tell the column separator (expected ',', ';', tab or '|')",
                         where=f"{path}, line {nonblank[0] + 1}")
     first = next(i for i in nonblank if _field_count(head[i], delimiter) == n_fields)
+    if delimiter == ",":
+        _refuse_comma_decimals(path, head, nonblank, first, n_fields)
     preamble = tuple(i + 1 for i in nonblank if i < first)
     line = head[first]
-    fields = line.split(delimiter)
-    quoted = '"' in line
-    has_header = sum(_is_number(f) for f in fields) < 4  # a data line has at least 4 prices
+    fields = _split(line, delimiter)
+    quoted = any('"' in head[i] for i in nonblank)
+    # a data line has at least 4 prices (1234,50 is a price too, in a file with decimal commas)
+    has_header = sum(_is_number(f) or _DECIMAL_COMMA.fullmatch(f.strip().strip('"')) is not None for f in fields) < 4
     if has_header:
         columns, extras = _map_columns(fields)
         skiprows = first + 1
@@ -403,7 +456,8 @@ def _sniff_layout(path: Path) -> _Layout:
     extras = _numeric_extras(head[skiprows:], delimiter, extras, path)
     stamps_at_close = (not has_header and delimiter == ";"
                    and re.fullmatch(r"\d{8} \d{6}", fields[0].strip()) is not None)
-    return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted, preamble)
+    decimal = _decimal_mark(path, head[skiprows:], skiprows, delimiter, columns)
+    return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted, preamble, decimal)
 
 
 def _headerless_columns(path: Path, fields: list[str], first: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -497,7 +551,7 @@ def _csv_chunks_with(path: Path, layout: _Layout, chunk_rows: int | None, engine
             path, sep=layout.delimiter, header=None, names=range(width), skiprows=layout.skiprows,
             skip_blank_lines=False, engine=engine, encoding="utf-8-sig", compression="infer",
             quoting=csv.QUOTE_MINIMAL if layout.quoted else csv.QUOTE_NONE,
-            chunksize=chunk_rows or None, dtype=text_columns,
+            chunksize=chunk_rows or None, dtype=text_columns, decimal=layout.decimal,
             keep_default_na=False, na_values=["", "NaN", "nan", "NA", "N/A", "null", "None"], **options,
         )
         for raw in reader if chunk_rows else [reader]:
@@ -574,9 +628,13 @@ class _Problems:
         self.any[idx] = True
 
 
-def _numeric(raw: pd.DataFrame, name: str, problems: _Problems, required: bool) -> np.ndarray:
+def _numeric(raw: pd.DataFrame, name: str, problems: _Problems, required: bool, decimal_comma: bool = False) -> np.ndarray:
     column = raw[name]
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    as_read = column
+    if decimal_comma and not pd.api.types.is_numeric_dtype(column):
+        # one bad cell leaves the column as text: its good 1234,50 cells still count
+        as_read = column.astype("string").str.strip().str.replace(_DECIMAL_COMMA_ONE, ".", regex=True)
+    values = pd.to_numeric(as_read, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     if not required:
         return values
     missing = column.isna().to_numpy()
@@ -698,8 +756,9 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
     in_zone = f" (or it is not a valid local time in {tz})" if tz not in (None, "UTC", "utc") else ""
     problems.flag(stamps == _NAT, lambda i: f"cannot read timestamp {_as_text(stamp_text.iloc[i])!r}{in_zone}"
                   if pd.notna(stamp_text.iloc[i]) else "timestamp is missing")
-    prices = {c: _numeric(frame, c, problems, required=True) for c in PRICE_COLUMNS}
-    volume = _numeric(frame, "volume", problems, required=True) if "volume" in frame else None
+    comma = layout is not None and layout.decimal == ","
+    prices = {c: _numeric(frame, c, problems, required=True, decimal_comma=comma) for c in PRICE_COLUMNS}
+    volume = _numeric(frame, "volume", problems, required=True, decimal_comma=comma) if "volume" in frame else None
     if volume is not None:
         with np.errstate(invalid="ignore"):
             problems.flag(volume < 0, "negative volume")

@@ -523,13 +523,20 @@ def _save(store, kind, horizon, dataset, rows, config, metrics, booster, onnx_by
     }
     # Training distribution of the features (one row per bar, not per side) for drift checks.
     reference = feature_reference(rows.X[np.unique(rows.bar, return_index=True)[1], :-1], dataset.feature_names)
-    with store.writer(kind, feature_schema=dataset.manifest["feature_schema"], training_span=span,
-                      config={"lgbm": config.lgbm.model_dump(), "costs": config.costs.model_dump()},
-                      metrics=metrics, model=model_info, feature_reference=reference) as w:
-        booster.save_model(str(w.path / MODEL_TEXT))
-        (w.path / MODEL_ONNX).write_bytes(onnx_bytes)
-        _write_json(w.path / CALIBRATION_FILE, calibrator.to_dict())
-        _write_json(w.path / IMPORTANCE_FILE, importance)
+    import lightgbm
+
+    try:
+        with store.writer(kind, feature_schema=dataset.manifest["feature_schema"], training_span=span,
+                          config={"lgbm": config.lgbm.model_dump(), "costs": config.costs.model_dump()},
+                          metrics=metrics, model=model_info, feature_reference=reference) as w:
+            booster.save_model(str(w.path / MODEL_TEXT))
+            (w.path / MODEL_ONNX).write_bytes(onnx_bytes)
+            _write_json(w.path / CALIBRATION_FILE, calibrator.to_dict())
+            _write_json(w.path / IMPORTANCE_FILE, importance)
+    except (OSError, lightgbm.basic.LightGBMError) as e:
+        # a full disk: the store's writer has already removed its half-written folder
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        raise ModelStoreError(f"cannot write the model: {reason}", where=str(store.root)) from None
     return w.stored
 
 

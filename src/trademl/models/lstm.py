@@ -235,10 +235,6 @@ def _pooled_metrics(task, pooled) -> dict:
 
 def _store(net, result, task, dataset, config: Config, metrics: dict, ends: np.ndarray, store_root):
     """Export ONNX, prove it equals PyTorch, write everything into the store atomically."""
-    import torch
-
-    from trademl.data.reference import feature_reference
-    from trademl.models.lstm_model import export_onnx
     from trademl.models.store import ModelStore
 
     lc = config.lstm
@@ -250,6 +246,22 @@ def _store(net, result, task, dataset, config: Config, metrics: dict, ends: np.n
         "sequences": int(len(ends)),
     }
     store = ModelStore(store_root or config.paths.model_root)
+    try:
+        return _write_version(store, net, result, task, dataset, lc, metrics, ends, span)
+    except OSError as e:  # a full disk: the store's writer has removed its half-written folder
+        raise ModelStoreError(f"cannot write the model: {e.strerror or e}", where=str(store.root)) from None
+    except RuntimeError as e:
+        if "writ" not in str(e).lower():
+            raise
+        raise ModelStoreError(f"cannot write the model: {str(e).splitlines()[0][:200]}", where=str(store.root)) from None
+
+
+def _write_version(store, net, result, task, dataset, lc, metrics, ends, span):
+    import torch
+
+    from trademl.data.reference import feature_reference
+    from trademl.models.lstm_model import export_onnx
+
     with store.writer(
         KIND,
         feature_schema=dataset.manifest["feature_schema"],

@@ -131,9 +131,21 @@ def fingerprint(task: SequenceTask, fit_ends: np.ndarray, valid_ends: np.ndarray
 
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
+    """Write through ``.pt.part`` and rename; a failed write (a full disk) leaves no ``.part``
+    behind, keeps the previous checkpoint and is one clear error."""
+    from trademl.errors import TradeMLError
+
     tmp = path.with_suffix(".pt.part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        # torch's zip writer reports a failed write as RuntimeError ("file write failed")
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "writ" in str(e).lower()):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+            raise TradeMLError(f"cannot write the training checkpoint: {reason}", where=str(path)) from None
+        raise
 
 
 def _load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
