@@ -1,0 +1,204 @@
+"""A backtest traded through an account's rules (``AccountRules``), vectorised.
+
+Given per-bar target positions (decided at each close, as the engine takes them), this:
+
+1. caps the target at the rules' contract limit for the instrument (minis or micros);
+2. keeps the account flat from ``flatten_at`` (15:10 CT) to ``day_start`` (17:00 CT): a
+   target decided on the bar before the window, or inside it, is 0, so the broker closes the
+   position at the open of the first bar at or after 15:10 CT (DST handled by the zone);
+3. runs the broker's vectorised fills (``trademl.market.broker.simulate``);
+4. marks live equity at every close, the trailing threshold (from the highest end-of-day
+   balance so far, locked at the starting balance) and the day's loss; the first bar whose
+   equity is at or below either limit is the **breach**: the position is liquidated at that
+   bar's close (one fill's slippage and commission) and nothing is traded after it;
+5. finds the first end of day that passes (target reached, enough trading days, best day
+   within the consistency share), before any breach; trading stops there too.
+
+Every step is a numpy pass over the bars (plus one pass over the trading days), so the rules
+add little to the engine's time (bench/bench_backtest.py measures it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from trademl.errors import DataError
+from trademl.market.broker import ExecutionResult, simulate
+from trademl.market.execution import ExecutionModel
+from trademl.risk.rules import AccountRules
+
+NS_PER_MINUTE = 60_000_000_000
+MINUTES_PER_DAY = 24 * 60
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def trading_days(index: pd.DatetimeIndex, rules: AccountRules) -> tuple[np.ndarray, np.ndarray]:
+    """(trading day number of every bar, True where the bar opens in the flat window).
+
+    A bar opening at or after ``day_start`` local time belongs to the next calendar day's
+    session (Sunday 17:00 CT opens Monday's); the zone's own offsets handle DST, so 15:10 CT
+    is 20:10 UTC in summer and 21:10 UTC in winter.
+    """
+    if not isinstance(index, pd.DatetimeIndex) or index.tz is None:
+        raise DataError("bars must be indexed by UTC times", where="bars.index")
+    local = index.tz_convert(rules.timezone)
+    minute = np.asarray(local.hour * 60 + local.minute, dtype=np.int64)
+    midnight = local.tz_localize(None).normalize().as_unit("ns").asi8 // (NS_PER_MINUTE * MINUTES_PER_DAY)
+    start, flat_from = _minutes(rules.day_start), _minutes(rules.flatten_at)
+    day = midnight + (minute >= start)
+    in_window = (minute >= flat_from) & (minute < start) if flat_from < start else \
+        (minute >= flat_from) | (minute < start)
+    return day.astype(np.int64), in_window
+
+
+@dataclass
+class RulesResult:
+    """The account's path under the rules, per bar, and its verdict."""
+
+    rules: AccountRules
+    index: pd.DatetimeIndex
+    execution: ExecutionResult  # positions, fills and P&L after the rules (0 after the end)
+    equity: np.ndarray  # live equity at each close
+    threshold: np.ndarray  # the trailing threshold in force at each bar
+    day_floor: np.ndarray  # the daily loss floor in force at each bar (NaN without a daily limit)
+    day: np.ndarray  # trading day number of each bar
+    breached: str | None = None  # "trailing_max_loss", "daily_loss_limit" or None
+    breach_bar: int | None = None
+    passed: bool = False
+    pass_bar: int | None = None
+    daily: pd.DataFrame = field(default_factory=pd.DataFrame)  # per trading day: start, end, pnl, threshold
+
+    @property
+    def end_bar(self) -> int | None:
+        """The bar after which nothing is traded: the breach, or the end of the passing day."""
+        return self.breach_bar if self.breached else self.pass_bar
+
+    @property
+    def trading_days(self) -> int:
+        """Trading days with a position or a trade, up to the end of the evaluation."""
+        end = len(self.index) if self.end_bar is None else self.end_bar + 1
+        active = (self.execution.position[:end] != 0) | (self.execution.trade_qty[:end] != 0)
+        return int(len(np.unique(self.day[:end][active])))
+
+    @property
+    def final_balance(self) -> float:
+        return float(self.equity[-1]) if len(self.equity) else self.rules.starting_balance
+
+    def summary(self) -> dict:
+        at = (lambda i: None if i is None else self.index[i].isoformat())
+        return {
+            "rules": self.rules.name, "passed": self.passed, "breached": self.breached,
+            "breach_time": at(self.breach_bar) if self.breached else None,
+            "pass_time": at(self.pass_bar) if self.passed else None,
+            "final_balance": round(self.final_balance, 2), "trading_days": self.trading_days,
+        }
+
+
+def rules_target(target, index: pd.DatetimeIndex, rules: AccountRules, root: str) -> np.ndarray:
+    """The target the rules allow: capped at the contract limit, 0 in and just before the flat window."""
+    limit = rules.max_contracts(root)
+    target = np.clip(np.asarray(target, dtype=np.float64), -limit, limit)
+    _, in_window = trading_days(index, rules)
+    closing = in_window.copy()
+    closing[:-1] |= in_window[1:]  # decided on the bar before the window: filled flat at its first bar
+    return np.where(closing, 0.0, target)
+
+
+def apply_rules(index: pd.DatetimeIndex, target, open_, close, execution: ExecutionModel, rules: AccountRules,
+                segments=None) -> RulesResult:
+    """Trade ``target`` through the broker and the account's rules (see the module doc)."""
+    open_, close = np.asarray(open_, np.float64), np.asarray(close, np.float64)
+    allowed = rules_target(target, index, rules, execution.spec.root)
+    executed = simulate(execution, allowed, open_, close, segments)
+    day, _ = trading_days(index, rules)
+    equity = rules.starting_balance + np.cumsum(executed.pnl)
+    threshold, floor, days = _limits(equity, day, rules)
+    below = equity <= threshold
+    if rules.daily_loss_limit is not None:
+        below_day = equity <= floor
+    else:
+        below_day = np.zeros(len(equity), bool)
+    breach_bar = _first(below | below_day)
+    breached = None
+    if breach_bar is not None:
+        breached = "trailing_max_loss" if below[breach_bar] else "daily_loss_limit"
+    pass_bar = _first_pass(equity, day, executed, rules, breach_bar)
+    if pass_bar is not None and (breach_bar is None or pass_bar < breach_bar):
+        breached, breach_bar = None, None
+        executed = _stopped_after(executed, pass_bar, execution, close, liquidate=True)
+    elif breach_bar is not None:
+        pass_bar = None
+        executed = _stopped_after(executed, breach_bar, execution, close, liquidate=True)
+    equity = rules.starting_balance + np.cumsum(executed.pnl)
+    return RulesResult(rules, index, executed, equity, threshold, floor, day, breached, breach_bar,
+                       pass_bar is not None, pass_bar, days)
+
+
+def _first(mask: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if len(hits) else None
+
+
+def _limits(equity: np.ndarray, day: np.ndarray, rules: AccountRules):
+    """(trailing threshold per bar, daily floor per bar, the per-day table)."""
+    start = rules.starting_balance
+    first_of_day = np.r_[True, day[1:] != day[:-1]] if len(day) else np.zeros(0, bool)
+    last_of_day = np.r_[day[1:] != day[:-1], True] if len(day) else np.zeros(0, bool)
+    eod = equity[last_of_day]
+    # Balance at the start of each day: the previous end of day (the starting balance first).
+    sod = np.r_[start, eod[:-1]]
+    peak_before = np.maximum.accumulate(np.r_[start, eod[:-1]])  # highest end-of-day balance before the day
+    day_threshold = np.minimum(peak_before - rules.trailing_max_loss, start)  # locks at the starting balance
+    day_floor = sod - rules.daily_loss_limit if rules.daily_loss_limit is not None else np.full(len(sod), np.nan)
+    which = np.cumsum(first_of_day) - 1  # day position of every bar
+    days = pd.DataFrame({"trading_day": day[first_of_day], "start_balance": sod, "end_balance": eod,
+                         "pnl": eod - sod, "threshold": day_threshold, "daily_floor": day_floor})
+    return day_threshold[which], day_floor[which], days
+
+
+def _first_pass(equity, day, executed: ExecutionResult, rules: AccountRules, breach_bar) -> int | None:
+    """The last bar of the first trading day that passes (before a breach), or None."""
+    if not len(equity):
+        return None
+    last_of_day = np.flatnonzero(np.r_[day[1:] != day[:-1], True])
+    eod = equity[last_of_day]
+    sod = np.r_[rules.starting_balance, eod[:-1]]
+    profit = eod - rules.starting_balance
+    active = (executed.position != 0) | (executed.trade_qty != 0)
+    first_bar = np.r_[0, last_of_day[:-1] + 1]
+    traded = np.array([active[a: b + 1].any() for a, b in zip(first_bar, last_of_day)])
+    days_traded = np.cumsum(traded)
+    best_day = np.maximum.accumulate(eod - sod)
+    ok = (profit >= rules.profit_target) & (days_traded >= rules.min_trading_days)
+    if rules.consistency_max_share is not None:
+        ok &= best_day <= rules.consistency_max_share * np.maximum(profit, 0)
+    if breach_bar is not None:
+        ok &= last_of_day < breach_bar
+    hit = _first(ok)
+    return None if hit is None else int(last_of_day[hit])
+
+
+def _stopped_after(executed: ExecutionResult, bar: int, execution: ExecutionModel, close: np.ndarray, *,
+                   liquidate: bool) -> ExecutionResult:
+    """Nothing traded after ``bar``; with ``liquidate`` the position held then is closed at its close."""
+    position, qty = executed.position.copy(), executed.trade_qty.copy()
+    fill, pnl, costs = executed.fill_price.copy(), executed.pnl.copy(), executed.costs.copy()
+    held = position[bar]
+    after = slice(bar + 1, None)
+    position[after], qty[after], pnl[after], costs[after] = 0.0, 0.0, 0.0, 0.0
+    fill[after] = np.nan
+    if liquidate and held != 0:
+        cost = abs(held) * execution.cost_per_contract  # a market order at that close: slippage + commission
+        pnl[bar] -= cost
+        costs[bar] += cost
+        if bar + 1 < len(position):  # booked on the next bar for the trade list, at the close it filled at
+            qty[bar + 1] = -held
+            fill[bar + 1] = execution.fill_price(close[bar], -held)
+    return ExecutionResult(position, qty, fill, pnl, costs)

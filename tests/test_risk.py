@@ -1,0 +1,180 @@
+"""Prop-firm account rules, hand-computed: the trailing max loss breached intraday, the threshold
+rising with end-of-day highs and locking at the starting balance, the daily loss limit, the
+15:10 CT flatten across a DST change, the consistency rule, on NQ and MNQ; the Monte Carlo pass
+probability against the gambler's-ruin formula; Kelly sizing and VaR with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trademl.market.contracts import contract_spec
+from trademl.market.execution import ExecutionModel
+from trademl.risk.account import apply_rules, trading_days
+from trademl.risk.montecarlo import drifted_ruin_probability, pass_probability
+from trademl.risk.rules import PRESETS, rules_for
+from trademl.risk.sizing import atr_stop, contracts, gaussian_var_es, historical_var_es, kelly_fraction
+
+FREE = {"commission_per_side": 0.0, "slippage_ticks": 0.0}  # hand arithmetic without costs
+
+
+def bars_at(local: list[str], closes, zone: str = "America/Chicago") -> pd.DataFrame:
+    """Bars opening at the given local (CT) times; each opens at the previous close."""
+    index = pd.DatetimeIndex(pd.to_datetime(local)).tz_localize(zone).tz_convert("UTC")
+    closes = np.asarray(closes, dtype=float)
+    opens = np.r_[closes[0], closes[:-1]]
+    return pd.DataFrame({"open": opens, "close": closes}, index=index)
+
+
+def minutes(day: str, start: str, n: int) -> list[str]:
+    return [str(t) for t in pd.date_range(f"{day} {start}", periods=n, freq="1min")]
+
+
+def run(bars, target, root="NQ", max_position=50, **rules):
+    execution = ExecutionModel(contract_spec(root), max_position=max_position, **FREE)
+    r = rules_for("topstep-50k", **rules)
+    return apply_rules(bars.index, target, bars["open"], bars["close"], execution, r)
+
+
+def test_trailing_max_loss_is_breached_intraday_at_the_known_bar_nq_and_mnq():
+    # NQ, $20 a point: long 1 from bar 1 at 15000, 10 points lower every bar: equity 50,000 - 200 t,
+    # the threshold 48,000 is reached at the close of bar 10.
+    bars = bars_at(minutes("2024-03-05", "09:00", 30), 15_000 - 10.0 * np.arange(30))
+    result = run(bars, np.ones(30), profit_target=1e9, daily_loss_limit=None)
+    assert result.breached == "trailing_max_loss" and result.breach_bar == 10
+    assert result.equity[10] == pytest.approx(48_000.0)
+    assert np.all(result.execution.pnl[11:] == 0) and np.all(result.execution.position[11:] == 0)
+    assert result.summary()["breach_time"] == bars.index[10].isoformat() and not result.passed
+    # MNQ, $2 a point, 5 contracts: $10 a point, so 200 points: bar 20.
+    bars = bars_at(minutes("2024-03-05", "09:00", 30), 15_000 - 10.0 * np.arange(30))
+    result = run(bars, np.full(30, 5.0), root="MNQ", profit_target=1e9, daily_loss_limit=None)
+    assert result.breached == "trailing_max_loss" and result.breach_bar == 20
+    assert result.execution.position[20] == 5 and result.execution.position[21] == 0
+    # The contract cap: 50 micros, 5 minis.
+    assert run(bars, np.full(30, 80.0), root="MNQ", max_position=100, profit_target=1e9, trailing_max_loss=1e6,
+               daily_loss_limit=None).execution.position.max() == 50
+    assert run(bars, np.full(30, 8.0), profit_target=1e9, trailing_max_loss=1e6,
+               daily_loss_limit=None).execution.position.max() == 5
+
+
+def _days(gains: list[float], root="NQ"):
+    """One trading day per gain: long 1 NQ from 09:01 CT, the day's close up by gain/20 points."""
+    local, closes, price = [], [], 15_000.0
+    for d, gain in enumerate(gains):
+        day = (pd.Timestamp("2024-03-04") + pd.Timedelta(days=d)).strftime("%Y-%m-%d")
+        local += minutes(day, "09:00", 3)
+        closes += [price, price + gain / 40, price + gain / 20]
+        price += gain / 20
+    bars = bars_at(local, closes)
+    target = np.ones(len(bars))
+    target[2::3] = 0  # flat at each day's last bar: the gain is banked daily
+    return bars, target
+
+
+def test_the_threshold_trails_end_of_day_highs_and_locks_at_the_starting_balance():
+    bars, target = _days([1_500, 1_000, 2_000, -500])
+    result = run(bars, target, profit_target=1e9, consistency_max_share=None)
+    assert result.breached is None
+    daily = result.daily
+    np.testing.assert_allclose(daily["end_balance"], [51_500, 52_500, 54_500, 54_000])
+    # 50,000 - 2,000; then 51,500 - 2,000; then min(52,500 - 2,000, 50,000): locked from there on.
+    np.testing.assert_allclose(daily["threshold"], [48_000, 49_500, 50_000, 50_000])
+    assert result.threshold[-1] == 50_000
+
+
+def test_the_daily_loss_limit_is_breached_at_the_known_bar():
+    # Long 1 NQ, 10 points ($200) lower each bar: the day's loss reaches $1,000 at bar 5.
+    bars = bars_at(minutes("2024-03-05", "09:00", 12), 15_000 - 10.0 * np.arange(12))
+    result = run(bars, np.ones(12), profit_target=1e9, trailing_max_loss=5_000)
+    assert result.breached == "daily_loss_limit" and result.breach_bar == 5
+    # Switched off (TopstepX): the same day goes on until the trailing limit, at 5,000.
+    free = run(bars, np.ones(12), profit_target=1e9, trailing_max_loss=5_000, daily_loss_limit=None)
+    assert free.breached is None and free.execution.position[-1] == 1
+
+
+@pytest.mark.parametrize("day, flat_utc", [("2024-03-08", "21:10"), ("2024-03-11", "20:10"),  # CST, then CDT
+                                           ("2024-11-01", "20:10"), ("2024-11-04", "21:10")])  # CDT, then CST
+def test_positions_are_flat_at_1510_ct_across_the_dst_changes(day, flat_utc):
+    bars = bars_at(minutes(day, "15:00", 20) + minutes(day, "17:00", 5), 15_000 + np.arange(25.0))
+    result = run(bars, np.ones(25), profit_target=1e9)
+    utc = bars.index.strftime("%H:%M")
+    first_flat = list(utc).index(flat_utc)
+    pos = result.execution.position
+    assert pos[first_flat - 1] == 1 and np.all(pos[first_flat:20] == 0)  # closed at 15:10's open
+    assert result.execution.trade_qty[first_flat] == -1
+    assert pos[21] == 1  # 17:00 CT: the next trading day trades again
+    day_of = trading_days(bars.index, result.rules)[0]
+    assert day_of[19] + 1 == day_of[20]  # 17:00 CT starts the next day's session
+
+
+def test_a_pass_needs_the_consistency_rule():
+    # Target 3,000: after day 2 the profit is 3,100 but the best day (2,500) is over half of it;
+    # after day 3 (5,100) it is not: passed at the end of day 3, nothing traded after.
+    bars, target = _days([2_500, 600, 2_000, 1_000])
+    result = run(bars, target)
+    assert result.passed and result.breached is None
+    assert result.pass_bar == 8 and np.all(result.execution.pnl[9:] == 0)
+    assert result.final_balance == pytest.approx(55_100)
+    without = run(bars, target, consistency_max_share=None)
+    assert without.pass_bar == 5  # day 2 would have passed without it
+    assert run(bars, target, min_trading_days=4).pass_bar == 11  # four days needed: passed at day 4's end
+    assert run(bars, target, min_trading_days=5).passed is False
+
+
+def test_presets_are_the_issues_table_and_overridable():
+    table = {"topstep-50k": (3_000, 2_000, 1_000, 5, 50), "topstep-100k": (6_000, 3_000, 2_000, 10, 100),
+             "topstep-150k": (9_000, 4_500, 3_000, 15, 150)}
+    for name, values in table.items():
+        r = PRESETS[name]
+        assert (r.profit_target, r.trailing_max_loss, r.daily_loss_limit, r.max_contracts_minis,
+                r.max_contracts_micros) == values
+    assert rules_for("TOPSTEP-50K", daily_loss_limit=None).daily_loss_limit is None
+    with pytest.raises(Exception, match="unknown account rules"):
+        rules_for("ftmo-10k")
+    with pytest.raises(Exception, match="trailing_max_loss"):
+        rules_for("topstep-50k", trailing_max_loss=-1)
+
+
+def test_pass_probability_matches_the_gamblers_ruin_of_a_drifted_walk():
+    """i.i.d. normal daily P&L, a fixed loss limit: P(+target before -limit) of a drifted random
+    walk, with Siegmund's correction for daily steps."""
+    rng = np.random.default_rng(7)
+    for mu, sigma, target, limit in ((60.0, 500.0, 3_000.0, 2_000.0), (0.0, 400.0, 3_000.0, 2_000.0),
+                                     (-30.0, 450.0, 2_000.0, 2_500.0)):
+        daily = rng.normal(mu, sigma, 200_000)
+        rules = rules_for("topstep-50k", profit_target=target, trailing_max_loss=limit, daily_loss_limit=None,
+                          consistency_max_share=None, min_trading_days=0)
+        mc = pass_probability(daily, rules, n_paths=20_000, max_days=3_000, block=1, trailing=False, seed=1)
+        theory = drifted_ruin_probability(mu, sigma, target, limit)
+        assert mc.unresolved < 0.005
+        assert abs(mc.probability - theory) <= 0.02, (mu, mc.probability, theory)
+        assert mc.interval[0] <= mc.probability <= mc.interval[1]
+    # Trailing is harder to pass than a fixed limit of the same size, on the same days.
+    rules = rules_for("topstep-50k", daily_loss_limit=None, consistency_max_share=None, min_trading_days=0)
+    daily = rng.normal(60.0, 500.0, 50_000)
+    fixed = pass_probability(daily, rules, n_paths=5_000, max_days=2_000, block=1, trailing=False).probability
+    trailing = pass_probability(daily, rules, n_paths=5_000, max_days=2_000, block=1).probability
+    assert trailing < fixed
+
+
+def test_kelly_sizing_stops_and_var_have_known_answers():
+    assert kelly_fraction(0.6, 1.0) == pytest.approx(0.2)
+    assert kelly_fraction(0.4, 1.0) == 0.0
+    assert kelly_fraction(0.5, 2.0) == pytest.approx(0.25)
+    # Half Kelly of a $2,000 budget at $100 a contract: floor(0.1 * 2000 / 100) = 2.
+    assert contracts(0.6, 1.0, 100.0, 2_000.0, max_contracts=5) == 2
+    assert contracts(0.9, 3.0, 100.0, 50_000.0, max_contracts=5) == 5  # the rules' cap
+    # The budget is $250 from the limit: a third contract's stop ($300) would breach it.
+    assert contracts(0.9, 3.0, 100.0, 250.0, max_contracts=5, kelly_share=1.0) == 2
+    assert contracts(0.9, 3.0, 100.0, 0.0, max_contracts=5) == 0
+    assert atr_stop(100.0, 1, 2.0, tick_size=0.25) == (96.0, 106.0)
+    assert atr_stop(100.1, -1, 1.0, stop_atr=1.5, target_atr=2.0, tick_size=0.25) == (101.75, 98.0)
+    pnl = np.r_[np.full(95, 10.0), [-100.0, -200.0, -300.0, -400.0, -500.0]]
+    var, es = historical_var_es(pnl, 0.95)
+    assert var == pytest.approx(100.0, abs=1e-9) and es == pytest.approx(300.0, abs=1e-9)
+    var, es = gaussian_var_es(1_000.0, 0.95)
+    assert var == pytest.approx(1_644.85, abs=0.01) and es == pytest.approx(2_062.71, abs=0.01)
+    assert math.isclose(drifted_ruin_probability(0.0, 1.0, 1.0, 1.0), 0.5)
