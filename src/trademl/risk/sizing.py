@@ -62,7 +62,8 @@ def historical_var_es(pnl, level: float = 0.95) -> tuple[float, float]:
     x = x[np.isfinite(x)]
     if len(x) == 0:
         raise DataError("no P&L to measure the risk of", where="VaR")
-    q = np.quantile(x, 1.0 - level, method="inverted_cdf")  # the empirical quantile: a loss that happened
+    # The empirical quantile (a loss that happened); rounded so 1 - 0.95 is 0.05, not 0.05000000000000004.
+    q = np.quantile(x, round(1.0 - level, 12), method="inverted_cdf")
     tail = x[x <= q]
     return float(max(0.0, -q)), float(max(0.0, -tail.mean()))
 
