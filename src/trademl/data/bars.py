@@ -56,7 +56,7 @@ MAX_RESAMPLE_MINUTES = 7 * 24 * 60  # a week of minutes
 _MAX_LINE_CHARS = 1_000_000  # a longer line in the sniffed head: not a bars file
 _ECHO_CHARS = 200  # at most this much of a bad value is quoted in a message
 _DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
-_DECIMAL_COMMA_ONE = r"(?<=^[+-]?\d)(\d*),(?=\d+$)"
+_DECIMAL_COMMA_ONE = r"^([+-]?\d+),(\d+)$"
 
 # Header names are normalised (lower case, '<>' and quotes stripped, spaces and dashes
 # to '_') and then looked up here. The first alias found wins.
@@ -633,7 +633,7 @@ def _numeric(raw: pd.DataFrame, name: str, problems: _Problems, required: bool, 
     as_read = column
     if decimal_comma and not pd.api.types.is_numeric_dtype(column):
         # one bad cell leaves the column as text: its good 1234,50 cells still count
-        as_read = column.astype("string").str.strip().str.replace(_DECIMAL_COMMA_ONE, ".", regex=True)
+        as_read = column.astype("string").str.strip().str.replace(_DECIMAL_COMMA_ONE, r"\1.\2", regex=True)
     values = pd.to_numeric(as_read, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     if not required:
         return values

@@ -18,6 +18,7 @@ stopped and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -250,10 +251,6 @@ def _store(net, result, task, dataset, config: Config, metrics: dict, ends: np.n
         return _write_version(store, net, result, task, dataset, lc, metrics, ends, span)
     except OSError as e:  # a full disk: the store's writer has removed its half-written folder
         raise ModelStoreError(f"cannot write the model: {e.strerror or e}", where=str(store.root)) from None
-    except RuntimeError as e:
-        if "writ" not in str(e).lower():
-            raise
-        raise ModelStoreError(f"cannot write the model: {str(e).splitlines()[0][:200]}", where=str(store.root)) from None
 
 
 def _write_version(store, net, result, task, dataset, lc, metrics, ends, span):
@@ -273,7 +270,11 @@ def _write_version(store, net, result, task, dataset, lc, metrics, ends, span):
     ) as w:
         export_onnx(net, result.movement_scale, result.class_weights, lc.SEQUENCE_LENGTH, len(task.feature_names), w.path / "model.onnx")
         result.normalizer.save(w.path / "normalizer.json")
-        torch.save(net.state_dict(), w.path / "model.pt")
+        try:
+            torch.save(net.state_dict(), w.path / "model.pt")
+        except RuntimeError as e:  # torch's writer reports a full disk as RuntimeError
+            raise OSError(errno.ENOSPC if "space" in str(e).lower() else errno.EIO,
+                          f"model.pt: {str(e).splitlines()[0][:200]}") from None
         w.manifest["onnx_max_abs_diff"] = _check_onnx(net, result, task, ends, w.path / "model.onnx")
         w.manifest["outputs"] = {"signal_probs": list(CLASS_NAMES), "movement": "log return", "risk": "[0, 1]"}
     return w.stored

@@ -141,8 +141,9 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        # torch's zip writer reports a failed write as RuntimeError ("file write failed")
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "writ" in str(e).lower()):
+        # torch's writer reports a failed write (a full disk) as RuntimeError: "file write
+        # failed", "iostream error", "unexpected pos ..."
+        if isinstance(e, (OSError, RuntimeError)):
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
             raise TradeMLError(f"cannot write the training checkpoint: {reason}", where=str(path)) from None
         raise

@@ -1,0 +1,353 @@
+"""Hostile and unlucky bar FILES through `trademl data inspect` / `data build` (issue 15).
+
+Every case is one `error: ...` line naming the file (and the line where there is one),
+exit code 2, no traceback, and nothing half-written left on disk. The good files keep
+loading exactly as before (tests/test_bars.py checks those frames in detail).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from trademl.cli import app
+from trademl.data.bars import MAX_RESAMPLE_MINUTES, bundled_sample_path, load_bars
+from trademl.errors import TradeMLError
+
+HEADER = "timestamp,open,high,low,close,volume\n"
+STAMPS = [f"2024-01-02 10:{m:02d}:00" for m in range(10)]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _rows(stamps, price="100.0", sep=","):
+    return "".join(f"{s}{sep}{price}{sep}{price}{sep}{price}{sep}{price}{sep}10\n" for s in stamps)
+
+
+def _with_line7(stamp=None, price="100.0"):
+    """Ten good rows, the sixth (line 7) replaced."""
+    return HEADER + _rows(STAMPS[:5]) + _rows([stamp or STAMPS[5]], price) + _rows(STAMPS[6:])
+
+
+def _euro(sep=";", quote=""):
+    q = quote
+    head = sep.join(["timestamp", "open", "high", "low", "close", "volume"]) + "\n"
+    return head + "".join(f"{s}{sep}{q}1234,50{q}{sep}{q}1235,25{q}{sep}{q}1233,75{q}{sep}{q}1234,00{q}{sep}10\n"
+                          for s in STAMPS)
+
+
+# name -> file text
+FILES = {
+    "y1600.csv": HEADER + _rows(s.replace("2024", "1600") for s in STAMPS),
+    "y2300.csv": HEADER + _rows(s.replace("2024", "2300") for s in STAMPS),
+    "one_1600.csv": _with_line7("1600-01-02 10:05:00"),
+    "one_2300_compact.csv": HEADER + _rows(s.replace("-", "").replace(":", "") for s in STAMPS[:5])
+    + _rows(["23000102 100500"]) + _rows(s.replace("-", "").replace(":", "") for s in STAMPS[6:]),
+    "unix_overflow.csv": HEADER + _rows(str(10**25 + i) for i in range(10)),
+    "unix_one_overflow.csv": HEADER + _rows(str(1704189600 + 60 * i) for i in range(5))
+    + _rows(["99999999999999999999"]) + _rows(str(1704189600 + 60 * i) for i in range(6, 10)),
+    "unix_ms_overflow.csv": HEADER + _rows(str(1704189600000 + 60000 * i) for i in range(5))
+    + _rows(["9223372036854775807"]) + _rows(str(1704189600000 + 60000 * i) for i in range(6, 10)),
+    "header_only.csv": HEADER,
+    "header_blank_lines.csv": HEADER + "\n\n\n",
+    "all_bad.csv": HEADER + "".join(f"x{i},a,b,c,d,e\n" for i in range(5)),
+    "price_1e300.csv": _with_line7(price="1e300"),
+    "price_f32max.csv": _with_line7(price="3.5e38"),
+    "price_1e308.csv": _with_line7(price="1.7e308"),
+    "price_inf.csv": _with_line7(price="inf"),
+    "euro_comma.csv": "timestamp,open,high,low,close,volume\n"
+    + "".join(f"{s},4002,72,4003,97,4001,08,4002,32,10\n" for s in STAMPS),
+    "euro_comma_nohdr_bad.csv": "timestamp,open,high,low,close,volume\n"
+    + "".join(f"{s},1234,50,1235,25,1233,75,1234,00,10\n" for s in STAMPS),
+}
+
+# (id, argv with {f} for the file's path, file name, regex the error line must match, line it names or None)
+CASES = [
+    ("year 1600", ["data", "inspect", "{f}"], "y1600.csv", r"line 2: timestamp outside the supported range", 2),
+    ("year 1600 repair", ["data", "inspect", "{f}", "--repair"], "y1600.csv", r"repair dropped all 10 rows.*line 2", 2),
+    ("year 2300", ["data", "inspect", "{f}"], "y2300.csv", r"outside the supported range", 2),
+    ("year 2300 build", ["data", "build", "{f}", "-o", "{out}"], "y2300.csv", r"outside the supported range", 2),
+    ("year 2300 build repair", ["data", "build", "{f}", "-o", "{out}", "--repair"], "y2300.csv",
+     r"repair dropped all 10 rows", 2),
+    ("one stamp 1600", ["data", "inspect", "{f}"], "one_1600.csv", r"'1600-01-02 10:05:00'", 7),
+    ("one compact stamp 2300", ["data", "inspect", "{f}"], "one_2300_compact.csv", r"outside the supported range", 7),
+    ("unix overflow", ["data", "inspect", "{f}"], "unix_overflow.csv", r"outside the supported range", 2),
+    ("unix overflow repair", ["data", "inspect", "{f}", "--repair"], "unix_overflow.csv", r"repair dropped all", 2),
+    ("one unix overflow", ["data", "inspect", "{f}"], "unix_one_overflow.csv", r"'99999999999999999999'", 7),
+    ("one unix ms overflow", ["data", "build", "{f}", "-o", "{out}"], "unix_ms_overflow.csv", r"outside the supported", 7),
+    ("tz Mars inspect", ["data", "inspect", "{f}", "--tz", "Mars/Olympus"], "y1600.csv", r"--tz: unknown timezone 'Mars/Olympus'", None),
+    ("tz Mars bundled", ["data", "inspect", "--tz", "Mars/Olympus"], None, r"unknown timezone", None),
+    ("tz empty", ["data", "inspect", "--tz", ""], None, r"unknown timezone", None),
+    ("tz garbage", ["data", "inspect", "--tz", "../../etc/passwd"], None, r"unknown timezone", None),
+    ("resample huge inspect", ["data", "inspect", "--resample", "1000000000"], None, rf"1 to {MAX_RESAMPLE_MINUTES}", None),
+    ("resample 0 inspect", ["data", "inspect", "--resample", "0"], None, r"not 0", None),
+    ("resample -5 inspect", ["data", "inspect", "--resample", "-5"], None, r"not -5", None),
+    ("resample week+1 inspect", ["data", "inspect", "--resample", str(MAX_RESAMPLE_MINUTES + 1)], None, r"a week", None),
+    ("resample huge build", ["data", "build", "-o", "{out}", "--resample", "1000000000"], None, r"1 to 10080", None),
+    ("resample 0 build", ["data", "build", "-o", "{out}", "--resample", "0"], None, r"not 0", None),
+    ("resample -5 build", ["data", "build", "-o", "{out}", "--resample", "-5"], None, r"not -5", None),
+    ("header only", ["data", "inspect", "{f}"], "header_only.csv", r"no data rows", None),
+    ("header only repair", ["data", "inspect", "{f}", "--repair"], "header_only.csv", r"no data rows", None),
+    ("header only build", ["data", "build", "{f}", "-o", "{out}"], "header_only.csv", r"no data rows", None),
+    ("header and blank lines", ["data", "inspect", "{f}"], "header_blank_lines.csv", r"no data rows", None),
+    ("no valid row repair", ["data", "inspect", "{f}", "--repair"], "all_bad.csv", r"repair dropped all 5 rows.*line 2", 2),
+    ("no valid row build repair", ["data", "build", "{f}", "-o", "{out}", "--repair"], "all_bad.csv",
+     r"repair dropped all 5 rows.*line 2", 2),
+    ("price 1e300", ["data", "inspect", "{f}"], "price_1e300.csv", r"open too large for float32", 7),
+    ("price 3.5e38", ["data", "inspect", "{f}"], "price_f32max.csv", r"too large for float32", 7),
+    ("price 1.7e308 build", ["data", "build", "{f}", "-o", "{out}"], "price_1e308.csv", r"too large for float32", 7),
+    ("price inf", ["data", "inspect", "{f}"], "price_inf.csv", r"open is infinite", 7),
+    ("euro comma", ["data", "inspect", "{f}"], "euro_comma.csv", r"decimals written with commas", 2),
+    ("euro comma repair", ["data", "inspect", "{f}", "--repair"], "euro_comma.csv", r"decimals written with commas", 2),
+    ("euro comma build repair", ["data", "build", "{f}", "-o", "{out}", "--repair"], "euro_comma_nohdr_bad.csv",
+     r"decimals written with commas", 2),
+]
+
+
+def _invoke(args):
+    result = CliRunner().invoke(app, args)
+    return result, result.output
+
+
+def _assert_one_error(result, output, pattern, path=None, line=None):
+    assert result.exit_code == 2, output
+    assert "Traceback" not in output and not (result.exception and not isinstance(result.exception, SystemExit)), output
+    errors = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, output
+    import re
+
+    assert re.search(pattern, errors[0]), errors[0]
+    if path is not None:
+        assert str(path) in errors[0], errors[0]
+    if line is not None:
+        assert f"line {line}" in errors[0], errors[0]
+    assert len(errors[0]) < 1000, errors[0][:300]
+
+
+@pytest.mark.parametrize("argv,name,pattern,line", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_hostile_file_is_one_clear_error(tmp_path, argv, name, pattern, line):
+    path = None
+    if name:
+        path = tmp_path / name
+        path.write_text(FILES[name])
+    out = tmp_path / "dataset"
+    args = [a.format(f=path, out=out) for a in argv]
+    result, output = _invoke(args)
+    option_error = "--tz" in argv or "--resample" in argv  # named by the option, before any file is read
+    _assert_one_error(result, output, pattern, None if option_error else path, line)
+    assert not out.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith((".tmp", ".old"))]
+    assert leftovers == []
+
+
+def test_repair_drops_and_reports_inf_nan_and_oversized_prices(tmp_path):
+    text = HEADER + _rows(STAMPS[:3]) + _rows([STAMPS[3]], "inf") + _rows([STAMPS[4]], "nan") \
+        + _rows([STAMPS[5]], "-inf") + _rows([STAMPS[6]], "1e300") + _rows(STAMPS[7:])
+    path = tmp_path / "nonfinite.csv"
+    path.write_text(text)
+    result, output = _invoke(["data", "inspect", str(path), "--repair"])
+    assert result.exit_code == 0, output
+    assert "dropped 4" in output
+    for line in (5, 6, 7, 8):
+        assert f"line {line}:" in output
+    bars = load_bars(path, repair=True)
+    assert len(bars) == 6 and np.isfinite(bars[["open", "high", "low", "close"]].to_numpy()).all()
+
+
+@pytest.mark.parametrize("sep,quote", [(";", ""), ("\t", ""), ("|", ""), (",", '"'), (";", '"')])
+def test_decimal_commas_are_read_as_decimals(tmp_path, sep, quote):
+    path = tmp_path / "euro.csv"
+    path.write_text(_euro(sep, quote))
+    bars = load_bars(path)
+    assert len(bars) == 10
+    assert bars.iloc[0][["open", "high", "low", "close"]].tolist() == [1234.5, 1235.25, 1233.75, 1234.0]
+    result, output = _invoke(["data", "inspect", str(path), "--repair"])
+    assert result.exit_code == 0 and "dropped 0" in output, output
+
+
+def test_decimal_commas_headerless_and_one_bad_cell(tmp_path):
+    lines = [f"{s};1234,50;1235,25;1233,75;1234,00;10" for s in STAMPS]
+    lines[4] = f"{STAMPS[4]};12x4,50;1235,25;1233,75;1234,00;10"
+    path = tmp_path / "euro_nohdr.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TradeMLError, match=r"line 5: open is not a number: '12x4,50'"):
+        load_bars(path)
+    bars = load_bars(path, repair=True)
+    assert len(bars) == 9 and (bars["open"] == 1234.5).all()
+
+
+def test_a_file_with_no_newline_is_refused_fast_and_not_echoed(tmp_path):
+    path = tmp_path / "one_line.csv"
+    with open(path, "w") as f:
+        f.write("timestamp,open,high,low,close,volume" + "x" * (30 * 2**20))  # 30 MB, no newline
+    start = time.perf_counter()
+    result, output = _invoke(["data", "inspect", str(path)])
+    took = time.perf_counter() - start
+    _assert_one_error(result, output, r"line 1: line longer than 1,000,000 characters", path, 1)
+    assert took < 5, took
+    assert len(output) < 1000
+
+
+def test_a_huge_bad_line_later_in_the_file_is_reported_short(tmp_path):
+    good = [f"2024-01-02 {h:02d}:{m:02d}:00,100,100,100,100,10" for h in range(10, 16) for m in range(60)]
+    lines = good[:300] + ["9" * (5 * 2**20) + ",100,100,100,100,10"] + good[300:]
+    path = tmp_path / "long_later.csv"
+    path.write_text(HEADER + "\n".join(lines) + "\n")
+    result, output = _invoke(["data", "inspect", str(path)])
+    _assert_one_error(result, output, r"line 302: ", path, 302)
+    assert len(output) < 1500
+    result, output = _invoke(["data", "inspect", str(path), "--repair"])
+    assert result.exit_code == 0 and "line 302:" in output and len(output) < 5000, output[:2000]
+
+
+def test_the_bundled_and_shared_files_still_load():
+    bars = load_bars(bundled_sample_path())
+    assert len(bars) > 1000 and bars.index.tz is not None
+    for path in sorted(SHARED.glob("*")) if SHARED.is_dir() else []:
+        if path.suffix == ".md":
+            continue
+        loaded = load_bars(path)
+        assert len(loaded) > 0 and np.isfinite(loaded[["open", "high", "low", "close"]].to_numpy()).all()
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_during_a_checkpoint_leaves_no_part(tmp_path, monkeypatch):
+    import torch
+
+    from trademl.models import lstm_train
+
+    path = tmp_path / "fold0.pt"
+    lstm_train._save_checkpoint(path, {"epoch": 1})
+    real_save = torch.save
+
+    def half_then_fail(obj, f, *a, **k):
+        Path(f).write_bytes(b"half")  # something is on disk when the disk fills
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(lstm_train.torch, "save", half_then_fail)
+    with pytest.raises(TradeMLError, match=r"fold0.pt: cannot write the training checkpoint"):
+        lstm_train._save_checkpoint(path, {"epoch": 2})
+    monkeypatch.setattr(lstm_train.torch, "save", _enospc)
+    with pytest.raises(TradeMLError, match=r"No space left"):
+        lstm_train._save_checkpoint(path, {"epoch": 3})
+    monkeypatch.setattr(lstm_train.torch, "save", real_save)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0.pt"]
+    assert torch.load(path, weights_only=True)["epoch"] == 1  # the previous checkpoint is intact
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A full 64 KiB tmpfs (root only; skipped with the reason otherwise)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full-disk tmpfs needs root and mount")
+    where = tmp_path / "full"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        import gc
+
+        gc.collect()  # a failed writer's file may still be open in a kept traceback
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    try:
+        with open(folder / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:  # full: the close's flush fails too
+        pass
+
+
+def test_checkpoint_on_a_full_tmpfs_leaves_no_part(tiny_tmpfs):
+    import torch
+
+    from trademl.models import lstm_train
+
+    path = tiny_tmpfs / "fold0.pt"
+    with pytest.raises(TradeMLError, match="cannot write the training checkpoint") as caught:
+        lstm_train._save_checkpoint(path, {"model": torch.zeros(100_000)})  # 400 KB into 64 KiB
+    assert "Traceback" not in str(caught.value)
+    del caught
+    assert not list(tiny_tmpfs.glob("*.part")) and not path.exists()
+
+
+@pytest.fixture(scope="module")
+def lgbm_data():
+    from trademl.config import Config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+
+    cfg = Config()
+    cfg.data.horizons = [5]
+    cfg.data.extra_feature_columns = ["edge"]
+    for key, value in dict(n_estimators=40, num_leaves=7, learning_rate=0.3, min_child_samples=200,
+                           feature_fraction=1.0, early_stopping_rounds=10, n_folds=3, num_threads=1).items():
+        setattr(cfg.lgbm, key, value)
+    return dataset_from_bars(synthetic_bars(8_000, seed=3, edge_ic=0.2), cfg), cfg
+
+
+def _store_is_clean(root: Path):
+    from trademl.models.store import ModelStore
+
+    assert ModelStore(root).latest("lgb_5m") is None
+    leftovers = [p for p in root.rglob("*") if p.is_file() and p.name != "filler"]
+    assert leftovers == [], leftovers
+
+
+def test_full_disk_in_train_lgbm_leaves_nothing_half_written(tmp_path, monkeypatch, lgbm_data):
+    from trademl.errors import ModelStoreError
+    from trademl.models import lgbm
+    from trademl.models.store import ModelStore
+
+    dataset, cfg = lgbm_data
+    monkeypatch.setattr(lgbm, "_write_json", _enospc)  # model.txt and model.onnx already written
+    with pytest.raises(ModelStoreError, match="cannot write the model: No space left"):
+        lgbm.train_win_model(dataset, 5, cfg, store=ModelStore(tmp_path))
+    _store_is_clean(tmp_path)
+
+
+def test_train_lgbm_on_a_full_tmpfs_leaves_nothing_half_written(tiny_tmpfs, lgbm_data):
+    from trademl.errors import ModelStoreError
+    from trademl.models import lgbm
+    from trademl.models.store import ModelStore
+
+    dataset, cfg = lgbm_data
+    _fill(tiny_tmpfs)
+    with pytest.raises(ModelStoreError, match="cannot write the model"):
+        lgbm.train_win_model(dataset, 5, cfg, store=ModelStore(tiny_tmpfs))
+    _store_is_clean(tiny_tmpfs)
+
+
+def test_full_disk_in_dataset_build_leaves_nothing(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    class FullWriter:
+        def __init__(self, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "ParquetWriter", FullWriter)
+    out = tmp_path / "ds"
+    result, output = _invoke(["data", "build", "-o", str(out)])
+    _assert_one_error(result, output, r"cannot write the dataset: No space left", out)
+    assert list(tmp_path.iterdir()) == []
