@@ -319,3 +319,21 @@ def test_the_cli_subset_covers_every_category():
     subset = " ".join(CLI_SUBSET)
     for word in ("ts", "bar ts", "3.4e38", "1e309", "4e9", "nested", "UTF", "surrogate", "duplicate", "true", "body"):
         assert word in subset, word
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00", "1677-09-21T00:12:43Z",
+                                   "2263-01-01T00:00:00Z", "1969-12-31T23:59:59Z"])
+def test_the_prediction_log_refuses_a_stamp_the_monitor_cannot_read(tmp_path, stamp):
+    """Behind the request's own check: no row written through the library holds such a time."""
+    from trademl.errors import TradeMLError
+    from trademl.predict.log import PredictionLog
+
+    log = PredictionLog(tmp_path / "p.sqlite")
+    output = {"ensemble_recommendation": "HOLD", "confidence_score": 0.5}
+    with pytest.raises(TradeMLError, match="record.timestamp"):
+        log.append({"timestamp": stamp, "output": output})
+    with pytest.raises(TradeMLError, match="record.timestamp"):
+        log.append_error("validation", "x", timestamp=stamp)
+    assert log.count() == 0
+    log.append({"timestamp": "2199-12-31T23:59:59Z", "output": output})
+    assert len(log.query()) == 1  # the last year stored still reads back

@@ -419,3 +419,18 @@ def test_a_batch_of_256_does_not_hold_up_single_requests(trained_store, tmp_path
     assert (status, count) == (200, 256)
     assert singles, "the batch finished before a single request could be sent"
     assert max(singles) < batch_s, (max(singles), batch_s)  # none waited for the whole batch
+
+
+def test_an_internal_fault_in_the_predictor_is_in_the_prediction_log(trained_store, tmp_path, monkeypatch):
+    from trademl.predict import ensemble
+    from trademl.predict.log import PredictionLog
+
+    def broken(models, request, config):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(ensemble, "predict_with", broken)
+    with TestClient(build_app(trained_store.config, trained_store.root, tmp_path), raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", json=GUIDE_EXAMPLE)
+        assert r.status_code == 500 and r.json()["error"]["kind"] == "internal"
+    rows = PredictionLog(tmp_path / "predictions.sqlite").query()
+    assert list(rows["error_kind"]) == ["internal"] and "IndexError" in rows["error_message"][0]

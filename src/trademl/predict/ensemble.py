@@ -76,6 +76,13 @@ class EnsemblePredictor:
             if self.recorder is not None:  # failed requests count in the monitor's errors by kind
                 self.recorder.record_error(e, market_data, (time.perf_counter() - started) * 1000.0)
             raise
+        except Exception as e:
+            # A fault of ours (the server answers it 500): in the log as kind "internal", then raised
+            # as it is. The recorder never raises, so it cannot hide this error behind its own.
+            if self.recorder is not None:
+                fault = RequestError(f"internal error: {type(e).__name__}", kind="internal")
+                self.recorder.record_error(fault, market_data, (time.perf_counter() - started) * 1000.0)
+            raise
         if self.recorder is not None:
             self.recorder.record(request, output, (time.perf_counter() - started) * 1000.0, models.feature_names)
         return output

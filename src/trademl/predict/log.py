@@ -77,8 +77,7 @@ RECORD_KEYS = frozenset({
 JSON_COLUMNS = {"output_json": "output", "model_versions_json": "model_versions", "features_json": "features"}
 
 
-def utc_text(value, field: str = "timestamp") -> str:
-    """A stamp as fixed-width ISO UTC text (microseconds, 'Z'), so text order is time order."""
+def _as_utc(value, field: str) -> datetime:
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip())
@@ -88,7 +87,29 @@ def utc_text(value, field: str = "timestamp") -> str:
         raise TradeMLError(f"expected an ISO time or datetime, got {type(value).__name__}", where=f"record.{field}")
     if value.tzinfo is None:
         raise TradeMLError(f"{value.isoformat()} has no time zone; send UTC ('Z')", where=f"record.{field}")
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # year 1 at +05:00, year 9999 at -05:00
+        raise TradeMLError(f"{value.isoformat()} has no UTC time", where=f"record.{field}") from None
+
+
+def utc_text(value, field: str = "timestamp") -> str:
+    """A stamp as fixed-width ISO UTC text (microseconds, 'Z'), so text order is time order."""
+    return _as_utc(value, field).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# What a stored stamp may be: pandas' nanosecond times (what the monitor reads) end in 2262.
+STORED_YEARS = (1970, 2199)
+
+
+def stored_utc_text(value, field: str = "timestamp") -> str:
+    """``utc_text`` for a stamp written into the log: within STORED_YEARS, or refused, so
+    that no row can hold a time the monitor cannot read."""
+    stamp = _as_utc(value, field)
+    if not STORED_YEARS[0] <= stamp.year <= STORED_YEARS[1]:
+        raise TradeMLError(f"{stamp.isoformat()} is outside the years {STORED_YEARS[0]}..{STORED_YEARS[1]} the log "
+                           f"stores", where=f"record.{field}")
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _now_text() -> str:
@@ -201,8 +222,8 @@ class PredictionLog:
             raise TradeMLError(f"output must be the response dict, got {type(output).__name__}", where="record.output")
         stamp = record.get("timestamp") or output.get("timestamp")
         row = (
-            utc_text(stamp) if stamp is not None else _now_text(),
-            utc_text(record["logged_at"], "logged_at") if record.get("logged_at") else _now_text(),
+            stored_utc_text(stamp) if stamp is not None else _now_text(),
+            stored_utc_text(record["logged_at"], "logged_at") if record.get("logged_at") else _now_text(),
             record.get("symbol"),
             record.get("request_digest"),
             record.get("recommendation", output.get("ensemble_recommendation")),
@@ -213,7 +234,7 @@ class PredictionLog:
             None,
             None,
             _features_json(record.get("features")),
-            utc_text(record["decision_bar"], "decision_bar") if record.get("decision_bar") else None,
+            stored_utc_text(record["decision_bar"], "decision_bar") if record.get("decision_bar") else None,
             _side(record.get("side")),
         )
         return self._insert(row)
@@ -226,7 +247,7 @@ class PredictionLog:
             raise TradeMLError("an error needs a kind", where="append_error.kind")
         now = _now_text()
         row = (
-            utc_text(timestamp) if timestamp is not None else now, now, symbol, request_digest, None, None, None,
+            stored_utc_text(timestamp) if timestamp is not None else now, now, symbol, request_digest, None, None, None,
             _dumps(model_versions), _float_or_none(latency_ms, "latency_ms"), str(kind), str(message), None, None,
             None,
         )
