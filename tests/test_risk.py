@@ -178,3 +178,53 @@ def test_kelly_sizing_stops_and_var_have_known_answers():
     var, es = gaussian_var_es(1_000.0, 0.95)
     assert var == pytest.approx(1_644.85, abs=0.01) and es == pytest.approx(2_062.71, abs=0.01)
     assert math.isclose(drifted_ruin_probability(0.0, 1.0, 1.0, 1.0), 0.5)
+
+
+def test_backtest_signals_on_a_losing_series_stops_at_the_breach_and_not_a_bar_later(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from trademl.backtest.engine import run_backtest
+    from trademl.cli import app
+
+    # NQ falling 5 points a bar through one CT morning; the bot buys at 09:00 and again at 09:05.
+    bars = bars_at(minutes("2024-03-05", "08:30", 60) + minutes("2024-03-06", "08:30", 60),
+                   15_000 - 5.0 * np.arange(120))
+    bars["high"], bars["low"], bars["volume"] = bars[["open", "close"]].max(axis=1), bars[["open", "close"]].min(axis=1), 100
+    bars[["open", "high", "low", "close", "volume"]].to_csv(tmp_path / "nq.csv", index_label="timestamp")
+    signals = pd.DataFrame({"timestamp": [bars.index[30].isoformat(), bars.index[35].isoformat()],
+                            "action": ["BUY", "BUY"], "confidence": [0.9, 0.9]})
+    signals.to_csv(tmp_path / "signals.csv", index=False)
+    out = CliRunner().invoke(app, ["backtest-signals", str(tmp_path / "nq.csv"), str(tmp_path / "signals.csv"),
+                                   "--symbol", "NQ", "--account", "topstep-50k", "--threshold", "0.5",
+                                   "--json", str(tmp_path / "r.json")])
+    assert out.exit_code == 0, out.output
+    got = json.loads((tmp_path / "r.json").read_text())
+    # The same signals without rules, by hand: the first bar whose equity is $1,000 under the day's start.
+    per_bar = pd.DataFrame({"action": np.zeros(120, np.int8), "confidence": np.zeros(120)}, index=bars.index)
+    # A signal stamped 09:00 is decided at the close of the bar that closed then: the 08:59 bar.
+    per_bar.iloc[[29, 34], 0], per_bar.iloc[[29, 34], 1] = 1, 0.9
+    free = run_backtest(bars.assign(), per_bar, spec=contract_spec("NQ"), max_position_size=5,
+                        confidence_threshold=0.5, initial_balance=50_000)
+    equity = 50_000 + np.cumsum(free.pnl)
+    breach = int(np.flatnonzero(equity <= 49_000)[0])
+    account = got["account"]
+    assert account["rules"] == "topstep-50k" and account["passed"] is False
+    assert account["breached"] == "daily_loss_limit" and account["breach_time"] == bars.index[breach].isoformat()
+    assert 0.0 <= account["pass_probability"] <= 0.05  # a strategy that only loses does not pass
+    from trademl.backtest.signals import backtest_signals, read_signals
+
+    frame = bars[["open", "high", "low", "close", "volume"]].copy()
+    frame.attrs["symbol"] = "NQ"
+    result = backtest_signals(frame, read_signals(tmp_path / "signals.csv"), account="topstep-50k", threshold=0.5)
+    run = result.runs["signals"]
+    assert run.position[breach] == 2 and np.all(run.position[breach + 1:] == 0)  # traded up to the breach bar
+    np.testing.assert_array_equal(run.pnl[:breach], free.pnl[:breach])
+    assert np.all(run.pnl[breach + 1:] == 0)
+    assert set(got["runs"]) == {"signals", "flat", "buy_and_hold"}
+    assert got["runs"]["signals"]["total_pnl"] == pytest.approx(run.pnl.sum())
+    assert set(got["runs"]["signals"]) == {"sharpe", "psr", "dsr", "trades", "total_pnl", "exposure"}
+    bad = CliRunner().invoke(app, ["backtest-signals", str(tmp_path / "nq.csv"), str(tmp_path / "signals.csv"),
+                                   "--account", "ftmo"])
+    assert bad.exit_code == 2 and "unknown account rules" in bad.output and "Traceback" not in bad.output

@@ -356,6 +356,49 @@ def backtest_command(
     backtest_models(dataset, load_config(config), n_folds=folds, budget=budget, out=out, models=chosen, console=console())
 
 
+@app.command("backtest-signals")
+@friendly_errors
+def backtest_signals_command(
+    bars: Path = typer.Argument(..., help="Bars file (CSV/TXT/Parquet)."),
+    signals: Path = typer.Argument(..., help="Signals: CSV/JSONL of timestamp,action[,confidence], or a decision log."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract of the bars, e.g. NQZ5 (default: from the file)."),
+    account: Optional[str] = typer.Option(None, "--account", help="Account rules: topstep-50k, topstep-100k, topstep-150k."),
+    threshold: Optional[float] = typer.Option(None, "--threshold",
+                                              help="Signals count above this confidence (default: [backtest] confidence_threshold)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """A bot's own signals through the engine and the account's rules: passed or failed, and the probability of passing."""
+    import json
+
+    from trademl.backtest.report import write_report
+    from trademl.backtest.signals import SIGNALS_NAME, backtest_signals, read_signals
+    from trademl.backtest.walkforward import results_table
+    from trademl.config import load_config
+    from trademl.data.bars import load_bars
+
+    cfg = load_config(config)
+    frame = load_bars(bars, symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes)
+    if symbol:
+        frame.attrs["symbol"] = symbol
+    result = backtest_signals(frame, read_signals(signals), config=cfg, account=account, threshold=threshold)
+    out_console = console()
+    out_console.print(results_table(result.table, title=f"{SIGNALS_NAME} on {bars.name}"))
+    if result.account is not None:
+        a = result.account
+        verdict = "PASSED" if a["passed"] else f"FAILED ({a['breached']} at {a['breach_time']})" if a["breached"] else "not passed yet"
+        p = a.get("pass_probability")
+        out_console.print(f"{a['rules']}: {verdict}, final balance ${a['final_balance']:,.2f} after "
+                          f"{a['trading_days']} trading days; Monte Carlo probability of passing: "
+                          + ("-" if p is None else f"{p:.1%}"))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_json(), indent=2, default=str))
+        out_console.print(f"json: {json_path}")
+    if out is not None:
+        out_console.print(f"report: {write_report(out, result.runs, bars=frame, main=SIGNALS_NAME, table=result.table)}")
+
+
 @app.command("demo")
 @friendly_errors
 def demo(config: Optional[Path] = ConfigOpt):

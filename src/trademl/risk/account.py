@@ -73,7 +73,8 @@ class RulesResult:
     breach_bar: int | None = None
     passed: bool = False
     pass_bar: int | None = None
-    daily: pd.DataFrame = field(default_factory=pd.DataFrame)  # per trading day: start, end, pnl, threshold
+    # Per trading day of the strategy as traded before any stop: start, end, pnl, low, threshold.
+    daily: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def end_bar(self) -> int | None:
@@ -158,8 +159,11 @@ def _limits(equity: np.ndarray, day: np.ndarray, rules: AccountRules):
     day_threshold = np.minimum(peak_before - rules.trailing_max_loss, start)  # locks at the starting balance
     day_floor = sod - rules.daily_loss_limit if rules.daily_loss_limit is not None else np.full(len(sod), np.nan)
     which = np.cumsum(first_of_day) - 1  # day position of every bar
+    low = np.full(len(sod), np.inf)
+    np.minimum.at(low, which, equity - sod[which])  # the day's worst live equity below its start
     days = pd.DataFrame({"trading_day": day[first_of_day], "start_balance": sod, "end_balance": eod,
-                         "pnl": eod - sod, "threshold": day_threshold, "daily_floor": day_floor})
+                         "pnl": eod - sod, "low": np.minimum(low, 0.0), "threshold": day_threshold,
+                         "daily_floor": day_floor})
     return day_threshold[which], day_floor[which], days
 
 
