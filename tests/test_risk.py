@@ -228,3 +228,14 @@ def test_backtest_signals_on_a_losing_series_stops_at_the_breach_and_not_a_bar_l
     bad = CliRunner().invoke(app, ["backtest-signals", str(tmp_path / "nq.csv"), str(tmp_path / "signals.csv"),
                                    "--account", "ftmo"])
     assert bad.exit_code == 2 and "unknown account rules" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_wall_clock_is_pandas_own_conversion_across_dst():
+    from trademl.risk.account import wall_clock_minutes
+
+    rng = np.random.default_rng(0)
+    stamps = pd.DatetimeIndex(np.sort(rng.integers(pd.Timestamp("2023-01-01").value, pd.Timestamp("2025-12-31").value,
+                                                   50_000)).astype("datetime64[ns]"), tz="UTC").floor("min")
+    for zone in ("America/Chicago", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"):
+        expected = stamps.tz_convert(zone).tz_localize(None).as_unit("ns").asi8 // 60_000_000_000
+        np.testing.assert_array_equal(wall_clock_minutes(stamps, zone), expected, err_msg=zone)
