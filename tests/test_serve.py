@@ -164,6 +164,13 @@ def test_host_header_is_checked_when_bound_to_loopback(trained_store, tmp_path):
         assert evil.status_code == 400 and evil.json()["error"]["kind"] == "bad_host"
 
 
+def test_unknown_paths_and_methods_get_the_error_json(client):
+    for r, status, kind in ((client.get("/v1/nope"), 404, "not_found"), (client.post("/healthz"), 405, "method_not_allowed"),
+                            (client.get("/v1/predict"), 405, "method_not_allowed")):
+        assert r.status_code == status and r.json() == {"error": {"message": r.json()["error"]["message"],
+                                                                  "field": "path", "kind": kind}}, r.text
+
+
 def test_head_healthz_and_models_show_no_paths(client, trained_store):
     head = client.head("/healthz")
     assert head.status_code == 200 and head.content == b""

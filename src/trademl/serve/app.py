@@ -38,6 +38,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -268,11 +269,12 @@ class _StrictJSONRoute(APIRoute):
         return strict_handler
 
 
-def _error(status_kind: str, message: str, field: str | None = None, detail=None, roots=()) -> JSONResponse:
+def _error(status_kind: str, message: str, field: str | None = None, detail=None, roots=(),
+           status: int | None = None) -> JSONResponse:
     body = {"error": {"message": scrub_paths(message, roots), "field": scrub_paths(field, roots), "kind": status_kind}}
     if detail:
         body["detail"] = detail
-    return JSONResponse(body, status_code=_ERROR_STATUS.get(status_kind, 400))
+    return JSONResponse(body, status_code=status or _ERROR_STATUS.get(status_kind, 400))
 
 
 def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None, max_body_bytes: int | None = None,
@@ -321,6 +323,16 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
         kind = "model_store" if isinstance(exc, ModelStoreError) else "validation"
         metrics.error(kind)
         return _error(kind, str(exc), exc.where, roots=roots)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        # Starlette's own answers (an unknown path 404, a wrong method 405) in the same error JSON.
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        metrics.error(kind)
+        answer = _error(kind, str(exc.detail), "path" if exc.status_code in (404, 405) else None, status=exc.status_code)
+        for name, value in (exc.headers or {}).items():
+            answer.headers[name] = value
+        return answer
 
     @app.exception_handler(ServerFault)
     async def on_server_fault(request: Request, exc: ServerFault):
