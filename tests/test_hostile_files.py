@@ -351,3 +351,130 @@ def test_full_disk_in_dataset_build_leaves_nothing(tmp_path, monkeypatch):
     result, output = _invoke(["data", "build", "-o", str(out)])
     _assert_one_error(result, output, r"cannot write the dataset: No space left", out)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def lstm_data():
+    from trademl.config import Config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+
+    cfg = Config()
+    cfg.data.extra_feature_columns = ["edge"]
+    for key, value in dict(SEQUENCE_LENGTH=8, HIDDEN_SIZE=8, NUM_LAYERS=1, EPOCHS=2, PATIENCE=2, N_FOLDS=1,
+                           BATCH_SIZE=128, LEARNING_RATE=3e-3, TORCH_THREADS=1).items():
+        setattr(cfg.lstm, key, value)
+    return dataset_from_bars(synthetic_bars(6_000, seed=2, edge_ic=0.3, symbol="NQ"), cfg), cfg
+
+
+def test_full_disk_during_train_lstm_leaves_no_part(tmp_path, monkeypatch, lstm_data):
+    """The second checkpoint write fails: one clear error, fold0.pt from the first epoch, no .part."""
+    import torch
+
+    from trademl.models.lstm import train_lstm
+
+    dataset, cfg = lstm_data
+    real_save, calls = torch.save, []
+
+    def fails_second(obj, f, *a, **k):
+        calls.append(Path(f).name)
+        if len(calls) == 2:
+            Path(f).write_bytes(b"half")
+            raise RuntimeError("basic_ios::clear: iostream error")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", fails_second)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(TradeMLError, match=r"fold0.pt: cannot write the training checkpoint"):
+        train_lstm(dataset, cfg, store_root=tmp_path / "models", checkpoint_dir=ckpt)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["fold0.pt"]
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("*.onnx"))
+
+
+def test_full_disk_in_the_lstm_store_write_leaves_nothing(tmp_path, monkeypatch, lstm_data):
+    import torch
+
+    from trademl.errors import ModelStoreError
+    from trademl.models.lstm import train_lstm
+    from trademl.models.store import ModelStore
+
+    dataset, cfg = lstm_data
+    real_save = torch.save
+
+    def full_for_the_model(obj, f, *a, **k):
+        if Path(f).name == "model.pt":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_for_the_model)
+    root = tmp_path / "models"
+    with pytest.raises(ModelStoreError, match=r"cannot write the model: model.pt"):
+        train_lstm(dataset, cfg, store_root=root, checkpoint_dir=tmp_path / "ckpt")
+    assert ModelStore(root).latest("lstm") is None
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    assert not list((tmp_path / "ckpt").glob("*.part"))
+
+
+def test_train_lstm_with_checkpoints_on_a_full_tmpfs(tiny_tmpfs, tmp_path, lstm_data):
+    from trademl.models.lstm import train_lstm
+
+    dataset, cfg = lstm_data
+    _fill(tiny_tmpfs)
+    with pytest.raises(TradeMLError, match="cannot write the training checkpoint") as caught:
+        train_lstm(dataset, cfg, store_root=tmp_path / "models", checkpoint_dir=tiny_tmpfs)
+    del caught
+    assert not list(tiny_tmpfs.glob("*.part")) and not list(tiny_tmpfs.glob("*.pt"))
+
+
+def _parquet(path: Path, stamps, close=1.0) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(stamps)
+    pq.write_table(pa.table({"timestamp": stamps, "open": [1.0] * n, "high": [1.0] * n, "low": [1.0] * n,
+                             "close": [1.0] * (n - 1) + [close], "volume": [1.0] * n}), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["year 1600 us", "unix overflow", "close 1e300"])
+def test_hostile_parquet_is_one_clear_error(tmp_path, kind):
+    import pyarrow as pa
+
+    if kind == "year 1600 us":
+        stamps = pa.array(np.array(["2024-01-02T10:00", "2024-01-02T10:01", "1600-01-02T10:02"], dtype="datetime64[us]"))
+        path, pattern = _parquet(tmp_path / "y1600.parquet", stamps), r"row 3: timestamp outside the supported range"
+    elif kind == "unix overflow":
+        path = _parquet(tmp_path / "unix.parquet", pa.array([1704189600, 1704189660, 10**18]))
+        pattern = r"row 3: timestamp outside the supported range"
+    else:
+        path = _parquet(tmp_path / "big.parquet", pa.array([1704189600, 1704189660, 1704189720]), close=1e300)
+        pattern = r"row 3: close too large for float32"
+    result, output = _invoke(["data", "inspect", str(path)])
+    _assert_one_error(result, output, pattern, path, None)
+    result, output = _invoke(["data", "inspect", str(path), "--repair"])
+    assert result.exit_code == 0 and "row 3:" in output, output
+
+
+def test_a_gzip_file_with_no_newline_is_refused(tmp_path):
+    import gzip
+
+    path = tmp_path / "one_line.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("1" * (8 * 2**20))
+    result, output = _invoke(["data", "inspect", str(path)])
+    _assert_one_error(result, output, r"line longer than 1,000,000 characters", path, 1)
+    assert len(output) < 1000
+
+
+def test_out_of_range_rows_in_a_later_chunk_of_a_build(tmp_path):
+    """Chunked reading (the build path) names the line in a later chunk the same way."""
+    stamps = [str(pd.Timestamp("2024-01-02 10:00") + pd.Timedelta(minutes=i)) for i in range(3000)]
+    stamps[2500] = "2300-01-01 00:00:00"
+    path = tmp_path / "later.csv"
+    path.write_text(HEADER + _rows(stamps))
+    cfg = tmp_path / "small_chunks.toml"
+    cfg.write_text("[data]\nchunk_rows = 1000\n")
+    out = tmp_path / "ds"
+    result, output = _invoke(["data", "build", str(path), "-o", str(out), "-c", str(cfg)])
+    _assert_one_error(result, output, r"outside the supported range", path, 2502)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]

@@ -343,7 +343,7 @@ def _read_head(path: Path) -> list[str]:
                     break
                 if len(line) > _MAX_LINE_CHARS:
                     raise DataError(f"line longer than {_MAX_LINE_CHARS:,} characters (not a bars file?): "
-                                    f"{_clip(line, 80)!r}", where=f"{path}, line {len(lines) + 1}")
+                                    f"{line[:80]!r}...", where=f"{path}, line {len(lines) + 1}")
                 lines.append(line)
         return lines
     except FileNotFoundError:
