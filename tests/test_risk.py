@@ -239,3 +239,28 @@ def test_the_wall_clock_is_pandas_own_conversion_across_dst():
     for zone in ("America/Chicago", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"):
         expected = stamps.tz_convert(zone).tz_localize(None).as_unit("ns").asi8 // 60_000_000_000
         np.testing.assert_array_equal(wall_clock_minutes(stamps, zone), expected, err_msg=zone)
+
+
+def test_walk_forward_through_the_account_rules(tmp_path):
+    """`backtest --account`: every run (the ensemble, the baselines, each model alone) is traded
+    through the rules; the verdict of each is the rules' own on that run's target."""
+    from trademl.backtest.signals import through_rules
+    from trademl.backtest.walkforward import walk_forward_backtest
+    from trademl.config import load_config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+
+    from conftest import TINY_OVERRIDES
+
+    cfg = load_config(None, {"lgbm": TINY_OVERRIDES["lgbm"], "backtest": {"n_folds": 2, "confidence_threshold": 0.2}})
+    ds = dataset_from_bars(synthetic_bars(8_000, seed=3, edge_ic=0.0, symbol="NQ"), cfg)
+    plain = walk_forward_backtest(ds, cfg, models=("lgbm",))
+    ruled = walk_forward_backtest(ds, cfg, models=("lgbm",), account="topstep-50k")
+    assert plain.accounts is None and set(ruled.accounts) == set(ruled.runs)
+    rules = rules_for("topstep-50k")
+    for name, run in plain.runs.items():
+        verdict = through_rules(run, plain.bars, rules)
+        np.testing.assert_array_equal(ruled.runs[name].pnl, verdict.execution.pnl)
+        assert ruled.accounts[name]["breached"] == verdict.breached and ruled.accounts[name]["passed"] == verdict.passed
+        assert np.abs(ruled.runs[name].position).max() <= rules.max_contracts("NQ")
+    assert ruled.table.loc["buy_and_hold", "total_pnl"] == pytest.approx(ruled.runs["buy_and_hold"].pnl.sum())

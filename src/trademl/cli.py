@@ -346,6 +346,8 @@ def backtest_command(
     budget: str = typer.Option("full", "--budget", help="Training per fold: small (the demo config section) or full (the config as is)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <report_dir>/backtest.html)."),
     models: str = typer.Option("lgbm,lstm,ppo", "--models", help="Model groups to train and combine, comma-separated."),
+    account: Optional[str] = typer.Option(None, "--account", help="Trade every run through these account rules "
+                                          "(topstep-50k, topstep-100k, topstep-150k): passed/failed, P(pass)."),
     config: Optional[Path] = ConfigOpt,
 ):
     """Walk-forward: per fold, train on the past, predict the fold with the serving runtimes, trade it; HTML report."""
@@ -353,7 +355,8 @@ def backtest_command(
     from trademl.config import load_config
 
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
-    backtest_models(dataset, load_config(config), n_folds=folds, budget=budget, out=out, models=chosen, console=console())
+    backtest_models(dataset, load_config(config), n_folds=folds, budget=budget, out=out, models=chosen, console=console(),
+                    account=account)
 
 
 @app.command("backtest-signals")

@@ -121,27 +121,27 @@ def backtest_signals(bars: pd.DataFrame, signals: pd.DataFrame, *, config=None, 
     verdicts, account_json = {}, None
     if rules is not None:
         for name, run in list(runs.items()):
-            verdicts[name] = _through_rules(run, bars, rules)
-            runs[name] = _as_backtest(verdicts[name], run, BacktestResult)
-        account_json = _account_json(verdicts[SIGNALS_NAME], mc_paths)
+            verdicts[name] = through_rules(run, bars, rules)
+            runs[name] = as_backtest(verdicts[name], run, BacktestResult)
+        account_json = account_summary(verdicts[SIGNALS_NAME], mc_paths)
     table = comparison_table(runs)
     return SignalsBacktest(runs, table, account_json, verdicts, early)
 
 
-def _through_rules(run, bars: pd.DataFrame, rules):
+def through_rules(run, bars: pd.DataFrame, rules):
     from trademl.risk.account import apply_rules
 
     return apply_rules(bars.index, run.target, bars["open"], bars["close"], run.model, rules, run.segments)
 
 
-def _as_backtest(verdict, like, cls):
+def as_backtest(verdict, like, cls):
     ex = verdict.execution
     return cls(index=like.index, position=ex.position, trade_qty=ex.trade_qty, fill_price=ex.fill_price, pnl=ex.pnl,
                costs=ex.costs, target=like.target, segments=like.segments, model=like.model,
                initial_balance=like.initial_balance, action=like.action, confidence=like.confidence, name=like.name)
 
 
-def _account_json(verdict, mc_paths: int) -> dict:
+def account_summary(verdict, mc_paths: int) -> dict:
     """The rules' verdict plus the Monte Carlo probability of passing, drawn from the strategy's
     own trading days (each with its intraday low, so intraday breaches are drawn too)."""
     from trademl.risk.montecarlo import pass_probability

@@ -223,6 +223,9 @@ class WalkForwardResult:
     config: Config
     horizon: int
     report_path: Path | None = None
+    # With an account (``--account topstep-50k``): every run traded through its rules, and per run
+    # the verdict (passed, breached, when, trading days) with the Monte Carlo pass probability.
+    accounts: dict | None = None
 
     @property
     def ensemble(self):
@@ -251,12 +254,14 @@ def backtest_segments(data_segments: np.ndarray, fold_of_row: np.ndarray) -> np.
 
 def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
                           n_folds: int | None = None, budget: str | None = None,
-                          progress: Progress | None = None, work_dir=None, keep_models=None) -> WalkForwardResult:
+                          progress: Progress | None = None, work_dir=None, keep_models=None,
+                          account=None) -> WalkForwardResult:
     """Train on each fold's past, predict its test span, trade the concatenated folds. See the module doc.
 
     ``models``: the families to train (default: every registered one). ``keep_models``: a folder
     that keeps each fold's model store (``fold<N>``), e.g. to replay a fold through the
-    predictor; by default they are temporary.
+    predictor; by default they are temporary. ``account``: a preset name (``topstep-50k``) or
+    AccountRules: every run is traded through the account's rules (``result.accounts``).
     """
     from trademl.data.splits import walk_forward_splits
     from trademl.models.store import ModelStore
@@ -299,10 +304,10 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
         parts_time = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
         say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); weights: {used}"
             + (f" ({warning})" if warning else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
-    return _assemble(dataset, cfg, horizon, parts, outcomes)
+    return _assemble(dataset, cfg, horizon, parts, outcomes, account)
 
 
-def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes) -> WalkForwardResult:
+def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None) -> WalkForwardResult:
     """Concatenate the folds, then backtest the ensemble, the baselines and each model alone."""
     from trademl.backtest.baselines import comparison_table, run_baselines
     from trademl.backtest.engine import run_backtest
@@ -336,8 +341,27 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes) -> WalkForwar
     # Every candidate counts as a trial, also one that never traded (no Sharpe): it was tried.
     from trademl.backtest.baselines import is_baseline
 
+    accounts = None
+    if account is not None:
+        runs, accounts = _through_account(runs, bars, account)
     table = comparison_table(runs, n_trials=sum(not is_baseline(name) for name in runs))
-    return WalkForwardResult(bars, segments, signals, model_signals, outputs, outcomes, runs, table, cfg, horizon)
+    return WalkForwardResult(bars, segments, signals, model_signals, outputs, outcomes, runs, table, cfg, horizon,
+                             accounts=accounts)
+
+
+def _through_account(runs: dict, bars: pd.DataFrame, account) -> tuple[dict, dict]:
+    """Every run traded through the account's rules, with each run's verdict and pass probability."""
+    from trademl.backtest.engine import BacktestResult
+    from trademl.backtest.signals import account_summary, as_backtest, through_rules
+    from trademl.risk.rules import rules_for
+
+    rules = rules_for(account)
+    ruled, verdicts = {}, {}
+    for name, run in runs.items():
+        verdict = through_rules(run, bars, rules)
+        ruled[name] = as_backtest(verdict, run, BacktestResult)
+        verdicts[name] = account_summary(verdict, mc_paths=2_000)
+    return ruled, verdicts
 
 
 # ----------------------------------------------------------------------------- presentation
@@ -385,7 +409,7 @@ def verdict(result: WalkForwardResult) -> str:
 
 
 def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds: int | None = None,
-                    budget: str | None = None, out=None, models=None, console=None) -> WalkForwardResult:
+                    budget: str | None = None, out=None, models=None, console=None, account=None) -> WalkForwardResult:
     """What `trademl backtest` and scripts/backtest_models.py run: progress per fold, the
     table, the verdict and the HTML report (default: [paths] report_dir/backtest.html)."""
     from trademl.data.dataset import load_training_dataset
@@ -393,11 +417,21 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
     cfg = resolve_config(config)
     dataset = load_training_dataset(dataset_path, cfg)
     say = (lambda msg: console.print(msg)) if console is not None else None
-    result = walk_forward_backtest(dataset, cfg, models=models, n_folds=n_folds, budget=budget, progress=say)
+    if account is not None:
+        from trademl.risk.rules import rules_for
+
+        rules_for(account)  # an unknown preset fails before any training
+    result = walk_forward_backtest(dataset, cfg, models=models, n_folds=n_folds, budget=budget, progress=say,
+                                   account=account)
     path = Path(out) if out is not None else Path(cfg.paths.report_dir) / "backtest.html"
     result.write_report(path)
     if console is not None:
         console.print(results_table(result.table))
         console.print(verdict(result))
+        for name, a in (result.accounts or {}).items():
+            status = "PASSED" if a["passed"] else f"failed: {a['breached']} at {a['breach_time']}" if a["breached"] else "not passed"
+            p = a.get("pass_probability")
+            console.print(f"  {a['rules']} {name}: {status}, ${a['final_balance']:,.0f} after {a['trading_days']} "
+                          f"trading days; P(pass) {'-' if p is None else f'{p:.1%}'}")
         console.print(f"report: {result.report_path}")
     return result
