@@ -67,6 +67,9 @@ FILES = {
     + "".join(f"{s},4002,72,4003,97,4001,08,4002,32,10\n" for s in STAMPS),
     "euro_comma_nohdr_bad.csv": "timestamp,open,high,low,close,volume\n"
     + "".join(f"{s},1234,50,1235,25,1233,75,1234,00,10\n" for s in STAMPS),
+    # headerless EUR/USD-like prices: 1,0810 split into 1 and 0810 could pass as a bar by chance
+    "fx_comma_nohdr.csv": "".join(f"{s},1,08{10 + i:02d},1,08{15 + i:02d},1,08{5 + i:02d},1,08{11 + i:02d},10\n"
+                                  for i, s in enumerate(STAMPS)),
 }
 
 # (id, argv with {f} for the file's path, file name, regex the error line must match, line it names or None)
@@ -107,6 +110,10 @@ CASES = [
     ("price inf", ["data", "inspect", "{f}"], "price_inf.csv", r"open is infinite", 7),
     ("euro comma", ["data", "inspect", "{f}"], "euro_comma.csv", r"decimals written with commas", 2),
     ("euro comma repair", ["data", "inspect", "{f}", "--repair"], "euro_comma.csv", r"decimals written with commas", 2),
+    ("euro comma headerless fx", ["data", "inspect", "{f}", "--repair"], "fx_comma_nohdr.csv",
+     r"make valid bars read in pairs: decimals written with commas", 1),
+    ("euro comma headerless fx build", ["data", "build", "{f}", "-o", "{out}"], "fx_comma_nohdr.csv",
+     r"decimals written with commas", 1),
     ("euro comma build repair", ["data", "build", "{f}", "-o", "{out}", "--repair"], "euro_comma_nohdr_bad.csv",
      r"decimals written with commas", 2),
 ]
@@ -171,6 +178,14 @@ def test_decimal_commas_are_read_as_decimals(tmp_path, sep, quote):
     assert bars.iloc[0][["open", "high", "low", "close"]].tolist() == [1234.5, 1235.25, 1233.75, 1234.0]
     result, output = _invoke(["data", "inspect", str(path), "--repair"])
     assert result.exit_code == 0 and "dropped 0" in output, output
+
+
+def test_decimal_commas_only_where_a_price_has_a_fraction(tmp_path):
+    """Some tools write whole prices bare (4003) and quote only the others ("4002,75")."""
+    path = tmp_path / "mixed.csv"
+    path.write_text(HEADER + "".join(f'{s},"4002,75",4003,"4001,5",4002,10\n' for s in STAMPS))
+    bars = load_bars(path)
+    assert len(bars) == 10 and bars.iloc[0][["open", "high", "low", "close"]].tolist() == [4002.75, 4003, 4001.5, 4002]
 
 
 def test_decimal_commas_headerless_and_one_bad_cell(tmp_path):

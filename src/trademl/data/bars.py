@@ -383,15 +383,44 @@ def _field_count(line: str, delimiter: str) -> int:
 def _decimal_mark(path: Path, lines: list[str], first_line: int, delimiter: str, columns: dict[str, int]) -> str:
     """',' when the price fields are written 1234,50; the first such line with ',' separators
     and no quotes cannot be read at all and is refused by name."""
-    hits = total = 0
+    hits = dots = 0
     for line in lines:
         if not line.strip():
             continue
         fields = _split(line, delimiter)
-        cells = [fields[columns[c]] for c in PRICE_COLUMNS if columns.get(c, len(fields)) < len(fields)]
-        total += len(cells)
-        hits += sum(_DECIMAL_COMMA.fullmatch(c.strip().strip('"')) is not None for c in cells)
-    return "," if total and hits > total / 2 else "."
+        cells = [fields[columns[c]].strip().strip('"') for c in PRICE_COLUMNS if columns.get(c, len(fields)) < len(fields)]
+        hits += sum(_DECIMAL_COMMA.fullmatch(c) is not None for c in cells)
+        dots += sum("." in c for c in cells)
+    # some tools write whole prices bare (4003) and only the others with a comma (4002,75)
+    return "," if hits and not dots else "."
+
+
+def _refuse_split_decimals(path: Path, lines: list[str], first: int, columns: dict[str, int]) -> None:
+    """A headerless ','-separated file whose prices only make sense as pairs (1234,50 split in
+    two): most rows fail as open, high, low, close, and nearly all pass read as decimals."""
+    start = columns.get("open")
+    rows = [ln.rstrip("\r\n").split(",") for ln in lines if ln.strip()][:_SNIFF_LINES]
+    if start is None or not rows:
+        return
+
+    def valid(o, h, lo, c):
+        return lo > 0 and h >= max(o, c) and lo <= min(o, c)
+
+    bad_as_is = good_as_pairs = 0
+    for f in rows:
+        try:
+            as_is = [float(f[start + k]) for k in range(4)]
+        except (ValueError, IndexError):
+            continue
+        bad_as_is += not valid(*as_is)
+        parts = f[start:start + 8]
+        if len(parts) == 8 and all(re.fullmatch(r"\s*[+-]?\d+\s*", x) for x in parts):
+            good_as_pairs += valid(*(float(f"{parts[2 * k].strip()}.{parts[2 * k + 1].strip()}") for k in range(4)))
+    if bad_as_is > len(rows) / 2 and good_as_pairs > 0.9 * len(rows):
+        raise DataError(
+            "the prices read as open, high, low, close fail on most lines but make valid bars read in pairs: "
+            f"decimals written with commas (1234,50) in a ','-separated file cannot be read: {_clip(lines[0].strip(), 120)!r}",
+            where=f"{path}, line {first + 1}", hint="export with '.' decimals, or with ';' separators")
 
 
 def _refuse_comma_decimals(path: Path, head: list[str], nonblank: list[int], first: int, n_fields: int) -> None:
@@ -457,6 +486,8 @@ def _sniff_layout(path: Path) -> _Layout:
     stamps_at_close = (not has_header and delimiter == ";"
                    and re.fullmatch(r"\d{8} \d{6}", fields[0].strip()) is not None)
     decimal = _decimal_mark(path, head[skiprows:], skiprows, delimiter, columns)
+    if delimiter == "," and not has_header and not quoted:
+        _refuse_split_decimals(path, head[skiprows:], skiprows, columns)
     return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted, preamble, decimal)
 
 
