@@ -2,10 +2,11 @@
 
     POST /v1/predict         one snapshot (the guide's JSON or raw bars) -> the guide's prediction
     POST /v1/predict/batch   {"requests": [...]} -> {"predictions": [...]}
-    GET  /healthz            200 when at least one model is loaded, 503 otherwise
+    GET  /healthz            200 when at least one model is loaded, 503 otherwise (HEAD too)
     GET  /v1/models          loaded versions, weights, feature names, what failed to load
     GET  /metrics            Prometheus text (prometheus_client): predictions by recommendation,
-                             latency histogram, errors by kind, loaded model versions
+                             latency histogram, errors by kind, loaded model versions, the
+                             prediction log's failed writes
 
 Every failure is JSON ``{"error": {"message", "field", "kind"}}`` (plus pydantic's
 ``detail`` list on 422): 400 for a Host header a loopback server does not answer to, 401
@@ -458,7 +459,7 @@ def resolve_token(token_env: str, host: str) -> str | None:
             where=f"environment variable {token_env}",
             hint=f"export {token_env}=<secret> (clients send 'Authorization: Bearer <secret>') or bind 127.0.0.1",
         )
-    if token is not None and token != token.strip() or token is not None and any(c.isspace() for c in token):
+    if token is not None and any(c.isspace() for c in token):
         raise TradeMLError("the bearer token must not hold spaces or newlines", where=f"environment variable {token_env}")
     if token is not None and not is_loopback(host) and len(token) < MIN_TOKEN_LENGTH:
         raise TradeMLError(
