@@ -85,17 +85,14 @@ def run_trademl(bars, signals, with_trades: bool):
 
 
 def run_trademl_rules(bars, signals):
-    """The engine, then the same target through a Topstep 150k account's rules (issue 13): caps,
+    """The engine with a Topstep 150k account's rules (issue 13, ``run_backtest(account=...)``): caps,
     the 15:10-17:00 CT flat window, trailing and daily limits, the pass check. Limits far away,
     so the random signals trade the whole series and the rules' full cost is measured."""
     from trademl.backtest.engine import run_backtest
-    from trademl.risk.account import apply_rules
     from trademl.risk.rules import rules_for
 
-    result = run_backtest(bars, signals, costs=zero_costs())
     rules = rules_for("topstep-150k", trailing_max_loss=1e12, daily_loss_limit=1e12, profit_target=1e12)
-    ruled = apply_rules(bars.index, result.target, bars["open"], bars["close"], result.model, rules, result.segments)
-    return float(ruled.execution.pnl.sum())
+    return float(run_backtest(bars, signals, costs=zero_costs(), max_position_size=5, account=rules).pnl.sum())
 
 
 def run_vectorbt(bars, target, point_value):

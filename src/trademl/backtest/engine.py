@@ -152,6 +152,7 @@ class BacktestResult:
     action: np.ndarray | None = None
     confidence: np.ndarray | None = None
     name: str = "strategy"
+    account: object = None  # trademl.risk.account.RulesResult, when run through an account's rules
     _trades: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -267,6 +268,7 @@ def run_backtest(
     initial_balance: float | None = None,
     name: str = "strategy",
     config: Config | None = None,
+    account=None,
 ) -> BacktestResult:
     """Backtest per-bar signals (or a target-position series) through the shared execution model.
 
@@ -313,11 +315,20 @@ def run_backtest(
     else:
         wanted = _target_array(target, n, max_position_size)
 
-    executed = simulate(model, wanted, open_, close, seg)
+    verdict = None
+    if account is None:
+        executed = simulate(model, wanted, open_, close, seg)
+    else:  # the account's rules fill the same target (trademl.risk.account), one pass
+        from trademl.risk.account import apply_rules
+        from trademl.risk.rules import rules_for
+
+        rules = rules_for(account)
+        verdict = apply_rules(bars.index, wanted, open_, close, model, rules, seg)
+        executed, initial_balance = verdict.execution, rules.starting_balance
     return BacktestResult(
         index=bars.index, position=executed.position, trade_qty=executed.trade_qty,
         fill_price=executed.fill_price, pnl=executed.pnl, costs=executed.costs, target=wanted,
         segments=seg, model=model, initial_balance=float(initial_balance),
         open_position_at_end=int(executed.position[-1]) if n else 0,
-        action=action, confidence=confidence, name=name,
+        action=action, confidence=confidence, name=name, account=verdict,
     )

@@ -136,17 +136,9 @@ def apply_rules(index: pd.DatetimeIndex, target, open_, close, execution: Execut
     allowed = rules_target(target, in_window, rules, execution.spec.root)
     executed = simulate(execution, allowed, open_, close, segments)
     equity = rules.starting_balance + np.cumsum(executed.pnl)
-    threshold, floor, days = _limits(equity, day, rules)
-    below = equity <= threshold
-    if rules.daily_loss_limit is not None:
-        below_day = equity <= floor
-    else:
-        below_day = np.zeros(len(equity), bool)
-    breach_bar = _first(below | below_day)
-    breached = None
-    if breach_bar is not None:
-        breached = "trailing_max_loss" if below[breach_bar] else "daily_loss_limit"
-    pass_bar = _first_pass(equity, day, executed, rules, breach_bar)
+    days = _day_table(equity, day, rules)
+    breach_bar, breached = _first_breach(equity, days)
+    pass_bar = _first_pass(days, executed, rules, breach_bar)
     if pass_bar is not None and (breach_bar is None or pass_bar < breach_bar):
         breached, breach_bar = None, None
         executed = _stopped_after(executed, pass_bar, execution, close, liquidate=True)
@@ -154,7 +146,9 @@ def apply_rules(index: pd.DatetimeIndex, target, open_, close, execution: Execut
         pass_bar = None
         executed = _stopped_after(executed, breach_bar, execution, close, liquidate=True)
     equity = rules.starting_balance + np.cumsum(executed.pnl)
-    return RulesResult(rules, index, executed, equity, threshold, floor, day, breached, breach_bar,
+    lengths = days["bars"].to_numpy()
+    return RulesResult(rules, index, executed, equity, np.repeat(days["threshold"].to_numpy(), lengths),
+                       np.repeat(days["daily_floor"].to_numpy(), lengths), day, breached, breach_bar,
                        pass_bar is not None, pass_bar, days)
 
 
@@ -163,46 +157,54 @@ def _first(mask: np.ndarray) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def _limits(equity: np.ndarray, day: np.ndarray, rules: AccountRules):
-    """(trailing threshold per bar, daily floor per bar, the per-day table)."""
+def _day_table(equity: np.ndarray, day: np.ndarray, rules: AccountRules) -> pd.DataFrame:
+    """One row per trading day: its first bar and bar count, start and end balance, P&L, worst
+    live equity, and the limits in force during it (from the days before it only)."""
     start = rules.starting_balance
-    first_of_day = np.r_[True, day[1:] != day[:-1]] if len(day) else np.zeros(0, bool)
-    last_of_day = np.r_[day[1:] != day[:-1], True] if len(day) else np.zeros(0, bool)
-    eod = equity[last_of_day]
-    # Balance at the start of each day: the previous end of day (the starting balance first).
-    sod = np.r_[start, eod[:-1]]
-    peak_before = np.maximum.accumulate(np.r_[start, eod[:-1]])  # highest end-of-day balance before the day
-    day_threshold = np.minimum(peak_before - rules.trailing_max_loss, start)  # locks at the starting balance
-    day_floor = sod - rules.daily_loss_limit if rules.daily_loss_limit is not None else np.full(len(sod), np.nan)
-    which = np.cumsum(first_of_day) - 1  # day position of every bar
-    starts = np.flatnonzero(first_of_day)
-    low = np.minimum.reduceat(equity - sod[which], starts) if len(starts) else np.zeros(0)  # the day's worst
-    days = pd.DataFrame({"trading_day": day[first_of_day], "start_balance": sod, "end_balance": eod,
-                         "pnl": eod - sod, "low": np.minimum(low, 0.0), "threshold": day_threshold,
-                         "daily_floor": day_floor})
-    return day_threshold[which], day_floor[which], days
+    first = np.flatnonzero(np.r_[True, day[1:] != day[:-1]]) if len(day) else np.zeros(0, np.int64)
+    last = np.r_[first[1:], len(day)] - 1
+    eod = equity[last]
+    sod = np.r_[start, eod[:-1]]  # a day starts with the previous end of day (the starting balance first)
+    peak_before = np.maximum.accumulate(sod)  # the highest end-of-day balance before the day
+    threshold = np.minimum(peak_before - rules.trailing_max_loss, start)  # locks at the starting balance
+    floor = sod - rules.daily_loss_limit if rules.daily_loss_limit is not None else np.full(len(sod), np.nan)
+    lowest = np.minimum.reduceat(equity, first) if len(first) else np.zeros(0)
+    return pd.DataFrame({"trading_day": day[first], "first_bar": first, "bars": last - first + 1,
+                         "start_balance": sod, "end_balance": eod, "pnl": eod - sod,
+                         "low": np.minimum(lowest - sod, 0.0), "lowest_equity": lowest,
+                         "threshold": threshold, "daily_floor": floor})
 
 
-def _first_pass(equity, day, executed: ExecutionResult, rules: AccountRules, breach_bar) -> int | None:
+def _first_breach(equity: np.ndarray, days: pd.DataFrame) -> tuple[int | None, str | None]:
+    """The first bar whose live equity is at or below the day's trailing threshold or daily floor."""
+    lowest, threshold = days["lowest_equity"].to_numpy(), days["threshold"].to_numpy()
+    floor = np.nan_to_num(days["daily_floor"].to_numpy(), nan=-np.inf)
+    d = _first((lowest <= threshold) | (lowest <= floor))  # the day, from one number per day
+    if d is None:
+        return None, None
+    a = int(days["first_bar"].iloc[d])
+    span = equity[a: a + int(days["bars"].iloc[d])]
+    bar = a + _first((span <= threshold[d]) | (span <= floor[d]))
+    return bar, "trailing_max_loss" if equity[bar] <= threshold[d] else "daily_loss_limit"
+
+
+def _first_pass(days: pd.DataFrame, executed: ExecutionResult, rules: AccountRules, breach_bar) -> int | None:
     """The last bar of the first trading day that passes (before a breach), or None."""
-    if not len(equity):
+    if not len(days):
         return None
-    last_of_day = np.flatnonzero(np.r_[day[1:] != day[:-1], True])
-    eod = equity[last_of_day]
-    sod = np.r_[rules.starting_balance, eod[:-1]]
+    first = days["first_bar"].to_numpy()
+    last = first + days["bars"].to_numpy() - 1
+    eod, pnl = days["end_balance"].to_numpy(), days["pnl"].to_numpy()
     profit = eod - rules.starting_balance
     active = (executed.position != 0) | (executed.trade_qty != 0)
-    first_bar = np.r_[0, last_of_day[:-1] + 1]
-    traded = np.logical_or.reduceat(active, first_bar)
-    days_traded = np.cumsum(traded)
-    best_day = np.maximum.accumulate(eod - sod)
+    days_traded = np.cumsum(np.logical_or.reduceat(active, first))
     ok = (profit >= rules.profit_target) & (days_traded >= rules.min_trading_days)
     if rules.consistency_max_share is not None:
-        ok &= best_day <= rules.consistency_max_share * np.maximum(profit, 0)
+        ok &= np.maximum.accumulate(pnl) <= rules.consistency_max_share * np.maximum(profit, 0)
     if breach_bar is not None:
-        ok &= last_of_day < breach_bar
+        ok &= last < breach_bar
     hit = _first(ok)
-    return None if hit is None else int(last_of_day[hit])
+    return None if hit is None else int(last[hit])
 
 
 def _stopped_after(executed: ExecutionResult, bar: int, execution: ExecutionModel, close: np.ndarray, *,
