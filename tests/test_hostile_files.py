@@ -51,6 +51,12 @@ FILES = {
     "one_1600.csv": _with_line7("1600-01-02 10:05:00"),
     "one_2300_compact.csv": HEADER + _rows(s.replace("-", "").replace(":", "") for s in STAMPS[:5])
     + _rows(["23000102 100500"]) + _rows(s.replace("-", "").replace(":", "") for s in STAMPS[6:]),
+    "y1677.csv": _with_line7("1677-09-21 10:05:00"),
+    "y2263.csv": _with_line7("2263-01-01 10:05:00"),
+    "y9999.csv": _with_line7("9999-12-31 23:59:00"),
+    "y9999_offset.csv": _with_line7("9999-12-31T23:59:00+05:00"),
+    "y0001_us.csv": HEADER + _rows(f"01/02/0001 10:{m:02d}" for m in range(10)),
+    "nul_bytes.csv": HEADER + "\0" * 5000 + "\n",
     "unix_overflow.csv": HEADER + _rows(str(10**25 + i) for i in range(10)),
     "unix_one_overflow.csv": HEADER + _rows(str(1704189600 + 60 * i) for i in range(5))
     + _rows(["99999999999999999999"]) + _rows(str(1704189600 + 60 * i) for i in range(6, 10)),
@@ -82,6 +88,14 @@ CASES = [
      r"repair dropped all 10 rows", 2),
     ("one stamp 1600", ["data", "inspect", "{f}"], "one_1600.csv", r"'1600-01-02 10:05:00'", 7),
     ("one compact stamp 2300", ["data", "inspect", "{f}"], "one_2300_compact.csv", r"outside the supported range", 7),
+    ("year 1677", ["data", "inspect", "{f}"], "y1677.csv", r"outside the supported range", 7),
+    ("year 2263", ["data", "inspect", "{f}"], "y2263.csv", r"outside the supported range", 7),
+    ("year 9999", ["data", "inspect", "{f}"], "y9999.csv", r"outside the supported range", 7),
+    ("year 9999 with offset", ["data", "inspect", "{f}"], "y9999_offset.csv", r"outside the supported range|cannot read", 7),
+    ("year 9999 tz", ["data", "inspect", "{f}", "--tz", "America/Chicago"], "y9999.csv", r"outside the supported range", 7),
+    ("year 1 m/d/Y", ["data", "inspect", "{f}"], "y0001_us.csv", r"outside the supported range", 2),
+    ("NUL bytes echoed short", ["data", "inspect", "{f}"], "nul_bytes.csv", r"cannot read timestamp '\\x00", 2),
+    ("NUL bytes repair", ["data", "inspect", "{f}", "--repair"], "nul_bytes.csv", r"repair dropped all 1 rows", 2),
     ("unix overflow", ["data", "inspect", "{f}"], "unix_overflow.csv", r"outside the supported range", 2),
     ("unix overflow repair", ["data", "inspect", "{f}", "--repair"], "unix_overflow.csv", r"repair dropped all", 2),
     ("one unix overflow", ["data", "inspect", "{f}"], "unix_one_overflow.csv", r"'99999999999999999999'", 7),
@@ -136,7 +150,7 @@ def _assert_one_error(result, output, pattern, path=None, line=None):
         assert str(path) in errors[0], errors[0]
     if line is not None:
         assert f"line {line}" in errors[0], errors[0]
-    assert len(errors[0]) < 1000, errors[0][:300]
+    assert len(errors[0]) < 700, errors[0][:300]
 
 
 @pytest.mark.parametrize("argv,name,pattern,line", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -493,3 +507,23 @@ def test_out_of_range_rows_in_a_later_chunk_of_a_build(tmp_path):
     result, output = _invoke(["data", "build", str(path), "-o", str(out), "-c", str(cfg)])
     _assert_one_error(result, output, r"outside the supported range", path, 2502)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("name,args,pattern", [
+    ("y1600.csv", [], "outside the supported range"),
+    ("unix_overflow.csv", ["--repair"], "repair dropped all"),
+    ("y9999.csv", ["--tz", "Mars/Olympus"], "unknown timezone"),
+    ("header_only.csv", ["--resample", "0"], "--resample"),
+])
+def test_the_real_command_prints_one_error_line(tmp_path, name, args, pattern):
+    """Through the installed entry point: stderr is one `error:` line, no warning, no traceback."""
+    import sys
+
+    path = tmp_path / name
+    path.write_text(FILES[name])
+    done = subprocess.run([sys.executable, "-m", "trademl.cli", "data", "inspect", str(path), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and "Warning" not in done.stderr

@@ -208,6 +208,10 @@ def _localize(naive: pd.DatetimeIndex, tz: str | None) -> pd.DatetimeIndex:
     """Naive local stamps -> UTC. A repeated fall-back hour is inferred from the order."""
     if tz in (None, "UTC", "utc"):
         return naive.tz_localize("UTC")
+    far = _index_ns(naive) == _OUT_OF_RANGE
+    if far.any():  # pandas cannot localize year 9999 in a zone: stand in a year-1000 stamp, still out of range
+        unit = np.datetime_data(naive.dtype)[0]
+        naive = pd.DatetimeIndex(np.where(far, np.datetime64("1000-01-01", unit), naive.to_numpy()))
     try:
         return naive.tz_localize(tz, ambiguous="infer", nonexistent="NaT").tz_convert("UTC")
     except (ValueError, TypeError):  # order does not tell: leave those stamps unreadable
@@ -671,7 +675,7 @@ def _numeric(raw: pd.DataFrame, name: str, problems: _Problems, required: bool, 
     missing = column.isna().to_numpy()
     bad_text = ~missing & np.isnan(values)
     text = column.to_numpy()
-    problems.flag(bad_text, lambda i: f"{name} is not a number: {_as_text(text[i])!r}")
+    problems.flag(bad_text, lambda i: f"{name} is not a number: {_quoted(text[i])}")
     problems.flag(missing, f"{name} is missing (empty or NaN)")
     problems.flag(np.isinf(values), f"{name} is infinite")
     with np.errstate(invalid="ignore"):
@@ -781,11 +785,11 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
     stamp_text = _stamp_source(frame)
     stamps = _parse_stamps(stamp_text, tz=tz)
     outside = stamps == _OUT_OF_RANGE
-    problems.flag(outside, lambda i: f"timestamp outside the supported range ({STAMP_RANGE}): {_as_text(stamp_text.iloc[i])!r}")
+    problems.flag(outside, lambda i: f"timestamp outside the supported range ({STAMP_RANGE}): {_quoted(stamp_text.iloc[i])}")
     stamps[outside] = _NAT
     # in a zone with daylight saving, a well-formed local time can still not exist (spring gap)
     in_zone = f" (or it is not a valid local time in {tz})" if tz not in (None, "UTC", "utc") else ""
-    problems.flag(stamps == _NAT, lambda i: f"cannot read timestamp {_as_text(stamp_text.iloc[i])!r}{in_zone}"
+    problems.flag(stamps == _NAT, lambda i: f"cannot read timestamp {_quoted(stamp_text.iloc[i])}{in_zone}"
                   if pd.notna(stamp_text.iloc[i]) else "timestamp is missing")
     comma = layout is not None and layout.decimal == ","
     prices = {c: _numeric(frame, c, problems, required=True, decimal_comma=comma) for c in PRICE_COLUMNS}
@@ -825,6 +829,13 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
 
 def _as_text(value) -> str:
     return _clip(str(value).strip())
+
+
+def _quoted(value) -> str:
+    """A bad value quoted in a message, escapes included, at most about ``_ECHO_CHARS`` long."""
+    text = str(value).strip()
+    shown = repr(text)
+    return shown if len(shown) <= _ECHO_CHARS + 2 else f"{shown[:_ECHO_CHARS]}... ({len(text):,} characters)"
 
 
 def _clip(text: str, limit: int = _ECHO_CHARS) -> str:
