@@ -264,3 +264,76 @@ def test_walk_forward_through_the_account_rules(tmp_path):
         assert ruled.accounts[name]["breached"] == verdict.breached and ruled.accounts[name]["passed"] == verdict.passed
         assert np.abs(ruled.runs[name].position).max() <= rules.max_contracts("NQ")
     assert ruled.table.loc["buy_and_hold", "total_pnl"] == pytest.approx(ruled.runs["buy_and_hold"].pnl.sum())
+
+
+# ----------------------------------------------------------------------------- the predictor's risk block
+
+
+def _advise(recommendation="BUY", p_win=0.6, close=15_000.0, atr=10.0, **account):
+    from types import SimpleNamespace
+
+    from trademl.config import RiskConfig
+    from trademl.risk.advice import advise
+
+    snapshot = SimpleNamespace(**{"rules": "topstep-50k", "balance": 50_000.0, "start_of_day_balance": None,
+                                  "peak_eod_balance": None, "open_contracts": 0, **account})
+    return advise(snapshot, recommendation=recommendation, p_win=p_win, close=close, atr=atr, unrealized_pnl=0.0,
+                  spec=contract_spec("NQ"), cost_per_contract=7.25, horizon=5, risk_config=RiskConfig())
+
+
+def test_the_risk_block_cuts_or_blocks_a_trade_whose_stop_would_breach():
+    # NQ at 15,000, ATR 10 points: the stop 2 ATR = 20 points ($400 + $14.50 of costs) away.
+    fresh = _advise()
+    assert fresh["stop_price"] == 14_980.0 and fresh["target_price"] == 15_030.0
+    assert fresh["loss_to_breach"] == {"trailing_max_loss": 2_000.0, "daily_loss_limit": 1_000.0}
+    # Half Kelly at p 0.6, payoff 1.5: 0.5 * (0.6 - 0.4 / 1.5) = 0.1667 of the $1,000 budget -> 0 contracts
+    # at $414.50 each: kept honest, not rounded up.
+    assert fresh["suggested_contracts"] == contracts(0.6, 1.5, 414.5, 1_000.0, max_contracts=5) == 0
+    sure = _advise(p_win=0.9)  # 0.5 * (0.9 - 0.1 / 1.5) = 0.4167 -> floor(0.4167 * 1000 / 414.5) = 1
+    assert sure["suggested_contracts"] == 1 and not sure["blocked"]
+    # The day is down $700: one contract's stop ($414.50) breaches the daily limit ($300 left): blocked.
+    down = _advise(p_win=0.9, balance=49_300.0, start_of_day_balance=50_000.0)
+    assert down["blocked"] and "$300.00" in down["reason"] and down["suggested_contracts"] == 0
+    # The cap: 5 minis, 5 open: nothing more.
+    full = _advise(p_win=0.9, open_contracts=5)
+    assert full["blocked"] and full["max_contracts_allowed"] == 0
+    # The threshold trailed up to 50,000 (peak 52,000): $900 of room left at 50,900.
+    trailed = _advise(balance=50_900.0, start_of_day_balance=50_900.0, peak_eod_balance=52_000.0)
+    assert trailed["loss_to_breach"]["trailing_max_loss"] == 900.0
+    assert _advise(recommendation="HOLD")["stop_price"] is None
+    assert _advise(close=None)["reason"].startswith("no close and ATR")
+
+
+def test_the_predictor_blocks_a_trade_whose_stop_would_breach_and_refuses_a_bad_account(trained_store):
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.predict.ensemble import EnsemblePredictor
+    from trademl.predict.request import RequestError
+
+    predictor = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    ds = dataset_from_bars(trained_store.bars.iloc[-1500:], trained_store.config)
+    for row in range(len(ds.frame) - 1, 0, -1):  # a bar the ensemble wants to trade
+        plain = predictor.ensemble_predict(ds.snapshot(row))
+        if plain["ensemble_recommendation"] != "HOLD":
+            break
+    assert plain["ensemble_recommendation"] in ("BUY", "SELL") and "risk" not in plain
+    snapshot = ds.snapshot(row)
+    roomy = predictor.ensemble_predict({**snapshot, "account": {"rules": "topstep-150k", "balance": 150_000.0}})
+    assert roomy["ensemble_recommendation"] == plain["ensemble_recommendation"]
+    risk = roomy["risk"]
+    assert risk["rules"] == "topstep-150k" and risk["max_contracts_allowed"] == 15 and not risk["blocked"]
+    close, atr = snapshot["features"]["close"], snapshot["features"]["atr_ticks_14"] * 0.25
+    side = 1 if plain["ensemble_recommendation"] == "BUY" else -1
+    assert (risk["stop_price"], risk["target_price"]) == atr_stop(close, side, atr, tick_size=0.25)
+    tight = predictor.ensemble_predict({**snapshot, "account": {"rules": "topstep-50k", "balance": 49_010.0,
+                                                                "start_of_day_balance": 50_000.0}})
+    assert tight["ensemble_recommendation"] == "HOLD" and tight["risk"]["blocked"]
+    assert any("blocked by the account's rules" in w for w in tight["warnings"])
+    bad_accounts = [{"rules": "ftmo-10k", "balance": 50_000.0}, {"rules": "topstep-50k"},
+                    {"rules": "topstep-50k", "balance": -5.0}, {"rules": "topstep-50k", "balance": "lots"},
+                    {"rules": "topstep-50k", "balance": 1e39}, {"rules": "topstep-50k", "balance": 1.0, "x": 1},
+                    {"rules": 50, "balance": 1.0}, {"rules": "topstep-50k", "balance": 1.0, "open_contracts": 1e9},
+                    {"rules": "topstep-50k", "balance": 1.0, "open_contracts": 2.5}, "topstep-50k", [1, 2], None or 7]
+    for account in bad_accounts:
+        with pytest.raises(RequestError) as e:
+            predictor.ensemble_predict({**snapshot, "account": account})
+        assert e.value.kind == "validation" and str(e.value.field).startswith("account"), (account, e.value.field)

@@ -57,6 +57,17 @@ class AccountConfig(_Section):
     max_position_size: int = Field(5, description="Most contracts held, long or short (guide's name).")
 
 
+class RiskConfig(_Section):
+    """Stops, targets and bet size for a prediction that carries an ``account`` (trademl.risk)."""
+
+    stop_atr: float = Field(2.0, gt=0, description="Stop this many ATRs (atr_ticks_14) from the entry.")
+    target_atr: float = Field(3.0, gt=0, description="Target this many ATRs from the entry; target/stop is the "
+                              "payoff ratio Kelly sizes with.")
+    kelly_share: float = Field(0.5, gt=0, le=1, description="Share of the Kelly bet taken: half Kelly's drawdowns "
+                               "fit a prop account's limits, full Kelly's do not.")
+    var_level: float = Field(0.95, gt=0.5, lt=1, description="Level of the Value at Risk reported as var_95.")
+
+
 class LGBMConfig(_Section):
     """The LightGBM win models (lgb_5m, lgb_30m)."""
 
@@ -223,6 +234,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
     account: AccountConfig = Field(default_factory=AccountConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
     lgbm: LGBMConfig = Field(default_factory=LGBMConfig)
     lstm: LSTMConfig = Field(default_factory=LSTMConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)

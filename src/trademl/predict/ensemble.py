@@ -11,7 +11,10 @@ naming the field: never a silent HOLD.
 
 from __future__ import annotations
 
+import re
 import time
+
+import numpy as np
 
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.market.actions import ACTION_NAMES
@@ -98,6 +101,29 @@ class EnsemblePredictor:
         return [self.ensemble_predict(p) for p in parsed]
 
 
+def _risk(request: PredictRequest, given, ran: dict, names: list[str], recommendation: str, config) -> dict:
+    """The ``risk`` block: the account's limits, a stop and target at ATR multiples, the size."""
+    from trademl.market.contracts import contract_spec
+    from trademl.market.execution import ExecutionModel
+    from trademl.risk.advice import advise
+
+    spec = contract_spec(given.symbol)
+    row = given.inputs.current_rows()
+    value = (lambda name: float(row[-1][names.index(name)]) if row is not None and name in names
+             and np.isfinite(row[-1][names.index(name)]) else None)
+    atr_ticks = value("atr_ticks_14")
+    p_win, horizon = None, 5
+    side = 0 if recommendation == "BUY" else 1  # (long, short) pair order of the win fields
+    wins = sorted((int(m.group(1)), v.outputs[key[side]][-1]) for v in ran.values() for field, key in v.fields.items()
+                  if isinstance(key, tuple) and (m := re.fullmatch(r"win_(\d+)m_prob", field)))
+    if wins and recommendation != "HOLD":
+        horizon, p_win = wins[0][0], float(wins[0][1])  # the shortest horizon's calibrated probability
+    cost = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size).cost_per_contract
+    return advise(request.account, recommendation=recommendation, p_win=p_win, close=value("close"),
+                  atr=None if atr_ticks is None else atr_ticks * spec.tick_size, unrealized_pnl=request.unrealized_pnl,
+                  spec=spec, cost_per_contract=cost, horizon=horizon, risk_config=config.risk)
+
+
 def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
     """One validated request through one loaded set: the response dict."""
     if not models.runtimes:
@@ -107,7 +133,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
                            min_history=models.history)
     warnings = list(given.warnings)
     out: dict = {"timestamp": given.timestamp, "models_used": []}
-    votes = {}
+    votes, ran = {}, {}
     for kind in models.seen:
         rt = models.runtimes.get(kind)
         if rt is None:
@@ -117,7 +143,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
         if not v.ran[-1]:
             warnings.append(f"{kind} skipped: {v.reason}")
             continue
-        votes[kind] = v.vote
+        votes[kind], ran[kind] = v.vote, v
         out.update(v.response_fields(-1, given.side))
         out["models_used"].append(kind)
     if not votes:
@@ -132,6 +158,12 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
         warnings.append(f"the models that ran ({', '.join(votes)}) all have weight 0; equal weights among them")
     out["ensemble_recommendation"] = ACTION_NAMES[int(decision.action[0])]
     out["confidence_score"] = float(decision.confidence[0])
+    if request.account is not None:
+        out["risk"] = _risk(request, given, ran, models.feature_names, out["ensemble_recommendation"], config)
+        if out["risk"]["blocked"]:
+            warnings.append(f"{out['ensemble_recommendation']} blocked by the account's rules: {out['risk']['reason']}")
+            out["ensemble_recommendation"] = "HOLD"
+            out["confidence_score"] = float(decision.probabilities[0][0])  # the vote's share for HOLD
     out["warnings"] = warnings
     out["model_versions"] = {k: models.versions[k] for k in out["models_used"]}
     return out

@@ -95,6 +95,33 @@ class Bar(BaseModel):
         return self
 
 
+class AccountSnapshot(_Strict):
+    """The prop-firm account the bot trades (trademl.risk): the response gains a ``risk`` block."""
+
+    rules: str = Field(description="account rules preset: topstep-50k, topstep-100k or topstep-150k")
+    balance: PositiveNumber = Field(description="account balance now, realized P&L included, dollars")
+    start_of_day_balance: PositiveNumber | None = Field(default=None, description="balance at the start of the "
+                                                        "trading day (17:00 CT); default: balance")
+    peak_eod_balance: PositiveNumber | None = Field(default=None, description="highest end-of-day balance so far "
+                                                    "(what the trailing threshold follows); default: the day's start")
+    open_contracts: StrictInt = Field(default=0, ge=-1000, le=1000, description="contracts open now, + long / - short")
+
+    @field_validator("rules")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from trademl.risk.rules import PRESETS
+
+        if v.lower() not in PRESETS:
+            raise ValueError(f"unknown account rules {v[:40]!r}; presets are {', '.join(PRESETS)}")
+        return v.lower()
+
+    @field_validator("balance", "start_of_day_balance", "peak_eod_balance")
+    @classmethod
+    def _float32(cls, v):
+        check_float32(v, "")
+        return v
+
+
 class PredictRequest(_Strict):
     symbol: str | None = Field(default=None, min_length=1, max_length=16, description="e.g. NQZ5; default: the models' symbol")
     timestamp: datetime | None = Field(default=None, description="echoed in the output; default: the last bar's or now")
@@ -117,6 +144,7 @@ class PredictRequest(_Strict):
         description="the last actions (0 hold, 1 buy, 2 sell), oldest first; fewer than 10 are padded with holds",
     )
     side: Literal["long", "short"] = Field(default="long", description="the side win_5m_prob / win_30m_prob are about")
+    account: AccountSnapshot | None = Field(default=None, description="the prop-firm account: adds `risk` to the answer")
 
     @field_validator("timestamp")
     @classmethod
@@ -182,6 +210,22 @@ class BatchRequest(_Strict):
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+class RiskResponse(BaseModel):
+    """What the account's rules allow for this trade (trademl.risk.advice)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: str
+    max_contracts_allowed: int
+    suggested_contracts: int
+    stop_price: float | None = None
+    target_price: float | None = None
+    loss_to_breach: dict[str, float | None]
+    var_95: float | None = None
+    blocked: bool
+    reason: str | None = None
+
+
 class PredictResponse(BaseModel):
     """Exactly the guide's fields, plus warnings and model_versions. Absent = that model did not run."""
 
@@ -204,6 +248,7 @@ class PredictResponse(BaseModel):
     confidence_score: Probability
     warnings: list[str] = Field(default_factory=list)
     model_versions: dict[str, str] = Field(default_factory=dict)
+    risk: RiskResponse | None = None
 
 
 class BatchResponse(BaseModel):

@@ -29,6 +29,7 @@ from trademl.errors import DataError
 from trademl.market.broker import ExecutionResult, simulate
 from trademl.market.execution import ExecutionModel
 from trademl.risk.rules import AccountRules
+from trademl.segments import segment_start_mask
 
 NS_PER_MINUTE = 60_000_000_000
 MINUTES_PER_DAY = 24 * 60
@@ -161,7 +162,7 @@ def _day_table(equity: np.ndarray, day: np.ndarray, rules: AccountRules) -> pd.D
     """One row per trading day: its first bar and bar count, start and end balance, P&L, worst
     live equity, and the limits in force during it (from the days before it only)."""
     start = rules.starting_balance
-    first = np.flatnonzero(np.r_[True, day[1:] != day[:-1]]) if len(day) else np.zeros(0, np.int64)
+    first = np.flatnonzero(segment_start_mask(day))  # a trading day is a run of equal day numbers
     last = np.r_[first[1:], len(day)] - 1
     eod = equity[last]
     sod = np.r_[start, eod[:-1]]  # a day starts with the previous end of day (the starting balance first)

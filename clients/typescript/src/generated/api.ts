@@ -100,6 +100,38 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
+         * AccountSnapshot
+         * @description The prop-firm account the bot trades (trademl.risk): the response gains a ``risk`` block.
+         */
+        AccountSnapshot: {
+            /**
+             * Balance
+             * @description account balance now, realized P&L included, dollars
+             */
+            balance: number;
+            /**
+             * Open Contracts
+             * @description contracts open now, + long / - short
+             * @default 0
+             */
+            open_contracts?: number;
+            /**
+             * Peak Eod Balance
+             * @description highest end-of-day balance so far (what the trailing threshold follows); default: the day's start
+             */
+            peak_eod_balance?: number | null;
+            /**
+             * Rules
+             * @description account rules preset: topstep-50k, topstep-100k or topstep-150k
+             */
+            rules: string;
+            /**
+             * Start Of Day Balance
+             * @description balance at the start of the trading day (17:00 CT); default: balance
+             */
+            start_of_day_balance?: number | null;
+        };
+        /**
          * Bar
          * @description One raw bar. Extra numeric fields are exogenous feature columns (e.g. ``edge``).
          */
@@ -157,6 +189,8 @@ export interface components {
         };
         /** PredictRequest */
         PredictRequest: {
+            /** @description the prop-firm account: adds `risk` to the answer */
+            account?: components["schemas"]["AccountSnapshot"] | null;
             /**
              * Balance
              * @description account balance; default: [account] initial_balance
@@ -251,6 +285,7 @@ export interface components {
             ppo_sell_prob?: number | null;
             /** Ppo State Value */
             ppo_state_value?: number | null;
+            risk?: components["schemas"]["RiskResponse"] | null;
             /** Timestamp */
             timestamp: string;
             /** Warnings */
@@ -259,6 +294,32 @@ export interface components {
             win_30m_prob?: number | null;
             /** Win 5M Prob */
             win_5m_prob?: number | null;
+        };
+        /**
+         * RiskResponse
+         * @description What the account's rules allow for this trade (trademl.risk.advice).
+         */
+        RiskResponse: {
+            /** Blocked */
+            blocked: boolean;
+            /** Loss To Breach */
+            loss_to_breach: {
+                [key: string]: number | null;
+            };
+            /** Max Contracts Allowed */
+            max_contracts_allowed: number;
+            /** Reason */
+            reason?: string | null;
+            /** Rules */
+            rules: string;
+            /** Stop Price */
+            stop_price?: number | null;
+            /** Suggested Contracts */
+            suggested_contracts: number;
+            /** Target Price */
+            target_price?: number | null;
+            /** Var 95 */
+            var_95?: number | null;
         };
     };
     responses: never;
