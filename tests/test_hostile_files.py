@@ -118,9 +118,9 @@ CASES = [
     ("no valid row repair", ["data", "inspect", "{f}", "--repair"], "all_bad.csv", r"repair dropped all 5 rows.*line 2", 2),
     ("no valid row build repair", ["data", "build", "{f}", "-o", "{out}", "--repair"], "all_bad.csv",
      r"repair dropped all 5 rows.*line 2", 2),
-    ("price 1e300", ["data", "inspect", "{f}"], "price_1e300.csv", r"open too large for float32", 7),
-    ("price 3.5e38", ["data", "inspect", "{f}"], "price_f32max.csv", r"too large for float32", 7),
-    ("price 1.7e308 build", ["data", "build", "{f}", "-o", "{out}"], "price_1e308.csv", r"too large for float32", 7),
+    ("price 1e300", ["data", "inspect", "{f}"], "price_1e300.csv", r"open too large \(float32 holds", 7),
+    ("price 3.5e38", ["data", "inspect", "{f}"], "price_f32max.csv", r"too large \(float32 holds", 7),
+    ("price 1.7e308 build", ["data", "build", "{f}", "-o", "{out}"], "price_1e308.csv", r"too large \(float32 holds", 7),
     ("price inf", ["data", "inspect", "{f}"], "price_inf.csv", r"open is infinite", 7),
     ("euro comma", ["data", "inspect", "{f}"], "euro_comma.csv", r"decimals written with commas", 2),
     ("euro comma repair", ["data", "inspect", "{f}", "--repair"], "euro_comma.csv", r"decimals written with commas", 2),
@@ -477,7 +477,7 @@ def test_hostile_parquet_is_one_clear_error(tmp_path, kind):
         pattern = r"row 3: timestamp outside the supported range"
     else:
         path = _parquet(tmp_path / "big.parquet", pa.array([1704189600, 1704189660, 1704189720]), close=1e300)
-        pattern = r"row 3: close too large for float32"
+        pattern = r"row 3: close too large \(float32 holds"
     result, output = _invoke(["data", "inspect", str(path)])
     _assert_one_error(result, output, pattern, path, None)
     result, output = _invoke(["data", "inspect", str(path), "--repair"])
@@ -527,3 +527,22 @@ def test_the_real_command_prints_one_error_line(tmp_path, name, args, pattern):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout and "Warning" not in done.stderr
+
+
+def test_extra_columns_may_be_missing_but_not_infinite_or_beyond_float32(tmp_path):
+    path = tmp_path / "extras.csv"
+    path.write_text("timestamp,open,high,low,close,volume,edge\n"
+                    + "".join(f"{s},1,1,1,1,1,{v}\n" for s, v in zip(STAMPS, ["0.5", "1e39", "inf", "", "-2"])))
+    result, output = _invoke(["data", "inspect", str(path)])
+    _assert_one_error(result, output, r"line 3: edge too large \(float32 holds", path, 3)
+    bars = load_bars(path, repair=True)
+    assert [d.line for d in bars.attrs["repair_report"].dropped] == [3, 4]
+    assert bars["edge"].tolist()[0] == 0.5 and np.isnan(bars["edge"].tolist()[1]) and bars["edge"].tolist()[2] == -2
+
+
+def test_full_disk_in_data_build_on_a_tmpfs_leaves_nothing(tiny_tmpfs):
+    _fill(tiny_tmpfs)
+    out = tiny_tmpfs / "ds"
+    result, output = _invoke(["data", "build", "-o", str(out)])
+    _assert_one_error(result, output, r"cannot write the dataset", out)
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler"]

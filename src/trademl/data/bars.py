@@ -680,7 +680,7 @@ def _numeric(raw: pd.DataFrame, name: str, problems: _Problems, required: bool, 
     problems.flag(np.isinf(values), f"{name} is infinite")
     with np.errstate(invalid="ignore"):
         huge = np.abs(values) >= _FLOAT32_MAX
-    problems.flag(huge, lambda i: f"{name} too large for float32 (must stay below {_FLOAT32_MAX:.4g}): {values[i]:.6g}")
+    problems.flag(huge, lambda i: f"{name} too large (float32 holds values below {_FLOAT32_MAX:.4g}): {values[i]:.6g}")
     return values
 
 
@@ -798,6 +798,15 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
         with np.errstate(invalid="ignore"):
             problems.flag(volume < 0, "negative volume")
     _check_prices(prices["open"], prices["high"], prices["low"], prices["close"], problems)
+    # extra numeric columns may be missing (NaN), but not infinite or beyond float32
+    extras = {}
+    for name in (layout.extras if layout is not None else [c for c in frame if c not in _ALIASES]):
+        if name in frame:
+            values = extras[name] = _numeric(frame, name, problems, required=False, decimal_comma=comma)
+            problems.flag(np.isinf(values), f"{name} is infinite")
+            with np.errstate(invalid="ignore"):
+                huge = np.isfinite(values) & (np.abs(values) >= _FLOAT32_MAX)
+            problems.flag(huge, lambda i, n=name, v=values: f"{n} too large (float32 holds values below {_FLOAT32_MAX:.4g}): {v[i]:.6g}")
     contract = None
     if "contract" in frame:
         text = frame["contract"].astype("string").str.strip()
@@ -820,9 +829,8 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
         columns["volume"] = volume[good]
     if contract is not None:
         columns["contract"] = pd.array(contract[good], dtype="str")
-    for name in (layout.extras if layout is not None else [c for c in frame if c not in _ALIASES]):
-        if name in frame:
-            columns[name] = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[good]
+    for name, values in extras.items():
+        columns[name] = values[good]
     index = pd.DatetimeIndex(stamps[good].view("datetime64[ns]"), name="timestamp").tz_localize("UTC")
     return pd.DataFrame(columns, index=index)
 
