@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -179,7 +180,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_http(root: Path, request: dict, seconds: float, rate: float = 200.0, clients: int = 8) -> dict:
+@contextlib.contextmanager
+def served(root: Path, request: dict):
+    """A `trademl serve` on a free loopback port with a private log dir, healthy and warmed with
+    50 requests; yields (server process, port, url); stopped and cleaned up after."""
     import httpx
 
     port = free_port()
@@ -198,14 +202,21 @@ def bench_http(root: Path, request: dict, seconds: float, rate: float = 200.0, c
                 time.sleep(0.1)
         for _ in range(50):  # warm the server's code paths
             httpx.post(f"{url}/v1/predict", json=request)
-        cpu_before = _cpu_seconds(server.pid)
-        latencies, errors = asyncio.run(_load(port, request, rate, seconds, clients))
-        server_cpu_ms = (_cpu_seconds(server.pid) - cpu_before) * 1000 / max(1, len(latencies))
-        metrics = httpx.get(f"{url}/metrics").text
+        yield server, port, url
     finally:
         server.terminate()
         server.wait(10)
         shutil.rmtree(logs, ignore_errors=True)
+
+
+def bench_http(root: Path, request: dict, seconds: float, rate: float = 200.0, clients: int = 8) -> dict:
+    import httpx
+
+    with served(root, request) as (server, port, url):
+        cpu_before = _cpu_seconds(server.pid)
+        latencies, errors = asyncio.run(_load(port, request, rate, seconds, clients))
+        server_cpu_ms = (_cpu_seconds(server.pid) - cpu_before) * 1000 / max(1, len(latencies))
+        metrics = httpx.get(f"{url}/metrics").text
     p50, p99 = percentiles(latencies)
     def metric(prefix: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
@@ -251,30 +262,11 @@ def bench_batch(root: Path, request: dict, seconds: float, rate: float = 50.0, c
     """Single requests alone, then beside back-to-back batches of 256: the singles' latency."""
     import httpx
 
-    port = free_port()
-    logs = tempfile.mkdtemp()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("TRADEML_TOKEN", None)
-    server = subprocess.Popen([str(BIN / "trademl"), "serve", "--port", str(port), "--model-root", str(root),
-                               "--log-dir", logs], env=env, stderr=subprocess.PIPE)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        for _ in range(50):
-            httpx.post(f"{url}/v1/predict", json=request)
+    with served(root, request) as (_server, port, url):
         warm = httpx.post(f"{url}/v1/predict/batch", json=one_bar_batch(), timeout=60)
         assert warm.status_code == 200, warm.text[:300]
         alone, alone_errors = asyncio.run(_load(port, request, rate, seconds, clients))
         beside, beside_errors, batches = asyncio.run(_singles_beside_batches(port, request, rate, seconds, clients))
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(logs, ignore_errors=True)
     a50, a99 = percentiles(alone)
     b50, b99 = percentiles(beside)
     batch_ms = [ms for ms, _ in batches]
