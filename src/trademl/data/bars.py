@@ -14,7 +14,12 @@ magnitude). Naive stamps are read in ``tz`` (default UTC) and converted to UTC.
 
 Every row is checked; a bad row is an error naming the file, its 1-based line (row for
 Parquet) and the problem, unless ``repair=True``, which drops it and says so in a
-``RepairReport``.
+``RepairReport``. Stamps must lie in ``STAMP_RANGE`` (1678 .. 2261: what nanosecond stamps
+hold, with a margin) and numbers below float32's largest value; NaN and inf prices are bad
+rows. Decimal commas (``1234,50``) are read with ``;``, tab or ``|`` separators or when
+quoted; in an unquoted ``,``-separated file they are refused by line, never read as two
+integers. A line over 1,000,000 characters in the first lines is refused at once, and no
+message quotes more than about 200 characters of a bad value.
 """
 
 from __future__ import annotations
@@ -384,9 +389,8 @@ def _field_count(line: str, delimiter: str) -> int:
     return line.rstrip().rstrip(delimiter).count(delimiter) + 1
 
 
-def _decimal_mark(path: Path, lines: list[str], first_line: int, delimiter: str, columns: dict[str, int]) -> str:
-    """',' when the price fields are written 1234,50; the first such line with ',' separators
-    and no quotes cannot be read at all and is refused by name."""
+def _decimal_mark(lines: list[str], delimiter: str, columns: dict[str, int]) -> str:
+    """',' when the sampled price fields write decimals as 1234,50 (and none as 1234.50), else '.'."""
     hits = dots = 0
     for line in lines:
         if not line.strip():
@@ -489,7 +493,7 @@ def _sniff_layout(path: Path) -> _Layout:
     extras = _numeric_extras(head[skiprows:], delimiter, extras, path)
     stamps_at_close = (not has_header and delimiter == ";"
                    and re.fullmatch(r"\d{8} \d{6}", fields[0].strip()) is not None)
-    decimal = _decimal_mark(path, head[skiprows:], skiprows, delimiter, columns)
+    decimal = _decimal_mark(head[skiprows:], delimiter, columns)
     if delimiter == "," and not has_header and not quoted:
         _refuse_split_decimals(path, head[skiprows:], skiprows, columns)
     return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted, preamble, decimal)
