@@ -330,3 +330,16 @@ def test_cli_lists_the_features():
     assert result.exit_code == 0
     assert "dist_to_poc_ticks" in result.output and "ema_dist_200" in result.output
     assert f"{len(FEATURES)} features" in result.output
+
+
+def test_a_bad_print_leaves_only_its_windows_poc_missing_and_sizes_no_allocation():
+    """One bar with a high of 4e9 (a bad print) used to size a 2**31-cell profile histogram and
+    crash; the windows that contain it have no POC now, and every other bar is unchanged."""
+    from trademl.data.features import compute_features
+
+    bars = synthetic_bars(3000, seed=1, symbol="ES")
+    clean = compute_features(bars, symbol="ES")["dist_to_poc_ticks"]
+    bars.iloc[1500, bars.columns.get_loc("high")] = 4e9
+    spiked = compute_features(bars, symbol="ES")["dist_to_poc_ticks"]
+    differ = ~((clean.isna() & spiked.isna()) | (clean == spiked)).to_numpy()
+    assert np.flatnonzero(differ).tolist() == list(range(1500, 1560)) and spiked.iloc[1500:1560].isna().all()

@@ -18,6 +18,7 @@ import numpy as np
 from trademl.data.features.rolling import lagged_windows, window_min_max
 
 _CELLS_PER_BATCH = 1 << 16  # histogram cells per bincount call: 512 KB stays in cache (measured fastest)
+_MAX_WIDTH_CLASS = 20  # at most 2**20 bins in one window's profile
 
 
 
@@ -47,6 +48,9 @@ def rolling_poc(
     width_class = np.frexp(highest.astype(np.float32))[1]
     del highest
     width_class[~(window_volume > 0)] = -1  # warm-up (NaN) or nothing traded: no POC
+    # A window spanning more than 2**20 bins (a bad print: a price far off the market) has no
+    # meaningful POC and would size a GiB histogram: it is left missing instead.
+    width_class[width_class > _MAX_WIDTH_CLASS] = -1
     bin_windows = lagged_windows(bins, window)  # row t - window + 1 holds bins[t-window+1 .. t]
     volume_windows = lagged_windows(volume, window)
     for cls in range(int(width_class.max(initial=-1)) + 1):
