@@ -74,3 +74,32 @@ def store_copy(trained_store, tmp_path):
         return copy_store(trained_store, tmp_path / f"copy{len(made)}", kinds)
 
     return make
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(size="64k", name="full") -> a small tmpfs folder to fill (root only: the test is
+    skipped with the reason otherwise); every mount is undone after the test."""
+    import gc
+    import os
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str = "64k", name: str = "full") -> Path:
+        if os.geteuid() != 0 or shutil.which("mount") is None or shutil.which("umount") is None:
+            pytest.skip("a full-disk tmpfs needs root and mount/umount")
+        where = tmp_path / name
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    gc.collect()  # a failed writer's file may still be open in a kept traceback
+    for where in mounted:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)

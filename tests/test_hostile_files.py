@@ -279,23 +279,9 @@ def test_full_disk_during_a_checkpoint_leaves_no_part(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
+def tiny_tmpfs(mount_tmpfs):
     """A full 64 KiB tmpfs (root only; skipped with the reason otherwise)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a full-disk tmpfs needs root and mount")
-    where = tmp_path / "full"
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        import gc
-
-        gc.collect()  # a failed writer's file may still be open in a kept traceback
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=False)
+    return mount_tmpfs("64k")
 
 
 def _fill(folder: Path) -> None:

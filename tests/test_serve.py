@@ -323,54 +323,34 @@ def _metric(page: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(name))
 
 
-def _can_mount_tmpfs() -> str | None:
-    """None when this process may mount a tmpfs (root with CAP_SYS_ADMIN); else why not."""
-    if os.geteuid() != 0:
-        return "not root: cannot mount a small tmpfs to fill"
-    if shutil.which("mount") is None or shutil.which("umount") is None:
-        return "mount/umount are not installed"
-    return None
+def test_a_full_disk_under_the_prediction_log_never_stops_predictions(trained_store, mount_tmpfs, capfd):
+    logs = mount_tmpfs("1m", "logs")
+    from trademl.predict.log import PredictionLog
 
-
-def test_a_full_disk_under_the_prediction_log_never_stops_predictions(trained_store, tmp_path, capfd):
-    reason = _can_mount_tmpfs()
-    if reason:
-        pytest.skip(reason)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(logs)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        from trademl.predict.log import PredictionLog
-
-        with TestClient(build_app(trained_store.config, trained_store.root, logs)) as c:
-            assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200  # written while there is room
-            try:  # now fill the disk to the last byte
-                with open(logs / "filler", "wb") as f:
-                    while True:
-                        f.write(b"\0" * 4096)
-                        f.flush()
-            except OSError:
-                pass
-            assert os.statvfs(logs).f_bavail == 0
-            answers = [c.post("/v1/predict", json=dict(GUIDE_EXAMPLE, position=p % 3 - 1)) for p in range(60)]
-            assert [r.status_code for r in answers] == [200] * 60, answers[0].text[:300]
-            assert all(r.json()["ensemble_recommendation"] in ("BUY", "SELL", "HOLD") for r in answers)
-            bad = c.post("/v1/predict", content=b"{oops", headers={"content-type": "application/json"})
-            assert bad.status_code == 422 and bad.json()["error"]["field"] == "body"  # the client's fault, as before
-            failures = _metric(c.get("/metrics").text, "trademl_log_write_failures_total")
-            assert failures >= 1
-            (logs / "filler").unlink()  # room again: the log picks up where it stopped
-            assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
-        rows = PredictionLog(logs / "predictions.sqlite").query()
-        assert rows["recommendation"].notna().sum() >= 2  # the first one and the one after the space came back
-        err = capfd.readouterr().err
-        assert "Logging error" not in err and "Traceback" not in err
-        assert err.count("cannot write the prediction log") <= 1  # warned once per interval, not per request
-    finally:
-        if subprocess.run(["umount", str(logs)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(logs)], capture_output=True)
+    with TestClient(build_app(trained_store.config, trained_store.root, logs)) as c:
+        assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200  # written while there is room
+        try:  # now fill the disk to the last byte
+            with open(logs / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:
+            pass
+        assert os.statvfs(logs).f_bavail == 0
+        answers = [c.post("/v1/predict", json=dict(GUIDE_EXAMPLE, position=p % 3 - 1)) for p in range(60)]
+        assert [r.status_code for r in answers] == [200] * 60, answers[0].text[:300]
+        assert all(r.json()["ensemble_recommendation"] in ("BUY", "SELL", "HOLD") for r in answers)
+        bad = c.post("/v1/predict", content=b"{oops", headers={"content-type": "application/json"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "body"  # the client's fault, as before
+        failures = _metric(c.get("/metrics").text, "trademl_log_write_failures_total")
+        assert failures >= 1
+        (logs / "filler").unlink()  # room again: the log picks up where it stopped
+        assert c.post("/v1/predict", json=GUIDE_EXAMPLE).status_code == 200
+    rows = PredictionLog(logs / "predictions.sqlite").query()
+    assert rows["recommendation"].notna().sum() >= 2  # the first one and the one after the space came back
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert err.count("cannot write the prediction log") <= 1  # warned once per interval, not per request
 
 
 def test_a_corrupt_locked_or_unwritable_log_is_counted_and_predictions_go_on(trained_store, tmp_path, capfd):
