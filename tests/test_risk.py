@@ -198,8 +198,10 @@ def test_backtest_signals_on_a_losing_series_stops_at_the_breach_and_not_a_bar_l
     signals.to_csv(tmp_path / "signals.csv", index=False)
     out = CliRunner().invoke(app, ["backtest-signals", str(tmp_path / "nq.csv"), str(tmp_path / "signals.csv"),
                                    "--symbol", "NQ", "--account", "topstep-50k", "--threshold", "0.5",
-                                   "--json", str(tmp_path / "r.json")])
+                                   "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "r.html")])
     assert out.exit_code == 0, out.output
+    page = (tmp_path / "r.html").read_text()
+    assert "Account rules: equity against the limits" in page and "failed (daily_loss_limit)" in page
     got = json.loads((tmp_path / "r.json").read_text())
     # The same signals without rules, by hand: the first bar whose equity is $1,000 under the day's start.
     per_bar = pd.DataFrame({"action": np.zeros(120, np.int8), "confidence": np.zeros(120)}, index=bars.index)

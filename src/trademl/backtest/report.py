@@ -52,6 +52,33 @@ def equity_figure(runs: dict[str, BacktestResult]):
     return fig
 
 
+def account_figure(verdict):
+    """Live equity against the trailing threshold and the daily floor (trademl.risk), with the
+    breach or the pass marked: how close the account came to each limit."""
+    import plotly.graph_objects as go
+
+    x, equity, threshold, floor = _decimate(verdict.index, verdict.equity, verdict.threshold, verdict.day_floor)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=equity, name="live equity", mode="lines", line=dict(color="#4472c4", width=2)))
+    fig.add_trace(go.Scatter(x=x, y=threshold, name="trailing threshold", mode="lines",
+                             line=dict(color="#c00000", dash="dash")))
+    if np.isfinite(floor).any():
+        fig.add_trace(go.Scatter(x=x, y=floor, name="daily loss floor", mode="lines",
+                                 line=dict(color="#ed7d31", dash="dot")))
+    target = verdict.rules.starting_balance + verdict.rules.profit_target
+    fig.add_hline(y=target, line=dict(color="#70ad47", dash="dash"), annotation_text="profit target")
+    for bar, label, color in ((verdict.breach_bar if verdict.breached else None, f"breach: {verdict.breached}", "#c00000"),
+                              (verdict.pass_bar if verdict.passed else None, "passed", "#70ad47")):
+        if bar is not None:
+            fig.add_trace(go.Scatter(x=[verdict.index[bar]], y=[verdict.equity[bar]], name=label, mode="markers",
+                                     marker=dict(color=color, size=12, symbol="x")))
+    fig.update_layout(height=420, margin=dict(t=30, b=30), yaxis_title="$",
+                      title=f"{verdict.rules.name}: " + ("passed" if verdict.passed else
+                                                         f"failed ({verdict.breached})" if verdict.breached else
+                                                         "not passed yet"))
+    return fig
+
+
 def trade_pnl_figure(run: BacktestResult):
     import plotly.graph_objects as go
 
@@ -145,6 +172,8 @@ def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | 
     table = comparison_table(runs) if table is None else table
     figures = [("Equity and drawdown", equity_figure(runs)), ("Trade P&L", trade_pnl_figure(run)),
                ("Daily P&L", daily_heatmap_figure(run))]
+    if run.account is not None:
+        figures.insert(1, ("Account rules: equity against the limits", account_figure(run.account)))
     notes = []
     if bars is not None and run.action is not None:
         if hit_rate_horizon is None:

@@ -138,7 +138,8 @@ def as_backtest(verdict, like, cls):
     ex = verdict.execution
     return cls(index=like.index, position=ex.position, trade_qty=ex.trade_qty, fill_price=ex.fill_price, pnl=ex.pnl,
                costs=ex.costs, target=like.target, segments=like.segments, model=like.model,
-               initial_balance=like.initial_balance, action=like.action, confidence=like.confidence, name=like.name)
+               initial_balance=verdict.rules.starting_balance, action=like.action, confidence=like.confidence,
+               name=like.name, account=verdict)
 
 
 def account_summary(verdict, mc_paths: int) -> dict:
