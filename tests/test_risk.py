@@ -339,3 +339,60 @@ def test_the_predictor_blocks_a_trade_whose_stop_would_breach_and_refuses_a_bad_
         with pytest.raises(RequestError) as e:
             predictor.ensemble_predict({**snapshot, "account": account})
         assert e.value.kind == "validation" and str(e.value.field).startswith("account"), (account, e.value.field)
+
+
+def test_atr_stops_and_targets_are_checked_inside_each_bar_stop_first():
+    from trademl.market.broker import apply_stops, simulate
+
+    nq = ExecutionModel(contract_spec("NQ"), max_position=5, **FREE)
+    # Long 1 from bar 1 (decided at bar 0's close), entry at bar 1's open 100; ATR 1 at bar 0:
+    # stop 98, target 103. Bar 2 touches neither; bar 3 reaches both: the stop is taken.
+    open_ = np.array([100.0, 100.0, 100.5, 100.0, 99.0, 99.0])
+    close = np.array([100.0, 100.5, 100.0, 99.0, 99.0, 99.0])
+    high = np.array([100.0, 101.0, 101.0, 103.5, 99.5, 99.5])
+    low = np.array([100.0, 99.5, 99.0, 97.5, 98.5, 98.5])
+    target = np.ones(6)
+    atr = np.ones(6)
+    plain = simulate(nq, target, open_, close)
+    stopped = apply_stops(plain, nq, open_, high, low, close, atr, stop_atr=2.0, target_atr=3.0)
+    assert stopped.position.tolist() == [0, 1, 1, 1, 0, 0]
+    assert stopped.pnl.sum() == pytest.approx((98.0 - 100.0) * 20)  # out at the stop, not the target
+    assert stopped.fill_price[4] == 98.0 and stopped.trade_qty[4] == -1
+    # Only the target inside the bar: out at 103.
+    high2 = high.copy()
+    low2 = low.copy()
+    low2[3] = 99.5
+    hit = apply_stops(plain, nq, open_, high2, low2, close, atr, stop_atr=2.0, target_atr=3.0)
+    assert hit.pnl.sum() == pytest.approx((103.0 - 100.0) * 20)
+    # A bar that opens through the stop fills at its open (97), worse than the stop.
+    gap_open, gap_low, gap_close = open_.copy(), low.copy(), close.copy()
+    gap_open[3], gap_low[3], gap_close[2] = 97.0, 96.5, 97.5
+    gapped = apply_stops(simulate(nq, target, gap_open, gap_close), nq, gap_open, high2, gap_low, gap_close, atr,
+                         stop_atr=2.0, target_atr=3.0)
+    assert gapped.pnl.sum() == pytest.approx((97.0 - 100.0) * 20)
+    # A short: stop above, target below; costs charged on the exit.
+    costly = ExecutionModel(contract_spec("NQ"), commission_per_side=2.0, slippage_ticks=1.0, max_position=5)
+    short = apply_stops(simulate(costly, -target, open_, close), costly, open_, high, low, close, atr,
+                        stop_atr=2.0, target_atr=3.0)
+    # Entry 100 (sold), bar 3: high 103.5 >= stop 102 and low 97.5 <= target 97: the stop again.
+    assert short.pnl.sum() == pytest.approx((100.0 - 102.0) * 20 - 2 * costly.cost_per_contract)
+
+
+def test_backtest_signals_with_stops_exits_every_trade_at_its_stop_or_target(tmp_path):
+    from trademl.backtest.signals import backtest_signals, read_signals
+    from trademl.data.synthetic import synthetic_bars
+
+    bars = synthetic_bars(3_000, seed=4, symbol="NQ")
+    rng = np.random.default_rng(0)
+    rows = rng.choice(np.arange(100, 2_900), 60, replace=False)
+    pd.DataFrame({"timestamp": [bars.index[i].isoformat() for i in sorted(rows)],
+                  "action": rng.choice(["BUY", "SELL"], 60), "confidence": 1.0}).to_csv(tmp_path / "s.csv", index=False)
+    signals = read_signals(tmp_path / "s.csv")
+    plain = backtest_signals(bars, signals, threshold=0.5)
+    stopped = backtest_signals(bars, signals, threshold=0.5, stops=True)
+    ruled = backtest_signals(bars, signals, threshold=0.5, stops=True, account="topstep-150k")
+    a, b = plain.runs["signals"], stopped.runs["signals"]
+    assert np.abs(b.position).sum() < np.abs(a.position).sum()  # stops end trades early
+    assert (b.position[a.position == 0] == 0).all()  # and never open one
+    assert ruled.runs["signals"].account is not None and ruled.account["rules"] == "topstep-150k"
+    assert stopped.account is None

@@ -370,6 +370,8 @@ def backtest_signals_command(
                                               help="Signals count above this confidence (default: [backtest] confidence_threshold)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report."),
+    stops: bool = typer.Option(False, "--stops", help="Give every trade an ATR stop and target ([risk] stop_atr, "
+                               "target_atr), checked inside each bar; the stop first when both are hit."),
     config: Optional[Path] = ConfigOpt,
 ):
     """A bot's own signals through the engine and the account's rules: passed or failed, and the probability of passing."""
@@ -385,7 +387,7 @@ def backtest_signals_command(
     frame = load_bars(bars, symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes)
     if symbol:
         frame.attrs["symbol"] = symbol
-    result = backtest_signals(frame, read_signals(signals), config=cfg, account=account, threshold=threshold)
+    result = backtest_signals(frame, read_signals(signals), config=cfg, account=account, threshold=threshold, stops=stops)
     out_console = console()
     out_console.print(results_table(result.table, title=f"{SIGNALS_NAME} on {bars.name}"))
     if result.account is not None:

@@ -96,9 +96,10 @@ def _plain(value):
 
 
 def backtest_signals(bars: pd.DataFrame, signals: pd.DataFrame, *, config=None, account=None,
-                     threshold: float | None = None, mc_paths: int = 5_000) -> SignalsBacktest:
+                     threshold: float | None = None, mc_paths: int = 5_000, stops: bool = False) -> SignalsBacktest:
     """Trade ``signals`` (see ``read_signals``) on ``bars``; with ``account`` (a preset name or
-    AccountRules) through its rules, with the probability of passing."""
+    AccountRules) through its rules, with the probability of passing; with ``stops`` every trade
+    also gets an ATR stop and target ([risk] stop_atr, target_atr) checked inside each bar."""
     from trademl.backtest.baselines import buy_and_hold, comparison_table, flat
     from trademl.backtest.engine import BacktestResult, run_backtest
     from trademl.config import resolve_config
@@ -119,19 +120,46 @@ def backtest_signals(bars: pd.DataFrame, signals: pd.DataFrame, *, config=None, 
                             confidence_threshold=threshold, initial_balance=balance, name=SIGNALS_NAME)
     runs = {r.name: r for r in (strategy, flat(bars, strategy), buy_and_hold(bars, strategy))}
     verdicts, account_json = {}, None
+    exits = _stop_inputs(bars, spec, cfg) if stops else None
+    if exits is not None and rules is None:  # stops alone, no account
+        runs = {name: _with_stops(run, bars, exits, BacktestResult) for name, run in runs.items()}
     if rules is not None:
         for name, run in list(runs.items()):
-            verdicts[name] = through_rules(run, bars, rules)
+            verdicts[name] = through_rules(run, bars, rules, exits)
             runs[name] = as_backtest(verdicts[name], run, BacktestResult)
         account_json = account_summary(verdicts[SIGNALS_NAME], mc_paths)
     table = comparison_table(runs)
     return SignalsBacktest(runs, table, account_json, verdicts, early)
 
 
-def through_rules(run, bars: pd.DataFrame, rules):
+def through_rules(run, bars: pd.DataFrame, rules, stops: dict | None = None):
     from trademl.risk.account import apply_rules
 
-    return apply_rules(bars.index, run.target, bars["open"], bars["close"], run.model, rules, run.segments)
+    return apply_rules(bars.index, run.target, bars["open"], bars["close"], run.model, rules, run.segments,
+                       stops=stops)
+
+
+def _with_stops(run, bars: pd.DataFrame, exits: dict, cls):
+    from trademl.market.broker import ExecutionResult, apply_stops
+
+    executed = ExecutionResult(run.position, run.trade_qty, run.fill_price, run.pnl, run.costs)
+    ex = apply_stops(executed, run.model, bars["open"], exits["high"], exits["low"], bars["close"], exits["atr"],
+                     stop_atr=exits["stop_atr"], target_atr=exits["target_atr"])
+    return cls(index=run.index, position=ex.position, trade_qty=ex.trade_qty, fill_price=ex.fill_price, pnl=ex.pnl,
+               costs=ex.costs, target=run.target, segments=run.segments, model=run.model,
+               initial_balance=run.initial_balance, action=run.action, confidence=run.confidence, name=run.name)
+
+
+def _stop_inputs(bars: pd.DataFrame, spec, cfg) -> dict:
+    """What ``apply_stops`` needs: the bars' highs and lows and the ATR (atr_ticks_14, in price)."""
+    from trademl.data.features import compute_features
+
+    missing = [c for c in ("high", "low") if c not in bars.columns]
+    if missing:
+        raise DataError(f"stops need the bars' {' and '.join(missing)}", where="bars")
+    atr = compute_features(bars, names=["atr_ticks_14"], symbol=spec.root)["atr_ticks_14"].to_numpy() * spec.tick_size
+    return {"high": bars["high"].to_numpy(np.float64), "low": bars["low"].to_numpy(np.float64), "atr": atr,
+            "stop_atr": cfg.risk.stop_atr, "target_atr": cfg.risk.target_atr}
 
 
 def as_backtest(verdict, like, cls):

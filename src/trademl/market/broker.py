@@ -243,3 +243,64 @@ def simulate(execution: ExecutionModel, target, open_, close, segments=None, fla
     qty = pos - prev
     fill = np.where(qty != 0, execution.fill_price(open_, qty), np.nan)
     return ExecutionResult(position=pos, trade_qty=qty, fill_price=fill, pnl=pnl, costs=costs)
+
+
+def apply_stops(executed: ExecutionResult, execution: ExecutionModel, open_, high, low, close, atr, *,
+                stop_atr: float, target_atr: float) -> ExecutionResult:
+    """Volatility stops and targets on the positions of ``executed`` (from ``simulate``).
+
+    Each run of same-side positions is one trade: it enters at the open of its first bar, its
+    stop and target sit ``stop_atr`` / ``target_atr`` ATRs away (the ATR of the bar the entry
+    was decided on, in price units), and every bar's low and high are checked against them
+    from the entry bar on. The first bar that touches either closes the whole position there:
+    at the level, or at the open when the bar gaps through it. When the stop and the target
+    both fall inside one bar, the **stop is taken**: a bar's path between its high and its low
+    is unknown, and assuming the worst is the honest choice. The exit pays one fill's slippage
+    and commission; the account is flat for the rest of the run (a new entry needs the signal
+    to go flat or flip). Bars without an ATR (warm-up) get no stop.
+    """
+    pos = executed.position.copy()
+    qty, fill = executed.trade_qty.copy(), executed.fill_price.copy()
+    pnl, costs = executed.pnl.copy(), executed.costs.copy()
+    open_, high, low, close = (np.asarray(a, np.float64) for a in (open_, high, low, close))
+    atr = np.asarray(atr, np.float64)
+    side = np.sign(pos)
+    starts = np.flatnonzero((side != 0) & segment_start_mask(side))  # the first bar of each same-side run
+    ends = np.r_[np.flatnonzero(segment_end_mask(side)) + 1]  # one past the last bar of every run
+    pv, cost = execution.spec.point_value, execution.cost_per_contract
+    for e in starts:
+        s = int(side[e])
+        end = int(ends[np.searchsorted(ends, e, side="right")])
+        a = atr[e - 1] if e > 0 else np.nan
+        if not np.isfinite(a) or a <= 0:
+            continue
+        entry = open_[e]
+        stop, target = entry - s * stop_atr * a, entry + s * target_atr * a
+        span = slice(e, end)
+        hit_stop = (low[span] <= stop) if s > 0 else (high[span] >= stop)
+        hit_target = (high[span] >= target) if s > 0 else (low[span] <= target)
+        hits = np.flatnonzero(hit_stop | hit_target)
+        if not len(hits):
+            continue
+        x = e + int(hits[0])
+        level = stop if hit_stop[hits[0]] else target  # both in one bar: the stop
+        gapped = (open_[x] - level) * s < 0 if level == stop else (open_[x] - level) * s > 0
+        exit_price = open_[x] if (gapped and x > e) else level
+        held = pos[x]
+        # Bar x: marked to the exit instead of the close, and the exit's cost.
+        pnl[x] += held * (exit_price - close[x]) * pv - abs(held) * cost
+        costs[x] += abs(held) * cost
+        # Flat from bar x + 1 to the run's end.
+        after = slice(x + 1, end)
+        pos[after], pnl[after], costs[after] = 0.0, 0.0, 0.0
+        qty[after], fill[after] = 0.0, np.nan
+        if x + 1 < len(pos):  # the exit, for the trade list, on the bar after it (as every fill is)
+            qty[x + 1], fill[x + 1] = -held, execution.fill_price(exit_price, -held)
+        if end < len(pos):  # the bar after the run enters from flat, not from the old position
+            new = pos[end]
+            pnl[end], costs[end] = execution.bar_pnl(0.0, new, close[end - 1], open_[end], close[end])
+            if x + 1 < end or new == 0:
+                qty[end], fill[end] = new, (execution.fill_price(open_[end], new) if new != 0 else np.nan)
+            # else: the exit and a new entry share bar `end`; its one fill price stays the exit's, so
+            # the trade list prices that entry at the exit (the bar P&L above is exact either way).
+    return ExecutionResult(pos, qty, fill, pnl, costs)

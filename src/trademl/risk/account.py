@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from trademl.errors import DataError
-from trademl.market.broker import ExecutionResult, simulate
+from trademl.market.broker import ExecutionResult, apply_stops, simulate
 from trademl.market.execution import ExecutionModel
 from trademl.risk.rules import AccountRules
 from trademl.segments import segment_start_mask
@@ -130,12 +130,19 @@ def rules_target(target, in_window: np.ndarray, rules: AccountRules, root: str) 
 
 
 def apply_rules(index: pd.DatetimeIndex, target, open_, close, execution: ExecutionModel, rules: AccountRules,
-                segments=None) -> RulesResult:
-    """Trade ``target`` through the broker and the account's rules (see the module doc)."""
+                segments=None, *, stops: dict | None = None) -> RulesResult:
+    """Trade ``target`` through the broker and the account's rules (see the module doc).
+
+    ``stops``: ``{"high", "low", "atr", "stop_atr", "target_atr"}`` adds volatility stops and
+    targets checked inside each bar (``trademl.market.broker.apply_stops``) before the rules.
+    """
     open_, close = np.asarray(open_, np.float64), np.asarray(close, np.float64)
     day, in_window = trading_days(index, rules)
     allowed = rules_target(target, in_window, rules, execution.spec.root)
     executed = simulate(execution, allowed, open_, close, segments)
+    if stops is not None:
+        executed = apply_stops(executed, execution, open_, stops["high"], stops["low"], close, stops["atr"],
+                               stop_atr=stops["stop_atr"], target_atr=stops["target_atr"])
     equity = rules.starting_balance + np.cumsum(executed.pnl)
     days = _day_table(equity, day, rules)
     breach_bar, breached = _first_breach(equity, days)
