@@ -265,6 +265,11 @@ def _reject_moved(raw: dict, where: str, prefix: str = "") -> None:
                 where=where, hint=f"write it under [{home}]: {name} = {values[name]!r}")
 
 
+def validation_problems(error: ValidationError) -> str:
+    """A pydantic error as one line a user can act on: 'section.name: message; ...'."""
+    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in error.errors())
+
+
 def small_budget(cfg: Config) -> Config:
     """``cfg`` with the [demo] budget applied to its sections (validated like a config file)."""
     raw = cfg.model_dump()
@@ -275,7 +280,7 @@ def small_budget(cfg: Config) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        problems = validation_problems(e)
         raise TradeMLError(f"invalid [demo] budget: {problems}", where="config [demo]") from None
 
 
@@ -301,9 +306,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-        )
+        problems = validation_problems(e)
         raise TradeMLError(f"invalid configuration: {problems}", where=str(path or "config")) from None
 
 
@@ -341,5 +344,5 @@ def with_overrides(config=None, overrides: dict | None = None) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        problems = validation_problems(e)
         raise TradeMLError(f"invalid setting: {problems}", where="overrides") from None

@@ -107,7 +107,7 @@ def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_se
         alone[kind] = (single.action, single.confidence)
     observing = {kind: rt for kind, rt in runtimes.items() if rt.needs_account}
     if observing:
-        action, confidence, looped = _account_loop(observing, votes, list(runtimes), weights, dataset, rows,
+        action, confidence, looped = _account_loop(observing, votes, list(runtimes), weights, dataset, inputs,
                                                    bt_segments, config)
         votes.update(looped.votes)
         alone.update(looped.alone)
@@ -127,7 +127,7 @@ class _Looped:
     outputs: dict  # extra columns: the positions each observing kind saw
 
 
-def _account_loop(observing: dict, votes: dict, order: list, weights: dict, dataset, rows: np.ndarray,
+def _account_loop(observing: dict, votes: dict, order: list, weights: dict, dataset, inputs: ModelInputs,
                   bt_segments: np.ndarray, config: Config):
     """Bar by bar through the broker: account 0 is the ensemble's, account 1 + j the j-th observing
     kind's own. At each close every observing kind sees the ensemble's account (its vote joins
@@ -138,7 +138,7 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
     from trademl.segments import bars_to_end, segment_start_mask
 
     frame = dataset.frame
-    X, data_segments = dataset.X, dataset.segments  # properties that copy: read once, not per bar
+    X, data_segments, rows = inputs.X, inputs.segments, inputs.at  # the batch's own copies: none made per bar
     open_ = frame["open"].to_numpy(np.float64)[rows]
     close = frame["close"].to_numpy(np.float64)[rows]
     n, kinds = len(rows), list(observing)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from trademl.config import validation_problems
 from trademl.errors import TradeMLError
 
 # Micro contracts: the rules cap them separately (10 micros per mini).
@@ -84,5 +85,4 @@ def rules_for(preset: str | AccountRules | dict, **overrides) -> AccountRules:
     try:
         return AccountRules.model_validate({**base, **overrides})
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise TradeMLError(f"invalid account rules: {problems}", where="account") from None
+        raise TradeMLError(f"invalid account rules: {validation_problems(e)}", where="account") from None
