@@ -21,8 +21,3 @@ def direction_of(codes) -> np.ndarray:
     """0 HOLD / 1 BUY / 2 SELL -> 0 / +1 / -1 (int8)."""
     return DIRECTION[np.asarray(codes, dtype=np.int64)]
 
-
-def code_of(direction) -> np.ndarray:
-    """0 / +1 / -1 -> 0 HOLD / 1 BUY / 2 SELL (int8): the inverse of :func:`direction_of`."""
-    d = np.asarray(direction, dtype=np.int64)
-    return np.where(d > 0, BUY, np.where(d < 0, SELL, HOLD)).astype(np.int8)
