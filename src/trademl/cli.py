@@ -348,6 +348,8 @@ def backtest_command(
     models: str = typer.Option("lgbm,lstm,ppo", "--models", help="Model groups to train and combine, comma-separated."),
     account: Optional[str] = typer.Option(None, "--account", help="Trade every run through these account rules "
                                           "(topstep-50k, topstep-100k, topstep-150k): passed/failed, P(pass)."),
+    stops: bool = typer.Option(False, "--stops", help="Give every trade of every run an ATR stop and target ([risk] "
+                               "stop_atr, target_atr), checked inside each bar; the stop first when both are hit."),
     config: Optional[Path] = ConfigOpt,
 ):
     """Walk-forward: per fold, train on the past, predict the fold with the serving runtimes, trade it; HTML report."""
@@ -356,7 +358,7 @@ def backtest_command(
 
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     backtest_models(dataset, load_config(config), n_folds=folds, budget=budget, out=out, models=chosen, console=console(),
-                    account=account)
+                    account=account, stops=stops)
 
 
 @app.command("backtest-signals")

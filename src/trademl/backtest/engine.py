@@ -94,14 +94,17 @@ def _fifo_round_trips(entries: np.ndarray, exits: np.ndarray):
 
 
 def round_trips(position: np.ndarray, fill_price: np.ndarray, index: pd.DatetimeIndex,
-                model: ExecutionModel) -> tuple[pd.DataFrame, int]:
+                model: ExecutionModel, exit_fill: np.ndarray | None = None) -> tuple[pd.DataFrame, int]:
     """Round trips from the per-bar positions of an execution result, matched FIFO.
 
     A fill that reverses (+2 -> -3) closes the two longs and opens three shorts at one
     price. P&L is net of slippage (inside the fill prices) and commission on both sides.
-    Returns the trade table and the contracts still open at the end (signed).
+    ``exit_fill`` (``ExecutionResult.exit_fill``): where finite, the price the contracts closed
+    on that bar got (a stop or target inside the bar before), while the bar's entries keep
+    ``fill_price``. Returns the trade table and the contracts still open at the end (signed).
     """
     pos = np.asarray(position, dtype=np.int64)
+    closing_price = fill_price if exit_fill is None else np.where(np.isfinite(exit_fill), exit_fill, fill_price)
     prev = np.r_[0, pos[:-1]]
     bars = np.arange(len(pos))
     tables = []
@@ -110,7 +113,7 @@ def round_trips(position: np.ndarray, fill_price: np.ndarray, index: pd.Datetime
         opened = np.maximum(held_after - held_before, 0)
         closed = np.maximum(held_before - held_after, 0)
         entry, exit_, qty, _ = _fifo_round_trips(np.repeat(bars, opened), np.repeat(bars, closed))
-        entry_price, exit_price = fill_price[entry], fill_price[exit_]
+        entry_price, exit_price = fill_price[entry], closing_price[exit_]
         commission, slippage = model.round_trip_costs(qty)
         pnl = side * (exit_price - entry_price) * model.spec.point_value * qty - commission
         tables.append((entry, exit_, np.full(len(entry), side, np.int8), qty, entry_price, exit_price,
@@ -153,6 +156,7 @@ class BacktestResult:
     confidence: np.ndarray | None = None
     name: str = "strategy"
     account: object = None  # trademl.risk.account.RulesResult, when run through an account's rules
+    exit_fill: np.ndarray | None = None  # stop / target exits' prices (ExecutionResult.exit_fill)
     _trades: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -163,7 +167,7 @@ class BacktestResult:
     def trades(self) -> pd.DataFrame:
         """Closed round trips (FIFO); contracts still open at the end are in ``open_position_at_end``."""
         if self._trades is None:
-            self._trades, _ = round_trips(self.position, self.fill_price, self.index, self.model)
+            self._trades, _ = round_trips(self.position, self.fill_price, self.index, self.model, self.exit_fill)
         return self._trades
 
     @cached_property
@@ -330,5 +334,5 @@ def run_backtest(
         fill_price=executed.fill_price, pnl=executed.pnl, costs=executed.costs, target=wanted,
         segments=seg, model=model, initial_balance=float(initial_balance),
         open_position_at_end=int(executed.position[-1]) if n else 0,
-        action=action, confidence=confidence, name=name, account=verdict,
+        action=action, confidence=confidence, name=name, account=verdict, exit_fill=executed.exit_fill,
     )

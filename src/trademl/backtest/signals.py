@@ -83,11 +83,13 @@ class SignalsBacktest:
     account: dict | None  # the rules' verdict and pass probability, with --account
     rules_results: dict  # name -> RulesResult, with --account
     skipped_signals: int
+    stops: dict | None = None  # with --stops: the ATR multiples used (stops_used)
 
     def to_json(self) -> dict:
         cols = ("sharpe", "psr", "dsr", "trades", "total_pnl", "exposure")
         runs = {name: {c: _plain(self.table.loc[name, c]) for c in cols} for name in self.table.index}
-        return {"account": self.account, "runs": runs, "signals_before_first_bar": self.skipped_signals}
+        return {"account": self.account, "stops": self.stops, "runs": runs,
+                "signals_before_first_bar": self.skipped_signals}
 
 
 def _plain(value):
@@ -101,7 +103,7 @@ def backtest_signals(bars: pd.DataFrame, signals: pd.DataFrame, *, config=None, 
     AccountRules) through its rules, with the probability of passing; with ``stops`` every trade
     also gets an ATR stop and target ([risk] stop_atr, target_atr) checked inside each bar."""
     from trademl.backtest.baselines import buy_and_hold, comparison_table, flat
-    from trademl.backtest.engine import BacktestResult, run_backtest
+    from trademl.backtest.engine import run_backtest
     from trademl.config import resolve_config
     from trademl.market.contracts import contract_spec
 
@@ -119,17 +121,27 @@ def backtest_signals(bars: pd.DataFrame, signals: pd.DataFrame, *, config=None, 
     strategy = run_backtest(bars, per_bar, spec=spec, costs=cfg.costs, max_position_size=cap,
                             confidence_threshold=threshold, initial_balance=balance, name=SIGNALS_NAME)
     runs = {r.name: r for r in (strategy, flat(bars, strategy), buy_and_hold(bars, strategy))}
-    verdicts, account_json = {}, None
-    exits = _stop_inputs(bars, spec, cfg) if stops else None
-    if exits is not None and rules is None:  # stops alone, no account
-        runs = {name: _with_stops(run, bars, exits, BacktestResult) for name, run in runs.items()}
-    if rules is not None:
-        for name, run in list(runs.items()):
-            verdicts[name] = through_rules(run, bars, rules, exits)
-            runs[name] = as_backtest(verdicts[name], run, BacktestResult)
-        account_json = account_summary(verdicts[SIGNALS_NAME], mc_paths)
+    exits = stop_inputs(bars, spec, cfg) if stops else None
+    runs, verdicts = with_exits(runs, bars, rules, exits)
+    account_json = account_summary(verdicts[SIGNALS_NAME], mc_paths) if rules is not None else None
     table = comparison_table(runs)
-    return SignalsBacktest(runs, table, account_json, verdicts, early)
+    return SignalsBacktest(runs, table, account_json, verdicts, early, stops_used(exits))
+
+
+# ----------------------------------------------------------------------------- exits beyond the signal
+# Shared with the walk-forward (``backtest --account ... --stops``): one way to give runs stops and rules.
+
+
+def with_exits(runs: dict, bars: pd.DataFrame, rules=None, exits: dict | None = None) -> tuple[dict, dict]:
+    """(runs, RulesResult per run): every run with the ATR stops of ``exits`` (``stop_inputs``) and,
+    with ``rules``, traded through the account's rules (no verdicts without rules)."""
+    from trademl.backtest.engine import BacktestResult
+
+    if rules is None:  # stops alone (or nothing): the runs' own fills with the stops on top
+        runs = {name: _with_stops(run, bars, exits, BacktestResult) for name, run in runs.items()} if exits else runs
+        return dict(runs), {}
+    verdicts = {name: through_rules(run, bars, rules, exits) for name, run in runs.items()}
+    return {name: as_backtest(verdicts[name], run, BacktestResult) for name, run in runs.items()}, verdicts
 
 
 def through_rules(run, bars: pd.DataFrame, rules, stops: dict | None = None):
@@ -142,24 +154,40 @@ def through_rules(run, bars: pd.DataFrame, rules, stops: dict | None = None):
 def _with_stops(run, bars: pd.DataFrame, exits: dict, cls):
     from trademl.market.broker import ExecutionResult, apply_stops
 
-    executed = ExecutionResult(run.position, run.trade_qty, run.fill_price, run.pnl, run.costs)
+    executed = ExecutionResult(run.position, run.trade_qty, run.fill_price, run.pnl, run.costs, run.exit_fill)
     ex = apply_stops(executed, run.model, bars["open"], exits["high"], exits["low"], bars["close"], exits["atr"],
                      stop_atr=exits["stop_atr"], target_atr=exits["target_atr"])
     return cls(index=run.index, position=ex.position, trade_qty=ex.trade_qty, fill_price=ex.fill_price, pnl=ex.pnl,
                costs=ex.costs, target=run.target, segments=run.segments, model=run.model,
-               initial_balance=run.initial_balance, action=run.action, confidence=run.confidence, name=run.name)
+               initial_balance=run.initial_balance, action=run.action, confidence=run.confidence, name=run.name,
+               exit_fill=ex.exit_fill)
 
 
-def _stop_inputs(bars: pd.DataFrame, spec, cfg) -> dict:
-    """What ``apply_stops`` needs: the bars' highs and lows and the ATR (atr_ticks_14, in price)."""
+def stop_inputs(bars: pd.DataFrame, spec, cfg, atr_ticks=None) -> dict:
+    """What ``apply_stops`` needs: the bars' highs and lows, the ATR in price and [risk] stop_atr,
+    target_atr. ``atr_ticks``: the atr_ticks_14 feature per bar when the caller has it (the
+    walk-forward takes the dataset's, computed on the whole history, so no warm-up restarts at
+    its first test bar); otherwise it is computed from ``bars``. Either is known at each close."""
     from trademl.data.features import compute_features
 
     missing = [c for c in ("high", "low") if c not in bars.columns]
     if missing:
         raise DataError(f"stops need the bars' {' and '.join(missing)}", where="bars")
-    atr = compute_features(bars, names=["atr_ticks_14"], symbol=spec.root)["atr_ticks_14"].to_numpy() * spec.tick_size
+    if atr_ticks is None:
+        atr_ticks = compute_features(bars, names=["atr_ticks_14"], symbol=spec.root)["atr_ticks_14"].to_numpy()
+    atr = np.asarray(atr_ticks, np.float64) * spec.tick_size
+    if atr.shape != (len(bars),):
+        raise DataError(f"{atr.size} ATR values for {len(bars)} bars", where="stops")
     return {"high": bars["high"].to_numpy(np.float64), "low": bars["low"].to_numpy(np.float64), "atr": atr,
             "stop_atr": cfg.risk.stop_atr, "target_atr": cfg.risk.target_atr}
+
+
+def stops_used(exits: dict | None) -> dict | None:
+    """What the JSON and the summaries say about the stops: None without, else the ATR multiples."""
+    if exits is None:
+        return None
+    return {"atr": "atr_ticks_14", "stop_atr": float(exits["stop_atr"]), "target_atr": float(exits["target_atr"]),
+            "both_in_one_bar": "stop"}
 
 
 def as_backtest(verdict, like, cls):
@@ -167,7 +195,7 @@ def as_backtest(verdict, like, cls):
     return cls(index=like.index, position=ex.position, trade_qty=ex.trade_qty, fill_price=ex.fill_price, pnl=ex.pnl,
                costs=ex.costs, target=like.target, segments=like.segments, model=like.model,
                initial_balance=verdict.rules.starting_balance, action=like.action, confidence=like.confidence,
-               name=like.name, account=verdict)
+               name=like.name, account=verdict, exit_fill=ex.exit_fill)
 
 
 def account_summary(verdict, mc_paths: int) -> dict:

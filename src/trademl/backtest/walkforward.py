@@ -226,6 +226,9 @@ class WalkForwardResult:
     # With an account (``--account topstep-50k``): every run traded through its rules, and per run
     # the verdict (passed, breached, when, trading days) with the Monte Carlo pass probability.
     accounts: dict | None = None
+    # With ``stops=True`` (``--stops``): the ATR stop and target every run's trades had
+    # (``trademl.backtest.signals.stops_used``); None: the signals' own exits only.
+    stops: dict | None = None
 
     @property
     def ensemble(self):
@@ -236,7 +239,9 @@ class WalkForwardResult:
 
         bt = self.config.backtest
         symbol = self.bars.attrs.get("symbol", "")
-        title = title or f"trademl walk-forward backtest: {symbol}, {len(self.folds)} folds"
+        title = title or (f"trademl walk-forward backtest: {symbol}, {len(self.folds)} folds"
+                          + (f", ATR stops {self.stops['stop_atr']:g} / targets {self.stops['target_atr']:g}"
+                             if self.stops else ""))
         self.report_path = write_report(path, self.runs, bars=self.bars, main=ENSEMBLE, table=self.table, title=title,
                                         confidence_threshold=bt.confidence_threshold,
                                         hit_rate_horizon=bt.hit_rate_horizon)
@@ -255,13 +260,15 @@ def backtest_segments(data_segments: np.ndarray, fold_of_row: np.ndarray) -> np.
 def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
                           n_folds: int | None = None, budget: str | None = None,
                           progress: Progress | None = None, work_dir=None, keep_models=None,
-                          account=None) -> WalkForwardResult:
+                          account=None, stops: bool = False) -> WalkForwardResult:
     """Train on each fold's past, predict its test span, trade the concatenated folds. See the module doc.
 
     ``models``: the families to train (default: every registered one). ``keep_models``: a folder
     that keeps each fold's model store (``fold<N>``), e.g. to replay a fold through the
     predictor; by default they are temporary. ``account``: a preset name (``topstep-50k``) or
     AccountRules: every run is traded through the account's rules (``result.accounts``).
+    ``stops``: every run's trades also get an ATR stop and target ([risk] stop_atr, target_atr),
+    checked inside each bar, as ``backtest-signals --stops`` (``result.stops`` says which).
     """
     from trademl.data.splits import walk_forward_splits
     from trademl.models.store import ModelStore
@@ -304,13 +311,16 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
         parts_time = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
         say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); weights: {used}"
             + (f" ({warning})" if warning else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
-    return _assemble(dataset, cfg, horizon, parts, outcomes, account)
+    return _assemble(dataset, cfg, horizon, parts, outcomes, account, stops)
 
 
-def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None) -> WalkForwardResult:
-    """Concatenate the folds, then backtest the ensemble, the baselines and each model alone."""
+def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
+              stops: bool = False) -> WalkForwardResult:
+    """Concatenate the folds, then backtest the ensemble, the baselines and each model alone;
+    with ``account`` and / or ``stops``, every run then through the rules and / or the stops."""
     from trademl.backtest.baselines import comparison_table, run_baselines
     from trademl.backtest.engine import run_backtest
+    from trademl.backtest.signals import stops_used
 
     rows = np.concatenate([f.test for f, _ in parts])
     fold_of_row = np.concatenate([np.full(len(f.test), f.number) for f, _ in parts])
@@ -341,27 +351,37 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None)
     # Every candidate counts as a trial, also one that never traded (no Sharpe): it was tried.
     from trademl.backtest.baselines import is_baseline
 
+    exits = _stop_inputs(dataset, bars, cfg, rows) if stops else None
     accounts = None
-    if account is not None:
-        runs, accounts = _through_account(runs, bars, account)
+    if account is not None or exits is not None:
+        runs, accounts = _through_account(runs, bars, account, exits)
     table = comparison_table(runs, n_trials=sum(not is_baseline(name) for name in runs))
     return WalkForwardResult(bars, segments, signals, model_signals, outputs, outcomes, runs, table, cfg, horizon,
-                             accounts=accounts)
+                             accounts=accounts, stops=stops_used(exits))
 
 
-def _through_account(runs: dict, bars: pd.DataFrame, account) -> tuple[dict, dict]:
-    """Every run traded through the account's rules, with each run's verdict and pass probability."""
-    from trademl.backtest.engine import BacktestResult
-    from trademl.backtest.signals import account_summary, as_backtest, through_rules
+def _stop_inputs(dataset, bars: pd.DataFrame, cfg: Config, rows: np.ndarray) -> dict:
+    """backtest-signals' stop inputs on the test bars, with the dataset's own ATR feature when it
+    has one (computed on the whole history: no warm-up at the first test bar, nothing later)."""
+    from trademl.backtest.signals import stop_inputs
+
+    column = "atr_ticks_14"
+    atr_ticks = dataset.frame[column].to_numpy(np.float64)[rows] if column in dataset.frame.columns else None
+    return stop_inputs(bars, dataset.spec, cfg, atr_ticks)
+
+
+def _through_account(runs: dict, bars: pd.DataFrame, account, exits: dict | None = None) -> tuple[dict, dict | None]:
+    """Every run with the stops of ``exits`` (when given) and through the account's rules (when
+    given), with each run's verdict and pass probability (None without an account)."""
+    from trademl.backtest.signals import account_summary, stops_used, with_exits
     from trademl.risk.rules import rules_for
 
-    rules = rules_for(account)
-    ruled, verdicts = {}, {}
-    for name, run in runs.items():
-        verdict = through_rules(run, bars, rules)
-        ruled[name] = as_backtest(verdict, run, BacktestResult)
-        verdicts[name] = account_summary(verdict, mc_paths=2_000)
-    return ruled, verdicts
+    rules = rules_for(account) if account is not None else None
+    traded, verdicts = with_exits(runs, bars, rules, exits)
+    if rules is None:
+        return traded, None
+    used = stops_used(exits)
+    return traded, {name: {**account_summary(v, mc_paths=2_000), "stops": used} for name, v in verdicts.items()}
 
 
 # ----------------------------------------------------------------------------- presentation
@@ -409,7 +429,8 @@ def verdict(result: WalkForwardResult) -> str:
 
 
 def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds: int | None = None,
-                    budget: str | None = None, out=None, models=None, console=None, account=None) -> WalkForwardResult:
+                    budget: str | None = None, out=None, models=None, console=None, account=None,
+                    stops: bool = False) -> WalkForwardResult:
     """What `trademl backtest` and scripts/backtest_models.py run: progress per fold, the
     table, the verdict and the HTML report (default: [paths] report_dir/backtest.html)."""
     from trademl.data.dataset import load_training_dataset
@@ -422,12 +443,16 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
 
         rules_for(account)  # an unknown preset fails before any training
     result = walk_forward_backtest(dataset, cfg, models=models, n_folds=n_folds, budget=budget, progress=say,
-                                   account=account)
+                                   account=account, stops=stops)
     path = Path(out) if out is not None else Path(cfg.paths.report_dir) / "backtest.html"
     result.write_report(path)
     if console is not None:
         console.print(results_table(result.table))
         console.print(verdict(result))
+        if result.stops:
+            console.print(f"  every run with ATR stops: stop {result.stops['stop_atr']:g} ATR, target "
+                          f"{result.stops['target_atr']:g} ATR ({result.stops['atr']}), checked inside each bar, "
+                          "the stop first when both are hit")
         for name, a in (result.accounts or {}).items():
             status = "PASSED" if a["passed"] else f"failed: {a['breached']} at {a['breach_time']}" if a["breached"] else "not passed"
             p = a.get("pass_probability")

@@ -132,13 +132,20 @@ class Broker:
 @dataclass
 class ExecutionResult:
     """Per-bar arrays: position held during the bar, contracts traded at its open, their fill
-    price (NaN where nothing traded), net P&L in dollars and the costs inside it."""
+    price (NaN where nothing traded), net P&L in dollars and the costs inside it.
+
+    ``exit_fill``: where a stop or target closed the position inside the bar before (booked on
+    this bar, as every fill is), the price those contracts got; NaN elsewhere, None when nothing
+    was stopped. A bar can close a stopped position and open a new one: the entry keeps
+    ``fill_price`` (this bar's open), so the trade list prices each at its own fill.
+    """
 
     position: np.ndarray
     trade_qty: np.ndarray
     fill_price: np.ndarray
     pnl: np.ndarray
     costs: np.ndarray
+    exit_fill: np.ndarray | None = None
 
     @property
     def equity(self) -> np.ndarray:
@@ -262,6 +269,7 @@ def apply_stops(executed: ExecutionResult, execution: ExecutionModel, open_, hig
     pos = executed.position.copy()
     qty, fill = executed.trade_qty.copy(), executed.fill_price.copy()
     pnl, costs = executed.pnl.copy(), executed.costs.copy()
+    exit_fill = np.full(len(pos), np.nan) if executed.exit_fill is None else executed.exit_fill.copy()
     open_, high, low, close = (np.asarray(a, np.float64) for a in (open_, high, low, close))
     atr = np.asarray(atr, np.float64)
     side = np.sign(pos)
@@ -295,12 +303,15 @@ def apply_stops(executed: ExecutionResult, execution: ExecutionModel, open_, hig
         pos[after], pnl[after], costs[after] = 0.0, 0.0, 0.0
         qty[after], fill[after] = 0.0, np.nan
         if x + 1 < len(pos):  # the exit, for the trade list, on the bar after it (as every fill is)
-            qty[x + 1], fill[x + 1] = -held, execution.fill_price(exit_price, -held)
+            qty[x + 1] = -held
+            fill[x + 1] = exit_fill[x + 1] = execution.fill_price(exit_price, -held)
         if end < len(pos):  # the bar after the run enters from flat, not from the old position
             new = pos[end]
             pnl[end], costs[end] = execution.bar_pnl(0.0, new, close[end - 1], open_[end], close[end])
-            if x + 1 < end or new == 0:
-                qty[end], fill[end] = new, (execution.fill_price(open_[end], new) if new != 0 else np.nan)
-            # else: the exit and a new entry share bar `end`; its one fill price stays the exit's, so
-            # the trade list prices that entry at the exit (the bar P&L above is exact either way).
-    return ExecutionResult(pos, qty, fill, pnl, costs)
+            shared = x + 1 == end  # the exit is booked on this bar too: it keeps exit_fill, the entry the open
+            qty[end] = new - held if shared else new
+            if new != 0:
+                fill[end] = execution.fill_price(open_[end], new)
+            elif not shared:
+                fill[end] = np.nan
+    return ExecutionResult(pos, qty, fill, pnl, costs, exit_fill)

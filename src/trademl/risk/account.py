@@ -217,18 +217,23 @@ def _first_pass(days: pd.DataFrame, executed: ExecutionResult, rules: AccountRul
 
 def _stopped_after(executed: ExecutionResult, bar: int, execution: ExecutionModel, close: np.ndarray, *,
                    liquidate: bool) -> ExecutionResult:
-    """Nothing traded after ``bar``; with ``liquidate`` the position held then is closed at its close."""
+    """Nothing traded after ``bar``; with ``liquidate`` the position held then is closed at its close,
+    unless a stop or target already closed it inside that bar (its exit stands, paid once)."""
     position, qty = executed.position.copy(), executed.trade_qty.copy()
     fill, pnl, costs = executed.fill_price.copy(), executed.pnl.copy(), executed.costs.copy()
+    exit_fill = np.full(len(position), np.nan) if executed.exit_fill is None else executed.exit_fill.copy()
     held = position[bar]
+    stopped = exit_fill[bar + 1] if bar + 1 < len(position) else np.nan  # booked on the bar after, as fills are
     after = slice(bar + 1, None)
     position[after], qty[after], pnl[after], costs[after] = 0.0, 0.0, 0.0, 0.0
-    fill[after] = np.nan
-    if liquidate and held != 0:
+    fill[after], exit_fill[after] = np.nan, np.nan
+    if np.isfinite(stopped):  # the stop's exit, without the entry that may have shared its bar
+        qty[bar + 1], fill[bar + 1], exit_fill[bar + 1] = -held, stopped, stopped
+    elif liquidate and held != 0:
         cost = abs(held) * execution.cost_per_contract  # a market order at that close: slippage + commission
         pnl[bar] -= cost
         costs[bar] += cost
         if bar + 1 < len(position):  # booked on the next bar for the trade list, at the close it filled at
             qty[bar + 1] = -held
             fill[bar + 1] = execution.fill_price(close[bar], -held)
-    return ExecutionResult(position, qty, fill, pnl, costs)
+    return ExecutionResult(position, qty, fill, pnl, costs, exit_fill)
