@@ -36,19 +36,23 @@ RECENT_ACTIONS = 10
 @dataclass
 class AccountState:
     """What an account shows at a bar's close, per account: the predict request's position,
-    balance, unrealized_pnl and recent_actions (codes 0/1/2, oldest first, [n, 10])."""
+    balance, unrealized_pnl and recent_actions (codes 0/1/2, oldest first, [n, 10]); ``room``
+    [n, 2], for an account under prop-firm rules, the room left to its trailing max loss and
+    daily limit as shares of each allowance (``trademl.risk.limits``; None: not known)."""
 
     position: np.ndarray
     balance: np.ndarray
     unrealized_pnl: np.ndarray
     recent_actions: np.ndarray
+    room: np.ndarray | None = None
 
     @classmethod
     def flat(cls, n: int, balance: float) -> "AccountState":
         return cls(np.zeros(n), np.full(n, float(balance)), np.zeros(n), np.zeros((n, RECENT_ACTIONS), np.int64))
 
     def take(self, idx) -> "AccountState":
-        return AccountState(self.position[idx], self.balance[idx], self.unrealized_pnl[idx], self.recent_actions[idx])
+        return AccountState(self.position[idx], self.balance[idx], self.unrealized_pnl[idx], self.recent_actions[idx],
+                            None if self.room is None else self.room[idx])
 
 
 class Broker:
@@ -120,6 +124,17 @@ class Broker:
         self.position = new
         self.equity = self.equity + pnl
         return pnl, costs, qty
+
+    def liquidate(self, mask, close) -> np.ndarray:
+        """Close the positions of the accounts in ``mask`` with a market order at ``close`` (a
+        breached account): one fill's slippage and commission, which it returns per account;
+        the mark to ``close`` is already in the equity."""
+        mask = np.asarray(mask, dtype=bool)
+        cost = np.where(mask, np.abs(self.position) * self.execution.cost_per_contract, 0.0)
+        self.equity = self.equity - cost
+        for a in (self.position, self.target, self.avg_price):
+            a[mask] = 0
+        return cost
 
     def fill_target(self, closing: bool, prev_close, open_, close):
         """Fill the target at this bar's open, or go flat when this is the segment's last bar."""

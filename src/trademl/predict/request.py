@@ -199,7 +199,19 @@ def _account(request: PredictRequest, config) -> AccountState:
     recent = [0] * (RECENT_ACTIONS - len(request.recent_actions)) + list(request.recent_actions)
     balance = config.account.initial_balance if request.balance is None else request.balance
     return AccountState(np.array([float(request.position)]), np.array([float(balance)]),
-                        np.array([float(request.unrealized_pnl)]), np.array([recent], dtype=np.int64))
+                        np.array([float(request.unrealized_pnl)]), np.array([recent], dtype=np.int64),
+                        _room(request.account, request.unrealized_pnl))
+
+
+def _room(account, unrealized_pnl: float) -> np.ndarray | None:
+    """[1, 2] room to the account's limits (an agent trained under rules observes it), or None."""
+    if account is None:
+        return None
+    from trademl.risk.limits import reported_balances, room_shares
+    from trademl.risk.rules import rules_for
+
+    sod, peak = reported_balances(account)
+    return room_shares(rules_for(account.rules), account.balance + unrealized_pnl, sod, peak)[None]
 
 
 def _from_bars(request, root: str, names: list[str], config, warnings: list[str]):

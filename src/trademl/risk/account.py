@@ -174,8 +174,8 @@ def _day_table(equity: np.ndarray, day: np.ndarray, rules: AccountRules) -> pd.D
     eod = equity[last]
     sod = np.r_[start, eod[:-1]]  # a day starts with the previous end of day (the starting balance first)
     peak_before = np.maximum.accumulate(sod)  # the highest end-of-day balance before the day
-    threshold = np.minimum(peak_before - rules.trailing_max_loss, start)  # locks at the starting balance
-    floor = sod - rules.daily_loss_limit if rules.daily_loss_limit is not None else np.full(len(sod), np.nan)
+    threshold = rules.trailing_threshold(peak_before)
+    floor = rules.daily_floor(sod) if rules.daily_loss_limit is not None else np.full(len(sod), np.nan)
     lowest = np.minimum.reduceat(equity, first) if len(first) else np.zeros(0)
     return pd.DataFrame({"trading_day": day[first], "first_bar": first, "bars": last - first + 1,
                          "start_balance": sod, "end_balance": eod, "pnl": eod - sod,

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import math
 
+from trademl.risk.limits import reported_balances
 from trademl.risk.rules import rules_for
 from trademl.risk.sizing import atr_stop, contracts, gaussian_var_es
 
 
 def loss_to_breach(rules, equity: float, start_of_day: float, peak_eod: float) -> dict[str, float | None]:
     """Dollars from ``equity`` to the trailing threshold and to the daily floor (None: no daily limit)."""
-    threshold = min(max(peak_eod, rules.starting_balance) - rules.trailing_max_loss, rules.starting_balance)
-    daily = None if rules.daily_loss_limit is None else equity - (start_of_day - rules.daily_loss_limit)
+    threshold = float(rules.trailing_threshold(peak_eod))
+    daily = None if rules.daily_loss_limit is None else equity - float(rules.daily_floor(start_of_day))
     return {"trailing_max_loss": equity - threshold, "daily_loss_limit": daily}
 
 
@@ -38,8 +39,8 @@ def advise(account, *, recommendation: str, p_win: float | None, close: float | 
     """The risk block (see the module doc) for one request."""
     rules = rules_for(account.rules)
     equity = account.balance + unrealized_pnl
-    sod = account.balance if account.start_of_day_balance is None else account.start_of_day_balance
-    peak = max(rules.starting_balance, sod if account.peak_eod_balance is None else account.peak_eod_balance)
+    sod, peak = reported_balances(account)
+    peak = max(rules.starting_balance, peak)
     room = loss_to_breach(rules, equity, sod, peak)
     budget = min(v for v in room.values() if v is not None)
     allowed = max(0, rules.max_contracts(spec.root) - abs(account.open_contracts))

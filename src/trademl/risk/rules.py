@@ -25,6 +25,7 @@ daily_loss_limit=None)``).
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trademl.config import validation_problems
@@ -57,6 +58,20 @@ class AccountRules(BaseModel):
 
     def max_contracts(self, root: str) -> int:
         return self.max_contracts_micros if root.upper() in MICRO_ROOTS else self.max_contracts_minis
+
+    # The two limits, as functions of the balances they follow (scalars or arrays). The backtest's
+    # day table, the PPO environment's account and the predictor's risk block all call these.
+    def trailing_threshold(self, peak_eod_balance):
+        """Live equity at or below this breaches: ``trailing_max_loss`` under the highest end-of-day
+        balance (never under the starting balance's), locked once it reaches the starting balance."""
+        start = self.starting_balance
+        return np.minimum(np.maximum(peak_eod_balance, start) - self.trailing_max_loss, start)
+
+    def daily_floor(self, start_of_day_balance):
+        """Live equity at or below this breaches the daily loss limit (-inf: no daily limit)."""
+        if self.daily_loss_limit is None:
+            return np.full(np.shape(start_of_day_balance), -np.inf)
+        return np.asarray(start_of_day_balance, dtype=np.float64) - self.daily_loss_limit
 
 
 PRESETS: dict[str, AccountRules] = {

@@ -71,10 +71,11 @@ class PPORuntime(Runtime):
     def history(self) -> int:
         return self.spec.window
 
-    def observation(self, features_window, position, balance, unrealized_pnl, recent_actions) -> np.ndarray:
+    def observation(self, features_window, position, balance, unrealized_pnl, recent_actions, room=None) -> np.ndarray:
         """Observation rows from RAW features [n, W, F] (model feature order, oldest row first),
         positions (contracts), balances and unrealized P&L (dollars), and the last 10 actions
-        [n, 10] (0 hold, 1 buy, 2 sell, oldest first)."""
+        [n, 10] (0 hold, 1 buy, 2 sell, oldest first); for an agent trained under account rules,
+        ``room`` [n, 2] (shares of each limit's allowance left; a fresh account's when None)."""
         x = np.asarray(features_window, dtype=np.float64)
         if x.ndim == 2:
             x = x[None]
@@ -89,7 +90,11 @@ class PPORuntime(Runtime):
         state = [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in (position, balance, unrealized_pnl)]
         if any(not np.isfinite(s).all() for s in state):
             raise DataError("position, balance and unrealized_pnl must be finite numbers", where="ppo state")
-        return self.spec.build(self.spec.normalizer.transform(x), *state, recent)
+        if room is not None:
+            room = np.asarray(room, dtype=np.float64).reshape(n, -1)
+            if room.shape[1] != 2 or not np.isfinite(room).all() or room.min() < 0:
+                raise DataError("room must be [n, 2] shares >= 0 of the trailing and daily allowances", where="ppo room")
+        return self.spec.build(self.spec.normalizer.transform(x), *state, recent, room)
 
     def policy(self, obs) -> tuple[np.ndarray, np.ndarray]:
         """(action probabilities [n, 3] in order hold, buy, sell; state value [n])."""
@@ -104,7 +109,8 @@ class PPORuntime(Runtime):
 
     def predict(self, inputs: ModelInputs) -> Votes:
         """The policy at every prediction, observing ``inputs.account`` (a flat account of the
-        training's initial balance when none is given)."""
+        training's initial balance when none is given; an agent trained under account rules reads
+        the account's room to its limits, a fresh account's when the room is not known)."""
         from trademl.data.sequences import windows_at
 
         n = len(inputs)
@@ -115,7 +121,7 @@ class PPORuntime(Runtime):
         if len(idx):
             a = account.take(idx)
             obs = self.observation(windows_at(inputs.X, inputs.at[idx], self.window), a.position, a.balance,
-                                   a.unrealized_pnl, a.recent_actions)
+                                   a.unrealized_pnl, a.recent_actions, a.room)
             probs, value = self.policy(obs)
             out["hold"][idx], out["buy"][idx], out["sell"][idx] = probs[:, 0], probs[:, 1], probs[:, 2]
             out["value"][idx] = value

@@ -13,6 +13,16 @@ and inside one segment, and ends at the segment's end (the position is closed at
 of the segment's last bar, the broker's rule: terminated) or after
 ``episode_length`` decisions (truncated: the market goes on, the value is bootstrapped).
 
+With account rules (``rules``, ``[ppo] account_rules``) the environment trades one prop-firm
+account per env (``trademl.risk``): the contract cap is the smaller of the configured one and
+the rules' (minis or micros), the position goes flat from the bar before 15:10 CT until the
+next trading day, live equity at each close is checked against the trailing threshold and the
+daily floor (``trademl.risk.limits.AccountLimits``, the same functions the backtest judges
+with), and a breach liquidates the position at that close, costs the reward
+``breach_penalty`` and ends the episode (terminated). An episode's account starts fresh or
+anywhere along an evaluation (``account_start="random"``); the observation then carries the
+room left to each limit.
+
 `TradingCore` holds the state of N environments as numpy arrays and steps them all at
 once; `TradingEnvironment` (gymnasium, one env) and `TradingVecEnv` (stable-baselines3,
 N envs) are thin shells around it, so there is exactly one implementation of the dynamics.
@@ -35,6 +45,8 @@ from trademl.market.broker import Broker
 from trademl.market.execution import ExecutionModel
 from trademl.models.ppo.observation import ObservationSpec
 from trademl.models.ppo.rewards import RewardSettings, RewardShaper
+from trademl.risk.limits import AccountLimits
+from trademl.risk.rules import AccountRules
 from trademl.segments import bars_to_end
 
 
@@ -45,6 +57,8 @@ class MarketData:
     ``windows[t]`` is the flattened normalised feature window ending at bar t (a strided
     view, no copy). ``starts`` are the bars an episode may start at: complete window inside
     one segment, at least two bars left in the segment, inside the requested span.
+    ``day`` and ``flat`` (for account rules: ``trademl.risk.account.trading_days``) are each
+    bar's trading day and whether it opens in the flat window (15:10-17:00 CT).
     """
 
     windows: np.ndarray
@@ -53,9 +67,12 @@ class MarketData:
     bars_to_end: np.ndarray
     starts: np.ndarray
     edge: np.ndarray | None = None
+    day: np.ndarray | None = None
+    flat: np.ndarray | None = None
 
     @classmethod
-    def build(cls, features, open_, close, segments, spec: ObservationSpec, span=(0, None), edge=None) -> "MarketData":
+    def build(cls, features, open_, close, segments, spec: ObservationSpec, span=(0, None), edge=None,
+              day=None, flat=None) -> "MarketData":
         features = np.asarray(features, dtype=np.float64)
         n, f = features.shape
         w = spec.window
@@ -70,12 +87,14 @@ class MarketData:
         rows = np.arange(n)
         starts = np.flatnonzero(complete & (left >= 2) & (rows >= lo) & (rows < hi))
         return cls(windows, np.asarray(open_, np.float64), np.asarray(close, np.float64), left, starts,
-                   None if edge is None else np.asarray(edge, np.float64))
+                   None if edge is None else np.asarray(edge, np.float64),
+                   None if day is None else np.asarray(day, np.int64), None if flat is None else np.asarray(flat, bool))
 
 
 @dataclass
 class StepResult:
-    """Per-env arrays of one step: the P&L of bar t+1 and what happened on it."""
+    """Per-env arrays of one step: the P&L of bar t+1 and what happened on it (``breached``: the
+    account's rules ended the episode on it; ``position`` is what was held during the bar)."""
 
     reward: np.ndarray
     pnl: np.ndarray
@@ -84,6 +103,7 @@ class StepResult:
     position: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
+    breached: np.ndarray | None = None
 
 
 @dataclass
@@ -97,6 +117,8 @@ class TradingCore:
     n_envs: int = 1
     episode_length: int | None = None  # None: [ppo] episode_length
     seed: int | None = None
+    rules: AccountRules | None = None  # an account's rules (see the module doc); needs market.day/flat
+    account_start: str = "fresh"  # with rules: "fresh" or "random" (AccountLimits.random_restart)
     t: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -113,6 +135,17 @@ class TradingCore:
         self.steps = np.zeros(n, np.int64)
         self.broker = Broker(self.execution, n, self.spec.initial_balance)
         self.shaper = RewardShaper(self.rewards, n)
+        self.limits = None
+        self.cap = self.execution.max_position
+        if self.rules is not None:
+            if self.market.day is None or self.market.flat is None:
+                raise TradeMLError("account rules need the bars' trading days", where="ppo environment",
+                                   hint="build the MarketData with day= and flat= (trademl.risk.account.trading_days)")
+            if self.account_start not in ("fresh", "random"):
+                raise TradeMLError(f"account_start must be fresh or random, not {self.account_start!r}",
+                                   where="ppo.account_start")
+            self.limits = AccountLimits(self.rules, n)
+            self.cap = min(self.cap, self.rules.max_contracts(self.execution.spec.root))
 
     # The account of every env lives in the broker; these are its views.
     @property
@@ -137,6 +170,20 @@ class TradingCore:
         self.steps[idx] = 0
         self.broker.restart(idx)
         self.shaper.reset(idx)
+        if self.limits is not None:
+            day = self.market.day[starts]
+            if self.account_start == "random":
+                self.limits.random_restart(idx, day=day, rng=self.rng)
+            else:
+                self.limits.restart(idx, day=day)
+
+    def continue_accounts(self, idx, starts) -> None:
+        """Move the envs in ``idx`` to bars ``starts`` (a later segment) with their accounts going
+        on: the broker starts flat there, the rules' balances carry over (an evaluation's next day)."""
+        idx = np.asarray(idx)
+        self.limits.carry(idx, self.broker.equity[idx])
+        self.t[idx] = starts
+        self.broker.restart(idx)
 
     @property
     def unrealized_pnl(self) -> np.ndarray:
@@ -144,18 +191,31 @@ class TradingCore:
 
     @property
     def balance(self) -> np.ndarray:
-        """Cash: initial balance plus realized P&L net of all costs (equity minus the open trade)."""
-        return self.broker.balance(self.market.close[self.t])
+        """Cash: initial balance plus realized P&L net of all costs (equity minus the open trade);
+        with rules, the account's (its balance at the episode's start plus the same)."""
+        return self._balance(self.market.close[self.t], slice(None))
+
+    def _balance(self, close, idx) -> np.ndarray:
+        cash = self.broker.balance(close, idx)
+        if self.limits is None:
+            return cash
+        return cash + self.limits.base[idx] - self.broker.initial_balance
+
+    @property
+    def account_equity(self) -> np.ndarray | None:
+        """Live equity of every env's account under the rules (None without rules), dollars."""
+        return None if self.limits is None else self.limits.equity(self.broker.equity)
 
     def observe(self, idx=None) -> np.ndarray:
         """A new observation array for all envs (or those in ``idx``); callers may keep it."""
         b = self.broker
-        if idx is None:
-            close = self.market.close[self.t]
-            return self.spec.build(self.market.windows[self.t], b.position, b.balance(close), b.unrealized(close), b.recent)
+        idx = slice(None) if idx is None else idx
         close = self.market.close[self.t[idx]]
-        return self.spec.build(self.market.windows[self.t[idx]], b.position[idx], b.balance(close, idx),
-                               b.unrealized(close, idx), b.recent[idx])
+        room = None
+        if self.limits is not None and self.spec.rules is not None:
+            room = self.limits.room(self.limits.equity(b.equity[idx], idx), idx)
+        return self.spec.build(self.market.windows[self.t[idx]], b.position[idx], self._balance(close, idx),
+                               b.unrealized(close, idx), b.recent[idx], room)
 
     def step(self, actions) -> StepResult:
         a = np.asarray(actions, dtype=np.int64).reshape(self.n_envs)
@@ -164,14 +224,27 @@ class TradingCore:
         m, t, b = self.market, self.t, self.broker
         # The next bar is the segment's last: the position is closed at its open, the episode ends.
         closing = m.bars_to_end[t] == 1
-        new = np.where(closing, 0, self.execution.cap(b.position + DIRECTION[a]))
+        new = np.clip(b.position + DIRECTION[a], -self.cap, self.cap)
+        if self.limits is not None:
+            # The rules' flatten: decided on the bar before 15:10 CT or inside the window, flat.
+            new = np.where(m.flat[t] | m.flat[t + 1], 0, new)
+            self.limits.open_day(m.day[t + 1], self.limits.equity(b.equity))  # closes yesterday at its end
+        new = np.where(closing, 0, new)
         pnl, costs, qty = b.fill(new, m.close[t], m.open[t + 1], m.close[t + 1])
+        held = b.position.copy()
         b.record(a)  # every action counts here (no confidence threshold): the agent's own record
         self.t = t + 1
         self.steps += 1
-        reward = self.shaper(pnl, qty, b.equity, b.position)
-        truncated = ~closing & (self.steps >= self.episode_length)
-        return StepResult(reward, pnl, costs, qty, b.position, closing, truncated)
+        breached = None
+        if self.limits is not None:
+            breached, _ = self.limits.breach(self.limits.equity(b.equity))
+            if breached.any():  # liquidated at this close: a market order's costs on top
+                cost = b.liquidate(breached, m.close[t + 1])
+                pnl, costs = pnl - cost, costs + cost
+        reward = self.shaper(pnl, qty, b.equity, held, breached)
+        terminated = closing if breached is None else closing | breached
+        truncated = ~terminated & (self.steps >= self.episode_length)
+        return StepResult(reward, pnl, costs, qty, held, terminated, truncated, breached)
 
 
 class TradingEnvironment(gym.Env):
@@ -185,8 +258,9 @@ class TradingEnvironment(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, market: MarketData, execution: ExecutionModel, spec: ObservationSpec,
-                 rewards: RewardSettings, episode_length: int | None = None, seed: int | None = None):
-        self.core = TradingCore(market, execution, spec, rewards, 1, episode_length, seed)
+                 rewards: RewardSettings, episode_length: int | None = None, seed: int | None = None,
+                 rules: AccountRules | None = None, account_start: str = "fresh"):
+        self.core = TradingCore(market, execution, spec, rewards, 1, episode_length, seed, rules, account_start)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
         self.action_space = gym.spaces.Discrete(3)
 
@@ -217,5 +291,8 @@ class TradingEnvironment(gym.Env):
             "unrealized_pnl": float(core.unrealized_pnl[0]),
             "equity": float(core.equity[0]),
         }
+        if core.limits is not None:
+            info["account_equity"] = float(core.account_equity[0])
+            info["breached"] = bool(r.breached[0])
         obs = core.observe()[0]
         return obs, float(r.reward[0]), bool(r.terminated[0]), bool(r.truncated[0]), info

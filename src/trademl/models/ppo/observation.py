@@ -14,9 +14,12 @@ import numpy as np
 from trademl.errors import DataError, TradeMLError
 from trademl.market.actions import DIRECTION
 from trademl.market.broker import RECENT_ACTIONS
+from trademl.risk.limits import fresh_room
+from trademl.risk.rules import AccountRules
 
 ACTION_NAMES = ("hold", "buy", "sell")  # the policy's outputs, in code order (trademl.market.actions)
 N_STATE_INPUTS = 3 + RECENT_ACTIONS  # position, balance, unrealized P&L, last 10 actions
+N_ROOM_INPUTS = 2  # with account rules: the room left to the trailing max loss and to the daily limit
 # State inputs are clipped so that a runaway balance cannot saturate the network.
 STATE_CLIP = 10.0
 
@@ -63,6 +66,8 @@ class ObservationSpec:
     [window of normalised features, oldest row first (W*F)] +
     [position / max_position, (balance - initial_balance) / pnl_scale,
      unrealized_pnl / pnl_scale, last 10 actions as -1 sell / 0 hold / +1 buy, oldest first]
+    + with ``rules`` (an agent trained under an account's rules): [room to the trailing max loss,
+      room to the daily loss limit], each as a share of its allowance (``trademl.risk.limits``)
     """
 
     normalizer: FeatureNormalizer
@@ -70,6 +75,7 @@ class ObservationSpec:
     max_position: int
     initial_balance: float
     pnl_scale: float
+    rules: AccountRules | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -81,10 +87,11 @@ class ObservationSpec:
 
     @property
     def obs_dim(self) -> int:
-        return self.window * self.n_features + N_STATE_INPUTS
+        return self.window * self.n_features + N_STATE_INPUTS + (N_ROOM_INPUTS if self.rules is not None else 0)
 
-    def build(self, windows, position, balance, unrealized_pnl, recent_actions, out=None) -> np.ndarray:
-        """Observation rows from already-normalised windows ([n, W*F] or [n, W, F])."""
+    def build(self, windows, position, balance, unrealized_pnl, recent_actions, room=None, out=None) -> np.ndarray:
+        """Observation rows from already-normalised windows ([n, W*F] or [n, W, F]); ``room`` [n, 2]
+        (shares of the allowances) is read when the spec has rules, a fresh account's when None."""
         windows = np.asarray(windows)
         n = len(windows)
         obs = np.empty((n, self.obs_dim), dtype=np.float32) if out is None else out
@@ -93,13 +100,16 @@ class ObservationSpec:
         obs[:, wf] = np.asarray(position, dtype=np.float64) / self.max_position
         obs[:, wf + 1] = np.clip((np.asarray(balance, dtype=np.float64) - self.initial_balance) / self.pnl_scale, -STATE_CLIP, STATE_CLIP)
         obs[:, wf + 2] = np.clip(np.asarray(unrealized_pnl, dtype=np.float64) / self.pnl_scale, -STATE_CLIP, STATE_CLIP)
-        obs[:, wf + 3 :] = DIRECTION[np.asarray(recent_actions, dtype=np.int64)]
+        obs[:, wf + 3: wf + N_STATE_INPUTS] = DIRECTION[np.asarray(recent_actions, dtype=np.int64)]
+        if self.rules is not None:
+            obs[:, wf + N_STATE_INPUTS:] = fresh_room(n) if room is None else room
         return obs
 
     def to_dict(self) -> dict:
         return {
             "layout": "window[W*F, oldest first] + position/max_position + (balance-initial)/pnl_scale"
-            " + unrealized/pnl_scale + last 10 actions (-1 sell, 0 hold, +1 buy; oldest first)",
+            " + unrealized/pnl_scale + last 10 actions (-1 sell, 0 hold, +1 buy; oldest first)"
+            " [+ room to the trailing max loss and to the daily limit, shares of each allowance, with rules]",
             "window": self.window,
             "max_position": self.max_position,
             "initial_balance": self.initial_balance,
@@ -108,9 +118,11 @@ class ObservationSpec:
             "obs_dim": self.obs_dim,
             "actions": list(ACTION_NAMES),
             "normalizer": self.normalizer.to_dict(),
+            "rules": None if self.rules is None else self.rules.model_dump(),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ObservationSpec":
         return cls(FeatureNormalizer.from_dict(d["normalizer"]), int(d["window"]), int(d["max_position"]),
-                   float(d["initial_balance"]), float(d["pnl_scale"]))
+                   float(d["initial_balance"]), float(d["pnl_scale"]),
+                   None if d.get("rules") is None else AccountRules.model_validate(d["rules"]))

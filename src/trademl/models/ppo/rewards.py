@@ -17,6 +17,9 @@ span) so that rewards are O(1) whatever the contract.
   nothing (on a random walk) and scale out as a signal fades.
 - ``drawdown_penalty`` subtracts that multiple of every new increase in drawdown;
   ``trade_penalty`` subtracts that much per contract traded (on top of real costs).
+- ``breach_penalty`` (dollars, scaled like the P&L) is subtracted on the bar an account's
+  rules are breached (the environment then ends the episode): the price of losing the account,
+  which P&L alone does not carry (the evaluation fee and the profit it would have made).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class RewardSettings:
     risk_penalty: float = 0.0
     drawdown_penalty: float = 0.0
     trade_penalty: float = 0.0
+    breach_penalty: float = 0.0
 
     def __post_init__(self):
         if self.kind is None or self.dsr_eta is None:
@@ -61,7 +65,7 @@ class RewardSettings:
     @classmethod
     def from_config(cls, ppo_cfg, reward_scale: float) -> "RewardSettings":
         return cls(ppo_cfg.reward, float(reward_scale), ppo_cfg.dsr_eta, ppo_cfg.risk_penalty,
-                   ppo_cfg.drawdown_penalty, ppo_cfg.trade_penalty)
+                   ppo_cfg.drawdown_penalty, ppo_cfg.trade_penalty, ppo_cfg.breach_penalty)
 
 
 class RewardShaper:
@@ -80,7 +84,8 @@ class RewardShaper:
         self.peak[idx] = 0.0
         self.drawdown[idx] = 0.0
 
-    def __call__(self, pnl: np.ndarray, trade_qty: np.ndarray, equity: np.ndarray, position: np.ndarray) -> np.ndarray:
+    def __call__(self, pnl: np.ndarray, trade_qty: np.ndarray, equity: np.ndarray, position: np.ndarray,
+                 breached: np.ndarray | None = None) -> np.ndarray:
         r = pnl / self.s.reward_scale
         reward = self._differential_sharpe(r) if self.s.kind == "sharpe" else r
         if self.s.risk_penalty:
@@ -92,6 +97,8 @@ class RewardShaper:
             self.drawdown = dd
         if self.s.trade_penalty:
             reward = reward - self.s.trade_penalty * np.abs(trade_qty)
+        if self.s.breach_penalty and breached is not None:
+            reward = reward - np.where(breached, self.s.breach_penalty / self.s.reward_scale, 0.0)
         return reward.astype(np.float32)
 
     def _differential_sharpe(self, r: np.ndarray) -> np.ndarray:

@@ -49,6 +49,8 @@ from trademl.market.execution import ExecutionModel
 from trademl.models.ppo.env import MarketData, TradingCore
 from trademl.models.ppo.observation import FeatureNormalizer, ObservationSpec
 from trademl.models.ppo.rewards import RewardSettings
+from trademl.risk.account import trading_days
+from trademl.risk.rules import AccountRules, rules_for
 from trademl.segments import segment_start_mask
 
 KIND = "ppo"
@@ -82,19 +84,24 @@ class PreparedMarket:
     obs_spec: ObservationSpec
     rewards: RewardSettings
     edge: np.ndarray | None = None
+    rules: AccountRules | None = None  # [ppo] account_rules: the environment trades under them
     _markets: dict = field(default_factory=dict, repr=False)
 
     @property
     def feature_names(self) -> list[str]:
         return list(self.schema["names"])
 
-    def market(self, span: str) -> MarketData:
-        """The "train" (before the split) or "eval" (held-out) span as env data."""
-        if span not in self._markets:
+    def market(self, span: str, rules: AccountRules | None = None) -> MarketData:
+        """The "train" (before the split) or "eval" (held-out) span as env data, with the trading
+        days of ``rules`` (by default the agent's own, if it has any)."""
+        rules = rules or self.rules
+        key = (span, None if rules is None else rules.model_dump_json())
+        if key not in self._markets:
             lo, hi = (0, self.split) if span == "train" else (self.split, len(self.close))
-            self._markets[span] = MarketData.build(self.features, self.open, self.close, self.segments,
-                                                   self.obs_spec, (lo, hi), self.edge)
-        return self._markets[span]
+            day, flat = trading_days(self.index, rules) if rules is not None else (None, None)
+            self._markets[key] = MarketData.build(self.features, self.open, self.close, self.segments,
+                                                  self.obs_spec, (lo, hi), self.edge, day, flat)
+        return self._markets[key]
 
     def training_span(self) -> dict:
         return {"start": str(self.index[0]), "end": str(self.index[self.split - 1]), "rows": int(self.split),
@@ -155,13 +162,16 @@ def prepare_market(bars: pd.DataFrame, cfg: Config | None = None, *, features=No
     seg = segment_ids(bars, cfg.data.max_gap_minutes) + (np.arange(n) >= split)
     close = bars["close"].to_numpy(np.float64)
     normalizer = FeatureNormalizer.fit(features, schema["names"], np.arange(split))
-    account = cfg.account
-    obs_spec = ObservationSpec(normalizer, p.window, account.max_position_size, account.initial_balance,
-                               PNL_SCALE_FRACTION * account.initial_balance)
+    rules = rules_for(p.account_rules) if p.account_rules else None
+    cap, balance = cfg.account.max_position_size, cfg.account.initial_balance
+    if rules is not None:  # the account's cap and balance; the configured cap still holds if smaller
+        cap, balance = min(cap, rules.max_contracts(contract.root)), rules.starting_balance
+    obs_spec = ObservationSpec(normalizer, p.window, cap, balance, PNL_SCALE_FRACTION * balance, rules)
     rewards = RewardSettings.from_config(p, _one_contract_bar_pnl_std(close[:split], seg[:split], contract))
-    prepared = PreparedMarket(symbol, contract, ExecutionModel.from_config(contract, cfg.costs, account.max_position_size),
+    prepared = PreparedMarket(symbol, contract, ExecutionModel.from_config(contract, cfg.costs, cap),
                               schema, features, bars["open"].to_numpy(np.float64), close, seg, split, bars.index,
-                              obs_spec, rewards, bars["edge"].to_numpy(np.float64) if "edge" in bars.columns else None)
+                              obs_spec, rewards, bars["edge"].to_numpy(np.float64) if "edge" in bars.columns else None,
+                              rules)
     for span in ("train", "eval"):
         if len(prepared.market(span).starts) == 0:
             raise InsufficientDataError(
@@ -183,7 +193,8 @@ def make_vec_env(prepared: PreparedMarket, cfg: Config, span: str = "train", n_e
 
     p = cfg.ppo
     return TradingVecEnv(prepared.market(span), prepared.execution, prepared.obs_spec, prepared.rewards,
-                         n_envs or p.n_envs, p.episode_length, p.seed if seed is None else seed)
+                         n_envs or p.n_envs, p.episode_length, p.seed if seed is None else seed,
+                         prepared.rules, p.account_start)
 
 
 def new_model(env, cfg: Config):
@@ -278,6 +289,11 @@ def print_summary(result: PPOTrainingResult, console) -> None:
     if "oracle_pnl" in m:
         rows += [("oracle, 1 contract ($)", f"{m['oracle_pnl']:,.2f}"),
                  ("agent / oracle", "-" if m["pnl_vs_oracle"] is None else f"{m['pnl_vs_oracle']:.2f}")]
+    if "account" in m:
+        a = m["account"]
+        lo, hi = a["breach_interval_95"]
+        rows += [(f"{a['rules']}: accounts breached", f"{a['breach_share']:.0%} of {a['accounts']} ({lo:.0%}-{hi:.0%})"),
+                 (f"{a['rules']}: accounts passed", f"{a['pass_share']:.0%}")]
     rows += [("timesteps", f"{m['timesteps']:,}"), ("training (s)", f"{m['train_seconds']:.1f}"),
              ("timesteps/s", f"{m['timesteps_per_second']:,.0f}")]
     for r in rows:
@@ -301,7 +317,7 @@ def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
 
     probe = prepared.market("eval")
     probe_obs = TradingCore(probe, prepared.execution, prepared.obs_spec, prepared.rewards, 256,
-                            cfg.ppo.episode_length, seed=0)
+                            cfg.ppo.episode_length, seed=0, rules=prepared.rules, account_start="random")
     probe_obs.reset()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_policy(model.policy, prepared.obs_spec.obs_dim, Path(tmp) / POLICY_FILE)
@@ -341,6 +357,10 @@ def evaluate_agent(policy_probs, prepared: PreparedMarket) -> dict:
     metrics["vs_flat"] = metrics["net_pnl"] - metrics["flat_pnl"]
     if prepared.edge is not None:
         metrics.update(oracle_metrics(prepared, run["decided"], metrics["net_pnl"]))
+    if prepared.rules is not None:
+        from trademl.models.ppo.account_eval import evaluate_under_rules
+
+        metrics["account"] = evaluate_under_rules(policy_probs, prepared, prepared.rules)
     metrics["validation_skill"] = ppo_skill(metrics)
     metrics["headline"] = {k: metrics[k] for k in ("net_pnl", "trades", "pnl_vs_oracle") if metrics.get(k) is not None}
     return metrics

@@ -28,8 +28,8 @@ class TradingVecEnv(VecEnv):
 
     def __init__(self, market: MarketData, execution: ExecutionModel, spec: ObservationSpec,
                  rewards: RewardSettings, n_envs: int = 64, episode_length: int | None = None,
-                 seed: int | None = None):
-        self.core = TradingCore(market, execution, spec, rewards, n_envs, episode_length, seed)
+                 seed: int | None = None, rules=None, account_start: str = "fresh"):
+        self.core = TradingCore(market, execution, spec, rewards, n_envs, episode_length, seed, rules, account_start)
         obs_space = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
         super().__init__(n_envs, obs_space, spaces.Discrete(3))
         self._actions = np.zeros(n_envs, np.int64)
@@ -61,7 +61,8 @@ class TradingVecEnv(VecEnv):
                     "terminal_observation": obs[i].copy(),
                     "TimeLimit.truncated": bool(r.truncated[i]),
                     "episode": {"r": float(self._episode_reward[i]), "l": int(core.steps[i]),
-                                "pnl": float(core.equity[i]), "t": round(time.time() - self._t0, 3)},
+                                "pnl": float(core.equity[i]), "t": round(time.time() - self._t0, 3),
+                                "breached": bool(r.breached is not None and r.breached[i])},
                 }
             core.reset(done)
             self._episode_reward[idx] = 0.0
