@@ -168,3 +168,91 @@ def test_rules_need_the_bars_trading_days():
                               segment_ids(bars), core.spec)
     with pytest.raises(TradeMLError, match="trading days"):
         TradingCore(market, core.execution, core.spec, core.rewards, rules=RULES)
+
+
+# ----------------------------------------------------------------------------- an agent trained under rules
+
+
+@pytest.fixture(scope="module")
+def rules_agent(tmp_path_factory):
+    """A tiny agent trained under topstep-50k on synthetic NQ, stored with its dataset."""
+    from trademl.config import load_config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.models.kinds.ppo import PPOAgent
+
+    root = tmp_path_factory.mktemp("rules-agent")
+    cfg = load_config(None, {"data": {"extra_feature_columns": ["edge"]}, "paths": {"model_root": str(root / "models")},
+                             "ppo": {"total_timesteps": 512, "n_envs": 16, "n_steps": 16, "batch_size": 64,
+                                     "n_epochs": 1, "account_rules": "topstep-50k",
+                                     "checkpoint_dir": str(root / "ckpt")}})
+    ds = dataset_from_bars(synthetic_bars(3_000, seed=11, edge_ic=0.15, symbol="NQ"), cfg)
+    agent = PPOAgent(cfg).fit(ds)
+    agent.save()
+    return cfg, ds, agent
+
+
+def test_a_rules_agent_stores_its_rules_and_observes_its_room_in_serving_as_in_training(rules_agent):
+    from trademl.models.kinds.ppo import PPORuntime
+    from trademl.models.ppo.train import prepare_market
+    from trademl.models.store import ModelStore
+
+    cfg, ds, agent = rules_agent
+    runtime = PPORuntime.load(ModelStore(cfg.paths.model_root).load("ppo"))
+    spec = runtime.spec
+    assert spec.rules.name == "topstep-50k" and spec.initial_balance == 50_000 and spec.max_position == 5
+    assert spec.obs_dim == spec.window * spec.n_features + 13 + 2
+    assert agent.metrics["account"]["rules"] == "topstep-50k" and agent.metrics["account"]["accounts"] >= 1
+    p = prepare_market(ds.bars(), cfg, features=ds.X, schema=ds.manifest["feature_schema"], symbol=ds.symbol)
+    core = TradingCore(p.market("eval"), p.execution, p.obs_spec, p.rewards, 4, seed=2, rules=p.rules,
+                       account_start="random")
+    core.reset()
+    for a in ((BUY,) * 4, (BUY, HOLD, BUY, HOLD), (HOLD,) * 4):
+        core.step(np.array(a))
+    t, w = core.t, runtime.window
+    raw = np.stack([p.features[i - w + 1: i + 1] for i in t])
+    room = core.limits.room(core.account_equity)
+    obs = runtime.observation(raw, core.position, core.balance, core.unrealized_pnl, core.recent, room)
+    np.testing.assert_allclose(obs, core.observe(), atol=1e-6)
+    with pytest.raises(TradeMLError, match="room"):
+        runtime.observation(raw, core.position, core.balance, core.unrealized_pnl, core.recent, -room)
+
+
+def test_the_predictor_feeds_a_rules_agent_the_room_of_the_requests_account(rules_agent):
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    cfg, ds, _ = rules_agent
+    predictor = EnsemblePredictor(cfg.paths.model_root, cfg, record=False)
+    snapshot = ds.snapshot(len(ds.frame) - 1)
+    account = {"rules": "topstep-50k", "balance": 50_000.0}
+    fresh = predictor.ensemble_predict({**snapshot, "account": account})
+    # Only the daily room changes (the day started $950 higher): the policy sees it.
+    near = predictor.ensemble_predict({**snapshot, "account": {**account, "start_of_day_balance": 50_950.0}})
+    assert near["risk"]["loss_to_breach"]["daily_loss_limit"] == 50.0
+    assert fresh["ppo_buy_prob"] != near["ppo_buy_prob"]
+    # No account (the same balance): a fresh account's room, so the same answer.
+    assert predictor.ensemble_predict({**snapshot, "balance": 50_000.0})["ppo_buy_prob"] == fresh["ppo_buy_prob"]
+
+
+def test_under_rules_the_walk_forward_agent_observes_its_accounts_room_carried_across_days_and_folds():
+    from trademl.backtest.walkforward import walk_forward_backtest
+    from trademl.config import load_config
+    from trademl.data.dataset import dataset_from_bars
+
+    cfg = load_config(None, {"data": {"extra_feature_columns": ["edge"]},
+                             "ppo": {"total_timesteps": 1024, "n_envs": 8, "n_steps": 64, "batch_size": 256,
+                                     "n_epochs": 1, "torch_threads": 1, "account_rules": "topstep-50k"},
+                             "backtest": {"n_folds": 2, "confidence_threshold": 0.2}})
+    bars = synthetic_bars(9_000, seed=5, edge_ic=0.1, symbol="NQ", daily_vol=0.03)
+    result = walk_forward_backtest(dataset_from_bars(bars, cfg), cfg, models=["ppo"], account="topstep-50k")
+    out = result.outputs
+    trailing, daily = out["ppo_seen_room_trailing"].to_numpy(), out["ppo_seen_room_daily"].to_numpy()
+    seen = out["ppo_seen_ensemble_position"].to_numpy()
+    assert trailing[0] == 1.0 and daily[0] == 1.0  # a fresh account at the first test bar
+    assert (trailing >= 0).all() and (daily >= 0).all()
+    # Flat through a day's first bar, the account has lost nothing yet that day: a full daily room.
+    day = trading_days(result.bars.index, RULES)[0]
+    first = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])[1:]
+    flat = first[(seen[first] == 0) & (seen[first - 1] == 0)]
+    assert len(flat) >= 2 and np.allclose(daily[flat], 1.0)
+    # Across days (and the fold boundary) the trailing room goes on: it is not reset to 1.
+    assert np.abs(trailing[flat] - 1.0).max() > 0.01

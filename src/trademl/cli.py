@@ -254,13 +254,20 @@ def train_ppo_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (ppo.checkpoint_dir)."),
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Train on N synthetic bars with a planted edge instead."),
     edge_ic: float = typer.Option(0.15, "--edge-ic", help="Strength of the planted edge of --synthetic (0: random walk)."),
+    account: Optional[str] = typer.Option(None, "--account", help=(
+        "Train under an account's rules (topstep-50k, topstep-100k, topstep-150k): cap, 15:10 CT flatten, a breach "
+        "ends the episode, the agent observes its room to each limit ([ppo] account_rules).")),
     config: Optional[Path] = ConfigOpt,
 ):
     """PPO agent (stable-baselines3) in the vectorised trading env: held-out evaluation, policy.onnx stored."""
     from trademl.config import load_config
     from trademl.models.ppo.train import print_summary, train_ppo_from_source
+    from trademl.risk.rules import rules_for
 
-    cfg = load_config(config, {"ppo": {"total_timesteps": timesteps}} if timesteps else None)
+    overrides = {"total_timesteps": timesteps} if timesteps else {}
+    if account is not None:
+        overrides["account_rules"] = rules_for(account).name  # an unknown preset fails here, before any work
+    cfg = load_config(config, {"ppo": overrides} if overrides else None)
     result = train_ppo_from_source(bars, cfg, symbol=symbol, synthetic=synthetic, edge_ic=edge_ic,
                                    resume=resume, progress=True, console=console())
     print_summary(result, console())

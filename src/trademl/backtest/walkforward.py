@@ -26,6 +26,10 @@ The PPO agent observes an account, kept by the one broker (``trademl.market.brok
 the ensemble, the ensemble's position, its average entry price, the segment's net P&L and
 the last 10 actions the ensemble took (hold when no signal counted); the account restarts
 flat at every segment start, as the agent's training episodes and held-out evaluation do.
+Under an account's rules (``account=``) the loop's accounts start at the rules' balance and
+carry their limits across segments and folds (``trademl.risk.limits.AccountLimits``), so an
+agent trained under rules observes its true room to each limit; the verdicts still come from
+``apply_rules`` over the assembled runs.
 """
 
 from __future__ import annotations
@@ -93,11 +97,13 @@ def open_runtimes(stored: dict) -> dict:
 
 
 def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_segments: np.ndarray,
-                 config: Config) -> FoldPrediction:
+                 config: Config, limits=None) -> FoldPrediction:
     """Every model and the ensemble on the test ``rows`` of ``dataset`` (see the module doc).
 
     Kinds whose votes do not depend on the account predict the whole fold in one batch;
     kinds that observe the account (the PPO agent) run bar by bar beside the broker.
+    ``limits``: the accounts' rules state (``AccountLimits`` over 1 + observing kinds accounts),
+    carried from fold to fold by the caller; None without rules.
     """
     inputs = ModelInputs(dataset.X, rows, dataset.segments)
     votes = {kind: rt.predict(inputs) for kind, rt in runtimes.items() if not rt.needs_account}
@@ -108,7 +114,7 @@ def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_se
     observing = {kind: rt for kind, rt in runtimes.items() if rt.needs_account}
     if observing:
         action, confidence, looped = _account_loop(observing, votes, list(runtimes), weights, dataset, inputs,
-                                                   bt_segments, config)
+                                                   bt_segments, config, limits)
         votes.update(looped.votes)
         alone.update(looped.alone)
         extra = looped.outputs
@@ -128,7 +134,7 @@ class _Looped:
 
 
 def _account_loop(observing: dict, votes: dict, order: list, weights: dict, dataset, inputs: ModelInputs,
-                  bt_segments: np.ndarray, config: Config):
+                  bt_segments: np.ndarray, config: Config, limits=None):
     """Bar by bar through the broker: account 0 is the ensemble's, account 1 + j the j-th observing
     kind's own. At each close every observing kind sees the ensemble's account (its vote joins
     the ensemble's) and its own (its decision alone); the decisions count above the threshold,
@@ -145,15 +151,28 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
     starts, left = segment_start_mask(bt_segments), bars_to_end(bt_segments)
     execution = ExecutionModel.from_config(dataset.spec, config.costs, config.account.max_position_size)
     broker = Broker(execution, 1 + len(kinds), config.account.initial_balance)
+    account_day = None
+    if limits is not None:  # the accounts are the rules' (see the module doc)
+        from trademl.risk.account import trading_days
+
+        broker.initial_balance = limits.rules.starting_balance
+        account_day = trading_days(frame.index[rows], limits.rules)[0]
     threshold = config.backtest.confidence_threshold
     seen = np.zeros((n, 1 + len(kinds)))
+    bar_pnl = 0.0  # the P&L booked for the bar being observed (by the previous bar's fill)
+    seen_room = np.ones((n, 2))  # the ensemble account's room to its limits, as observed (under rules)
     ran = {k: [] for k in kinds}  # per bar: the kind's Votes of the ensemble account, or None
     codes, conf = np.zeros((n, 1 + len(kinds)), np.int8), np.zeros((n, 1 + len(kinds)))
     for i in range(n):
         if starts[i]:
+            if limits is not None:
+                limits.carry(slice(None), broker.equity)
             broker.restart()
         seen[i] = broker.position
         state = broker.state(close[i])
+        if limits is not None:
+            state.room = _room_at(limits, account_day[i], broker.equity, bar_pnl)
+            seen_room[i] = state.room[0]
         row_votes = {k: v.vote[i] for k, v in votes.items()}
         for j, kind in enumerate(kinds):
             # Both accounts in one batch of two: the policy's ONNX graph gives each row the same
@@ -169,14 +188,27 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
             decision = decide({k: row_votes[k][None] for k in order if k in row_votes}, weights)
             codes[i, 0], conf[i, 0] = decision.action[0], decision.confidence[0]
         broker.signal(codes[i], conf[i] > threshold)
+        bar_pnl = 0.0
         if left[i] > 0:
-            broker.fill_target(left[i] == 1, close[i], open_[i + 1], close[i + 1])
+            bar_pnl = broker.fill_target(left[i] == 1, close[i], open_[i + 1], close[i + 1])[0]
+    if limits is not None:  # the next fold's accounts go on from here
+        limits.carry(slice(None), broker.equity)
     looped = _Looped({k: _stack_votes(k, ran[k], n) for k in kinds},
                      {k: (codes[:, 1 + j], conf[:, 1 + j]) for j, k in enumerate(kinds)}, {})
     for j, kind in enumerate(kinds):
         looped.outputs[f"{kind}_seen_ensemble_position"] = seen[:, 0]
         looped.outputs[f"{kind}_alone_position"] = seen[:, 1 + j]
+        if limits is not None:
+            looped.outputs[f"{kind}_seen_room_trailing"] = seen_room[:, 0]
+            looped.outputs[f"{kind}_seen_room_daily"] = seen_room[:, 1]
     return codes[:, 0], conf[:, 0], looped
+
+
+def _room_at(limits, day: int, broker_equity: np.ndarray, bar_pnl) -> np.ndarray:
+    """The accounts' room at this close; a new trading day first closes the last one at the
+    previous close (the equity before this bar's P&L)."""
+    limits.open_day(np.full(len(broker_equity), day), limits.equity(broker_equity - bar_pnl))
+    return limits.room(limits.equity(broker_equity))
 
 
 def _stack_votes(kind: str, per_bar: list, n: int) -> Votes:
@@ -273,6 +305,7 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
     from trademl.data.splits import walk_forward_splits
     from trademl.models.store import ModelStore
     from trademl.models.train_all import check_families, families, train_models
+    from trademl.risk.rules import rules_for
 
     cfg = budget_config(resolve_config(config), budget)
     models = check_families(models or families())
@@ -281,6 +314,7 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
     folds = walk_forward_splits(len(dataset.frame), n_folds, horizon, cfg.lgbm.embargo_bars)
     say = progress or (lambda _msg: None)
     outcomes, parts = [], []
+    rules, limits = (rules_for(account) if account is not None else None), None
     for fold in folds:
         started = time.perf_counter()
         say(f"fold {fold.number + 1}/{len(folds)}: training on rows 0..{fold.train[-1]:,} "
@@ -300,7 +334,8 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
                                                                    for k in runtimes})
         fold_segments = backtest_segments(dataset.segments[fold.test], np.zeros(len(fold.test)))
         predicting = time.perf_counter()
-        predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg)
+        limits = _fold_limits(limits, rules, runtimes)
+        predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg, limits)
         seconds = dict(trained.seconds, predict=time.perf_counter() - predicting, total=time.perf_counter() - started)
         outcomes.append(FoldOutcome(
             fold.number, (int(fold.train[0]), int(fold.train[-1])), (int(fold.test[0]), int(fold.test[-1])),
@@ -312,6 +347,19 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
         say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); weights: {used}"
             + (f" ({warning})" if warning else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
     return _assemble(dataset, cfg, horizon, parts, outcomes, account, stops)
+
+
+def _fold_limits(limits, rules, runtimes: dict):
+    """The accounts' limits for the next fold's loop (None without rules): the last fold's, going
+    on, unless the number of accounts changed (a kind that observes the account was skipped)."""
+    if rules is None:
+        return None
+    from trademl.risk.limits import AccountLimits
+
+    n = 1 + sum(rt.needs_account for rt in runtimes.values())
+    if limits is None or len(limits.base) != n:
+        limits = AccountLimits(rules, n)
+    return limits
 
 
 def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,

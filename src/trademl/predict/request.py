@@ -195,9 +195,12 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
 
 
 def _account(request: PredictRequest, config) -> AccountState:
-    """The account the bot reported; a missing balance is the configured initial balance."""
+    """The account the bot reported; a missing balance is the prop account's (``account.balance``),
+    else the configured initial balance."""
     recent = [0] * (RECENT_ACTIONS - len(request.recent_actions)) + list(request.recent_actions)
-    balance = config.account.initial_balance if request.balance is None else request.balance
+    balance = request.balance
+    if balance is None:
+        balance = config.account.initial_balance if request.account is None else request.account.balance
     return AccountState(np.array([float(request.position)]), np.array([float(balance)]),
                         np.array([float(request.unrealized_pnl)]), np.array([recent], dtype=np.int64),
                         _room(request.account, request.unrealized_pnl))

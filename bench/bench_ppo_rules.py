@@ -1,0 +1,71 @@
+"""Does an agent trained under an account's rules breach less often held out? (issue 13)
+
+Two PPO agents per seed on the same synthetic NQ market (the learning test's: a planted edge,
+IC 0.15 at horizon 5, two volatility regimes), the same [ppo] settings and timesteps: one
+trained plainly, one with ``[ppo] account_rules = "topstep-50k"`` (cap, 15:10 CT flatten,
+breach ends the episode with ``breach_penalty``, room to each limit observed, random account
+starts). Both are then run as topstep-50k evaluation accounts on the same held-out span
+(``trademl.models.ppo.account_eval.evaluate_under_rules``: one account opened per held-out
+trading day, carried day after day, judged by ``apply_rules``), and on the plain held-out
+evaluation (net P&L, agent / oracle).
+
+    .venv/bin/python bench/bench_ppo_rules.py [--timesteps 1000000] [--bars 200000] [--seeds 7 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+from trademl.config import Config
+from trademl.data.synthetic import synthetic_bars
+from trademl.models.ppo.account_eval import evaluate_under_rules
+from trademl.models.ppo.train import policy_probabilities, train_ppo
+from trademl.risk.rules import rules_for
+
+PRESET = "topstep-50k"
+
+
+def train_one(bars, seed: int, timesteps: int, rules: str | None, folder: str, eval_fraction: float):
+    cfg = Config()
+    cfg.data.extra_feature_columns = ["edge"]
+    cfg.ppo.total_timesteps, cfg.ppo.seed, cfg.ppo.eval_fraction = timesteps, seed, eval_fraction
+    cfg.ppo.account_rules = rules
+    cfg.ppo.checkpoint_dir = f"{folder}/ckpt-{rules}-{seed}"
+    cfg.paths.model_root = f"{folder}/models"
+    t0 = time.perf_counter()
+    result = train_ppo(bars, cfg, store=False)
+    seconds = time.perf_counter() - t0
+    account = evaluate_under_rules(lambda obs: policy_probabilities(result.model.policy, obs), result.prepared,
+                                   rules_for(PRESET))
+    m = result.metrics
+    return {"trained_under": rules or "no rules", "seed": seed, "seconds": round(seconds, 1),
+            "held_out_net_pnl": m["net_pnl"], "agent_vs_oracle": m.get("pnl_vs_oracle"),
+            "mean_abs_position": m["mean_abs_position"], **{f"account_{k}": v for k, v in account.items()
+                                                              if k not in ("note", "rules")}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--timesteps", type=int, default=1_000_000)
+    ap.add_argument("--bars", type=int, default=200_000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8])
+    ap.add_argument("--eval-fraction", type=float, default=0.3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    bars = synthetic_bars(args.bars, seed=3, edge_ic=0.15, edge_horizon=5)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in args.seeds:
+            for rules in (None, PRESET):
+                rows.append(train_one(bars, seed, args.timesteps, rules, folder, args.eval_fraction))
+                print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
