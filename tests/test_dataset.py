@@ -210,3 +210,30 @@ def test_feature_matrix_names_missing_or_repeated_columns():
     twice = type(ds)(pd.concat([ds.frame, ds.frame[["rsi"]]], axis=1), ds.manifest)
     with pytest.raises(DataError, match=r"columns \['rsi'\] appear twice"):
         twice.X
+
+
+# --------------------------------------------------------------------------- no valid rows (issue 14's crash)
+
+
+@pytest.mark.parametrize("chunk_rows", [500_000, 2])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_build_with_repair_of_a_file_with_no_valid_rows_is_a_data_error(tmp_path, chunk_rows, suffix):
+    """Every chunk emptied by repair (one chunk, or many small ones): a DataError naming the
+    file and the first bad row, never an IndexError from re-cutting the chunks into segments."""
+    stamps = pd.date_range("2024-01-02 14:00", periods=5, freq="min", tz="UTC")
+    bad = pd.DataFrame({"timestamp": stamps, "open": np.nan, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0})
+    path = tmp_path / f"all_bad{suffix}"
+    if suffix == ".parquet":
+        bad.to_parquet(path)
+    else:
+        bad.to_csv(path, index=False)
+    cfg = load_config(None, {"data": {"chunk_rows": chunk_rows}})
+    with pytest.raises(DataError, match=r"no valid bars: repair dropped all 5 rows; the first, (line 2|row 1): open is missing"):
+        build_dataset(path, tmp_path / "ds", repair=True, config=cfg)
+    assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_dataset_from_an_empty_bars_frame_is_a_data_error():
+    bars = load_bars(Path(__file__).parent / "data" / "es_1min_lean_slice.csv").iloc[:0]
+    with pytest.raises(DataError, match="no bars to build a dataset from"):
+        dataset_from_bars(bars)

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from trademl.config import resolve_config
+from trademl.data.bad_prints import BadPrintRule, find_bad_prints
 from trademl.segments import segment_ids
 from trademl.errors import DataError
 from trademl.segments import segment_start_mask
@@ -94,21 +95,30 @@ class DroppedRow(NamedTuple):
     reason: str
 
 
-class RepairReport(dict):
-    """What ``repair=True`` dropped from a file. ``print(report)`` shows it.
+class ClippedRow(NamedTuple):
+    """One bad print that repair mended in place (``[data] bad_print_repair = "clip"``)."""
 
-    A plain dict underneath (source, rows_read, unit, dropped), because it travels in
+    line: int
+    stamp: str | None
+    reason: str
+
+
+class RepairReport(dict):
+    """What ``repair=True`` dropped from a file, and the bad prints it clipped. ``print(report)`` shows it.
+
+    A plain dict underneath (source, rows_read, unit, dropped, clipped), because it travels in
     ``bars.attrs`` and pandas writes attrs as JSON when the frame is saved to Parquet.
     """
 
-    def __init__(self, source, rows_read: int = 0, dropped=(), unit: str = "line"):
+    def __init__(self, source, rows_read: int = 0, dropped=(), unit: str = "line", clipped=()):
         # unit: "line" for text files, "row" for Parquet, where there are no lines
         super().__init__(source=str(source), rows_read=int(rows_read), unit=unit,
-                         dropped=[DroppedRow(*d) for d in dropped])
+                         dropped=[DroppedRow(*d) for d in dropped], clipped=[ClippedRow(*c) for c in clipped])
 
     source = property(lambda self: self["source"])
     unit = property(lambda self: self["unit"])
     dropped = property(lambda self: self["dropped"], doc="list of DroppedRow, in file order")
+    clipped = property(lambda self: self["clipped"], doc="list of ClippedRow (bad prints mended), in file order")
 
     @property
     def rows_read(self) -> int:
@@ -133,16 +143,22 @@ class RepairReport(dict):
         """Fold the report of a later chunk of the same file into this one."""
         self.rows_read += other.rows_read
         self.dropped.extend(other.dropped)
+        self.clipped.extend(other.clipped)
 
     def __str__(self, limit: int = 20) -> str:
         head = f"{self.source}: read {self.rows_read} rows, dropped {len(self.dropped)}"
-        if not self.dropped:
+        if self.clipped:
+            head += f", clipped {len(self.clipped)} bad print(s)"
+        if not self.dropped and not self.clipped:
             return head + " (nothing to repair)"
         kinds = ", ".join(f"{n} {k}" for k, n in self.reasons().most_common())
-        rows = [f"  {self.unit} {d.line}: {d.reason}" + (f" [{d.stamp}]" if d.stamp else "")
-                for d in self.dropped[:limit]]
-        more = [f"  ... and {len(self.dropped) - limit} more"] if len(self.dropped) > limit else []
-        return "\n".join([f"{head}: {kinds}", *rows, *more])
+        lines = [f"{head}: {kinds}" if kinds else head, *self._listed(self.dropped, "", limit),
+                 *self._listed(self.clipped, "clipped ", limit)]
+        return "\n".join(lines)
+
+    def _listed(self, rows, verb: str, limit: int) -> list[str]:
+        shown = [f"  {verb}{self.unit} {d.line}: {d.reason}" + (f" [{d.stamp}]" if d.stamp else "") for d in rows[:limit]]
+        return shown + ([f"  ... and {len(rows) - limit} more"] if len(rows) > limit else [])
 
 
 # --------------------------------------------------------------------------- timestamps
@@ -779,8 +795,30 @@ def _raise_first(problems: _Problems, lines: np.ndarray, path: Path, unit: str) 
     raise DataError(f"{problems.reasons[first]}{tail}", where=f"{path}, {unit} {lines[first]}", hint=hint)
 
 
+def _check_bad_prints(prices: dict, stamps: np.ndarray, contract, problems: _Problems, rule: BadPrintRule,
+                      clip: bool) -> dict[int, str]:
+    """Bad prints among the rows still good: flagged as problems, or with ``clip`` mended in
+    ``prices`` in place. Returns {row: what was clipped} (empty unless ``clip``)."""
+    ok = np.flatnonzero(~problems.any)
+    found = find_bad_prints({c: prices[c][ok] for c in PRICE_COLUMNS}, stamps[ok], rule,
+                            None if contract is None else contract[ok])
+    rows = ok[found.rows]
+    if not len(rows):
+        return {}
+    if not clip:
+        why = dict(zip(rows.tolist(), found.reasons))
+        problems.flag(_expand(ok, np.isin(ok, rows), len(stamps)), lambda i: why[int(i)])
+        return {}
+    for c in PRICE_COLUMNS:
+        mended = prices[c].copy()  # the parsed column may be a read-only view
+        mended[rows] = found.clipped[c][found.rows]
+        prices[c] = mended
+    now = ["/".join(f"{prices[c][i]:.10g}" for c in PRICE_COLUMNS) for i in rows]
+    return {int(i): f"{why} -> open/high/low/close now {bar}" for i, why, bar in zip(rows, found.reasons, now)}
+
+
 def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, repair: bool,
-               state: _State, report: RepairReport) -> pd.DataFrame:
+               state: _State, report: RepairReport, rule: BadPrintRule) -> pd.DataFrame:
     """Type, check and (with repair) clean one chunk; returns the bars frame of the good rows."""
     unit = "line" if layout is not None else "row"
     keep_rows = ~raw.blank
@@ -819,14 +857,15 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
     if layout is not None and layout.stamps_at_close:
         stamps = _shift_close_to_open(stamps, state)
     _check_order(stamps, lines, problems, state)
+    clipped = _check_bad_prints(prices, stamps, contract, problems, rule, clip=repair and rule.repair == "clip")
+    report.clipped.extend(ClippedRow(int(lines[i]), _stamp_or_none(stamp_text.iloc[i]), why) for i, why in clipped.items())
     report.rows_read += len(frame)
     bad = problems.any
     if bad.any():
         if not repair:
             _raise_first(problems, lines, path, unit)
-        report.dropped.extend(
-            DroppedRow(int(lines[i]), None if pd.isna(stamp_text.iloc[i]) else _as_text(stamp_text.iloc[i]), problems.reasons[i])
-            for i in np.flatnonzero(bad))
+        report.dropped.extend(DroppedRow(int(lines[i]), _stamp_or_none(stamp_text.iloc[i]), problems.reasons[i])
+                              for i in np.flatnonzero(bad))
     good = ~bad
     columns = {c: prices[c][good] for c in PRICE_COLUMNS}
     if volume is not None:
@@ -841,6 +880,10 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
 
 def _as_text(value) -> str:
     return _clip(str(value).strip())
+
+
+def _stamp_or_none(value) -> str | None:
+    return None if pd.isna(value) else _as_text(value)
 
 
 def _quoted(value) -> str:
@@ -900,7 +943,7 @@ def _guess_symbol(path: Path, bars: pd.DataFrame) -> str:
     return re.split(r"[_\-\s.]", name)[0].upper() or name.upper()
 
 
-def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp) -> Iterator[pd.DataFrame]:
+def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp, bad_prints) -> Iterator[pd.DataFrame]:
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", where=str(path))
@@ -914,9 +957,10 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp)
     raws = _parquet_chunks(path, chunk_rows) if is_parquet else _csv_chunks(path, layout, chunk_rows)
     state = _State()
     warned = False
+    rule = _bad_print_rule(bad_prints, max_gap_minutes)
     for raw in raws:
         report = RepairReport(str(path), unit="row" if is_parquet else "line")
-        bars = _validated(raw, path, layout, tz, repair, state, report)
+        bars = _validated(raw, path, layout, tz, repair, state, report, rule)
         if "volume" not in bars and not warned:
             warnings.warn(f"{path}: no volume column; volume features will be left out", stacklevel=3)
             warned = True
@@ -931,8 +975,15 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp)
         yield bars
 
 
+def _bad_print_rule(rule: BadPrintRule | None, max_gap_minutes: float) -> BadPrintRule:
+    """The given rule, else [data]'s; either way with the gap that cuts segments here."""
+    rule = rule or BadPrintRule.from_config(resolve_config().data)
+    return BadPrintRule(rule.mads, rule.reopen_mads, rule.window, rule.repair, max_gap_minutes)
+
+
 def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str | None = None,
-              max_gap_minutes: float | None = None, bar_stamp: str = "auto") -> pd.DataFrame:
+              max_gap_minutes: float | None = None, bar_stamp: str = "auto",
+              bad_prints: BadPrintRule | None = None) -> pd.DataFrame:
     """Read a bars file into the bars frame; every row is validated.
 
     ``tz`` is the zone of naive stamps (default UTC). ``repair=True`` drops bad rows
@@ -945,11 +996,14 @@ def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str 
     index is the bar-open time like every other source. ``bar_stamp="open"`` or ``"close"``
     overrides that guess for any text file.
     ``max_gap_minutes`` (None: [data] max_gap_minutes) is recorded in ``attrs`` for ``describe_bars``.
+    Bad prints (``trademl.data.bad_prints``) are bad rows too; ``bad_prints`` (None: [data]
+    bad_print_*) sets the check, and whether repair clips them (listed in the report's
+    ``clipped``) or drops them.
     """
     if max_gap_minutes is None:
         max_gap_minutes = resolve_config().data.max_gap_minutes
     frames = list(_chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=None,
-                          max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp))
+                          max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp, bad_prints=bad_prints))
     if not frames or frames[0].empty:
         raise no_bars_error(path, frames[0].attrs.get("repair_report") if frames else None)
     return frames[0]
@@ -986,19 +1040,21 @@ def check_resample_minutes(minutes) -> int:
 
 def read_bars_chunks(path, chunk_rows: int, *, symbol: str | None = None, repair: bool = False,
                      tz: str | None = None, max_gap_minutes: float | None = None,
-                     bar_stamp: str = "auto") -> Iterator[pd.DataFrame]:
+                     bar_stamp: str = "auto", bad_prints: BadPrintRule | None = None) -> Iterator[pd.DataFrame]:
     """Validated bars frames of at most ``chunk_rows`` rows each, for files larger than memory.
 
     Order and duplicates are checked across chunks too (against the last good stamp of the
     previous chunk). With ``repair=True`` each frame's ``attrs["repair_report"]`` covers
-    its own chunk; fold them with ``RepairReport.extend``. ``max_gap_minutes`` as in :func:`load_bars`.
+    its own chunk; fold them with ``RepairReport.extend``. ``max_gap_minutes`` and ``bad_prints`` as in
+    :func:`load_bars`; the bad-print window is cut at chunk ends (a chunk's first and last bars are
+    judged by their neighbours on one side).
     """
     if max_gap_minutes is None:
         max_gap_minutes = resolve_config().data.max_gap_minutes
     if chunk_rows < 1:
         raise DataError(f"chunk_rows must be >= 1, not {chunk_rows}", where="chunk_rows")
     yield from _chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=int(chunk_rows),
-                       max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp)
+                       max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp, bad_prints=bad_prints)
 
 
 def bundled_sample_path() -> Path:
@@ -1086,6 +1142,7 @@ def describe_bars(bars: pd.DataFrame, max_gap_minutes: float | None = None) -> d
 def summary_rows(info: dict) -> list[tuple[str, str]]:
     """``describe_bars`` output as (label, text) rows for a printed table."""
     volume = ("none (volume features left out)" if not info["has_volume"]
+              else "all zero (volume features left out)" if info["zero_volume_bars"] == info["rows"] > 0
               else f"yes, {info['zero_volume_bars']:,} zero-volume bars")
     return [
         ("source", str(info["source"])),

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trademl.config import Config, resolve_config
+from trademl.data.bad_prints import BadPrintRule
 from trademl.data.labels import label_columns, make_labels
 from trademl.segments import segment_ids
 from trademl.errors import DataError
@@ -104,7 +105,8 @@ class Dataset:
         if isinstance(bars, pd.DataFrame):
             return dataset_from_bars(bars, config, symbol)
         path = Path(bars)
-        frame = load_bars(path, symbol=symbol, max_gap_minutes=config.data.max_gap_minutes)
+        frame = load_bars(path, symbol=symbol, max_gap_minutes=config.data.max_gap_minutes,
+                          bad_prints=BadPrintRule.from_config(config.data))
         dataset = dataset_from_bars(frame, config, symbol or _symbol_from_name(path))
         dataset.path = path
         return dataset
@@ -160,7 +162,9 @@ class BuildResult:
     written: list[Path] = field(default_factory=list)
 
 
-def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec, config: Config) -> pd.DataFrame:
+def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec, config: Config,
+                         names=None) -> pd.DataFrame:
+    """``names``: the features to compute (None: the default set, less what the bars cannot give)."""
     from trademl.data.features import compute_features
 
     extra = tuple(c for c in config.data.extra_feature_columns if c in bars.columns)
@@ -168,7 +172,7 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     if missing:
         raise DataError(f"extra feature columns {missing} are not in the bars", where=bars.attrs.get("source"))
     feats = compute_features(
-        bars, symbol=spec.root, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra
+        bars, symbol=spec.root, names=names, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra
     )
     execution = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size)
     labels = make_labels(bars, seg, execution, config.data.horizons, config.costs.signal_cost_multiple)
@@ -188,6 +192,8 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
 def dataset_from_bars(bars: pd.DataFrame, config: Config | None = None, symbol: str | None = None) -> Dataset:
     """Build a dataset in memory (what tests and notebooks use)."""
     config = resolve_config(config)
+    if bars.empty:  # a dataset of no rows would only fail later, in training, less clearly
+        raise DataError("no bars to build a dataset from (the frame has no rows)", where=str(bars.attrs.get("source") or "bars"))
     symbol = symbol or bars.attrs.get("symbol") or config.data.symbol
     spec = contract_spec(symbol)
     seg = segment_ids(bars, config.data.max_gap_minutes)
@@ -308,7 +314,8 @@ def build_dataset(
     try:
         with _atomic_folder(out_dir) as tmp:
             chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair,
-                                                max_gap_minutes=config.data.max_gap_minutes)
+                                                max_gap_minutes=config.data.max_gap_minutes,
+                                                bad_prints=BadPrintRule.from_config(config.data))
             manifest = _write_chunks(chunks, tmp, spec, symbol, config, resample_minutes, progress, bars_path)
             if decisions_path:
                 manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)
@@ -331,6 +338,7 @@ def _symbol_from_name(path: Path) -> str | None:
 
 def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minutes, progress, source) -> dict:
     from trademl.data.bars import resample_bars
+    from trademl.data.features import FEATURES
 
     writer = None
     seg_offset = 0
@@ -342,8 +350,9 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
         bar_config.data.max_gap_minutes = int(resample_minutes)
     schema = None
     tally = _LabelTally(config.data.horizons)
-    repairs = []
-    reports = []  # every chunk's repair report, empty chunks too: the error for a file with no bars names a row
+    # every chunk's repair report, empty chunks too (the error for a file with no bars names a row);
+    # taken as read, once each: a chunk cut at a segment boundary gives two frames with the same report
+    reports = []
 
     def tapped():
         for chunk in chunks:
@@ -354,14 +363,15 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
     bar = _progress(progress, source)
     try:
         for bars in _complete_segments(tapped(), config.data.max_gap_minutes):
-            if "repair_report" in bars.attrs:
-                repairs.append(str(bars.attrs["repair_report"]))
             if resample_minutes and resample_minutes > 1:
                 bars = resample_bars(bars, resample_minutes, max_gap_minutes=config.data.max_gap_minutes)
             seg = segment_ids(bars, bar_config.data.max_gap_minutes) + seg_offset
             seg_offset = int(seg[-1]) + 1
-            frame = _features_and_labels(bars, seg, spec, bar_config)
-            schema = frame.attrs["schema"]
+            # the first chunk settles the features (volume ones left out when its volume is all
+            # zero); every later chunk computes exactly those, so the file has one schema
+            names = None if schema is None else [n for n in schema.names if n in FEATURES]
+            frame = _features_and_labels(bars, seg, spec, bar_config, names)
+            schema = schema or frame.attrs["schema"]
             frame.attrs = {}  # the schema goes to the manifest, not into Parquet metadata
             table = pa.Table.from_pandas(frame, preserve_index=True)
             if writer is None:
@@ -384,7 +394,7 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
             for r in reports:
                 folded.extend(r)
         raise no_bars_error(source, folded)
-    extra = {"repairs": repairs} if repairs else {}
+    extra = {"repairs": [str(r) for r in reports]} if reports else {}
     extra["resample_minutes"] = resample_minutes or 1
     return _manifest(tally, schema, symbol, spec, bar_config, source=source, extra=extra)
 
@@ -477,6 +487,8 @@ def print_summary(result: BuildResult, console) -> None:
     t.add_row("span", f"{m['span']['start']} .. {m['span']['end']}")
     t.add_row("segments", str(m["segments"]))
     t.add_row("features", f"{len(m['feature_schema']['names'])} (schema {m['feature_schema']['hash'][:12]})")
+    if left_out := m["feature_schema"].get("left_out"):
+        t.add_row("left out", f"{len(left_out)} features ({', '.join(sorted(set(left_out.values())))}): {', '.join(left_out)}")
     for h, b in m["label_balance"].items():
         sc = b["signal_counts"]
         t.add_row(

@@ -62,6 +62,20 @@ def _extra_values(bars: pd.DataFrame, extra_columns: Sequence[str], taken: set[s
     return out
 
 
+def _without_volume_features(specs: list[FeatureSpec], ctx: BarContext, defaults: bool):
+    """The specs that can be computed, and {left-out name: why}; one warning when any is left out."""
+    if not ctx.has_volume:
+        why = "the bars have no volume column"
+    elif defaults and len(ctx) and not (ctx.volume > 0).any():
+        why = "the bars' volume is all zero"
+    else:
+        return specs, {}
+    left_out = {s.name: why for s in specs if s.needs_volume}
+    if left_out:
+        warnings.warn(f"{why}: leaving out the volume features {list(left_out)}", stacklevel=3)
+    return [s for s in specs if not s.needs_volume], left_out
+
+
 def compute_features(
     bars: pd.DataFrame,
     *,
@@ -74,20 +88,20 @@ def compute_features(
 
     The value at bar t reads bars up to t only; windows restart at segment boundaries
     (gaps longer than ``max_gap_minutes``, None: [data] max_gap_minutes; contract rolls) and are NaN during each
-    segment's warm-up. Volume features are left out, with a warning, when the bars carry
-    no volume. ``extra_columns`` (e.g. ``edge`` of synthetic bars) are passed through as
-    features of the same name. The schema is in ``result.attrs["schema"]``.
+    segment's warm-up. Volume features are left out, with one warning, when the bars carry
+    no volume, and, for the default set (``names=None``), when their volume is all zero (spot
+    FX feeds): they would be constant or NaN. Named features are computed as asked, so that a
+    model's own list (serving, later chunks of a build) always gives the same columns.
+    What was left out and why is in the schema (``left_out``). ``extra_columns`` (e.g. ``edge``
+    of synthetic bars) are passed through as features of the same name. The schema is in
+    ``result.attrs["schema"]``.
     """
     specs = resolve_features(names)
     extra_columns = (extra_columns,) if isinstance(extra_columns, str) else tuple(extra_columns)
     extras = _extra_values(bars, extra_columns, set(FEATURES))
     spec_contract = contract_spec(_symbol_of(bars, symbol))
     ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes)
-    if not ctx.has_volume:
-        dropped = [s.name for s in specs if s.needs_volume]
-        if dropped:
-            warnings.warn(f"bars have no volume column: leaving out {dropped}", stacklevel=2)
-        specs = [s for s in specs if not s.needs_volume]
+    specs, left_out = _without_volume_features(specs, ctx, defaults=names is None)
 
     columns = [s.name for s in specs] + list(extra_columns)
     matrix = np.empty((len(ctx), len(columns)), dtype=np.float32, order="F")
@@ -100,7 +114,7 @@ def compute_features(
         matrix[:, j] = extras[col]
 
     frame = pd.DataFrame(matrix, index=bars.index, columns=columns, copy=False)
-    frame.attrs["schema"] = FeatureSchema.for_names(columns, extra_columns)
+    frame.attrs["schema"] = FeatureSchema.for_names(columns, extra_columns, left_out=left_out)
     frame.attrs["symbol"] = spec_contract.root
     return frame
 

@@ -27,6 +27,9 @@ class FeatureSchema:
     names: tuple[str, ...]
     version: int = FEATURE_VERSION
     params: dict = field(default_factory=dict, compare=False)
+    # {name: why} of default features the data could not give (volume features of bars with
+    # no volume): a record for the reader, not part of the hash, since the names already differ
+    left_out: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "names", tuple(self.names))
@@ -37,8 +40,8 @@ class FeatureSchema:
         object.__setattr__(self, "params", filled)
 
     @classmethod
-    def for_names(cls, names, extra_columns=()) -> FeatureSchema:
-        return cls(tuple(names), FEATURE_VERSION, {c: dict(PASSTHROUGH) for c in extra_columns})
+    def for_names(cls, names, extra_columns=(), left_out=None) -> FeatureSchema:
+        return cls(tuple(names), FEATURE_VERSION, {c: dict(PASSTHROUGH) for c in extra_columns}, dict(left_out or {}))
 
     @property
     def hash(self) -> str:
@@ -54,12 +57,14 @@ class FeatureSchema:
         return len(self.names)
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "version": self.version, "params": self.params, "hash": self.hash}
+        out = {"names": list(self.names), "version": self.version, "params": self.params, "hash": self.hash}
+        return out | ({"left_out": dict(self.left_out)} if self.left_out else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSchema:
         try:
-            schema = cls(tuple(data["names"]), int(data.get("version", FEATURE_VERSION)), dict(data.get("params") or {}))
+            schema = cls(tuple(data["names"]), int(data.get("version", FEATURE_VERSION)), dict(data.get("params") or {}),
+                         dict(data.get("left_out") or {}))
         except (KeyError, TypeError, ValueError) as e:
             raise SchemaError(f"not a feature schema: {e!r}", where="feature schema") from None
         stored = data.get("hash")
