@@ -115,3 +115,26 @@ def test_backtest_report_runs_from_the_config(tmp_path):
     assert np.abs(strategy.position).max() == 2
     assert list(table.index)[:4] == ["ensemble", "flat", "buy_and_hold", "random (seed 0)"]
     assert out.exists() and "Confidence vs realized hit rate" in out.read_text()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed: `make setup-browser` (needs root)")
+def test_reliability_diagram_and_pbo_render_in_headless_chromium(report_inputs, tmp_path):
+    """The walk-forward's report: the reliability diagram of wins after costs replaces the
+    hit-rate chart, its title carries the ECE, and the PBO is stated under the table."""
+    from trademl.backtest.metrics import confidence_calibration, trade_won
+
+    bars, runs = report_inputs
+    run = runs["ensemble"]
+    won = trade_won(bars, run.segments, run.model, run.action, horizon=5)
+    calibration = confidence_calibration(run.confidence, won)
+    assert calibration["n"] > 1000
+    out = write_report(tmp_path / "wf.html", runs, bars=bars, confidence_threshold=0.7, hit_rate_horizon=5,
+                       calibration=calibration, pbo=0.25)
+    text = out.read_text()
+    assert text.count("Plotly.newPlot") == 4 and "Confidence vs realized hit rate" not in text
+    assert "Probability of backtest overfitting" in text and "0.250: the share of train/test splits" in text
+    dom, log = render(out, tmp_path)
+    status = status_of(dom)
+    assert status["errors"] == "0" and status["plots"] == "4" and int(status["rendered-svgs"]) >= 4
+    assert f"ECE {calibration['ece']:.3f} over {calibration['n']:,} BUY/SELL bars" in dom
+    assert console_errors(log) == []

@@ -167,7 +167,7 @@ def test_random_walk_shows_no_significant_edge(tmp_path):
         assert not (row["dsr"] > 0.95), f"{run} claims an edge on a random walk: DSR {row['dsr']:.3f}"
     assert (candidates["trades"] > 0).sum() >= 2, "the claim must rest on models that traded"
     report = result.write_report(tmp_path / "rw.html")
-    assert "Confidence vs realized hit rate" in report.read_text()
+    assert "Reliability of the ensemble" in report.read_text()
 
 
 @pytest.mark.slow

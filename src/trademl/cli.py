@@ -357,6 +357,12 @@ def backtest_command(
                                           "(topstep-50k, topstep-100k, topstep-150k): passed/failed, P(pass)."),
     stops: bool = typer.Option(False, "--stops", help="Give every trade of every run an ATR stop and target ([risk] "
                                "stop_atr, target_atr), checked inside each bar; the stop first when both are hit."),
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Walk forward over N generated NQ bars with a "
+                                            "planted edge (a feature named edge) instead of a dataset."),
+    edge_ic: float = typer.Option(0.15, "--edge-ic", help="Strength of the planted edge of --synthetic (0: random walk)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --synthetic bars."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here: bars, DSR "
+                                             "trials, PBO, each run's figures, the ensemble's calibration."),
     config: Optional[Path] = ConfigOpt,
 ):
     """Walk-forward: per fold, train on the past, predict the fold with the serving runtimes, trade it; HTML report."""
@@ -365,7 +371,7 @@ def backtest_command(
 
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     backtest_models(dataset, load_config(config), n_folds=folds, budget=budget, out=out, models=chosen, console=console(),
-                    account=account, stops=stops)
+                    account=account, stops=stops, synthetic=synthetic, edge_ic=edge_ic, seed=seed, json_path=json_path)
 
 
 @app.command("backtest-signals")

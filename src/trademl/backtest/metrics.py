@@ -92,6 +92,64 @@ def deflated_sharpe_ratio(sharpe: float, n_obs: int, skew: float, kurtosis: floa
     return probabilistic_sharpe_ratio(sharpe, n_obs, skew, kurtosis, expected_max_sharpe(n_trials, sharpe_variance))
 
 
+# ----------------------------------------------------------------------------- backtest overfitting
+
+
+PBO_BLOCKS = 16  # Bailey et al.'s S: C(16, 8) = 12,870 train/test splits
+
+
+def _block_sharpes(sums: np.ndarray, squares: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sharpe (mean / sample sd) of each candidate over the rows whose block sums are given;
+    0 where the returns never varied (a candidate that never traded earned 0 every period)."""
+    mean = sums / counts
+    var = (squares - counts * mean**2) / np.maximum(counts - 1, 1)
+    sd = np.sqrt(np.maximum(var, 0.0))
+    # A relative floor: a return that is constant up to rounding has no spread to divide by.
+    flat = sd <= 1e-12 * np.maximum(np.abs(mean), 1e-300)
+    return np.where(flat, 0.0, mean / np.where(flat, 1.0, sd))
+
+
+def probability_of_backtest_overfitting(returns, n_blocks: int = PBO_BLOCKS) -> float:
+    """PBO by combinatorially symmetric cross-validation (Bailey, Borwein, Lopez de Prado & Zhu, 2015).
+
+    ``returns``: [T x N] per-period returns of N candidates over the same T periods. The rows are
+    cut into S = ``n_blocks`` consecutive blocks (``np.array_split``: sizes differ by at most one
+    row, so no period is dropped; S is lowered to T, rounded down to even, when T < S). For each
+    of the C(S, S/2) ways to pick half the blocks as the in-sample set J, the candidate with the
+    best Sharpe on J is ranked among all N by its Sharpe on the other half; with its rank r
+    (1 = worst, ties averaged), w = r / (N + 1) and logit = ln(w / (1 - w)). PBO is the share of
+    splits whose logit is below 0 (the in-sample best did worse than the median out of sample),
+    a logit of exactly 0 counting one half: then an unskilled set of candidates has PBO 0.5 for
+    any N (with odd N the median rank is otherwise all on one side). NaN with fewer than 2
+    candidates or fewer than 4 blocks.
+    """
+    from itertools import combinations
+
+    r = np.asarray(returns, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] < 2:
+        return math.nan
+    r = np.nan_to_num(r, nan=0.0)  # no return recorded on a period: nothing was earned
+    s = min(int(n_blocks), r.shape[0] - r.shape[0] % 2)
+    if s < 4:
+        return math.nan
+    blocks = np.array_split(np.arange(r.shape[0]), s)
+    sums = np.array([r[b].sum(axis=0) for b in blocks])  # [S x N]
+    squares = np.array([(r[b] ** 2).sum(axis=0) for b in blocks])
+    counts = np.array([len(b) for b in blocks], dtype=np.float64)
+    train = np.zeros((math.comb(s, s // 2), s))  # [C x S]: 1 where the block is in J
+    for c, chosen in enumerate(combinations(range(s), s // 2)):
+        train[c, list(chosen)] = 1.0
+    test = 1.0 - train
+    sr_in = _block_sharpes(train @ sums, train @ squares, (train @ counts)[:, None])
+    sr_out = _block_sharpes(test @ sums, test @ squares, (test @ counts)[:, None])
+    best = np.argmax(sr_in, axis=1)
+    chosen_out = sr_out[np.arange(len(best)), best][:, None]
+    rank = (sr_out < chosen_out).sum(axis=1) + ((sr_out == chosen_out).sum(axis=1) + 1) / 2
+    w = rank / (r.shape[1] + 1)
+    logit = np.log(w / (1 - w))
+    return float(np.mean(logit < 0) + 0.5 * np.mean(logit == 0))
+
+
 # ----------------------------------------------------------------------------- drawdown
 
 
@@ -159,16 +217,23 @@ def compute_metrics(result, *, n_trials: int = 1, sharpe_variance: float = 0.0) 
     return out
 
 
+def trial_sharpe(m: dict) -> float:
+    """The per-period Sharpe a candidate counts with among the trials: 0 when it never traded."""
+    return 0.0 if m.get("trades") == 0 else m["daily_sharpe"]
+
+
 def deflate_all(metrics: dict[str, dict], trials: list[str] | None = None, *, n_trials: int | None = None,
                 sharpe_variance: float | None = None) -> dict[str, dict]:
     """Recompute every DSR against the best Sharpe that luck gives among the ``trials``.
 
     ``trials`` names the candidates that were compared to pick a strategy (default: every
-    entry with a finite Sharpe). ``n_trials`` and ``sharpe_variance`` override what is
-    measured from them, e.g. when more configurations were tried than are in the table.
+    entry). A candidate that never traded was still tried: it counts with Sharpe 0 (its
+    return was 0 every day), so it widens the trials' Sharpe variance instead of dropping
+    out of it. ``n_trials`` and ``sharpe_variance`` override what is measured from them,
+    e.g. when more configurations were tried than are in the table.
     """
     names = list(metrics) if trials is None else trials
-    sharpes = [metrics[k]["daily_sharpe"] for k in names if math.isfinite(metrics[k]["daily_sharpe"])]
+    sharpes = [s for s in (trial_sharpe(metrics[k]) for k in names) if math.isfinite(s)]
     variance = float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0
     variance = variance if sharpe_variance is None else sharpe_variance
     n = max(len(sharpes), 1) if n_trials is None else n_trials
@@ -207,3 +272,40 @@ def hit_rate_by_confidence(open_, close, action, confidence, segments, *, horizo
     table = frame.groupby(bucket).agg(confidence=("confidence", "mean"), hit_rate=("hit", "mean"),
                                       count=("hit", "size"))
     return table.reset_index(drop=True)[columns]
+
+
+def trade_won(bars: pd.DataFrame, segments, execution, action, *, horizon: int) -> np.ndarray:
+    """Did the trade recommended at each bar win after costs? 1.0 won, 0.0 lost, NaN no trade or unknown.
+
+    The trade of a BUY (action +1) or SELL (-1) at the close of bar t: one contract entered at
+    the open of t+1 and exited at the open of t+``horizon``+1 (the exit decided at the close of
+    t+horizon), each fill moved against us by the slippage, each side paying commission: the
+    win labels of ``trademl.data.labels`` priced by ``execution`` (the one execution model).
+    It won when that net P&L is > 0; where the window crosses a segment end (a gap, a roll, a
+    fold boundary) or runs past the bars, the outcome is unknown.
+    """
+    from trademl.data.labels import make_labels
+
+    # signal_cost_multiple only shapes the signal labels, which are not read here.
+    labels = make_labels(bars, np.asarray(segments), execution, horizons=(horizon,), signal_cost_multiple=1.0)
+    side = np.sign(np.asarray(action, dtype=np.float64))
+    won = np.where(side > 0, labels[f"win_long_{horizon}"], labels[f"win_short_{horizon}"])
+    return np.where(side != 0, won, np.nan)
+
+
+def confidence_calibration(confidence, won, *, bins: int = 10) -> dict:
+    """Reliability of a confidence as the probability of a win: the ECE and the table behind it.
+
+    Over the rows where both are known: equal-count bins of confidence (the reliability table of
+    ``trademl.models.calibration``), each ``[mean confidence, hit rate, count]``; the ECE is the
+    count-weighted mean |mean confidence - hit rate| (None without a row).
+    """
+    from trademl.models.calibration import expected_calibration_error, reliability_table
+
+    p, y = np.asarray(confidence, np.float64), np.asarray(won, np.float64)
+    known = np.isfinite(p) & np.isfinite(y)
+    p, y = p[known], y[known]
+    table = reliability_table(p, y, bins)
+    ece = expected_calibration_error(p, y, bins) if len(p) else None
+    return {"ece": ece, "n": int(len(p)),
+            "bins": [[row["mean_predicted"], row["observed"], row["count"]] for row in table]}

@@ -127,6 +127,27 @@ def hit_rate_figure(calibration: pd.DataFrame, name: str, threshold: float | Non
     return fig
 
 
+def reliability_figure(calibration: dict, name: str, threshold: float | None, horizon: int):
+    """Reliability diagram: each bin's mean confidence against how often the recommended trade
+    won after costs; on the diagonal a confidence is a probability of a win."""
+    import plotly.graph_objects as go
+
+    conf, hit, count = (np.array(col, dtype=np.float64) for col in zip(*calibration["bins"]))
+    fig = go.Figure(go.Scatter(x=conf, y=hit, mode="lines+markers", name="won after costs",
+                               marker=dict(size=6 + 14 * np.sqrt(count / count.max())),
+                               text=[f"{c:,.0f} BUY/SELL bars" for c in count]))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                             line=dict(dash="dot", color="#999")))
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", line_color="#c00", annotation_text="threshold")
+    fig.update_layout(title=f"Reliability of the {name}'s confidence: ECE {calibration['ece']:.3f} over "
+                            f"{calibration['n']:,} BUY/SELL bars (a win: net P&L > 0 after {horizon} bars)",
+                      xaxis=dict(title="confidence (bin mean)", range=[0, 1]),
+                      yaxis=dict(title="share of trades that won after costs", range=[0, 1]),
+                      height=420, margin=dict(t=50, b=40))
+    return fig
+
+
 _PERCENT = {"total_return", "cagr", "max_drawdown_pct", "win_rate", "exposure"}
 _DOLLARS = {"total_pnl", "max_drawdown_usd", "avg_trade", "costs_paid"}
 _COUNTS = {"trades", "turnover_contracts", "dsr_trials"}
@@ -156,12 +177,15 @@ def table_html(table: pd.DataFrame) -> str:
 
 def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | None = None, main: str | None = None,
                  table: pd.DataFrame | None = None, title: str = "trademl backtest",
-                 confidence_threshold: float | None = None, hit_rate_horizon: int | None = None) -> Path:
+                 confidence_threshold: float | None = None, hit_rate_horizon: int | None = None,
+                 calibration: dict | None = None, pbo: float | None = None) -> Path:
     """Write the report for ``runs`` (the strategy and its baselines) to ``path``; returns the path.
 
     ``main`` names the run whose trades, days and signals are detailed (default: the first).
     The confidence chart needs ``bars`` (to measure realized moves) and a run made from signals;
-    its ``hit_rate_horizon`` defaults to [backtest] hit_rate_horizon.
+    its ``hit_rate_horizon`` defaults to [backtest] hit_rate_horizon. ``calibration`` (the
+    walk-forward's ``ensemble_calibration``) replaces it by the reliability diagram of wins
+    after costs; ``pbo``: the probability of backtest overfitting, stated under the table.
     """
     if not runs:
         raise TradeMLError("nothing to report: no backtest runs given", where="write_report")
@@ -175,13 +199,19 @@ def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | 
     if run.account is not None:
         figures.insert(1, ("Account rules: equity against the limits", account_figure(run.account)))
     notes = []
-    if bars is not None and run.action is not None:
-        if hit_rate_horizon is None:
-            hit_rate_horizon = resolve_config().backtest.hit_rate_horizon
-        calibration = hit_rate_by_confidence(bars["open"].to_numpy(), bars["close"].to_numpy(), run.action,
-                                             run.confidence, run.segments, horizon=hit_rate_horizon)
-        if len(calibration):
-            figures.append(("Confidence", hit_rate_figure(calibration, main, confidence_threshold)))
+    if hit_rate_horizon is None:
+        hit_rate_horizon = resolve_config().backtest.hit_rate_horizon
+    if calibration is not None:
+        if calibration["bins"]:
+            figures.append(("Reliability of the confidence",
+                            reliability_figure(calibration, main, confidence_threshold, hit_rate_horizon)))
+        else:
+            notes.append("No BUY/SELL signal with a complete outcome window: no reliability diagram.")
+    elif bars is not None and run.action is not None:
+        hits = hit_rate_by_confidence(bars["open"].to_numpy(), bars["close"].to_numpy(), run.action,
+                                      run.confidence, run.segments, horizon=hit_rate_horizon)
+        if len(hits):
+            figures.append(("Confidence", hit_rate_figure(hits, main, confidence_threshold)))
         else:
             notes.append("No BUY/SELL signal with a complete outcome window: no confidence chart.")
     else:
@@ -198,10 +228,21 @@ def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | 
 {table_html(table)}
 <p class="note">Sharpe and Sortino are annualised from daily (session) P&amp;L, 252 sessions a year. PSR is the
 probability that the true Sharpe is above zero; DSR deflates it for the {int(table["dsr_trials"].max())} runs compared
-(a DSR above 0.95 is a significant edge).</p>
+(a DSR above 0.95 is a significant edge); a candidate that never traded counts as a trial with Sharpe 0.</p>
+{_pbo_note(pbo)}
 {"".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
 {figures_html(figures)}"""
     return write_page(path, title, body)
+
+
+def _pbo_note(pbo: float | None) -> str:
+    if pbo is None:
+        return ""
+    said = ("-: too few candidates or sessions" if not math.isfinite(pbo) else
+            f"{pbo:.3f}: the share of train/test splits of the sessions where the candidate best in sample "
+            "ranked below the median out of sample (0.5: the choice is luck; near 0: the best stays best)")
+    return (f'<p class="note">Probability of backtest overfitting (PBO, combinatorially symmetric cross-validation '
+            f"over the candidates' daily returns) {html.escape(said)}.</p>")
 
 
 def backtest_report(bars: pd.DataFrame, signals, *, config=None, model_signals: dict | None = None,

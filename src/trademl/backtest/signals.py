@@ -86,13 +86,21 @@ class SignalsBacktest:
     stops: dict | None = None  # with --stops: the ATR multiples used (stops_used)
 
     def to_json(self) -> dict:
-        cols = ("sharpe", "psr", "dsr", "trades", "total_pnl", "exposure")
-        runs = {name: {c: _plain(self.table.loc[name, c]) for c in cols} for name in self.table.index}
+        runs = {name: json_figures(self.table, name) for name in self.table.index}
         return {"account": self.account, "stops": self.stops, "runs": runs,
                 "signals_before_first_bar": self.skipped_signals}
 
 
-def _plain(value):
+# A run's headline figures in the JSON of `backtest-signals --json` and `backtest --json`.
+JSON_COLUMNS = ("sharpe", "psr", "dsr", "trades", "total_pnl", "exposure")
+
+
+def json_figures(table: pd.DataFrame, name: str) -> dict:
+    return {c: plain_value(table.loc[name, c]) for c in JSON_COLUMNS}
+
+
+def plain_value(value):
+    """A JSON value: numpy scalars as Python ones, NaN and infinities as None (JSON has neither)."""
     value = value.item() if hasattr(value, "item") else value
     return None if isinstance(value, float) and not np.isfinite(value) else value
 

@@ -261,6 +261,11 @@ class WalkForwardResult:
     # With ``stops=True`` (``--stops``): the ATR stop and target every run's trades had
     # (``trademl.backtest.signals.stops_used``); None: the signals' own exits only.
     stops: dict | None = None
+    # The probability of backtest overfitting over the DSR's candidates (``candidate_pbo``); NaN
+    # when there are too few candidates or sessions.
+    pbo: float = math.nan
+    # The ensemble's confidence as a probability of a win (``ensemble_calibration``): ece, n, bins.
+    calibration: dict | None = None
 
     @property
     def ensemble(self):
@@ -276,8 +281,32 @@ class WalkForwardResult:
                              if self.stops else ""))
         self.report_path = write_report(path, self.runs, bars=self.bars, main=ENSEMBLE, table=self.table, title=title,
                                         confidence_threshold=bt.confidence_threshold,
-                                        hit_rate_horizon=bt.hit_rate_horizon)
+                                        hit_rate_horizon=bt.hit_rate_horizon, calibration=self.calibration,
+                                        pbo=self.pbo)
         return self.report_path
+
+    def to_json(self) -> dict:
+        """The results as plain JSON values (NaN as null): bars, DSR trials, PBO, each run's
+        headline figures under its plain name (``random``, not ``random (seed 0)``), and the
+        ensemble's calibration."""
+        from trademl.backtest.baselines import is_baseline
+        from trademl.backtest.signals import json_figures, plain_value
+
+        runs = {(name.split(" ")[0] if is_baseline(name) else name): json_figures(self.table, name)
+                for name in self.table.index}
+        return {"bars": len(self.bars), "dsr_trials": int(self.table.loc[ENSEMBLE, "dsr_trials"]),
+                "pbo": plain_value(float(self.pbo)), "runs": runs,
+                "ensemble_calibration": self.calibration}
+
+    def write_json(self, path) -> Path:
+        """``to_json`` written atomically: a reader sees the old file or the new one, never half."""
+        import json
+
+        from trademl.html_page import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+        return path
 
 
 def backtest_segments(data_segments: np.ndarray, fold_of_row: np.ndarray) -> np.ndarray:
@@ -396,16 +425,46 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
                             name=ENSEMBLE, config=cfg)
     runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=bt.confidence_threshold,
                          seed=bt.random_baseline_seed)
-    # Every candidate counts as a trial, also one that never traded (no Sharpe): it was tried.
     from trademl.backtest.baselines import is_baseline
 
     exits = _stop_inputs(dataset, bars, cfg, rows) if stops else None
     accounts = None
     if account is not None or exits is not None:
         runs, accounts = _through_account(runs, bars, account, exits)
-    table = comparison_table(runs, n_trials=sum(not is_baseline(name) for name in runs))
+    # Every candidate counts as a trial, also one that never traded (with Sharpe 0): it was tried.
+    candidates = [name for name in runs if not is_baseline(name)]
+    table = comparison_table(runs, n_trials=len(candidates))
+    calibration = ensemble_calibration(bars, segments, strategy.model, signals, bt.hit_rate_horizon)
     return WalkForwardResult(bars, segments, signals, model_signals, outputs, outcomes, runs, table, cfg, horizon,
-                             accounts=accounts, stops=stops_used(exits))
+                             accounts=accounts, stops=stops_used(exits), pbo=candidate_pbo(runs, candidates),
+                             calibration=calibration)
+
+
+def candidate_pbo(runs: dict, candidates: list[str]) -> float:
+    """PBO (``metrics.probability_of_backtest_overfitting``) over the DSR's candidates' daily returns.
+
+    The candidates are the ensemble and each model alone, the runs one would choose between; the
+    baselines (flat, buy-and-hold, random) are yardsticks nobody would pick, left out as in the DSR.
+    A candidate that never traded is in, with a return of 0 every session.
+    """
+    from trademl.backtest.metrics import daily_returns, probability_of_backtest_overfitting
+
+    daily = pd.concat({name: daily_returns(runs[name].pnl, runs[name].index, runs[name].initial_balance)
+                       for name in candidates}, axis=1)
+    return probability_of_backtest_overfitting(daily.to_numpy())
+
+
+def ensemble_calibration(bars: pd.DataFrame, segments: np.ndarray, execution, signals: pd.DataFrame,
+                         horizon: int) -> dict:
+    """The ensemble's out-of-sample confidence against whether its recommended trade won after
+    costs (``metrics.trade_won`` over [backtest] hit_rate_horizon bars, priced by the engine's
+    execution model): every bar it said BUY or SELL, above the threshold or not, because the
+    threshold is a cut on this confidence. HOLD bars are left out: their confidence is about
+    no trade."""
+    from trademl.backtest.metrics import confidence_calibration, trade_won
+
+    won = trade_won(bars, segments, execution, signals["action"].to_numpy(), horizon=horizon)
+    return confidence_calibration(signals["confidence"].to_numpy(), won)
 
 
 def _stop_inputs(dataset, bars: pd.DataFrame, cfg: Config, rows: np.ndarray) -> dict:
@@ -476,15 +535,55 @@ def verdict(result: WalkForwardResult) -> str:
             + ("a significant edge (> 0.95)" if significant else "NO significant edge (<= 0.95)"))
 
 
+def synthetic_dataset(n_bars: int, edge_ic: float, seed: int, config: Config):
+    """A dataset of ``n_bars`` generated NQ bars (``trademl.data.synthetic``) whose planted
+    ``edge`` column (rank IC ``edge_ic`` with the next 5 bars' return) is a feature, as in
+    `trademl train ppo --synthetic`. Returns (dataset, the config with that feature)."""
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+
+    if not (isinstance(n_bars, int) and n_bars > 0):
+        raise TradeMLError(f"the number of synthetic bars must be a positive whole number, not {n_bars!r}",
+                           where="--synthetic")
+    if not (math.isfinite(edge_ic) and abs(edge_ic) < 1):
+        raise TradeMLError(f"the planted edge's IC must lie strictly between -1 and 1, not {edge_ic!r}",
+                           where="--edge-ic", hint="0 is a random walk; 0.15 is a strong edge")
+    cfg = config.model_copy(deep=True)
+    if "edge" not in cfg.data.extra_feature_columns:
+        cfg.data.extra_feature_columns = [*cfg.data.extra_feature_columns, "edge"]
+    bars = synthetic_bars(n_bars, seed=seed, edge_ic=edge_ic, edge_horizon=5, symbol="NQ")
+    return dataset_from_bars(bars, cfg), cfg
+
+
+def honesty_lines(result: WalkForwardResult) -> str:
+    """The PBO over the candidates and the calibration of the ensemble's confidence, in words."""
+    n = int(result.table.loc[ENSEMBLE, "dsr_trials"])
+    pbo = (f"PBO over {n} candidates: {result.pbo:.3f} (0.5: picking the best is luck; near 0: the best stays best)"
+           if math.isfinite(result.pbo) else f"PBO over {n} candidates: - (too few candidates or sessions)")
+    cal = result.calibration or {"ece": None, "n": 0}
+    ece = (f"ensemble confidence vs trades won after costs ({result.config.backtest.hit_rate_horizon} bars): "
+           + (f"ECE {cal['ece']:.3f} over {cal['n']:,} BUY/SELL bars" if cal["ece"] is not None
+              else "no BUY/SELL bar with a known outcome"))
+    return f"{pbo}\n{ece}"
+
+
 def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds: int | None = None,
                     budget: str | None = None, out=None, models=None, console=None, account=None,
-                    stops: bool = False) -> WalkForwardResult:
+                    stops: bool = False, synthetic: int | None = None, edge_ic: float = 0.15, seed: int = 0,
+                    json_path=None) -> WalkForwardResult:
     """What `trademl backtest` and scripts/backtest_models.py run: progress per fold, the
-    table, the verdict and the HTML report (default: [paths] report_dir/backtest.html)."""
+    table, the verdict and the HTML report (default: [paths] report_dir/backtest.html).
+    ``synthetic``: walk forward over that many generated bars (``synthetic_dataset``) instead of
+    a dataset; ``json_path``: also write ``WalkForwardResult.to_json`` there."""
     from trademl.data.dataset import load_training_dataset
 
     cfg = resolve_config(config)
-    dataset = load_training_dataset(dataset_path, cfg)
+    if synthetic is not None:
+        if dataset_path is not None:
+            raise TradeMLError("give a dataset or --synthetic N, not both", where="--synthetic")
+        dataset, cfg = synthetic_dataset(synthetic, edge_ic, seed, cfg)
+    else:
+        dataset = load_training_dataset(dataset_path, cfg)
     say = (lambda msg: console.print(msg)) if console is not None else None
     if account is not None:
         from trademl.risk.rules import rules_for
@@ -497,6 +596,7 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
     if console is not None:
         console.print(results_table(result.table))
         console.print(verdict(result))
+        console.print(honesty_lines(result))
         if result.stops:
             console.print(f"  every run with ATR stops: stop {result.stops['stop_atr']:g} ATR, target "
                           f"{result.stops['target_atr']:g} ATR ({result.stops['atr']}), checked inside each bar, "
@@ -507,4 +607,8 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
             console.print(f"  {a['rules']} {name}: {status}, ${a['final_balance']:,.0f} after {a['trading_days']} "
                           f"trading days; P(pass) {'-' if p is None else f'{p:.1%}'}")
         console.print(f"report: {result.report_path}")
+    if json_path is not None:
+        written = result.write_json(json_path)
+        if console is not None:
+            console.print(f"json: {written}")
     return result
