@@ -20,8 +20,10 @@ def config_show(*args, cwd) -> subprocess.CompletedProcess:
 
 
 def every_setting() -> set[str]:
-    return {f"{section}.{name}" for section, field in Config.model_fields.items()
-            for name in field.annotation.model_fields}
+    """section.name for every setting; [contracts] (a table per instrument, none by default) as itself."""
+    return {f"{section}.{name}" if hasattr(field.annotation, "model_fields") else section
+            for section, field in Config.model_fields.items()
+            for name in getattr(field.annotation, "model_fields", [None])}
 
 
 def test_json_lists_every_setting_with_the_working_directory_file(tmp_path):

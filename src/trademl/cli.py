@@ -25,8 +25,21 @@ app.add_typer(config_app, name="config")
 
 # Options that several commands share, declared once.
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: ./trademl.toml if present).")
-BarsArg = typer.Argument(None, help="Bars file (CSV/TXT/Parquet). Default: the bundled ES sample.")
+BarsArg = typer.Argument(None, help="Bars files (CSV/TXT/Parquet) or a quoted glob, merged in time order. "
+                         "Default: the bundled ES sample.")
+BarsFilesArg = typer.Argument(None, help="Dataset folder, or bars files / a quoted glob merged in time order "
+                              "(default: the bundled ES sample).")
 TrainingDataArg = typer.Argument(None, help="Dataset folder or bars file (default: the bundled ES sample).")
+TzOpt = typer.Option(None, "--tz", help="Zone of naive timestamps, e.g. America/New_York (default: [data] timezone, "
+                     "else UTC with a warning).")
+SymbolOpt = typer.Option(None, "--symbol", help="Instrument, e.g. NQZ5, NQ1!, SPY (default: the data's contract "
+                         "column or file name; an error when neither names one).")
+TickSizeOpt = typer.Option(None, "--tick-size", help="Tick size of the --symbol instrument (with --point-value for "
+                           "one not listed; same as [contracts.SYMBOL] tick_size).")
+PointValueOpt = typer.Option(None, "--point-value", help="Dollars per full point per contract of the --symbol "
+                             "instrument ([contracts.SYMBOL] point_value).")
+CommissionOpt = typer.Option(None, "--commission", help="Commission per contract (share) per side of the --symbol "
+                             "instrument ([contracts.SYMBOL] commission_per_side; default: [costs]).")
 ModelRootOpt = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root).")
 
 
@@ -49,6 +62,35 @@ def friendly_errors(fn):
     return wrapper
 
 
+def load_cli_config(config, *, tz=None, symbol=None, tick_size=None, point_value=None, commission=None, overrides=None):
+    """The config with the command line's --tz and --tick-size/--point-value applied, so every library
+    call below reads them where it reads [data] timezone and [contracts] (one home each)."""
+    from trademl.config import load_config
+    from trademl.data.bars import check_tz
+    from trademl.errors import TradeMLError
+    from trademl.market.contracts import CONTRACTS, root_of
+
+    check_tz(tz)  # an unknown zone fails before any file is read
+    extra = dict(overrides or {})
+    if tz is not None:
+        extra["data"] = {**extra.get("data", {}), "timezone": tz}
+    described = (("tick_size", tick_size), ("point_value", point_value), ("commission_per_side", commission))
+    given = {k: v for k, v in described if v is not None}
+    if given:
+        if not symbol:
+            raise TradeMLError("--tick-size, --point-value and --commission describe the instrument named by --symbol",
+                               where="--tick-size/--point-value", hint="add --symbol, e.g. --symbol SPY")
+        extra["contracts"] = {root_of(symbol, CONTRACTS): given}
+    return load_config(config, extra or None)
+
+
+def _one_or_many(paths):
+    """A list argument as the library takes it: None, one path, or the list."""
+    if not paths:
+        return None
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
 def console():
     from rich.console import Console
 
@@ -58,24 +100,28 @@ def console():
 @data_app.command("build")
 @friendly_errors
 def data_build(
-    bars: Optional[Path] = BarsArg,
+    bars: Optional[list[Path]] = BarsArg,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset folder (default: artifacts/data/<name>)."),
     decisions: Optional[Path] = typer.Option(None, "--decisions", help="Decision log (CSV or JSONL) of the bot."),
-    symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract symbol or root, e.g. NQZ5 (default: config)."),
+    symbol: Optional[str] = SymbolOpt,
+    tick_size: Optional[float] = TickSizeOpt,
+    point_value: Optional[float] = PointValueOpt,
+    commission: Optional[float] = CommissionOpt,
+    tz: Optional[str] = TzOpt,
     repair: bool = typer.Option(False, "--repair", help="Drop/dedupe bad rows and report them instead of failing."),
     resample: Optional[int] = typer.Option(None, "--resample", help="Resample to N-minute bars first (1 to 10080, a week)."),
     config: Optional[Path] = ConfigOpt,
 ):
     """Bars (+ optional decision log) -> Parquet dataset + manifest."""
-    from trademl.config import load_config
     from trademl.data.bars import check_resample_minutes
     from trademl.data.dataset import build_dataset, print_summary
 
     if resample is not None:
         check_resample_minutes(resample)
-    cfg = load_config(config)
+    cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
+                          commission=commission)
     result = build_dataset(
-        bars_path=bars, out_dir=out, decisions_path=decisions, symbol=symbol,
+        bars_path=_one_or_many(bars), out_dir=out, decisions_path=decisions, symbol=symbol,
         repair=repair, resample_minutes=resample, config=cfg, progress=True,
     )
     print_summary(result, console())
@@ -84,7 +130,7 @@ def data_build(
 @data_app.command("inspect")
 @friendly_errors
 def data_inspect(
-    bars: Optional[Path] = BarsArg,
+    bars: Optional[list[Path]] = BarsArg,
     repair: bool = typer.Option(False, "--repair", help="Drop/dedupe bad rows and list them instead of failing."),
     tz: Optional[str] = typer.Option(None, "--tz", help="Timezone of naive stamps (default UTC)."),
     resample: Optional[int] = typer.Option(None, "--resample", help="Describe the N-minute bars instead (1 to 10080, a week)."),
@@ -99,7 +145,7 @@ def data_inspect(
     check_tz(tz)
     if resample is not None:
         check_resample_minutes(resample)
-    frame = load_bars(bars or bundled_sample_path(), symbol=symbol, repair=repair, tz=tz)
+    frame = load_bars(_one_or_many(bars) or bundled_sample_path(), symbol=symbol, repair=repair, tz=tz)
     report = frame.attrs.get("repair_report")
     if resample is not None:
         frame = resample_bars(frame, resample)
@@ -110,6 +156,8 @@ def data_inspect(
     out.print(table)
     if report is not None:
         out.print(str(report), markup=False, highlight=False, soft_wrap=True)
+    if frame.attrs.get("merge_report"):
+        out.print(str(frame.attrs["merge_report"]), markup=False, highlight=False, soft_wrap=True)
 
 
 @data_app.command("features")
@@ -133,7 +181,7 @@ def data_features(
     console().print(table)
 
 
-def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
+def _train_lgbm(dataset_path, cfg, source: str = "auto", symbol: str | None = None) -> None:
     """Train lgb_5m and lgb_30m into the store with a progress bar, then print their tables."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -142,7 +190,7 @@ def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
     from trademl.models.store import ModelStore
 
     out = console()
-    dataset = load_training_dataset(dataset_path, cfg)
+    dataset = load_training_dataset(dataset_path, cfg, symbol=symbol)
     store = ModelStore(cfg.paths.model_root)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out, transient=True) as bar:
         task = bar.add_task("lgbm", total=None)
@@ -157,30 +205,40 @@ def _train_lgbm(dataset_path, cfg, source: str = "auto") -> None:
 @train_app.command("lgbm")
 @friendly_errors
 def train_lgbm_command(
-    dataset: Optional[Path] = TrainingDataArg,
+    dataset: Optional[list[Path]] = BarsFilesArg,
     rows: str = typer.Option("auto", "--rows", help="Training rows: auto (decision log if any), bars or decisions."),
+    symbol: Optional[str] = SymbolOpt,
+    tick_size: Optional[float] = TickSizeOpt,
+    point_value: Optional[float] = PointValueOpt,
+    commission: Optional[float] = CommissionOpt,
+    tz: Optional[str] = TzOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """LightGBM win models lgb_5m and lgb_30m: walk-forward, calibrated, ONNX, stored."""
-    from trademl.config import load_config
-
-    _train_lgbm(dataset, load_config(config), rows)
+    cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
+                          commission=commission)
+    _train_lgbm(_one_or_many(dataset), cfg, rows, symbol)
 
 
 @train_app.command("all")
 @friendly_errors
 def train_all_command(
-    dataset: Optional[Path] = TrainingDataArg,
+    dataset: Optional[list[Path]] = BarsFilesArg,
+    symbol: Optional[str] = SymbolOpt,
+    tick_size: Optional[float] = TickSizeOpt,
+    point_value: Optional[float] = PointValueOpt,
+    commission: Optional[float] = CommissionOpt,
+    tz: Optional[str] = TzOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """LightGBM (lgb_5m, lgb_30m), the LSTM and the PPO agent on one dataset, into the model store."""
-    from trademl.config import load_config
     from trademl.data.dataset import load_training_dataset
     from trademl.models.train_all import print_trained, train_models
 
-    cfg = load_config(config)
+    cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
+                          commission=commission)
     out = console()
-    trained = train_models(load_training_dataset(dataset, cfg), cfg, cfg.paths.model_root, progress=True, console=out)
+    trained = train_models(load_training_dataset(_one_or_many(dataset), cfg, symbol=symbol), cfg, cfg.paths.model_root, progress=True, console=out)
     print_trained(trained, out)
 
 
@@ -307,7 +365,9 @@ def serve_command(
 @app.command("monitor")
 @friendly_errors
 def monitor_command(
-    bars: Optional[Path] = typer.Option(None, "--bars", help="Bars that arrived since (CSV/TXT/Parquet): judges outcomes."),
+    bars: Optional[list[Path]] = typer.Option(None, "--bars", help="Bars that arrived since (CSV/TXT/Parquet): judges "
+                                              "outcomes. Repeat it, or give a quoted glob, for several files."),
+    tz: Optional[str] = TzOpt,
     log: Optional[Path] = typer.Option(None, "--log", help="Prediction log (default: <[paths] log_dir>/predictions.sqlite)."),
     since: Optional[str] = typer.Option(None, "--since", help="Only predictions from then on: ISO time (UTC) or 24h / 7d ago."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Only predictions for this symbol, e.g. NQZ5."),
@@ -321,15 +381,14 @@ def monitor_command(
     config: Optional[Path] = ConfigOpt,
 ):
     """Prediction log + bars since -> hit rate, P&L, calibration, drift, latency, errors (exit 3 on an alert)."""
-    from trademl.config import load_config
     from trademl.predict.log import PredictionLog
     from trademl.monitor.report import parse_since, print_summary, run_monitor
 
-    cfg = load_config(config)
+    cfg = load_cli_config(config, tz=tz)
     html_path = out or Path(cfg.paths.report_dir) / "monitor.html"
     cutoff = parse_since(prune_before)  # a bad value fails before anything is written
     try:
-        result = run_monitor(log, bars, since=parse_since(since), symbol=symbol, config=cfg, model_root=model_root,
+        result = run_monitor(log, _one_or_many(bars), since=parse_since(since), symbol=symbol, config=cfg, model_root=model_root,
                              reference_bars=reference_bars, html_path=html_path)
         print_summary(result, console())
         if export is not None:
@@ -380,6 +439,7 @@ def backtest_signals_command(
     bars: Path = typer.Argument(..., help="Bars file (CSV/TXT/Parquet)."),
     signals: Path = typer.Argument(..., help="Signals: CSV/JSONL of timestamp,action[,confidence], or a decision log."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract of the bars, e.g. NQZ5 (default: from the file)."),
+    tz: Optional[str] = TzOpt,
     account: Optional[str] = typer.Option(None, "--account", help="Account rules: topstep-50k, topstep-100k, topstep-150k."),
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="Signals count above this confidence (default: [backtest] confidence_threshold)."),
@@ -395,11 +455,10 @@ def backtest_signals_command(
     from trademl.backtest.report import write_report
     from trademl.backtest.signals import SIGNALS_NAME, backtest_signals, read_signals
     from trademl.backtest.walkforward import results_table
-    from trademl.config import load_config
     from trademl.data.bars import load_bars
 
-    cfg = load_config(config)
-    frame = load_bars(bars, symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes)
+    cfg = load_cli_config(config, tz=tz)
+    frame = load_bars(bars, symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes, tz=cfg.data.timezone)
     if symbol:
         frame.attrs["symbol"] = symbol
     result = backtest_signals(frame, read_signals(signals), config=cfg, account=account, threshold=threshold, stops=stops)

@@ -29,7 +29,12 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Bars, segments, features and labels."""
 
-    symbol: str = Field("ES", description="Contract symbol or root used when the data does not name one, e.g. NQZ5.")
+    symbol: str | None = Field(None, description=(
+        "Contract symbol or root used when neither --symbol, a contract/symbol column nor the file name names "
+        "one, e.g. NQZ5; None: such data is an error asking for --symbol (never a silent default)."))
+    timezone: str | None = Field(None, description=(
+        "Zone of naive timestamps in bar files (an IANA name such as America/New_York; --tz overrides). "
+        "None: naive stamps are read as UTC, with one warning. Stamps with an offset keep theirs."))
     horizons: list[int] = Field(default_factory=lambda: [5, 30],
                                 description="Label horizons in bars: win/signal/movement/risk labels are made for each.")
     max_gap_minutes: int = Field(15, description=(
@@ -252,7 +257,22 @@ class PathsConfig(_Section):
     report_dir: str = Field("artifacts/reports", description="HTML reports (backtest, monitor).")
 
 
+class ContractOverride(_Section):
+    """One instrument, ``[contracts.SPY]``: an instrument not listed in ``trademl.market.contracts``
+    needs tick_size and point_value; for a listed root, the fields given replace its own."""
+
+    tick_size: float | None = Field(None, gt=0, description="Smallest price step.")
+    point_value: float | None = Field(None, gt=0, description="Dollars one full point of price is worth per contract "
+                                      "(share, unit); tick value = tick_size x point_value.")
+    commission_per_side: float | None = Field(None, ge=0, description=(
+        "Commission per contract per side for this instrument; None: [costs] commission_per_side."))
+    description: str | None = Field(None, description="What the instrument is (shown in summaries).")
+    exchange: str | None = Field(None, description="Where it trades.")
+
+
 class Config(_Section):
+    contracts: dict[str, ContractOverride] = Field(default_factory=dict, description=(
+        "Instruments by root, [contracts.SPY] tick_size = 0.01, point_value = 1.0 (trademl.market.contracts)."))
     data: DataConfig = Field(default_factory=DataConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
     account: AccountConfig = Field(default_factory=AccountConfig)
@@ -309,6 +329,18 @@ def small_budget(cfg: Config) -> Config:
 DEFAULT_CONFIG_FILE = "trademl.toml"
 
 
+def _merge(raw: dict, overrides: dict) -> None:
+    """``overrides`` ({"section": {"name": value}}) into ``raw``; an instrument's table in [contracts]
+    is merged field by field, so --tick-size keeps the file's commission for it."""
+    for section, values in overrides.items():
+        target = raw.setdefault(section, {})
+        for name, value in values.items():
+            if section == "contracts" and isinstance(value, dict) and isinstance(target.get(name), dict):
+                target[name] = {**target[name], **value}
+            else:
+                target[name] = value
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
     """Defaults <- TOML file (if any) <- overrides ({"ppo": {"total_timesteps": 1000}})."""
     path = path or os.environ.get("TRADEML_CONFIG")
@@ -323,8 +355,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
             raise TradeMLError(f"not valid TOML: {e}", where=str(p)) from None
     _reject_moved(raw, str(path or DEFAULT_CONFIG_FILE))
     _reject_moved(overrides or {}, "config overrides")
-    for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
+    _merge(raw, overrides or {})
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
@@ -338,6 +369,13 @@ def describe_settings(config: Config) -> dict[str, dict]:
     out = {}
     for section in type(config).model_fields:
         values = getattr(config, section)
+        if isinstance(values, dict):  # [contracts]: one table per instrument; none: the section itself
+            if not values:
+                out[section] = {"value": {}, "description": type(config).model_fields[section].description or ""}
+            for key, table in values.items():
+                for name, setting in type(table).model_fields.items():
+                    out[f"{section}.{key}.{name}"] = {"value": getattr(table, name), "description": setting.description or ""}
+            continue
         dumped = values.model_dump(mode="json")
         for name, setting in type(values).model_fields.items():
             out[f"{section}.{name}"] = {"value": dumped[name], "description": setting.description or ""}
@@ -359,10 +397,10 @@ def with_overrides(config=None, overrides: dict | None = None) -> Config:
     if not overrides:
         return cfg
     raw = cfg.model_dump()
-    for section, values in overrides.items():
-        if section not in raw:
-            raise TradeMLError(f"no config section [{section}]", where="overrides")
-        raw[section].update(values)
+    unknown = [section for section in overrides if section not in raw]
+    if unknown:
+        raise TradeMLError(f"no config section [{unknown[0]}]", where="overrides")
+    _merge(raw, overrides)
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

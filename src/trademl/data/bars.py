@@ -226,17 +226,39 @@ def _index_ns(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def _localize(naive: pd.DatetimeIndex, tz: str | None) -> pd.DatetimeIndex:
-    """Naive local stamps -> UTC. A repeated fall-back hour is inferred from the order."""
+    """Naive local stamps -> UTC. A local time of the spring gap does not exist: NaT (the row is then
+    refused by line). One of the autumn's repeated hour is told by order (:func:`_first_copy`)."""
     if tz in (None, "UTC", "utc"):
         return naive.tz_localize("UTC")
     far = _index_ns(naive) == _OUT_OF_RANGE
     if far.any():  # pandas cannot localize year 9999 in a zone: stand in a year-1000 stamp, still out of range
         unit = np.datetime_data(naive.dtype)[0]
         naive = pd.DatetimeIndex(np.where(far, np.datetime64("1000-01-01", unit), naive.to_numpy()))
-    try:
-        return naive.tz_localize(tz, ambiguous="infer", nonexistent="NaT").tz_convert("UTC")
-    except (ValueError, TypeError):  # order does not tell: leave those stamps unreadable
-        return naive.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").tz_convert("UTC")
+    return naive.tz_localize(tz, ambiguous=_first_copy(naive, tz), nonexistent="NaT").tz_convert("UTC")
+
+
+def _first_copy(naive: pd.DatetimeIndex, tz: str) -> np.ndarray:
+    """For each stamp, True when it is read in daylight time: what ``tz_localize(ambiguous=)`` takes.
+
+    In the repeated hour of an autumn night a naive 01:30 is two instants. Bars come in time
+    order, so a stamp of that hour is the first (daylight) copy unless an earlier row of the
+    same hour already reached or passed it: the clock went back, and it and every later stamp of
+    that hour are the second (standard) copy. A lone copy with no earlier one is read as the first.
+    """
+    flags = np.ones(len(naive), dtype=bool)
+    ambiguous = pd.isna(naive.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward")) & ~pd.isna(naive)
+    if not ambiguous.any():
+        return flags
+    idx = np.flatnonzero(ambiguous)
+    values = naive[idx].asi8
+    days = naive[idx].normalize().asi8
+    for day in np.unique(days):
+        rows = days == day
+        v = values[rows]
+        seen = np.maximum.accumulate(v)
+        went_back = np.concatenate([[False], seen[:-1] >= v[1:]])
+        flags[idx[rows]] = ~np.logical_or.accumulate(went_back)
+    return flags
 
 
 def parse_timestamps(values, *, tz: str | None = None, mixed: bool = False) -> np.ndarray:
@@ -350,6 +372,7 @@ class _Layout:
     quoted: bool
     preamble: tuple[int, ...] = ()  # 1-based lines before the first well-formed one: reported as bad
     decimal: str = "."  # "," for files that write 1234,50 (with ';', tab or '|' separators, or quoted)
+    utc_header: bool = False  # the stamp column's name says UTC (timestamp_utc): naive stamps are UTC by name
 
 
 def _open_text(path: Path):
@@ -512,7 +535,10 @@ def _sniff_layout(path: Path) -> _Layout:
     decimal = _decimal_mark(head[skiprows:], delimiter, columns)
     if delimiter == "," and not has_header and not quoted:
         _refuse_split_decimals(path, head[skiprows:], skiprows, columns)
-    return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted, preamble, decimal)
+    stamp_col = columns.get("timestamp", columns.get("date"))
+    utc_header = has_header and stamp_col is not None and "utc" in _normalise_name(fields[stamp_col])
+    return _Layout(delimiter, skiprows, len(fields), columns, extras, stamps_at_close, quoted, preamble, decimal,
+                   utc_header)
 
 
 def _headerless_columns(path: Path, fields: list[str], first: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -926,25 +952,48 @@ def _shift_close_to_open(stamps: np.ndarray, state: _State) -> np.ndarray:
     return out
 
 
+def _naive(stamp_text: pd.Series) -> bool:
+    """Whether a file's stamps carry no zone: text without an offset or local datetimes, not unix
+    numbers (UTC by definition) and not zone-aware values."""
+    s = stamp_text.dropna()
+    if isinstance(s.dtype, pd.DatetimeTZDtype) or not len(s):
+        return False
+    if s.dtype.kind == "M":
+        return True
+    text = s.astype("string").str.strip().head(_SNIFF_LINES)
+    if _majority(text, _ISO_RE):
+        return not _majority(text, _OFFSET_RE)
+    return not _majority(text, _EPOCH_RE) or bool(text.str.fullmatch(r"\d{8}|\d{12}|\d{14}").mean() > 0.5)
+
+
+class NaiveStampWarning(UserWarning):
+    """Naive stamps read as UTC because no zone was given (--tz / [data] timezone)."""
+
+
+def _warn_naive(path, tz: str | None, stamp_text: pd.Series, once: set) -> None:
+    """One warning per command (``once`` is shared by every file it reads): naive stamps, no zone."""
+    if tz is None and "naive" not in once and _naive(stamp_text):
+        once.add("naive")
+        warnings.warn(f"{path}: naive timestamps read as UTC; if they are local times give --tz ZONE "
+                      "(or [data] timezone), e.g. --tz America/New_York", NaiveStampWarning, stacklevel=4)
+
+
 # --------------------------------------------------------------------------- public API
 
 
-def _guess_symbol(path: Path, bars: pd.DataFrame) -> str:
-    """From the contract column when it names a known root (ESH14), else the file name (es_...)."""
-    from trademl.market.contracts import CONTRACTS, root_of
+def _guess_symbol(path: Path, bars: pd.DataFrame) -> str | None:
+    """From the contract column when it names a known root (ESH14, ES201312), else the file name
+    (es_...); None when neither does (``trademl.market.contracts.infer_symbol``)."""
+    from trademl.market.contracts import infer_symbol
 
-    if "contract" in bars and len(bars):
-        contract = str(bars["contract"].iloc[-1]).upper()
-        dated = re.fullmatch(r"([A-Z0-9]+?)(\d{6})", contract)  # ES201312: root + yyyymm
-        root = dated.group(1) if dated else root_of(contract)
-        if root in CONTRACTS:
-            return root
-    name = path.name.split(".")[0]
-    return re.split(r"[_\-\s.]", name)[0].upper() or name.upper()
+    contract = str(bars["contract"].iloc[-1]) if "contract" in bars and len(bars) else None
+    return infer_symbol(contract=contract, path=path)
 
 
-def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp, bad_prints) -> Iterator[pd.DataFrame]:
+def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp, bad_prints,
+            once: set | None = None) -> Iterator[pd.DataFrame]:
     path = Path(path)
+    once = set() if once is None else once
     if not path.exists():
         raise DataError("file not found", where=str(path))
     if bar_stamp not in ("auto", "open", "close"):
@@ -961,6 +1010,8 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp,
     for raw in raws:
         report = RepairReport(str(path), unit="row" if is_parquet else "line")
         bars = _validated(raw, path, layout, tz, repair, state, report, rule)
+        if not (layout is not None and layout.utc_header) and len(bars):  # after the rows passed: an error comes alone
+            _warn_naive(path, tz, _stamp_source(raw.frame[~raw.blank]), once)
         if "volume" not in bars and not warned:
             warnings.warn(f"{path}: no volume column; volume features will be left out", stacklevel=3)
             warned = True
@@ -986,7 +1037,9 @@ def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str 
               bad_prints: BadPrintRule | None = None) -> pd.DataFrame:
     """Read a bars file into the bars frame; every row is validated.
 
-    ``tz`` is the zone of naive stamps (default UTC). ``repair=True`` drops bad rows
+    ``path``: one file, a list of files or a glob pattern (``"nq_2024Q*.csv"``): several files are
+    read one by one and merged in time order (:func:`merge_bars`).
+    ``tz`` is the zone of naive stamps (None: [data] timezone, else UTC with one warning). ``repair=True`` drops bad rows
     (keeping the first of duplicated stamps) and attaches a printable ``RepairReport`` as
     ``bars.attrs["repair_report"]``; otherwise the first bad row raises ``DataError``
     naming the file, line and problem, and counting the others.
@@ -1000,13 +1053,114 @@ def load_bars(path, *, symbol: str | None = None, repair: bool = False, tz: str 
     bad_print_*) sets the check, and whether repair clips them (listed in the report's
     ``clipped``) or drops them.
     """
-    if max_gap_minutes is None:
-        max_gap_minutes = resolve_config().data.max_gap_minutes
-    frames = list(_chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=None,
-                          max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp, bad_prints=bad_prints))
-    if not frames or frames[0].empty:
-        raise no_bars_error(path, frames[0].attrs.get("repair_report") if frames else None)
-    return frames[0]
+    cfg = resolve_config()
+    max_gap_minutes = cfg.data.max_gap_minutes if max_gap_minutes is None else max_gap_minutes
+    tz = cfg.data.timezone if tz is None else tz
+    once: set = set()  # one naive-stamp warning for all the files
+    frames = []
+    for one in bar_paths(path):
+        got = list(_chunks(one, symbol=symbol, repair=repair, tz=tz, chunk_rows=None, max_gap_minutes=max_gap_minutes,
+                           bar_stamp=bar_stamp, bad_prints=bad_prints, once=once))
+        if not got or got[0].empty:
+            raise no_bars_error(one, got[0].attrs.get("repair_report") if got else None)
+        frames.append(got[0])
+    return frames[0] if len(frames) == 1 else merge_bars(frames)
+
+
+def bar_paths(source) -> list[Path]:
+    """One file, several (a list), or glob patterns -> the files to read, each pattern's matches in
+    name order; a pattern that matches nothing is an error naming it."""
+    import glob
+
+    items = [source] if isinstance(source, (str, Path)) or not hasattr(source, "__iter__") else list(source)
+    if not items:
+        raise DataError("no bars file given", where="bars")
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        if glob.has_magic(text) and not Path(text).exists():
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise DataError("no file matches this pattern", where=text)
+            out += [Path(m) for m in matches]
+        else:
+            out.append(Path(item))
+    return list(dict.fromkeys(out))  # a file named twice (a pattern and its name) is read once
+
+
+class MergeReport(list):
+    """What merging several files did, one line each (a list of text: it travels in ``attrs``)."""
+
+    def __str__(self) -> str:
+        return "\n".join(self)
+
+
+def merge_bars(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Bars frames of several files -> one, in time order. Files may overlap: a stamp that two files
+    both hold must be the same bar in both (prices, volume, contract), and is kept once, counted;
+    a conflicting one is an error naming both files. ``attrs["merge_report"]`` says what happened."""
+    frames = sorted(frames, key=lambda f: f.index[0])
+    sources = [str(f.attrs.get("source")) for f in frames]
+    _same_columns(frames, sources)
+    symbols = {f.attrs.get("symbol") for f in frames} - {None}
+    if len(symbols) > 1:
+        raise DataError(f"the files are of different instruments: {sorted(symbols)}", where=", ".join(sources),
+                        hint="merge files of one instrument (pass --symbol if the names mislead)")
+    stamps = np.concatenate([_ns(f.index) for f in frames])
+    owner = np.concatenate([np.full(len(f), i) for i, f in enumerate(frames)])
+    order = np.argsort(stamps, kind="stable")  # equal stamps: the earlier file first
+    merged = pd.concat(frames).iloc[order]
+    stamps, owner = stamps[order], owner[order]
+    repeat = np.flatnonzero(stamps[1:] == stamps[:-1]) + 1
+    _refuse_conflicts(merged, repeat, owner, sources)
+    report = MergeReport([f"merged {len(frames)} files in time order: " + "; ".join(
+        f"{s} ({len(f):,} bars, {f.index[0]} .. {f.index[-1]})" for s, f in zip(sources, frames))])
+    report += _overlaps(frames, sources)
+    if len(repeat):
+        report.append(f"dropped {len(repeat):,} duplicate bars (the same stamp and values in two files)")
+        warnings.warn(f"{len(repeat):,} identical duplicate bars in overlapping files dropped", stacklevel=3)
+    merged = merged[~np.isin(np.arange(len(merged)), repeat)]
+    merged.attrs = {**frames[0].attrs, "source": ", ".join(sources), "sources": sources, "merge_report": report}
+    reports = [f.attrs["repair_report"] for f in frames if "repair_report" in f.attrs]
+    if reports:
+        merged.attrs["repair_report"] = MergeReport(str(r) for r in reports)
+    return merged
+
+
+def _same_columns(frames: list[pd.DataFrame], sources: list[str]) -> None:
+    first = list(frames[0].columns)
+    for f, s in zip(frames[1:], sources[1:]):
+        if sorted(f.columns) != sorted(first):
+            raise DataError(f"the files hold different columns: {sources[0]} has {first}, {s} has {list(f.columns)}",
+                            where=f"{sources[0]} and {s}")
+
+
+def _refuse_conflicts(merged: pd.DataFrame, repeat: np.ndarray, owner: np.ndarray, sources: list[str]) -> None:
+    """A stamp held twice must be the same bar both times (NaN equal to NaN)."""
+    if not len(repeat):
+        return
+    for col in merged.columns:
+        values = merged[col].to_numpy()
+        a, b = values[repeat - 1], values[repeat]
+        same = (a == b) | (pd.isna(a) & pd.isna(b))
+        if not same.all():
+            i = int(np.flatnonzero(~same)[0])
+            first, second = repeat[i] - 1, repeat[i]
+            raise DataError(f"conflicting bars at {merged.index[second]}: {col} is {a[i]!r} in "
+                            f"{sources[owner[first]]} but {b[i]!r} in {sources[owner[second]]}",
+                            where=f"{sources[owner[first]]} and {sources[owner[second]]}",
+                            hint="two files hold different bars for one minute: keep the one you trust")
+
+
+def _overlaps(frames: list[pd.DataFrame], sources: list[str]) -> list[str]:
+    """A line for each file that starts before the files before it end."""
+    lines, end, end_source = [], frames[0].index[-1], sources[0]
+    for f, s in zip(frames[1:], sources[1:]):
+        if f.index[0] <= end:
+            lines.append(f"{s} overlaps {end_source} from {f.index[0]} to {min(end, f.index[-1])}")
+        if f.index[-1] > end:
+            end, end_source = f.index[-1], s
+    return lines
 
 
 def no_bars_error(path, report: RepairReport | None) -> DataError:
@@ -1044,16 +1198,26 @@ def read_bars_chunks(path, chunk_rows: int, *, symbol: str | None = None, repair
     """Validated bars frames of at most ``chunk_rows`` rows each, for files larger than memory.
 
     Order and duplicates are checked across chunks too (against the last good stamp of the
-    previous chunk). With ``repair=True`` each frame's ``attrs["repair_report"]`` covers
+    previous chunk). Several files (a list or a glob) are merged whole by :func:`load_bars`, then cut. With ``repair=True`` each frame's ``attrs["repair_report"]`` covers
     its own chunk; fold them with ``RepairReport.extend``. ``max_gap_minutes`` and ``bad_prints`` as in
     :func:`load_bars`; the bad-print window is cut at chunk ends (a chunk's first and last bars are
     judged by their neighbours on one side).
     """
     if max_gap_minutes is None:
         max_gap_minutes = resolve_config().data.max_gap_minutes
+    tz = resolve_config().data.timezone if tz is None else tz
     if chunk_rows < 1:
         raise DataError(f"chunk_rows must be >= 1, not {chunk_rows}", where="chunk_rows")
-    yield from _chunks(path, symbol=symbol, repair=repair, tz=tz, chunk_rows=int(chunk_rows),
+    paths = bar_paths(path)
+    if len(paths) > 1:  # several files are merged whole (overlaps need both sides), then cut
+        merged = load_bars(paths, symbol=symbol, repair=repair, tz=tz, max_gap_minutes=max_gap_minutes,
+                           bar_stamp=bar_stamp, bad_prints=bad_prints)
+        for start in range(0, len(merged), int(chunk_rows)):
+            chunk = merged.iloc[start:start + int(chunk_rows)]
+            chunk.attrs = {k: v for k, v in merged.attrs.items() if start == 0 or k != "repair_report"}
+            yield chunk
+        return
+    yield from _chunks(paths[0], symbol=symbol, repair=repair, tz=tz, chunk_rows=int(chunk_rows),
                        max_gap_minutes=max_gap_minutes, bar_stamp=bar_stamp, bad_prints=bad_prints)
 
 

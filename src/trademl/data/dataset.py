@@ -32,7 +32,7 @@ from trademl.data.bad_prints import BadPrintRule
 from trademl.data.labels import label_columns, make_labels
 from trademl.segments import segment_ids
 from trademl.errors import DataError
-from trademl.market.contracts import ContractSpec, contract_spec
+from trademl.market.contracts import ContractSpec, contract_spec, require_symbol, spec_of_bars
 from trademl.market.execution import ExecutionModel
 
 DATA_FILE = "data.parquet"
@@ -70,8 +70,8 @@ class Dataset:
 
     @property
     def spec(self) -> ContractSpec:
-        s = self.manifest["contract"]
-        return ContractSpec(s["root"], s["description"], s["tick_size"], s["tick_value"], s.get("exchange", "CME"))
+        """The contract the dataset was built with (its manifest's): labels, training and serving use it."""
+        return ContractSpec.from_dict(self.manifest["contract"])
 
     @property
     def segments(self) -> np.ndarray:
@@ -92,24 +92,19 @@ class Dataset:
         cols = [c for c in BAR_COLUMNS + ["contract"] if c in self.frame.columns]
         out = self.frame[cols].copy()
         out.attrs["symbol"] = self.symbol
+        out.attrs["contract"] = dict(self.manifest["contract"])  # so a spec given on the command line travels
         return out
 
     # -- the short public API: Dataset.from_bars(...), .load, .save, .snapshot --
 
     @classmethod
-    def from_bars(cls, bars, symbol: str | None = None, config=None) -> "Dataset":
-        """Build in memory from a bars file (any format ``load_bars`` reads) or a bars DataFrame."""
-        from trademl.data.bars import load_bars
-
+    def from_bars(cls, bars, symbol: str | None = None, config=None, tz: str | None = None) -> "Dataset":
+        """Build in memory from bars files (one, a list or a glob; any format ``load_bars`` reads)
+        or a bars DataFrame."""
         config = resolve_config(config)
         if isinstance(bars, pd.DataFrame):
             return dataset_from_bars(bars, config, symbol)
-        path = Path(bars)
-        frame = load_bars(path, symbol=symbol, max_gap_minutes=config.data.max_gap_minutes,
-                          bad_prints=BadPrintRule.from_config(config.data))
-        dataset = dataset_from_bars(frame, config, symbol or _symbol_from_name(path))
-        dataset.path = path
-        return dataset
+        return bars_file_dataset(bars, config, symbol=symbol, tz=tz)
 
     @classmethod
     def load(cls, path) -> "Dataset":
@@ -167,6 +162,8 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     """``names``: the features to compute (None: the default set, less what the bars cannot give)."""
     from trademl.data.features import compute_features
 
+    bars = bars.copy(deep=False)  # a view that carries the spec to the features, the caller's frame untouched
+    bars.attrs["contract"] = spec.to_dict()
     extra = tuple(c for c in config.data.extra_feature_columns if c in bars.columns)
     missing = [c for c in config.data.extra_feature_columns if c not in bars.columns]
     if missing:
@@ -189,13 +186,26 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     return frame
 
 
+def bars_file_dataset(path, config: Config | None = None, *, symbol: str | None = None, tz: str | None = None,
+                      repair: bool = False) -> Dataset:
+    """A dataset built in memory from bars files (one, a list or a glob), read as `data build` reads them."""
+    from trademl.data.bars import load_bars
+
+    config = resolve_config(config)
+    frame = load_bars(path, symbol=symbol, repair=repair, tz=tz or config.data.timezone,
+                      max_gap_minutes=config.data.max_gap_minutes, bad_prints=BadPrintRule.from_config(config.data))
+    dataset = dataset_from_bars(frame, config, symbol)
+    dataset.path = Path(path) if isinstance(path, (str, Path)) else None
+    return dataset
+
+
 def dataset_from_bars(bars: pd.DataFrame, config: Config | None = None, symbol: str | None = None) -> Dataset:
     """Build a dataset in memory (what tests and notebooks use)."""
     config = resolve_config(config)
     if bars.empty:  # a dataset of no rows would only fail later, in training, less clearly
         raise DataError("no bars to build a dataset from (the frame has no rows)", where=str(bars.attrs.get("source") or "bars"))
-    symbol = symbol or bars.attrs.get("symbol") or config.data.symbol
-    spec = contract_spec(symbol)
+    symbol = require_symbol(symbol or bars.attrs.get("symbol") or config.data.symbol, bars.attrs.get("source"))
+    spec = spec_of_bars(bars, symbol, config)
     seg = segment_ids(bars, config.data.max_gap_minutes)
     frame = _features_and_labels(bars, seg, spec, config)
     tally = _LabelTally(config.data.horizons)
@@ -297,26 +307,32 @@ def build_dataset(
     resample_minutes: int | None = None,
     config: Config | None = None,
     progress: bool = False,
+    tz: str | None = None,
 ) -> BuildResult:
-    """Build a dataset folder from a bars file (default: the bundled ES sample)."""
+    """Build a dataset folder from bars files (default: the bundled ES sample; several files or a
+    glob are merged in time order). ``tz``: zone of naive stamps (None: [data] timezone, else UTC).
+    The instrument is ``symbol``, else the data's or the file name's (an error when none tells)."""
     from trademl.data import bars as bars_mod
 
     config = resolve_config(config)
-    bars_path = Path(bars_path) if bars_path else bars_mod.bundled_sample_path()
-    if not bars_path.exists():
-        raise DataError("bars file not found", where=str(bars_path))
-    symbol = symbol or _symbol_from_name(bars_path) or config.data.symbol
-    spec = contract_spec(symbol)
+    paths = bars_mod.bar_paths(bars_path) if bars_path else [bars_mod.bundled_sample_path()]
+    for p in paths:
+        if not p.exists():
+            raise DataError("bars file not found", where=str(p))
+    if symbol:  # a symbol given is checked before any reading; one from the data after the first chunk
+        contract_spec(symbol, config=config)
     if resample_minutes is None:
         resample_minutes = config.data.resample_minutes
     resample_minutes = bars_mod.check_resample_minutes(resample_minutes)
-    out_dir = Path(out_dir) if out_dir else Path(config.paths.data_dir) / bars_path.name.split(".")[0]
+    out_dir = Path(out_dir) if out_dir else Path(config.paths.data_dir) / paths[0].name.split(".")[0]
+    source = paths[0] if len(paths) == 1 else ", ".join(map(str, paths))
     try:
         with _atomic_folder(out_dir) as tmp:
-            chunks = bars_mod.read_bars_chunks(bars_path, config.data.chunk_rows, symbol=symbol, repair=repair,
+            chunks = bars_mod.read_bars_chunks(paths, config.data.chunk_rows, symbol=symbol, repair=repair,
+                                                tz=tz or config.data.timezone,
                                                 max_gap_minutes=config.data.max_gap_minutes,
                                                 bad_prints=BadPrintRule.from_config(config.data))
-            manifest = _write_chunks(chunks, tmp, spec, symbol, config, resample_minutes, progress, bars_path)
+            manifest = _write_chunks(chunks, tmp, symbol, config, resample_minutes, progress, source)
             if decisions_path:
                 manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -328,15 +344,7 @@ def build_dataset(
     return BuildResult(out_dir, manifest, written)
 
 
-def _symbol_from_name(path: Path) -> str | None:
-    """'es_1min_lean.csv' -> 'ES' when the first token is a known contract root."""
-    from trademl.market.contracts import CONTRACTS, root_of
-
-    token = path.name.split("_")[0].split(".")[0].upper()
-    return token if root_of(token) in CONTRACTS else None
-
-
-def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minutes, progress, source) -> dict:
+def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, progress, source) -> dict:
     from trademl.data.bars import resample_bars
     from trademl.data.features import FEATURES
 
@@ -348,21 +356,28 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
     if resample_minutes and resample_minutes > config.data.max_gap_minutes:
         bar_config = config.model_copy(deep=True)
         bar_config.data.max_gap_minutes = int(resample_minutes)
-    schema = None
+    schema = spec = None
     tally = _LabelTally(config.data.horizons)
     # every chunk's repair report, empty chunks too (the error for a file with no bars names a row);
     # taken as read, once each: a chunk cut at a segment boundary gives two frames with the same report
     reports = []
 
+    merged = []  # what merging several files did (overlaps, duplicates dropped)
+
     def tapped():
         for chunk in chunks:
             if "repair_report" in chunk.attrs:
                 reports.append(chunk.attrs["repair_report"])
+            if "merge_report" in chunk.attrs and not merged:
+                merged.extend(chunk.attrs["merge_report"])
             yield chunk
 
     bar = _progress(progress, source)
     try:
         for bars in _complete_segments(tapped(), config.data.max_gap_minutes):
+            if spec is None:  # the first bars tell the instrument when no symbol was given
+                symbol = require_symbol(symbol or bars.attrs.get("symbol"), source)
+                spec = contract_spec(symbol, config=config)
             if resample_minutes and resample_minutes > 1:
                 bars = resample_bars(bars, resample_minutes, max_gap_minutes=config.data.max_gap_minutes)
             seg = segment_ids(bars, bar_config.data.max_gap_minutes) + seg_offset
@@ -395,6 +410,8 @@ def _write_chunks(chunks, tmp: Path, spec, symbol, config: Config, resample_minu
                 folded.extend(r)
         raise no_bars_error(source, folded)
     extra = {"repairs": [str(r) for r in reports]} if reports else {}
+    if merged:
+        extra["merged"] = list(merged)
     extra["resample_minutes"] = resample_minutes or 1
     return _manifest(tally, schema, symbol, spec, bar_config, source=source, extra=extra)
 
@@ -455,23 +472,23 @@ def load_dataset(path) -> Dataset:
     return Dataset(frame, manifest, decisions, path)
 
 
-def load_training_dataset(path=None, config=None) -> Dataset:
+def load_training_dataset(path=None, config=None, *, symbol: str | None = None, tz: str | None = None) -> Dataset:
     """A dataset folder, or a bars file built in memory; by default the built bundled
-    sample (``[paths] data_dir``/es_1min_lean), else the bundled sample built in memory."""
-    from trademl.data.bars import bundled_sample_path, load_bars
+    sample (``[paths] data_dir``/es_1min_lean), else the bundled sample built in memory. ``path`` may
+    also be several bars files (a list or a glob); ``symbol`` and ``tz`` are for bars files, as in `data build`."""
+    from trademl.data.bars import bar_paths, bundled_sample_path
 
     config = resolve_config(config)
     if path is None:
         default = Path(config.paths.data_dir) / bundled_sample_path().name.split(".")[0]
         path = default if (default / MANIFEST_FILE).is_file() else bundled_sample_path()
-    path = Path(path)
-    if path.is_dir():
+    if isinstance(path, (str, Path)) and Path(path).is_dir():
         return load_dataset(path)
-    if not path.exists():
-        raise DataError("no such dataset folder or bars file", where=str(path))
-    dataset = dataset_from_bars(load_bars(path), config)
-    dataset.path = path
-    return dataset
+    paths = bar_paths(path)
+    for p in paths:
+        if not p.exists():
+            raise DataError("no such dataset folder or bars file", where=str(p))
+    return bars_file_dataset(paths if len(paths) > 1 else paths[0], config, symbol=symbol, tz=tz)
 
 
 def print_summary(result: BuildResult, console) -> None:
@@ -500,6 +517,8 @@ def print_summary(result: BuildResult, console) -> None:
         t.add_row("decisions", f"{m['decisions']['rows']} joined")
     for r in m.get("repairs", []):
         t.add_row("repaired", r)
+    for line in m.get("merged", []):
+        t.add_row("merged", line)
     console.print(t)
     console.print("written:")
     for p in result.written:

@@ -48,7 +48,9 @@ class ExecutionModel:
 
     @classmethod
     def from_config(cls, spec: ContractSpec, costs, max_position: int) -> "ExecutionModel":
-        return cls(spec, costs.commission_per_side, costs.slippage_ticks, int(max_position))
+        # an instrument with its own commission ([contracts.SPY] commission_per_side) pays that one
+        commission = costs.commission_per_side if spec.commission_per_side is None else spec.commission_per_side
+        return cls(spec, commission, costs.slippage_ticks, int(max_position))
 
     @property
     def cost_per_contract(self) -> float:

@@ -528,7 +528,8 @@ def _save(store, kind, horizon, dataset, rows, config, metrics, booster, onnx_by
     try:
         with store.writer(kind, feature_schema=dataset.manifest["feature_schema"], training_span=span,
                           config={"lgbm": config.lgbm.model_dump(), "costs": config.costs.model_dump()},
-                          metrics=metrics, model=model_info, feature_reference=reference) as w:
+                          metrics=metrics, model=model_info, feature_reference=reference,
+                          contract=dataset.manifest.get("contract")) as w:
             booster.save_model(str(w.path / MODEL_TEXT))
             (w.path / MODEL_ONNX).write_bytes(onnx_bytes)
             _write_json(w.path / CALIBRATION_FILE, calibrator.to_dict())

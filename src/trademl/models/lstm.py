@@ -264,6 +264,7 @@ def _write_version(store, net, result, task, dataset, lc, metrics, ends, span):
         feature_schema=dataset.manifest["feature_schema"],
         training_span=span,
         config={**lc.model_dump(), "symbol": dataset.manifest.get("symbol")},
+        contract=dataset.manifest.get("contract"),  # the spec serving prices with (trademl.market.contracts)
         metrics=metrics,
         # the last step of every training window: the bars the model was fitted on, for drift checks
         feature_reference=feature_reference(task.X[ends], task.feature_names),

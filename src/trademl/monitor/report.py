@@ -127,7 +127,7 @@ def _bars(bars, symbol, cfg):
         return bars
     from trademl.data.bars import load_bars
 
-    return load_bars(bars, symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes)
+    return load_bars(bars, symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes, tz=cfg.data.timezone)
 
 
 def _main_symbol(frame: pd.DataFrame) -> str | None:
@@ -165,7 +165,10 @@ def _execution(bars, ok: pd.DataFrame, symbol, cfg):
     market = symbol or (bars.attrs.get("symbol") if bars is not None else None)
     if not market and not ok.empty and ok["symbol"].notna().any():
         market = ok["symbol"].dropna().mode().iloc[0]
-    spec = contract_spec(market or cfg.data.symbol)
+    market = market or cfg.data.symbol
+    if not market and ok.empty:  # no prediction to price: any spec gives the same (empty) outcomes
+        market = "ES"
+    spec = contract_spec(market, config=cfg)
     return ExecutionModel.from_config(spec, cfg.costs, cfg.account.max_position_size)
 
 

@@ -107,7 +107,7 @@ def _risk(request: PredictRequest, given, ran: dict, names: list[str], recommend
     from trademl.market.execution import ExecutionModel
     from trademl.risk.advice import advise
 
-    spec = contract_spec(given.symbol)
+    spec = given.spec or contract_spec(given.symbol)  # the models' own spec for their instrument
     row = given.inputs.current_rows()
     value = (lambda name: float(row[-1][names.index(name)]) if row is not None and name in names
              and np.isfinite(row[-1][names.index(name)]) else None)
@@ -130,7 +130,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
         raise ModelStoreError("no model is loaded: " + "; ".join(models.load_errors.values()), where="model store",
                               hint="train models with `trademl train` or point --model-root at a store")
     given = request_inputs(request, models.feature_names, config, model_symbol=models.symbol,
-                           min_history=models.history)
+                           min_history=models.history, model_contract=models.contract)
     warnings = list(given.warnings)
     out: dict = {"timestamp": given.timestamp, "models_used": []}
     votes, ran = {}, {}

@@ -34,7 +34,7 @@ class OnlineFeatures:
         return int(len(seg) - np.searchsorted(seg, seg[-1], side="left")) if len(seg) else 0
 
 
-def bars_frame(bars: list, symbol: str):
+def bars_frame(bars: list, symbol: str, contract: dict | None = None):
     """The request's bars as the bars frame of DESIGN.md (UTC index "timestamp", float64 columns)."""
     import pandas as pd
 
@@ -54,16 +54,19 @@ def bars_frame(bars: list, symbol: str):
         columns[name] = np.asarray(values, dtype=np.float64)
     frame = pd.DataFrame(columns, index=index)
     frame.attrs["symbol"] = symbol
+    if contract is not None:  # the models' spec: tick-based features as in training
+        frame.attrs["contract"] = contract
     frame.attrs["source"] = "request bars"
     return frame
 
 
-def features_from_bars(bars: list, *, symbol: str, feature_names: list[str], max_gap_minutes: float) -> OnlineFeatures:
+def features_from_bars(bars: list, *, symbol: str, feature_names: list[str], max_gap_minutes: float,
+                       contract: dict | None = None) -> OnlineFeatures:
     """Compute ``feature_names`` (in that order) for every bar of the request."""
     from trademl.data.features import compute_features
     from trademl.segments import segment_ids
 
-    frame = bars_frame(bars, symbol)
+    frame = bars_frame(bars, symbol, contract)
     extras = tuple(n for n in feature_names if n in frame.columns and n not in BAR_FIELDS)
     computed = [n for n in feature_names if n not in extras]
     feats = compute_features(

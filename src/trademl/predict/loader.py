@@ -48,6 +48,12 @@ class LoadedModels:
     metrics: dict[str, dict]
     symbols: dict[str, str | None]
     listing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every version on disk per kind, then
+    contracts: dict[str, dict | None] = field(default_factory=dict)  # per kind: the spec it was trained with
+
+    @property
+    def contract(self) -> dict | None:
+        """The contract spec the loaded models were trained with (the first that stored one)."""
+        return next((c for c in self.contracts.values() if c), None)
 
     @property
     def history(self) -> int:
@@ -62,6 +68,12 @@ class LoadedModels:
         if not registered:
             return None
         return int(required_history(registered) + self.history - 1)
+
+
+def _model_contract(stored) -> dict | None:
+    """The spec a model was trained with (its manifest's ``contract``): serving prices with it."""
+    contract = stored.manifest.get("contract")
+    return contract if isinstance(contract, dict) and "root" in contract else None
 
 
 def _model_symbol(stored) -> str | None:
@@ -124,11 +136,12 @@ class ModelLoader:
         return any(self._folder_state(kind, version) != state for (kind, version), (state, _) in self._failed.items())
 
     def _load(self, listing: dict[str, tuple[str, ...]], previous: LoadedModels | None) -> LoadedModels:
-        runtimes, versions, metrics, symbols, errors = {}, {}, {}, {}, {}
+        runtimes, versions, metrics, symbols, errors, contracts = {}, {}, {}, {}, {}, {}
 
         def keep_previous(kind):
             runtimes[kind], versions[kind] = previous.runtimes[kind], previous.versions[kind]
             metrics[kind], symbols[kind] = previous.metrics.get(kind, {}), previous.symbols.get(kind)
+            contracts[kind] = previous.contracts.get(kind)
 
         self._failed = {key: v for key, v in self._failed.items() if key[1] in listing.get(key[0], ())}
         for kind, on_disk in listing.items():
@@ -159,6 +172,7 @@ class ModelLoader:
                 self._failed.pop((kind, version), None)
                 runtimes[kind], versions[kind] = runtime, version
                 metrics[kind], symbols[kind] = stored.manifest.get("metrics") or {}, _model_symbol(stored)
+                contracts[kind] = _model_contract(stored)
                 chosen = version
                 break
             if chosen is None and had:  # keep serving the model we have rather than none
@@ -172,7 +186,8 @@ class ModelLoader:
         weights, weight_warning = choose_weights(self.config.ensemble.weights, metrics, list(listing))
         symbol = next((symbols[k] for k in runtimes if symbols.get(k)), None)
         return LoadedModels(runtimes, versions, newest, errors, names, weights, weight_warning, symbol,
-                            metrics, {k: symbols.get(k) for k in runtimes}, dict(listing))
+                            metrics, {k: symbols.get(k) for k in runtimes}, dict(listing),
+                            {k: contracts.get(k) for k in runtimes})
 
     def maybe_reload(self, force: bool = False, wait: bool = False) -> bool:
         """Reload if a version appeared or went, or a failed one's folder changed (see the module

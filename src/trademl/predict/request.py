@@ -160,19 +160,21 @@ class RequestInputs:
     symbol: str
     side: int  # +1 long, -1 short: which side the win probabilities are asked for
     warnings: list[str] = field(default_factory=list)
+    spec: object = None  # the ContractSpec prices are read with: the models' own when it is their instrument
 
 
 def request_inputs(request: PredictRequest, feature_names: list[str], config, *, model_symbol: str | None = None,
-                   min_history: int = 1) -> RequestInputs:
-    """The request as ``ModelInputs`` for the models reading ``feature_names``."""
-    from trademl.market.contracts import contract_spec, root_of
+                   min_history: int = 1, model_contract: dict | None = None) -> RequestInputs:
+    """The request as ``ModelInputs`` for the models reading ``feature_names``. ``model_contract``: the
+    spec stored with the models (their manifest's ``contract``), used for a request of their instrument."""
+    from trademl.market.contracts import root_of
 
     symbol = request.symbol or model_symbol or config.data.symbol
-    try:
-        spec = contract_spec(symbol)
-    except TradeMLError as e:
-        raise RequestError(e.message + (f" ({e.hint})" if e.hint else ""), field="symbol") from None
+    spec = _request_spec(symbol, model_contract, config)
+    symbol = symbol or spec.root
     warnings = []
+    if request._naive_as_utc:
+        warnings.append("bar timestamps without an offset were read as UTC (give `timezone` if they are local)")
     if model_symbol and root_of(model_symbol) != spec.root:
         warnings.append(f"the models were trained on {model_symbol}; this request is {symbol}")
     limit = config.account.max_position_size
@@ -180,7 +182,7 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
         raise RequestError(f"position {request.position} is beyond max_position_size {limit}", field="position")
     if request.bars is not None:
         _check_price_range(request.bars, spec.tick_size)
-        row, seq, stamp = _from_bars(request, spec.root, feature_names, config, warnings)
+        row, seq, stamp = _from_bars(request, spec, feature_names, config, warnings)
     else:
         seq = _sequence_matrix(request.sequence, feature_names, min_history)
         row = _feature_row(request.features, feature_names, warnings) if request.features is not None else None
@@ -191,7 +193,19 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
         stamp = iso_utc(datetime.now(timezone.utc))
     inputs = ModelInputs(seq, [len(seq) - 1] if seq is not None else [0], rows=None if row is None else row[None],
                          account=_account(request, config))
-    return RequestInputs(inputs, stamp, symbol, 1 if request.side == "long" else -1, warnings)
+    return RequestInputs(inputs, stamp, symbol, 1 if request.side == "long" else -1, warnings, spec)
+
+
+def _request_spec(symbol: str | None, model_contract: dict | None, config):
+    """The models' stored spec when the request is for their instrument (or names none), else the symbol's."""
+    from trademl.market.contracts import ContractSpec, contract_spec, root_of
+
+    if model_contract and (not symbol or root_of(symbol, {model_contract["root"]}) == model_contract["root"]):
+        return ContractSpec.from_dict(model_contract)
+    try:
+        return contract_spec(symbol, config=config)
+    except TradeMLError as e:
+        raise RequestError(e.message + (f" ({e.hint})" if e.hint else ""), field="symbol") from None
 
 
 def _account(request: PredictRequest, config) -> AccountState:
@@ -217,12 +231,12 @@ def _room(account, unrealized_pnl: float) -> np.ndarray | None:
     return room_shares(rules_for(account.rules), account.balance + unrealized_pnl, sod, peak)[None]
 
 
-def _from_bars(request, root: str, names: list[str], config, warnings: list[str]):
+def _from_bars(request, spec, names: list[str], config, warnings: list[str]):
     """(feature row of the last bar, the last segment's feature rows, the last bar's stamp)."""
     from trademl.predict.features_online import features_from_bars
 
     try:
-        online = features_from_bars(request.bars, symbol=root, feature_names=names,
+        online = features_from_bars(request.bars, symbol=spec.root, feature_names=names, contract=spec.to_dict(),
                                     max_gap_minutes=config.data.max_gap_minutes)
     except TradeMLError as e:
         raise RequestError(e.message, field=e.where if (e.where or "").startswith("bars") else "bars") from None

@@ -16,7 +16,7 @@ import math
 from datetime import datetime, timezone
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, StrictInt, field_validator, model_validator
 
 RECENT_ACTIONS = 10  # the guide's TradingState: the last 10 actions
 MAX_BARS = 5_000
@@ -51,6 +51,20 @@ def utc_in_range(v: datetime) -> datetime:
     return v
 
 
+def _localized(stamps: list[datetime], zone: str | None) -> list[datetime]:
+    """Naive stamps in ``zone`` (None: UTC) -> UTC datetimes, through the bar loader's rule."""
+    import numpy as np
+    import pandas as pd
+
+    from trademl.data.bars import parse_timestamps
+
+    ns = parse_timestamps(pd.Series(pd.DatetimeIndex(stamps)), tz=zone)
+    bad = np.flatnonzero(ns == np.iinfo(np.int64).min)
+    if len(bad):
+        raise ValueError(f"bar timestamp {stamps[bad[0]].isoformat()} is not a valid local time in {zone}")
+    return [utc_in_range(t.to_pydatetime()) for t in pd.DatetimeIndex(ns, tz="UTC")]
+
+
 def check_float32(value, name: str) -> None:
     """A finite number the models can read as float32, or ValueError naming it."""
     if value is not None and not -FLOAT32_MAX <= value <= FLOAT32_MAX:
@@ -67,6 +81,7 @@ class Bar(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     timestamp: datetime
+    _naive: bool = PrivateAttr(default=False)  # sent without an offset (read in the request's timezone)
     open: PositiveNumber
     high: PositiveNumber
     low: PositiveNumber
@@ -76,7 +91,8 @@ class Bar(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
-        return utc_in_range(v)
+        # a naive stamp stays naive here: the request's `timezone` says what it is (PredictRequest)
+        return v if v.tzinfo is None else utc_in_range(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Bar":
@@ -132,6 +148,9 @@ class PredictRequest(_Strict):
         default=None,
         description="feature rows, oldest first, the last one being the current bar (LSTM and PPO input)",
     )
+    # before `bars`: the bars' validator reads it
+    timezone: str | None = Field(default=None, min_length=1, max_length=64, description=(
+        "zone of bar timestamps without an offset, e.g. America/New_York (as `--tz`); default: UTC, with a warning"))
     bars: list[Bar] | None = Field(
         default=None, min_length=1, max_length=MAX_BARS,
         description="the last raw bars, oldest first: features are computed from them with the training code",
@@ -145,6 +164,7 @@ class PredictRequest(_Strict):
     )
     side: Literal["long", "short"] = Field(default="long", description="the side win_5m_prob / win_30m_prob are about")
     account: AccountSnapshot | None = Field(default=None, description="the prop-firm account: adds `risk` to the answer")
+    _naive_as_utc: bool = PrivateAttr(default=False)  # bars had naive stamps and no timezone: warned
 
     @field_validator("timestamp")
     @classmethod
@@ -184,15 +204,37 @@ class PredictRequest(_Strict):
             raise ValueError("sequence rows name different features")
         return v
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        from trademl.data.bars import check_tz
+        from trademl.errors import TradeMLError
+
+        try:
+            check_tz(v)
+        except TradeMLError as e:
+            raise ValueError(f"{e.message} ({e.hint})") from None
+        return v
+
     @field_validator("bars")
     @classmethod
-    def _increasing(cls, v):
-        if v is None:
+    def _bars_in_utc(cls, v, info):
+        """Naive bar stamps read in ``timezone`` (the bar loader's rule: DST gap refused, repeated
+        hour by order), else as UTC; then the bars must be in time order."""
+        if v is None or "timezone" not in info.data:  # a bad timezone is its own error
             return v
+        naive = [i for i, b in enumerate(v) if b.timestamp.tzinfo is None]
+        for i, stamp in zip(naive, _localized([v[i].timestamp for i in naive], info.data["timezone"])):
+            v[i].timestamp, v[i]._naive = stamp, True
         for i in range(1, len(v)):
             if v[i].timestamp <= v[i - 1].timestamp:
                 raise ValueError(f"bar {i} timestamp {v[i].timestamp.isoformat()} is not after bar {i - 1}'s")
         return v
+
+    @model_validator(mode="after")
+    def _naive_warned(self) -> "PredictRequest":
+        self._naive_as_utc = self.timezone is None and any(b._naive for b in self.bars or ())
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> "PredictRequest":

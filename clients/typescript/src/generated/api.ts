@@ -244,6 +244,11 @@ export interface components {
              */
             timestamp?: string | null;
             /**
+             * Timezone
+             * @description zone of bar timestamps without an offset, e.g. America/New_York (as `--tz`); default: UTC, with a warning
+             */
+            timezone?: string | null;
+            /**
              * Unrealized Pnl
              * @default 0
              */

@@ -13,7 +13,7 @@ from trademl.data.features.context import BarContext
 from trademl.data.features.registry import DEFAULT_FEATURES, FEATURES, FeatureSpec
 from trademl.data.features.schema import FeatureSchema
 from trademl.errors import DataError, TradeMLError
-from trademl.market.contracts import contract_spec
+from trademl.market.contracts import spec_of_bars
 
 
 def resolve_features(names: Iterable[str] | None = None) -> list[FeatureSpec]:
@@ -99,7 +99,8 @@ def compute_features(
     specs = resolve_features(names)
     extra_columns = (extra_columns,) if isinstance(extra_columns, str) else tuple(extra_columns)
     extras = _extra_values(bars, extra_columns, set(FEATURES))
-    spec_contract = contract_spec(_symbol_of(bars, symbol))
+    # the spec the bars carry (a dataset's, or one given on the command line), else the symbol's
+    spec_contract = spec_of_bars(bars, _symbol_of(bars, symbol))
     ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes)
     specs, left_out = _without_volume_features(specs, ctx, defaults=names is None)
 

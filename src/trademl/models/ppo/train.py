@@ -43,7 +43,7 @@ from trademl.config import Config, resolve_config
 from trademl.segments import segment_ids
 from trademl.errors import DataError, InsufficientDataError, TradeMLError
 from trademl.models.base import skill
-from trademl.market.contracts import ContractSpec, contract_spec
+from trademl.market.contracts import ContractSpec, spec_of_bars
 from trademl.market.broker import simulate
 from trademl.market.execution import ExecutionModel
 from trademl.models.ppo.env import MarketData, TradingCore
@@ -151,7 +151,7 @@ def prepare_market(bars: pd.DataFrame, cfg: Config | None = None, *, features=No
     if not 0 < p.eval_fraction < 1:
         raise TradeMLError(f"eval_fraction must be between 0 and 1, got {p.eval_fraction}", where="ppo.eval_fraction")
     symbol = symbol or bars.attrs.get("symbol") or cfg.data.symbol
-    contract = contract_spec(symbol)
+    contract = spec_of_bars(bars, symbol, cfg)  # a dataset's own spec, else the symbol's
     if features is None:
         features, schema = observation_features(bars, contract, cfg)
     features = np.asarray(features, dtype=np.float64)
