@@ -137,11 +137,11 @@ def test_without_room_inputs_the_observation_is_the_plain_agents():
     assert rules_env(bars, observe=False).observation_space.shape[0] + 2 == rules_env(bars).observation_space.shape[0]
 
 
-def test_random_starts_leave_each_limit_at_least_a_fifth_and_spread_over_the_evaluation():
+def test_random_starts_leave_each_limit_a_little_and_spread_over_the_evaluation():
     limits = AccountLimits(RULES, 5000)
     limits.random_restart(np.arange(5000), day=np.zeros(5000, np.int64), rng=np.random.default_rng(0))
     room = limits.room(limits.base)
-    assert room.min() >= 0.2 - 1e-9
+    assert room.min() >= 0.02 - 1e-9 and (room < 0.1).any(axis=0).all()  # some start right by each limit
     assert room[:, 0].std() > 0.1 and room[:, 1].std() > 0.1
     # consistent balances: the day started at or under the peak, the peak at or over the start
     assert (limits.start_of_day <= limits.peak_eod + 1e-9).all() and (limits.peak_eod >= 50_000).all()

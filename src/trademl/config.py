@@ -163,7 +163,7 @@ class PPOConfig(_Section):
         "episode, and the agent observes its room to each limit; None: no rules."))
     account_start: Literal["random", "fresh"] = Field("random", description=(
         'With account_rules, where an episode\'s account starts: "random" (anywhere along an evaluation, '
-        'each limit keeping >= 20% of its allowance, so the agent learns what a near limit means) or "fresh".'))
+        'each limit keeping >= 2% of its allowance, so the agent sees a limit close) or "fresh".'))
     breach_penalty: float = Field(2000.0, ge=0, description=(
         "With account_rules, dollars subtracted (scaled like the P&L) on the bar a limit is breached."))
     vf_coef: float = Field(0.5, description="Value-loss coefficient.")

@@ -23,6 +23,8 @@ from trademl.risk.rules import AccountRules
 
 #: No trading day opened yet (a fresh account, before its first bar).
 NO_DAY = -(2**62)
+#: A random start uses up to this share of each limit's allowance (it keeps at least 2%).
+RANDOM_START_USED = 0.98
 #: Rooms above this share of an allowance are read as this (an account far in profit).
 ROOM_CLIP = 10.0
 
@@ -74,18 +76,19 @@ class AccountLimits:
                                         start)
         self.day[idx] = day
 
-    def random_restart(self, idx, *, day, rng: np.random.Generator) -> None:
-        """New accounts somewhere along an evaluation: a profit so far between 80% of the trailing
-        loss down and 80% of the target up, a drawdown from the best end of day, a loss so far
-        today; each limit keeps at least 20% of its allowance. An agent that only ever started
-        fresh would never see a limit close, so could not learn what its room inputs mean."""
+    def random_restart(self, idx, *, day, rng: np.random.Generator, used: float = RANDOM_START_USED) -> None:
+        """New accounts somewhere along an evaluation: a profit so far between ``used`` of the
+        trailing loss down and ``used`` of the target up, a drawdown from the best end of day, a
+        loss so far today; each limit keeps at least 1 - ``used`` of its allowance. An agent that
+        only ever started fresh would rarely see a limit close, so could not learn what its room
+        inputs mean: near a limit one bad bar breaches, which is where the lesson is."""
         r = self.rules
         n = len(np.arange(len(self.base))[idx])
         start, tml = r.starting_balance, r.trailing_max_loss
         dll = tml if r.daily_loss_limit is None else min(r.daily_loss_limit, tml)
-        profit = rng.uniform(-0.8 * tml, 0.8 * r.profit_target, n)
-        drawdown = np.where(profit > 0, rng.uniform(0.0, 0.8 * tml, n), 0.0)  # below the best end of day
-        lost_today = rng.uniform(0.0, 0.8 * dll, n)
+        profit = rng.uniform(-used * tml, used * r.profit_target, n)
+        drawdown = np.where(profit > 0, rng.uniform(0.0, used * tml, n), 0.0)  # below the best end of day
+        lost_today = rng.uniform(0.0, used * dll, n)
         base = start + profit
         self.restart(idx, day=day, base=base, start_of_day=base + lost_today,
                      peak_eod=np.maximum(base + drawdown, base + lost_today))
