@@ -145,6 +145,44 @@ def test_evaluation_pnl_is_the_execution_models_pnl_of_the_agents_positions(trai
     assert np.abs(run["target"]).max() <= 5
 
 
+def test_held_out_skill_is_2_psr_minus_1_of_the_per_session_sharpe_against_flat(trained):
+    """On real data there is no oracle: the skill is how sure the held-out Sharpe is above flat's."""
+    import pandas as pd
+
+    from trademl.models.ppo.train import held_out_sharpe, ppo_skill
+    from trademl.stats import probabilistic_sharpe_ratio
+
+    _, _, result = trained
+    p = result.prepared
+    held = np.arange(len(p.close)) >= p.split
+    oracle = np.where(held, np.sign(np.nan_to_num(p.edge)), 0.0)  # the planted edge, one contract
+    s = held_out_sharpe(p, oracle)
+    pnl = simulate(p.execution, oracle, p.open, p.close, p.segments).pnl
+    daily = pd.Series(pnl[held]).groupby(p.segments[held]).sum()
+    assert s["sessions"] == len(daily) >= 2
+    assert s["sharpe"] == pytest.approx(daily.mean() / daily.std(ddof=1), abs=1e-4) and s["sharpe"] > 0
+    sk = ppo_skill({"held_out_sharpe": s})
+    assert sk["value"] == pytest.approx(2 * s["psr"] - 1, abs=1e-9)
+    assert s["psr"] == pytest.approx(probabilistic_sharpe_ratio(daily.mean() / daily.std(ddof=1), len(daily),
+                                                                 _skew(daily),
+                                                                 _kurt(daily)), abs=1e-3)
+    lo, hi = sk["interval"]
+    assert 0 <= lo <= sk["value"] + 1e-9 and sk["value"] <= hi + 1e-9 and hi <= 1
+    flat = ppo_skill({"held_out_sharpe": held_out_sharpe(p, np.zeros(len(p.close)))})
+    assert flat["value"] is None and "no Sharpe" in flat["note"]  # flat: nothing to judge, said so
+    assert result.metrics["validation_skill"]["measure"].startswith("2 PSR - 1")
+
+
+def _skew(x):
+    z = (x - x.mean()) / x.std(ddof=0)
+    return float((z**3).mean())
+
+
+def _kurt(x):
+    z = (x - x.mean()) / x.std(ddof=0)
+    return float((z**4).mean())
+
+
 def test_checkpoint_resume_continues_and_refuses_other_data(tmp_path):
     bars = synthetic_bars(3_000, seed=12, edge_ic=0.15)
     cfg = small_config(tmp_path, total_timesteps=256)

@@ -92,22 +92,28 @@ def test_weights_from_config_skill_or_equal_with_warning():
     def stored(record):  # what each kind's manifest holds: metrics["validation_skill"], one shape
         return {"validation_skill": record}
 
+    def held_out(psr):  # the PPO trainer's held-out Sharpe record
+        if psr is None:
+            return {"held_out_sharpe": {"sessions": 1, "sharpe": None, "psr": None, "interval": None}}
+        return {"held_out_sharpe": {"sessions": 40, "sharpe": 0.05, "psr": psr, "interval": [-0.1, 0.2],
+                                    "standard_error": 0.08}}
+
     metrics = {"lgb_5m": stored(win_skill({"auc": 0.6, "auc_ci": [0.55, 0.65]})),
                "lstm": stored(lstm_skill({"accuracy": 0.55, "majority_accuracy": 0.5, "n_test": 100})),
-               "ppo": stored(ppo_skill({"pnl_vs_oracle": 0.4, "net_pnl": 10.0}))}
+               "ppo": stored(ppo_skill(held_out(0.7)))}  # 2 PSR - 1
     weights, note = choose_weights(None, metrics)
     assert note is None
     np.testing.assert_allclose([weights["lgb_5m"], weights["lstm"], weights["ppo"]], [0.2, 0.1, 0.4])
     assert metrics["lgb_5m"]["validation_skill"]["interval"] == pytest.approx([0.1, 0.3])
     weights, note = choose_weights({"lstm": 2.0}, metrics)
     assert weights == {"lgb_5m": 0.0, "lstm": 2.0, "ppo": 0.0} and note is None
-    no_oracle = stored(ppo_skill({"net_pnl": 5.0}))  # real data: no oracle to scale the P&L by
-    weights, note = choose_weights(None, {**metrics, "ppo": no_oracle})
+    no_sharpe = stored(ppo_skill(held_out(None)))  # a held-out span too short to judge
+    weights, note = choose_weights(None, {**metrics, "ppo": no_sharpe})
     assert set(weights.values()) == {1.0} and "ppo" in note
     weights, note = choose_weights(None, {"lgb_5m": stored(win_skill({"auc": 0.49, "auc_ci": [0.45, 0.53]})),
-                                          "ppo": stored(ppo_skill({"net_pnl": -3.0}))})
+                                          "ppo": stored(ppo_skill(held_out(0.3)))})
     assert set(weights.values()) == {1.0} and "no model beat its baseline" in note
-    assert validation_skill(stored(ppo_skill({"net_pnl": -1.0}))) == 0.0
+    assert validation_skill(stored(ppo_skill(held_out(0.1)))) == 0.0  # likelier below flat than above
     assert validation_skill({"out_of_sample": {"auc": 0.7}}) is None  # an older manifest: no stored skill
     with pytest.raises(Exception, match="unknown model kinds"):
         choose_weights({"xgb": 1.0}, metrics, known_kinds())

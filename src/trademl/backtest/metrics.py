@@ -17,6 +17,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from trademl.stats import probabilistic_sharpe_ratio, sharpe_moments  # noqa: F401  (their home is trademl.stats)
+
 SESSIONS_PER_YEAR = 252
 EULER_GAMMA = 0.5772156649015329
 _NORMAL = NormalDist()
@@ -47,34 +49,6 @@ def daily_returns(pnl: np.ndarray, index: pd.DatetimeIndex, initial_balance: flo
 
 
 # ----------------------------------------------------------------------------- Sharpe statistics
-
-
-def sharpe_moments(returns) -> tuple[float, float, float, int]:
-    """(per-period Sharpe, skewness, kurtosis (3 for a normal), number of periods)."""
-    r = np.asarray(returns, dtype=np.float64)
-    r = r[np.isfinite(r)]
-    t = len(r)
-    if t < 2:
-        return math.nan, math.nan, math.nan, t
-    sd = r.std(ddof=1)
-    if sd == 0:
-        return math.nan, math.nan, math.nan, t
-    z = (r - r.mean()) / r.std(ddof=0)
-    return float(r.mean() / sd), float(np.mean(z**3)), float(np.mean(z**4)), t
-
-
-def probabilistic_sharpe_ratio(sharpe: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0,
-                               benchmark: float = 0.0) -> float:
-    """P(true Sharpe > benchmark): Phi((SR - SR*) sqrt(T-1) / sqrt(1 - g3 SR + (g4-1)/4 SR^2)).
-
-    ``sharpe`` and ``benchmark`` are per period (not annualised), as are the moments.
-    """
-    if not (math.isfinite(sharpe) and n_obs >= 2):
-        return math.nan
-    variance = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
-    if variance <= 0:
-        return math.nan
-    return _NORMAL.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(variance))
 
 
 def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:

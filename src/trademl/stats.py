@@ -1,0 +1,45 @@
+"""Statistics that say whether a Sharpe ratio is real, for every floor that needs them.
+
+The probabilistic Sharpe ratio (Bailey & Lopez de Prado, 2012) is the probability that the
+true Sharpe exceeds a benchmark given the sample length, skewness and kurtosis of the
+returns. The backtest (``trademl.backtest.metrics``, which deflates it for the trials tried)
+and the PPO trainer's held-out skill both read it from here. The normal distribution is the
+standard library's.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+_NORMAL = NormalDist()
+
+
+def sharpe_moments(returns) -> tuple[float, float, float, int]:
+    """(per-period Sharpe, skewness, kurtosis (3 for a normal), number of periods)."""
+    r = np.asarray(returns, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    t = len(r)
+    if t < 2:
+        return math.nan, math.nan, math.nan, t
+    sd = r.std(ddof=1)
+    if sd == 0:
+        return math.nan, math.nan, math.nan, t
+    z = (r - r.mean()) / r.std(ddof=0)
+    return float(r.mean() / sd), float(np.mean(z**3)), float(np.mean(z**4)), t
+
+
+def probabilistic_sharpe_ratio(sharpe: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0,
+                               benchmark: float = 0.0) -> float:
+    """P(true Sharpe > benchmark): Phi((SR - SR*) sqrt(T-1) / sqrt(1 - g3 SR + (g4-1)/4 SR^2)).
+
+    ``sharpe`` and ``benchmark`` are per period (not annualised), as are the moments.
+    """
+    if not (math.isfinite(sharpe) and n_obs >= 2):
+        return math.nan
+    variance = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
+    if variance <= 0:
+        return math.nan
+    return _NORMAL.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(variance))
