@@ -104,17 +104,33 @@ def test_spy_without_a_symbol_is_refused_then_described_it_builds_and_trains(tmp
     stored = [json.loads(p.read_text()) for p in (tmp_path / "models").glob("lgb_*/*/manifest.json")]
     assert len(stored) == 2 and all(m["contract"] == manifest["contract"] for m in stored)
     _serving_prices_with_the_models_spec(manifest["contract"], stored[0]["feature_schema"]["names"])
+    _the_predictor_answers_for_spy(tmp_path / "models")
+
+
+def _spy_bars(n: int = 80) -> list[dict]:
+    stamps = pd.date_range("2024-01-02 14:30", periods=n, freq="min", tz="UTC")
+    close = 470 + np.round(np.cumsum(np.random.default_rng(0).normal(0, 0.05, len(stamps))), 2)
+    return [{"timestamp": t.isoformat(), "open": c, "high": round(c + 0.03, 2), "low": round(c - 0.03, 2), "close": c,
+             "volume": 1000.0} for t, c in zip(stamps, close)]
+
+
+def _the_predictor_answers_for_spy(model_root: Path) -> None:
+    """Raw SPY bars through the predictor, with no config describing SPY: the models' stored spec
+    is used, and a request for another instrument is still refused clearly."""
+    from trademl import EnsemblePredictor
+
+    predictor = EnsemblePredictor(model_root, load_config(None), record=False)
+    answer = predictor.ensemble_predict({"bars": _spy_bars(200)})
+    assert answer["ensemble_recommendation"] in ("BUY", "SELL", "HOLD") and 0 < answer["win_5m_prob"] < 1
+    with pytest.raises(TradeMLError, match="unknown contract symbol 'QQQ'"):
+        predictor.ensemble_predict({"symbol": "QQQ", "bars": _spy_bars(200)})
 
 
 def _serving_prices_with_the_models_spec(contract: dict, names: list[str]) -> None:
     """A bars request for models trained on SPY (not listed, no config) is read with their spec."""
     from trademl.predict.request import RequestError, parse_request, request_inputs
 
-    stamps = pd.date_range("2024-01-02 14:30", periods=80, freq="min", tz="UTC")
-    close = 470 + np.cumsum(np.random.default_rng(0).normal(0, 0.05, len(stamps)))
-    bars = [{"timestamp": t.isoformat(), "open": c, "high": c + 0.03, "low": c - 0.03, "close": c, "volume": 1000.0}
-            for t, c in zip(stamps, close)]
-    request = parse_request({"bars": bars})
+    request = parse_request({"bars": _spy_bars()})
     cfg = load_config(None)
     given = request_inputs(request, names, cfg, model_symbol="SPY", model_contract=contract)
     assert given.spec == ContractSpec.from_dict(contract) and given.symbol == "SPY"
@@ -122,6 +138,21 @@ def _serving_prices_with_the_models_spec(contract: dict, names: list[str]) -> No
     assert 1 < atr < 20  # ATR of a few cents in 0.01 ticks (in ES's 0.25 ticks it would be below 1)
     with pytest.raises(RequestError, match="unknown contract symbol 'SPY'"):
         request_inputs(request, names, cfg, model_symbol="SPY")  # without the stored spec nothing tells
+
+
+@pytest.mark.skipif(not SPY.exists(), reason="shared SPY file not on this machine")
+def test_the_ppo_agent_trains_on_an_instrument_described_on_the_command_line(tmp_path):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(f'[ppo]\ntotal_timesteps = 512\nn_envs = 8\nn_steps = 32\nbatch_size = 128\nn_epochs = 1\n'
+                    f'checkpoint_dir = "{tmp_path / "ckpt"}"\n[paths]\nmodel_root = "{tmp_path / "models"}"\n')
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "ppo", str(SPY), "-c", str(toml)])
+    assert refused.exit_code == 2 and "--symbol" in refused.output and "Traceback" not in refused.output
+    done = runner.invoke(app, ["train", "ppo", str(SPY), *SPY_FLAGS, "-c", str(toml)])
+    assert done.exit_code == 0, done.output
+    (manifest,) = [json.loads(p.read_text()) for p in (tmp_path / "models").glob("ppo/*/manifest.json")]
+    assert (manifest["contract"]["root"], manifest["contract"]["tick_size"], manifest["contract"]["point_value"]) == \
+        ("SPY", 0.01, 1.0)
 
 
 def test_a_bars_file_naming_no_instrument_trains_with_the_symbol_given(tmp_path):

@@ -123,7 +123,7 @@ def test_every_command_that_reads_stamps_takes_tz(tmp_path):
     signals = tmp_path / "signals.csv"
     signals.write_text("timestamp,action,confidence\n")
     for argv in (["data", "build", str(path)], ["data", "inspect", str(path)], ["train", "lgbm", str(path)],
-                 ["train", "all", str(path)], ["backtest-signals", str(path), str(signals)],
+                 ["train", "all", str(path)], ["train", "ppo", str(path)], ["backtest-signals", str(path), str(signals)],
                  ["monitor", "--bars", str(path)]):
         done = CliRunner().invoke(app, [*argv, "--tz", "Mars/Olympus"])
         assert done.exit_code == 2 and "unknown timezone 'Mars/Olympus'" in done.output, (argv, done.output)

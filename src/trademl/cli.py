@@ -48,10 +48,14 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import warnings
+
         from trademl.errors import TradeMLError
 
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # a warning is one line for the user, not a source line of ours
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except TradeMLError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
@@ -60,6 +64,10 @@ def friendly_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.secho(f"warning: {message}", fg="yellow", err=True)
 
 
 def load_cli_config(config, *, tz=None, symbol=None, tick_size=None, point_value=None, commission=None, overrides=None):
@@ -306,8 +314,12 @@ def train_lstm_command(
 @train_app.command("ppo")
 @friendly_errors
 def train_ppo_command(
-    bars: Optional[Path] = typer.Argument(None, help="Bars file or dataset folder (default: the bundled ES sample)."),
-    symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract symbol or root, e.g. NQZ5 (default: from the data)."),
+    bars: Optional[list[Path]] = BarsFilesArg,
+    symbol: Optional[str] = SymbolOpt,
+    tick_size: Optional[float] = TickSizeOpt,
+    point_value: Optional[float] = PointValueOpt,
+    commission: Optional[float] = CommissionOpt,
+    tz: Optional[str] = TzOpt,
     timesteps: Optional[int] = typer.Option(None, "--timesteps", help="Override total_timesteps of the ppo config section."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (ppo.checkpoint_dir)."),
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Train on N synthetic bars with a planted edge instead."),
@@ -318,15 +330,15 @@ def train_ppo_command(
     config: Optional[Path] = ConfigOpt,
 ):
     """PPO agent (stable-baselines3) in the vectorised trading env: held-out evaluation, policy.onnx stored."""
-    from trademl.config import load_config
     from trademl.models.ppo.train import print_summary, train_ppo_from_source
     from trademl.risk.rules import rules_for
 
     overrides = {"total_timesteps": timesteps} if timesteps else {}
     if account is not None:
         overrides["account_rules"] = rules_for(account).name  # an unknown preset fails here, before any work
-    cfg = load_config(config, {"ppo": overrides} if overrides else None)
-    result = train_ppo_from_source(bars, cfg, symbol=symbol, synthetic=synthetic, edge_ic=edge_ic,
+    cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
+                          commission=commission, overrides={"ppo": overrides} if overrides else None)
+    result = train_ppo_from_source(_one_or_many(bars), cfg, symbol=symbol, synthetic=synthetic, edge_ic=edge_ic,
                                    resume=resume, progress=True, console=console())
     print_summary(result, console())
 

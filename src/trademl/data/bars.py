@@ -1119,7 +1119,9 @@ def merge_bars(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if len(repeat):
         report.append(f"dropped {len(repeat):,} duplicate bars (the same stamp and values in two files)")
         warnings.warn(f"{len(repeat):,} identical duplicate bars in overlapping files dropped", stacklevel=3)
-    merged = merged[~np.isin(np.arange(len(merged)), repeat)]
+    keep = np.ones(len(merged), dtype=bool)
+    keep[repeat] = False  # the later copy of each repeated bar
+    merged = merged[keep]
     merged.attrs = {**frames[0].attrs, "source": ", ".join(sources), "sources": sources, "merge_report": report}
     reports = [f.attrs["repair_report"] for f in frames if "repair_report" in f.attrs]
     if reports:
@@ -1310,7 +1312,7 @@ def summary_rows(info: dict) -> list[tuple[str, str]]:
               else f"yes, {info['zero_volume_bars']:,} zero-volume bars")
     return [
         ("source", str(info["source"])),
-        ("symbol", str(info["symbol"])),
+        ("symbol", str(info["symbol"] or "not told by the file (give --symbol)")),
         ("bars", f"{info['rows']:,}"),
         ("first bar open", str(info["first"])),
         ("last bar open", str(info["last"])),

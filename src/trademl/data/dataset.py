@@ -162,14 +162,13 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     """``names``: the features to compute (None: the default set, less what the bars cannot give)."""
     from trademl.data.features import compute_features
 
-    bars = bars.copy(deep=False)  # a view that carries the spec to the features, the caller's frame untouched
-    bars.attrs["contract"] = spec.to_dict()
     extra = tuple(c for c in config.data.extra_feature_columns if c in bars.columns)
     missing = [c for c in config.data.extra_feature_columns if c not in bars.columns]
     if missing:
         raise DataError(f"extra feature columns {missing} are not in the bars", where=bars.attrs.get("source"))
     feats = compute_features(
-        bars, symbol=spec.root, names=names, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra
+        bars, symbol=spec.root, names=names, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra,
+        contract=spec,
     )
     execution = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size)
     labels = make_labels(bars, seg, execution, config.data.horizons, config.costs.signal_cost_multiple)

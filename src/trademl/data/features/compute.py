@@ -83,8 +83,11 @@ def compute_features(
     names: Iterable[str] | None = None,
     max_gap_minutes: float | None = None,
     extra_columns: Sequence[str] = (),
+    contract=None,
 ) -> pd.DataFrame:
     """Causal features of every bar: float32 columns in schema order, same index as ``bars``.
+    ``contract``: the ContractSpec whose tick size the tick-based features use (None: the one the
+    bars carry, else ``symbol``'s, ``trademl.market.contracts.spec_of_bars``).
 
     The value at bar t reads bars up to t only; windows restart at segment boundaries
     (gaps longer than ``max_gap_minutes``, None: [data] max_gap_minutes; contract rolls) and are NaN during each
@@ -100,7 +103,7 @@ def compute_features(
     extra_columns = (extra_columns,) if isinstance(extra_columns, str) else tuple(extra_columns)
     extras = _extra_values(bars, extra_columns, set(FEATURES))
     # the spec the bars carry (a dataset's, or one given on the command line), else the symbol's
-    spec_contract = spec_of_bars(bars, _symbol_of(bars, symbol))
+    spec_contract = contract or spec_of_bars(bars, _symbol_of(bars, symbol))
     ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes)
     specs, left_out = _without_volume_features(specs, ctx, defaults=names is None)
 

@@ -133,7 +133,8 @@ def observation_features(bars: pd.DataFrame, contract: ContractSpec, cfg: Config
     missing = [c for c in extra if c not in bars.columns]
     if missing:
         raise DataError(f"extra feature columns {missing} are not in the bars", where=bars.attrs.get("source", "bars"))
-    feats = compute_features(bars, symbol=contract.root, max_gap_minutes=cfg.data.max_gap_minutes, extra_columns=extra)
+    feats = compute_features(bars, symbol=contract.root, max_gap_minutes=cfg.data.max_gap_minutes, extra_columns=extra,
+                             contract=contract)
     schema = feats.attrs.get("schema")
     schema = schema.to_dict() if schema is not None else {"names": list(feats.columns)}
     return feats.to_numpy(np.float64), schema
@@ -263,7 +264,7 @@ def train_ppo_from_source(source=None, cfg: Config | None = None, *, symbol: str
         if "edge" not in cfg.data.extra_feature_columns:
             cfg.data.extra_feature_columns = [*cfg.data.extra_feature_columns, "edge"]
         return train_ppo(bars, cfg, **train_kw)
-    path = Path(source) if source is not None else None
+    path = Path(source) if isinstance(source, (str, Path)) else None
     if path is not None and path.is_dir():
         from trademl.data.dataset import load_dataset
 
@@ -272,7 +273,8 @@ def train_ppo_from_source(source=None, cfg: Config | None = None, *, symbol: str
                          symbol=symbol or ds.symbol, **train_kw)
     from trademl.data.bars import bundled_sample_path, load_bars
 
-    bars = load_bars(path or bundled_sample_path(), symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes)
+    bars = load_bars(source or bundled_sample_path(), symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes,
+                     tz=cfg.data.timezone)  # source: one file, a list or a glob
     return train_ppo(bars, cfg, symbol=symbol, **train_kw)
 
 
