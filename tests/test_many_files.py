@@ -106,3 +106,14 @@ def test_train_and_monitor_read_several_files(tmp_path):
     whole = load_training_dataset(ES, cfg)
     pd.testing.assert_frame_equal(merged.frame, whole.frame)
     assert json.dumps(merged.manifest["contract"]) == json.dumps(whole.manifest["contract"])
+    # the monitor judges outcomes against bars given as several files (repeated --bars)
+    from trademl.predict.log import PredictionLog
+
+    log = tmp_path / "p.sqlite"
+    PredictionLog(log).append({"timestamp": whole.frame.index[100].isoformat(), "symbol": "ES", "recommendation": "BUY",
+                               "confidence": 0.8, "output": {"ensemble_recommendation": "BUY", "confidence_score": 0.8},
+                               "model_versions": {}, "latency_ms": 1.0})
+    argv = ["monitor", "--log", str(log), "-o", str(tmp_path / "m.html")]
+    done = CliRunner().invoke(app, [*argv, *[a for p in paths for a in ("--bars", str(p))]])
+    assert done.exit_code in (0, 3) and "Traceback" not in done.output, done.output
+    assert "no bars given" not in done.output
