@@ -64,6 +64,14 @@ def test_naive_eastern_with_tz_builds_the_same_dataset_as_explicit_offsets(tmp_p
     pd.testing.assert_frame_equal(da.frame, db.frame)
     assert da.frame.index.equals(bars.index)  # every bar at its true instant, one minute apart in each span
     assert da.manifest["span"] == db.manifest["span"] and da.manifest["segments"] == 2
+    # read in chunks of 50 rows, a chunk boundary falls inside the repeated hour: told by order still
+    chunked = tmp_path / "chunks.toml"
+    chunked.write_text(f'[data]\nchunk_rows = 50\ntimezone = "{NY}"\n')
+    first = _naive_local(bars).index("2024-11-03 01:30:00")
+    assert first // 50 != (first + 60) // 50  # the two copies of 01:30 are in different chunks
+    d = runner.invoke(app, ["data", "build", str(naive), "-o", str(tmp_path / "d"), "-c", str(chunked)])
+    assert d.exit_code == 0, d.output
+    assert load_dataset(tmp_path / "d").frame.index.equals(bars.index)
     # [data] timezone in the config file does the same as --tz
     toml = tmp_path / "ny.toml"
     toml.write_text(f'[data]\ntimezone = "{NY}"\n')

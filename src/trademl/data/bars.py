@@ -690,6 +690,7 @@ class _State:
     last_stamp: int = _NAT
     last_line: int = 0
     bar_period_ns: int | None = None
+    tail: pd.Series | None = None  # the last stamps as read: the next chunk's local times are told with them
 
 
 class _Problems:
@@ -843,6 +844,20 @@ def _check_bad_prints(prices: dict, stamps: np.ndarray, contract, problems: _Pro
     return {int(i): f"{why} -> open/high/low/close now {bar}" for i, why, bar in zip(rows, found.reasons, now)}
 
 
+_TAIL_STAMPS = 120  # two hours of minute bars: more than the repeated autumn hour
+
+
+def _parse_in_context(text: pd.Series, tz: str | None, state: _State) -> np.ndarray:
+    """:func:`_parse_stamps` of one chunk, read after the previous chunk's last stamps: a repeated
+    autumn hour that a chunk boundary cuts in two is still told by order (``_first_copy``)."""
+    if tz in (None, "UTC", "utc") or state.tail is None or text.dtype != state.tail.dtype:
+        stamps = _parse_stamps(text, tz=tz)
+    else:
+        stamps = _parse_stamps(pd.concat([state.tail, text], ignore_index=True), tz=tz)[len(state.tail):]
+    state.tail = text.dropna().tail(_TAIL_STAMPS).reset_index(drop=True)
+    return stamps
+
+
 def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, repair: bool,
                state: _State, report: RepairReport, rule: BadPrintRule) -> pd.DataFrame:
     """Type, check and (with repair) clean one chunk; returns the bars frame of the good rows."""
@@ -851,7 +866,7 @@ def _validated(raw: _Raw, path: Path, layout: _Layout | None, tz: str | None, re
     frame, lines = raw.frame[keep_rows], raw.lines[keep_rows]
     problems = _Problems(len(frame), raw.shape_problems[keep_rows])
     stamp_text = _stamp_source(frame)
-    stamps = _parse_stamps(stamp_text, tz=tz)
+    stamps = _parse_in_context(stamp_text, tz, state)
     outside = stamps == _OUT_OF_RANGE
     problems.flag(outside, lambda i: f"timestamp outside the supported range ({STAMP_RANGE}): {_quoted(stamp_text.iloc[i])}")
     stamps[outside] = _NAT
