@@ -17,6 +17,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from trademl.models.calibration import confidence_bins
 from trademl.stats import probabilistic_sharpe_ratio, sharpe_moments  # noqa: F401  (their home is trademl.stats)
 
 SESSIONS_PER_YEAR = 252
@@ -241,11 +242,7 @@ def hit_rate_by_confidence(open_, close, action, confidence, segments, *, horizo
     if len(t) == 0:
         return pd.DataFrame(columns=columns)
     hit = action[t] * (close[t + horizon] - open_[t + 1]) > 0
-    frame = pd.DataFrame({"confidence": confidence[t], "hit": hit.astype(float)})
-    bucket = pd.qcut(frame["confidence"].rank(method="first"), min(bins, len(t)), labels=False)
-    table = frame.groupby(bucket).agg(confidence=("confidence", "mean"), hit_rate=("hit", "mean"),
-                                      count=("hit", "size"))
-    return table.reset_index(drop=True)[columns]
+    return confidence_bins(confidence[t], hit.astype(float), bins)
 
 
 def trade_won(bars: pd.DataFrame, segments, execution, action, *, horizon: int) -> np.ndarray:

@@ -198,8 +198,24 @@ def reliability_table(p, y, n_bins: int = 10) -> list[dict]:
 
 def expected_calibration_error(p, y, n_bins: int = 10) -> float:
     """Row-weighted mean |mean predicted - observed| over the reliability table's bins."""
-    table = reliability_table(p, y, n_bins)
+    return table_calibration_error(reliability_table(p, y, n_bins))
+
+
+def table_calibration_error(table: list[dict]) -> float:
+    """The ECE of a reliability table (``reliability_table``'s rows): count-weighted mean gap."""
     total = sum(r["count"] for r in table)
     if total == 0:
         return float("nan")
     return float(sum(r["count"] * abs(r["mean_predicted"] - r["observed"]) for r in table) / total)
+
+
+def confidence_bins(prob, won, bins: int):
+    """``reliability_table`` as a DataFrame (confidence, hit_rate, count) of the finite pairs:
+    the shape the backtest report and the monitor draw."""
+    import pandas as pd
+
+    prob, won = np.asarray(prob, np.float64), np.asarray(won, np.float64)
+    ok = np.isfinite(prob) & np.isfinite(won)
+    rows = reliability_table(prob[ok], won[ok], bins)
+    return pd.DataFrame([(r["mean_predicted"], r["observed"], r["count"]) for r in rows],
+                        columns=["confidence", "hit_rate", "count"])

@@ -28,6 +28,7 @@ from trademl.data.bars import median_bar_minutes
 from trademl.data.labels import make_labels
 from trademl.segments import segment_ids
 from trademl.market.execution import ExecutionModel
+from trademl.models.calibration import confidence_bins, table_calibration_error
 
 MODELS = ("lgb_5m", "lgb_30m", "lstm", "ppo", "ensemble")
 # The horizon each model's confidence is about: where its calibration is judged.
@@ -140,24 +141,15 @@ def trade_outcomes(calls: pd.DataFrame, outcomes: pd.DataFrame, horizons) -> pd.
 
 
 def calibration_bins(prob, won, bins: int) -> pd.DataFrame:
-    """Equal-count bins of stated probability: mean confidence, realized hit rate, count."""
-    frame = pd.DataFrame({"confidence": np.asarray(prob, np.float64), "hit": np.asarray(won, np.float64)}).dropna()
-    columns = ["confidence", "hit_rate", "count"]
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    bucket = pd.qcut(frame["confidence"].rank(method="first"), min(bins, len(frame)), labels=False)
-    table = frame.groupby(bucket).agg(confidence=("confidence", "mean"), hit_rate=("hit", "mean"),
-                                      count=("hit", "size"))
-    return table.reset_index(drop=True)[columns]
+    """Equal-count bins of stated probability: mean confidence, realized hit rate, count (the one
+    reliability table, ``trademl.models.calibration``)."""
+    return confidence_bins(prob, won, bins)
 
 
 def calibration_error(table: pd.DataFrame) -> float:
     """Expected calibration error: count-weighted mean |confidence - hit rate| over the bins."""
-    if table.empty:
-        return float("nan")
-    weights = table["count"].to_numpy(np.float64)
-    gap = np.abs(table["confidence"].to_numpy(np.float64) - table["hit_rate"].to_numpy(np.float64))
-    return float(np.sum(weights * gap) / np.sum(weights))
+    rows = table.rename(columns={"confidence": "mean_predicted", "hit_rate": "observed"}).to_dict("records")
+    return table_calibration_error(rows)
 
 
 def score_models(scored: pd.DataFrame, horizons, *, bins: int | None = None) -> tuple[pd.DataFrame, dict]:
