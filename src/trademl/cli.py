@@ -298,14 +298,16 @@ def train_lstm_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last per-epoch checkpoint."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Per-epoch checkpoints (default: artifacts/checkpoints/lstm)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override EPOCHS of the lstm config section."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Override [lstm] architecture: bilstm_attention, gru, transformer, cnn_lstm, tcn."),
     config: Optional[Path] = ConfigOpt,
 ):
-    """Bidirectional LSTM (signal, movement, risk): walk-forward CV, then store model.onnx."""
+    """Sequence model (signal, movement, risk; the guide's BiLSTM or --arch): walk-forward CV, then store model.onnx."""
     from trademl.config import load_config
     from trademl.data.dataset import load_dataset
     from trademl.models.lstm import stored_summary, train_lstm
 
-    cfg = load_config(config, {"lstm": {"EPOCHS": epochs}} if epochs else None)
+    overrides = {k: v for k, v in (("EPOCHS", epochs), ("architecture", arch)) if v}
+    cfg = load_config(config, {"lstm": overrides} if overrides else None)  # an unknown --arch is a config error
     ds = load_dataset(dataset or Path(cfg.paths.data_dir) / "es_1min_lean")
     result = train_lstm(ds, cfg, checkpoint_dir=checkpoint_dir, resume=resume, progress=True)
     console().print(stored_summary(result.stored))

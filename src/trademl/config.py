@@ -112,12 +112,20 @@ class LGBMConfig(_Section):
     num_threads: int = Field(1, description="LightGBM threads; 0 = all cores.")
 
 
+# The sequence architectures of [lstm] (trademl.models.sequence_nets builds them).
+SequenceArchitecture = Literal["bilstm_attention", "gru", "transformer", "cnn_lstm", "tcn"]
+
+
 class LSTMConfig(_Section):
-    """The bidirectional LSTM (signal, movement, risk heads), with the guide's names."""
+    """The sequence model (signal, movement, risk heads): the guide's bidirectional LSTM or a variant."""
+
+    architecture: SequenceArchitecture = Field("bilstm_attention", description=(
+        "Network over the window: bilstm_attention (the guide's), gru, transformer (causal mask), cnn_lstm, "
+        "tcn (dilated causal convolutions). Same heads, normalisation, ONNX contract and serving for all."))
 
     SEQUENCE_LENGTH: int = Field(60, description="Bars in each input sequence.")
     PREDICTION_HORIZON: int = Field(5, description="Bars ahead the signal, movement and risk labels look.")
-    HIDDEN_SIZE: int = Field(128, description="Hidden units of each LSTM direction.")
+    HIDDEN_SIZE: int = Field(128, description="Hidden units of each LSTM direction; the width of the other architectures.")
     NUM_LAYERS: int = Field(2, description="Stacked LSTM layers.")
     DROPOUT: float = Field(0.2, description="Dropout between LSTM layers and before the heads.")
     BATCH_SIZE: int = Field(256, description="Sequences per training batch.")
@@ -129,6 +137,10 @@ class LSTMConfig(_Section):
     # Two cores on the reference machine; the same count also keeps results bit-identical.
     TORCH_THREADS: int = Field(2, description="torch threads while training.")
     seed: int = Field(7, description="Random seed of torch and the batch order.")
+    attention_heads: int = Field(4, description="Attention heads of the transformer (HIDDEN_SIZE must divide by it).")
+    # Resumes are bit-identical on the CPU; CUDA kernels are not all deterministic.
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "Where to train: auto = CUDA when torch sees a GPU, else the CPU. The served model is ONNX on the CPU."))
 
 
 class PPOConfig(_Section):

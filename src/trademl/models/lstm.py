@@ -1,5 +1,10 @@
 """Train the LSTM on a dataset: walk-forward CV for honest scores, then the model to serve.
 
+The network is ``[lstm] architecture`` (``trademl.models.sequence_nets``: the guide's
+bidirectional LSTM by default, or gru, transformer, cnn_lstm, tcn); everything here (windows,
+normalisation, folds, checkpoints, export and its check, the store) is the same for all of
+them, and all are stored as kind "lstm" with the architecture in the manifest.
+
 ``train_lstm(dataset, config)``:
 
 1. Sequence windows of SEQUENCE_LENGTH bars end at every row whose window stays inside one
@@ -140,7 +145,9 @@ def train_lstm(
     cv = _pooled_metrics(task, pooled)
     metrics = {
         "validation_skill": lstm_skill(cv),
-        "headline": {k: cv[k] for k in ("accuracy", "majority_accuracy", "movement_corr") if k in cv},
+        # `trademl models list` prints a string headline as it is: the architecture in words
+        "headline": {"architecture": lc.architecture,
+                     **{k: cv[k] for k in ("accuracy", "majority_accuracy", "movement_corr") if k in cv}},
         "cv": cv,
         "out_of_sample": cv,  # the name `trademl models list` and the other kinds use
         "folds": fold_metrics,
@@ -168,9 +175,10 @@ def _prepare_checkpoints(checkpoint_dir: Path, resume: bool) -> None:
 
 
 def _net_from(result, task, settings):
-    from trademl.models.lstm_model import LSTMSignalNet
+    """The stage's best weights in a CPU net of the configured architecture (what is exported)."""
+    from trademl.models.sequence_nets import build_net
 
-    net = LSTMSignalNet(len(task.feature_names), settings["HIDDEN_SIZE"], settings["NUM_LAYERS"], settings["DROPOUT"])
+    net = build_net(len(task.feature_names), settings)
     net.load_state_dict(result.state)
     return net.eval()
 
@@ -277,6 +285,7 @@ def _write_version(store, net, result, task, dataset, lc, metrics, ends, span):
             raise OSError(errno.ENOSPC if "space" in str(e).lower() else errno.EIO,
                           f"model.pt: {str(e).splitlines()[0][:200]}") from None
         w.manifest["onnx_max_abs_diff"] = _check_onnx(net, result, task, ends, w.path / "model.onnx")
+        w.manifest["architecture"] = lc.architecture  # also in config; here so a stored model says what it is
         w.manifest["outputs"] = {"signal_probs": list(CLASS_NAMES), "movement": "log return", "risk": "[0, 1]"}
     return w.stored
 
@@ -353,7 +362,8 @@ class _Progress:
 def stored_summary(stored) -> str:
     """One paragraph for the end of `trademl train lstm`."""
     cv = stored.manifest.get("metrics", {}).get("cv", {})
-    lines = [f"stored lstm {stored.version} at {stored.path}"]
+    arch = stored.manifest.get("architecture", "bilstm_attention")  # models stored before there was a choice
+    lines = [f"stored lstm {stored.version} at {stored.path}", f"architecture {arch}"]
     if cv:
         lines.append(
             f"walk-forward OOS on {cv['n_test']:,} sequences: accuracy {cv['accuracy']:.3f} "

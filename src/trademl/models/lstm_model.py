@@ -15,6 +15,9 @@ over the majority class). Three heads read that context vector:
   the training targets) so that the Huber loss sees numbers near 1;
 - risk: a logit whose sigmoid is the risk score in [0, 1].
 
+The other architectures of ``[lstm] architecture`` live in ``trademl.models.sequence_nets``
+with the same three outputs; ``ServingHead`` and ``export_onnx`` take any of them.
+
 ``ServingHead`` wraps the network for export: softmax probabilities, movement back in
 log-return units, sigmoid risk, so ONNX Runtime returns the final numbers.
 """
@@ -33,6 +36,8 @@ INPUT_NAME = "sequence"
 
 
 class LSTMSignalNet(nn.Module):
+    causal = False  # bidirectional over the window (the window itself is all past: no look-ahead)
+
     def __init__(self, n_features: int, hidden_size: int, num_layers: int, dropout: float):
         super().__init__()
         self.lstm = nn.LSTM(
@@ -52,9 +57,13 @@ class LSTMSignalNet(nn.Module):
         self.movement_head = nn.Linear(width, 1)
         self.risk_head = nn.Linear(width, 1)
 
+    def steps(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-position outputs of both directions, [n, T, 2H]."""
+        return self.lstm(x)[0]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(signal logits [n, 3], scaled movement [n], risk logit [n])."""
-        steps, _ = self.lstm(x)  # [n, T, 2H]
+        steps = self.steps(x)
         weights = torch.softmax(self.attention(steps).squeeze(-1), dim=1)  # [n, T]
         pooled = self.dropout(torch.cat([(steps * weights.unsqueeze(-1)).sum(dim=1), steps[:, -1]], dim=1))  # [n, 4H]
         return (
@@ -83,7 +92,7 @@ class ServingHead(nn.Module):
     movement in log-return units, risk through the sigmoid.
     """
 
-    def __init__(self, net: LSTMSignalNet, movement_scale: float, class_weights=(1.0, 1.0, 1.0)):
+    def __init__(self, net: nn.Module, movement_scale: float, class_weights=(1.0, 1.0, 1.0)):
         super().__init__()
         self.net = net
         self.register_buffer("movement_scale", torch.tensor(float(movement_scale), dtype=torch.float32))
@@ -95,7 +104,7 @@ class ServingHead(nn.Module):
         return probs, movement * self.movement_scale, torch.sigmoid(risk_logit)
 
 
-def export_onnx(net: LSTMSignalNet, movement_scale: float, class_weights, sequence_length: int, n_features: int, path: Path) -> None:
+def export_onnx(net: nn.Module, movement_scale: float, class_weights, sequence_length: int, n_features: int, path: Path) -> None:
     """Write model.onnx with a dynamic batch axis, through the classic TorchScript exporter.
 
     torch 2.13 defaults to the torch.export-based exporter, which needs the extra

@@ -27,7 +27,7 @@ from torch import nn
 
 from trademl.data.sequences import Normalizer, rows_covered, windows_at
 from trademl.errors import TradeMLError
-from trademl.models.lstm_model import LSTMSignalNet
+from trademl.models.sequence_nets import build_net
 
 CHECKPOINT_FORMAT = 1
 GRAD_CLIP_NORM = 1.0  # LSTMs on noisy returns occasionally spike; clipping keeps Adam sane
@@ -82,23 +82,32 @@ def movement_scale(movement: np.ndarray) -> float:
     return s if s > 0 else 1.0
 
 
-class Batcher:
-    """Normalised window batches [b, T, F] and their targets, gathered on demand."""
+def resolve_device(setting: str) -> torch.device:
+    """[lstm] device: "auto" is CUDA when torch sees a GPU, else the CPU; "cuda" without one is an error."""
+    available = torch.cuda.is_available()
+    if setting == "cuda" and not available:
+        raise TradeMLError("device is 'cuda' but torch sees no CUDA GPU", where="[lstm] device",
+                           hint='use "auto" or "cpu"')
+    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and available) else "cpu")
 
-    def __init__(self, task: SequenceTask, normalizer: Normalizer, scale: float):
-        self.task, self.normalizer, self.scale = task, normalizer, scale
+
+class Batcher:
+    """Normalised window batches [b, T, F] and their targets, gathered on demand, on ``device``."""
+
+    def __init__(self, task: SequenceTask, normalizer: Normalizer, scale: float, device: str | torch.device = "cpu"):
+        self.task, self.normalizer, self.scale, self.device = task, normalizer, scale, torch.device(device)
 
     def inputs(self, ends: np.ndarray) -> torch.Tensor:
         raw = windows_at(self.task.X, ends, self.task.sequence_length)
-        return torch.from_numpy(self.normalizer.apply(raw))
+        return torch.from_numpy(self.normalizer.apply(raw)).to(self.device)
 
     def targets(self, ends: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         t = self.task
-        return (
-            torch.from_numpy(t.signal[ends].astype(np.int64)),
-            torch.from_numpy((t.movement[ends] / self.scale).astype(np.float32)),
-            torch.from_numpy(t.risk[ends].astype(np.float32)),
-        )
+        return tuple(torch.from_numpy(a).to(self.device) for a in (
+            t.signal[ends].astype(np.int64),
+            (t.movement[ends] / self.scale).astype(np.float32),
+            t.risk[ends].astype(np.float32),
+        ))
 
 
 class MultiTaskLoss(nn.Module):
@@ -153,7 +162,7 @@ def _load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        ckpt = torch.load(path, weights_only=True)
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")  # copied to the training device on load
     except Exception as e:  # a truncated or foreign file: say which, do not guess
         raise TradeMLError(f"unreadable checkpoint: {e}", where=str(path), hint="start again without --resume") from None
     if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("fingerprint") != expected_fingerprint:
@@ -166,17 +175,18 @@ def _load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
 
 
 def _clone_state(net: nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    """A CPU copy of the weights, whatever device trains: checkpoints and the served net are CPU tensors."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 @torch.no_grad()
-def predict_raw(net: LSTMSignalNet, batcher: Batcher, ends: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+def predict_raw(net: nn.Module, batcher: Batcher, ends: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
     """(signal logits [n, 3], scaled movement [n], risk logit [n]) in eval mode."""
     net.eval()
     outs = [net(batcher.inputs(ends[i : i + batch_size])) for i in range(0, len(ends), batch_size)]
     if not outs:
         return np.zeros((0, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
-    return tuple(torch.cat([o[k] for o in outs]).numpy() for k in range(3))
+    return tuple(torch.cat([o[k] for o in outs]).cpu().numpy() for k in range(3))
 
 
 @torch.no_grad()
@@ -205,19 +215,21 @@ def fit_stage(
 ) -> StageResult:
     """Train one model on ``fit_ends``, early-stopped on the loss over ``valid_ends``.
 
-    ``settings`` is the [lstm] config section as a dict (HIDDEN_SIZE, EPOCHS, ...).
+    ``settings`` is the [lstm] config section as a dict (architecture, HIDDEN_SIZE, EPOCHS, ...).
+    The weights are drawn on the CPU (the same start on any device), then moved to ``device``.
     """
+    device = resolve_device(settings.get("device", "cpu"))
     T, n = task.sequence_length, len(task.X)
     normalizer = Normalizer.fit(task.X, rows_covered(fit_ends, T, n), task.feature_names)
     scale = movement_scale(task.movement[fit_ends])
     weights = class_weights(task.signal[fit_ends])
-    batcher = Batcher(task, normalizer, scale)
-    loss_fn = MultiTaskLoss(weights)
+    batcher = Batcher(task, normalizer, scale, device)
+    loss_fn = MultiTaskLoss(weights).to(device)
     seed = int(settings["seed"])
     batch_size = int(settings["BATCH_SIZE"])
 
     torch.manual_seed(stage_seed(seed, stage_number))
-    net = LSTMSignalNet(len(task.feature_names), settings["HIDDEN_SIZE"], settings["NUM_LAYERS"], settings["DROPOUT"])
+    net = build_net(len(task.feature_names), settings).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings["LEARNING_RATE"])
     state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
     best = _clone_state(net)
@@ -229,6 +241,8 @@ def fit_stage(
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in ckpt:  # dropout on the GPU draws from its own generator
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         best = ckpt["best_model"]
         state = {k: ckpt[k] for k in state}
 
@@ -249,8 +263,9 @@ def fit_stage(
         if ckpt_path:
             _save_checkpoint(ckpt_path, {
                 "format": CHECKPOINT_FORMAT, "fingerprint": stamp, "stage": name,
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": _clone_state(net), "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(), "best_model": best, **state,
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             })
         if on_epoch_end:
             on_epoch_end(name, record)

@@ -1,5 +1,8 @@
-"""The guide's bidirectional LSTM with attention (kind ``lstm``): three heads over a window of
-SEQUENCE_LENGTH feature rows: signal (hold, buy, sell), expected movement, risk.
+"""The sequence model (kind ``lstm``): three heads over a window of SEQUENCE_LENGTH feature
+rows: signal (hold, buy, sell), expected movement, risk. The network is ``[lstm]
+architecture`` (the guide's bidirectional LSTM with attention by default, or gru,
+transformer, cnn_lstm, tcn: ``trademl.models.sequence_nets``); every one exports the same
+ONNX contract, so this runtime serves them all and never asks which.
 
 Training: ``trademl.models.lstm`` (walk-forward CV, resumable per-epoch checkpoints, ONNX
 export checked against PyTorch). Serving: ``LSTMRuntime``: the ONNX graph with the training
@@ -100,7 +103,8 @@ class LSTMRuntime(Runtime):
 
 
 class LSTMModel(TradeModel):
-    """The guide's LSTM signal model (``[lstm]`` settings: SEQUENCE_LENGTH, HIDDEN_SIZE, ...)."""
+    """The guide's LSTM signal model or a variant (``[lstm]`` settings: architecture, SEQUENCE_LENGTH, ...;
+    ``LSTMModel(architecture="tcn")``)."""
 
     section = "lstm"
     runtime = LSTMRuntime
