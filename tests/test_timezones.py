@@ -125,6 +125,17 @@ def test_naive_stamps_without_a_zone_warn_once_and_only_then(tmp_path):
     assert naive_warnings(path=offsets) == [] and naive_warnings(path=unix) == []
 
 
+def test_a_stamp_column_named_utc_is_read_as_utc_whatever_zone_is_set():
+    """[data] timezone set for a user's local files must not move the bundled file (timestamp_utc)."""
+    from trademl.data.bars import bundled_sample_path
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        in_ny = load_bars(bundled_sample_path(), tz=NY)
+    assert in_ny.index.equals(load_bars(bundled_sample_path()).index)
+    assert not [w for w in caught if issubclass(w.category, NaiveStampWarning)]
+
+
 def test_every_command_that_reads_stamps_takes_tz(tmp_path):
     bars = _bars_utc()
     path = _write(bars, tmp_path / "es_local.csv", _naive_local(bars))

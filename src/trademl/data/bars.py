@@ -1018,6 +1018,8 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp,
     layout = None if is_parquet else _sniff_layout(path)
     if layout is not None and bar_stamp != "auto":
         layout = _Layout(**{**vars(layout), "stamps_at_close": bar_stamp == "close"})
+    if layout is not None and layout.utc_header:
+        tz = "UTC"  # the file says its stamps are UTC (timestamp_utc): a zone for other files does not apply
     raws = _parquet_chunks(path, chunk_rows) if is_parquet else _csv_chunks(path, layout, chunk_rows)
     state = _State()
     warned = False
@@ -1025,7 +1027,7 @@ def _chunks(path, *, symbol, repair, tz, chunk_rows, max_gap_minutes, bar_stamp,
     for raw in raws:
         report = RepairReport(str(path), unit="row" if is_parquet else "line")
         bars = _validated(raw, path, layout, tz, repair, state, report, rule)
-        if not (layout is not None and layout.utc_header) and len(bars):  # after the rows passed: an error comes alone
+        if len(bars):  # after the rows passed: an error comes alone
             _warn_naive(path, tz, _stamp_source(raw.frame[~raw.blank]), once)
         if "volume" not in bars and not warned:
             warnings.warn(f"{path}: no volume column; volume features will be left out", stacklevel=3)
