@@ -117,3 +117,19 @@ def test_train_and_monitor_read_several_files(tmp_path):
     done = CliRunner().invoke(app, [*argv, *[a for p in paths for a in ("--bars", str(p))]])
     assert done.exit_code in (0, 3) and "Traceback" not in done.output, done.output
     assert "no bars given" not in done.output
+
+
+def test_backtest_signals_reads_a_glob_of_bars_files(tmp_path):
+    paths, _ = _split(tmp_path)
+    bars = load_bars(ES)
+    signals = tmp_path / "signals.csv"
+    closes = bars.index + pd.Timedelta(minutes=1)
+    rows = [(closes[k], a) for k, a in ((50, "BUY"), (90, "SELL"), (8000, "SELL"), (8100, "BUY"), (15000, "BUY"))]
+    signals.write_text("timestamp,action,confidence\n" + "".join(f"{t.isoformat()},{a},0.9\n" for t, a in rows))
+    results = []
+    for source in (str(ES), str(tmp_path / "es_part_*.csv")):
+        out = tmp_path / "r.json"
+        done = CliRunner().invoke(app, ["backtest-signals", source, str(signals), "--threshold", "0.5", "--json", str(out)])
+        assert done.exit_code == 0, done.output
+        results.append(json.loads(out.read_text())["runs"]["signals"])
+    assert results[0] == results[1] and results[0]["trades"] > 0

@@ -80,6 +80,23 @@ def test_naive_eastern_with_tz_builds_the_same_dataset_as_explicit_offsets(tmp_p
     pd.testing.assert_frame_equal(load_dataset(tmp_path / "c").frame, db.frame)
 
 
+def test_a_decision_log_with_naive_local_stamps_is_read_in_the_same_zone(tmp_path):
+    bars = _bars_utc()
+    naive = _write(bars, tmp_path / "es_local.csv", _naive_local(bars))
+    at = bars.index[[100, 1200]] + pd.Timedelta(seconds=90)  # 30 s after the close of bars 100 and 1200
+    logs = {}
+    for name, stamps in (("local", at.tz_convert(NY).strftime("%Y-%m-%d %H:%M:%S")), ("offsets", at.map(str))):
+        logs[name] = tmp_path / f"{name}.csv"
+        logs[name].write_text("timestamp,symbol,side\n" + "".join(f"{s},ES,buy\n" for s in stamps))
+    runner = CliRunner()
+    for name, log in logs.items():
+        done = runner.invoke(app, ["data", "build", str(naive), "-o", str(tmp_path / name), "--tz", NY,
+                                   "--decisions", str(log)])
+        assert done.exit_code == 0, done.output
+    local, offsets = (load_dataset(tmp_path / n).decisions for n in ("local", "offsets"))
+    assert local["bar_index"].tolist() == offsets["bar_index"].tolist() == [100, 1200]
+
+
 def test_a_local_time_in_the_spring_gap_is_an_error_naming_its_line(tmp_path):
     bars = _bars_utc()
     local = _naive_local(bars)

@@ -333,7 +333,7 @@ def build_dataset(
                                                 bad_prints=BadPrintRule.from_config(config.data))
             manifest = _write_chunks(chunks, tmp, symbol, config, resample_minutes, progress, source)
             if decisions_path:
-                manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config)
+                manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config, tz or config.data.timezone)
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     except OSError as e:  # a full disk or a read-only folder: the half-written folder is gone already
         raise DataError(f"cannot write the dataset: {e.strerror or e}", where=str(out_dir)) from None
@@ -415,12 +415,13 @@ def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, p
     return _manifest(tally, schema, symbol, spec, bar_config, source=source, extra=extra)
 
 
-def _write_decisions(path: Path, tmp: Path, config: Config) -> dict:
+def _write_decisions(path: Path, tmp: Path, config: Config, tz: str | None = None) -> dict:
+    """The decision log joined to the built bars; its naive stamps are read in ``tz``, like the bars'."""
     from trademl.data.decisions import join_decisions, load_decisions
 
     frame = pd.read_parquet(tmp / DATA_FILE)
     frame.attrs["max_gap_minutes"] = config.data.max_gap_minutes
-    decisions = load_decisions(path)
+    decisions = load_decisions(path, tz=tz)
     joined = join_decisions(decisions, frame, frame["segment"].to_numpy(), frame, horizon=config.data.horizons[0])
     joined.to_parquet(tmp / DECISIONS_FILE)
     return {"source": str(path), "rows": int(len(joined))}
