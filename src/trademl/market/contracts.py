@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from trademl.errors import TradeMLError
 
@@ -161,8 +162,6 @@ def infer_symbol(given: str | None = None, *, contract: str | None = None, path=
         if root in known:
             return root
     if path is not None:
-        from pathlib import Path
-
         token = re.split(r"[_\-\s.]", Path(path).name.split(".")[0])[0]
         root = root_of(token, known) if token else ""
         if root in known:
