@@ -11,7 +11,11 @@ edge and invents nothing on a random walk. Data and configs: tests/test_lstm.py'
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -170,10 +174,11 @@ def test_device_auto_is_cuda_only_when_torch_sees_a_gpu(monkeypatch):
     assert resolve_device("auto").type == "cuda" and resolve_device("cpu").type == "cpu"
 
 
-def test_cli_arch_trains_that_architecture_and_models_list_shows_it(tmp_path):
+def test_cli_arch_trains_that_architecture_and_models_list_and_predict_serve_it(tmp_path):
     from trademl.cli import app
 
-    folder = save_dataset(synthetic_dataset(3_000, edge_ic=0.2, seed=12), tmp_path / "dataset")
+    ds = synthetic_dataset(3_000, edge_ic=0.2, seed=12)
+    folder = save_dataset(ds, tmp_path / "dataset")
     toml = tmp_path / "trademl.toml"
     toml.write_text("[lstm]\nSEQUENCE_LENGTH = 8\nHIDDEN_SIZE = 8\nNUM_LAYERS = 1\nEPOCHS = 1\nN_FOLDS = 1\n"
                     f"TORCH_THREADS = 1\n[paths]\nmodel_root = '{tmp_path / 'models'}'\n")
@@ -189,6 +194,17 @@ def test_cli_arch_trains_that_architecture_and_models_list_shows_it(tmp_path):
     assert bad.exit_code == 2 and "architecture" in bad.output and "'gru'" in bad.output, bad.output
     assert "Traceback" not in bad.output
     assert len(ModelStore(tmp_path / "models").versions("lstm")) == 1
+
+    # `trademl predict` serves it as kind lstm: the figures are LSTMRuntime's on the request's window
+    request = ds.snapshot(-1, history=8)
+    done = subprocess.run([str(Path(sys.executable).parent / "trademl"), "predict", "--model-root", str(tmp_path / "models")],
+                          input=json.dumps(request).encode(), capture_output=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    out = json.loads(done.stdout)
+    assert out["models_used"] == ["lstm"]
+    heads = LSTMRuntime.load(stored).heads(np.asarray(request["sequence"], np.float32))
+    assert out["lstm_buy_prob"] == pytest.approx(float(heads["buy"][0]), abs=1e-6)
+    assert out["lstm_expected_movement"] == pytest.approx(float(heads["movement"][0]), abs=1e-9)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: device 'cuda' is valid here")

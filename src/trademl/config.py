@@ -137,7 +137,7 @@ class LSTMConfig(_Section):
     # Two cores on the reference machine; the same count also keeps results bit-identical.
     TORCH_THREADS: int = Field(2, description="torch threads while training.")
     seed: int = Field(7, description="Random seed of torch and the batch order.")
-    attention_heads: int = Field(4, description="Attention heads of the transformer (HIDDEN_SIZE must divide by it).")
+    attention_heads: int = Field(4, ge=1, description="Attention heads of the transformer (HIDDEN_SIZE must divide by it).")
     # Resumes are bit-identical on the CPU; CUDA kernels are not all deterministic.
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "Where to train: auto = CUDA when torch sees a GPU, else the CPU. The served model is ONNX on the CPU."))
