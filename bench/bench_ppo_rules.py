@@ -53,13 +53,14 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=200_000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8])
     ap.add_argument("--eval-fraction", type=float, default=0.3)
+    ap.add_argument("--variants", nargs="+", default=["plain", "rules"], choices=["plain", "rules"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bars = synthetic_bars(args.bars, seed=3, edge_ic=0.15, edge_horizon=5)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:
-            for rules in (None, PRESET):
+            for rules in [{"plain": None, "rules": PRESET}[v] for v in args.variants]:
                 rows.append(train_one(bars, seed, args.timesteps, rules, folder, args.eval_fraction))
                 print(json.dumps(rows[-1]), flush=True)
     if args.json:

@@ -256,3 +256,23 @@ def test_under_rules_the_walk_forward_agent_observes_its_accounts_room_carried_a
     assert len(flat) >= 2 and np.allclose(daily[flat], 1.0)
     # Across days (and the fold boundary) the trailing room goes on: it is not reset to 1.
     assert np.abs(trailing[flat] - 1.0).max() > 0.01
+
+
+def test_accounts_started_near_a_limit_breach_when_they_trade_and_never_when_flat():
+    from trademl.config import Config
+    from trademl.models.ppo.account_eval import evaluate_near_limits
+    from trademl.models.ppo.train import prepare_market
+
+    cfg = Config()
+    cfg.ppo.account_rules, cfg.ppo.window, cfg.ppo.eval_fraction = "topstep-50k", 2, 0.5
+    p = prepare_market(synthetic_bars(8 * 1380, seed=5, daily_vol=0.03), cfg)
+
+    def always(action):
+        return lambda obs: np.eye(3)[np.full(len(obs), action)]
+
+    flat = evaluate_near_limits(always(HOLD), p, p.rules)
+    assert flat["accounts"] == 5 * 4 and flat["breach_share"] == 0.0  # four held-out sessions, five each
+    full_long = evaluate_near_limits(always(BUY), p, p.rules)  # 5 NQ contracts held all session
+    assert full_long["breach_share"] >= 0.5
+    lo, hi = full_long["breach_interval_95"]
+    assert lo <= full_long["breach_share"] <= hi

@@ -25,8 +25,10 @@ from trademl.risk.rules import AccountRules
 NO_DAY = -(2**62)
 #: A random start uses up to this share of each limit's allowance (it keeps at least 2%).
 RANDOM_START_USED = 0.98
-#: Rooms above this share of an allowance are read as this (an account far in profit).
-ROOM_CLIP = 10.0
+#: Rooms above this share of an allowance are read as this (an account far in profit). Random
+#: starts reach about 2.5 (a profit near the target with no drawdown): inputs beyond what the agent
+#: trained on would be extrapolation (an account $40k up once read 20).
+ROOM_CLIP = 2.0
 
 
 def room_shares(rules: AccountRules, equity, start_of_day, peak_eod) -> np.ndarray:

@@ -30,16 +30,36 @@ def evaluate_under_rules(policy_probs, prepared, rules: AccountRules, max_accoun
     opens = firsts[np.unique(np.linspace(0, len(firsts) - 1, min(max_accounts, len(firsts))).round().astype(int))]
     targets, _ = trade_accounts(policy_probs, prepared, market, rules, opens, firsts)
     verdicts = [_verdict(prepared, rules, start, targets[a, start - prepared.split:]) for a, start in enumerate(opens)]
-    return _summary(rules, verdicts)
+    return _summary(rules, verdicts) | {"near_limits": evaluate_near_limits(policy_probs, prepared, rules)}
 
 
-def trade_accounts(policy_probs, prepared, market, rules, opens: np.ndarray,
-                   firsts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_near_limits(policy_probs, prepared, rules: AccountRules, per_session: int = 5, seed: int = 0) -> dict:
+    """The share of accounts that breach within one held-out session when they start it anywhere
+    along an evaluation (``AccountLimits.random_restart``, as in training: each limit keeping at
+    least 2% of its allowance), ``per_session`` of them at the first decision bar of every
+    held-out session. A fresh account is rarely near a limit; this is where the rules bite.
+    The environment's breach is the verdict (it agrees with ``apply_rules``, tested)."""
+    market = prepared.market("eval", rules)
+    firsts = market.starts[segment_start_mask(prepared.segments[market.starts])]
+    opens = np.repeat(firsts, per_session)
+    _, breach_bar = trade_accounts(policy_probs, prepared, market, rules, opens, firsts, account_start="random",
+                                   carry=False, seed=seed)
+    n, hits = len(opens), int((breach_bar >= 0).sum())
+    share = hits / n if n else 0.0
+    half = 1.96 * np.sqrt(share * (1 - share) / n) if n else 0.0
+    return {"accounts": n, "breach_share": round(share, 4),
+            "breach_interval_95": [round(max(0.0, share - half), 4), round(min(1.0, share + half), 4)]}
+
+
+def trade_accounts(policy_probs, prepared, market, rules, opens: np.ndarray, firsts: np.ndarray, *,
+                   account_start: str = "fresh", carry: bool = True, seed: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """([accounts, held-out bars] target positions decided at each close (0 where none was),
-    the bar each account breached on in the environment, -1 if it did not)."""
+    the bar each account breached on in the environment, -1 if it did not). With ``carry`` an
+    account goes on at the next session when its own ends; without, it ends with it."""
     k, split = len(opens), prepared.split
     core = TradingCore(market, prepared.execution, prepared.obs_spec, prepared.rewards, k,
-                       episode_length=np.iinfo(np.int64).max, rules=rules, account_start="fresh")
+                       episode_length=np.iinfo(np.int64).max, seed=seed, rules=rules, account_start=account_start)
     core.reset(starts=opens)
     targets = np.zeros((k, len(prepared.close) - split), np.int32)
     live = np.ones(k, bool)
@@ -52,7 +72,7 @@ def trade_accounts(policy_probs, prepared, market, rules, opens: np.ndarray,
         live &= ~r.breached
         ended = live & r.terminated  # its segment ended: the account goes on at the next one, if any
         nxt = np.searchsorted(firsts, core.t[ended], side="right")
-        more = nxt < len(firsts)
+        more = (nxt < len(firsts)) & carry
         idx = np.flatnonzero(ended)
         live[idx[~more]] = False
         if more.any():

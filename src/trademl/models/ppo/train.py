@@ -295,8 +295,11 @@ def print_summary(result: PPOTrainingResult, console) -> None:
     if "account" in m:
         a = m["account"]
         lo, hi = a["breach_interval_95"]
+        near = a["near_limits"]
         rows += [(f"{a['rules']}: accounts breached", f"{a['breach_share']:.0%} of {a['accounts']} ({lo:.0%}-{hi:.0%})"),
-                 (f"{a['rules']}: accounts passed", f"{a['pass_share']:.0%}")]
+                 (f"{a['rules']}: accounts passed", f"{a['pass_share']:.0%}"),
+                 (f"{a['rules']}: breached in a session started near a limit",
+                  f"{near['breach_share']:.0%} of {near['accounts']}")]
     rows += [("timesteps", f"{m['timesteps']:,}"), ("training (s)", f"{m['train_seconds']:.1f}"),
              ("timesteps/s", f"{m['timesteps_per_second']:,.0f}")]
     for r in rows:
