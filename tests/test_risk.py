@@ -271,7 +271,25 @@ def test_walk_forward_through_the_account_rules(tmp_path):
 # ----------------------------------------------------------------------------- the predictor's risk block
 
 
-def _advise(recommendation="BUY", p_win=0.6, close=15_000.0, atr=10.0, **account):
+def test_var_is_parametric_from_the_lstms_risk_head_when_it_ran():
+    import math
+
+    # risk 0.5 over the head's 5 bars: sigma = 3 ATR * 0.5 / sqrt(pi / 2) = 11.968 points = $239.37 per NQ
+    head = _advise(p_win=0.9, risk_head=(0.5, 5))
+    assert head["var_source"] == "lstm_risk_head" and head["suggested_contracts"] == 1
+    assert head["var_95"] == pytest.approx(1.6449 * 3 * 10 * 0.5 / math.sqrt(math.pi / 2) * 20, abs=0.05)
+    atr = _advise(p_win=0.9)  # no head: the ATR as the per-bar sigma, 10 * sqrt(5) points
+    assert atr["var_source"] == "atr" and atr["var_95"] == pytest.approx(1.6449 * 10 * math.sqrt(5) * 20, abs=0.05)
+    # a head trained over 20 bars, asked about 5: sigma scales by sqrt(5 / 20)
+    long_head = _advise(p_win=0.9, risk_head=(0.5, 20))
+    assert long_head["var_95"] == pytest.approx(head["var_95"] / 2, abs=0.05)
+    # a clipped risk (an excursion of 3 ATR or more) is a floor: the larger of the two sigmas,
+    # here the head's 3 * 10 / sqrt(pi / 2) = 23.94 points over the ATR's 22.36
+    clipped = _advise(p_win=0.9, risk_head=(1.0, 5))
+    assert clipped["var_95"] == pytest.approx(2 * head["var_95"], abs=0.05) and clipped["var_95"] > atr["var_95"]
+
+
+def _advise(recommendation="BUY", p_win=0.6, close=15_000.0, atr=10.0, risk_head=None, **account):
     from types import SimpleNamespace
 
     from trademl.config import RiskConfig
@@ -280,7 +298,8 @@ def _advise(recommendation="BUY", p_win=0.6, close=15_000.0, atr=10.0, **account
     snapshot = SimpleNamespace(**{"rules": "topstep-50k", "balance": 50_000.0, "start_of_day_balance": None,
                                   "peak_eod_balance": None, "open_contracts": 0, **account})
     return advise(snapshot, recommendation=recommendation, p_win=p_win, close=close, atr=atr, unrealized_pnl=0.0,
-                  spec=contract_spec("NQ"), cost_per_contract=7.25, horizon=5, risk_config=RiskConfig())
+                  spec=contract_spec("NQ"), cost_per_contract=7.25, horizon=5, risk_config=RiskConfig(),
+                  risk_head=risk_head)
 
 
 def test_the_risk_block_cuts_or_blocks_a_trade_whose_stop_would_breach():
@@ -323,6 +342,7 @@ def test_the_predictor_blocks_a_trade_whose_stop_would_breach_and_refuses_a_bad_
     assert roomy["ensemble_recommendation"] == plain["ensemble_recommendation"]
     risk = roomy["risk"]
     assert risk["rules"] == "topstep-150k" and risk["max_contracts_allowed"] == 15 and not risk["blocked"]
+    assert risk["var_source"] == ("lstm_risk_head" if "lstm" in plain["models_used"] else "atr")
     close, atr = snapshot["features"]["close"], snapshot["features"]["atr_ticks_14"] * 0.25
     side = 1 if plain["ensemble_recommendation"] == "BUY" else -1
     assert (risk["stop_price"], risk["target_price"]) == atr_stop(close, side, atr, tick_size=0.25)

@@ -101,8 +101,10 @@ class EnsemblePredictor:
         return [self.ensemble_predict(p) for p in parsed]
 
 
-def _risk(request: PredictRequest, given, ran: dict, names: list[str], recommendation: str, config) -> dict:
-    """The ``risk`` block: the account's limits, a stop and target at ATR multiples, the size."""
+def _risk(request: PredictRequest, given, ran: dict, models: LoadedModels, recommendation: str, config) -> dict:
+    """The ``risk`` block: the account's limits, a stop and target at ATR multiples, the size, and
+    the VaR from the LSTM's risk head when it ran (else from the ATR)."""
+    names = models.feature_names
     from trademl.market.contracts import contract_spec
     from trademl.market.execution import ExecutionModel
     from trademl.risk.advice import advise
@@ -119,9 +121,13 @@ def _risk(request: PredictRequest, given, ran: dict, names: list[str], recommend
     if wins and recommendation != "HOLD":
         horizon, p_win = wins[0][0], float(wins[0][1])  # the shortest horizon's calibrated probability
     cost = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size).cost_per_contract
+    lstm = ran.get("lstm")
+    risk_head = None
+    if lstm is not None and "risk" in lstm.outputs and np.isfinite(lstm.outputs["risk"][-1]):
+        risk_head = (float(lstm.outputs["risk"][-1]), int(models.runtimes["lstm"].horizon))
     return advise(request.account, recommendation=recommendation, p_win=p_win, close=value("close"),
                   atr=None if atr_ticks is None else atr_ticks * spec.tick_size, unrealized_pnl=request.unrealized_pnl,
-                  spec=spec, cost_per_contract=cost, horizon=horizon, risk_config=config.risk)
+                  spec=spec, cost_per_contract=cost, horizon=horizon, risk_config=config.risk, risk_head=risk_head)
 
 
 def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
@@ -159,7 +165,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
     out["ensemble_recommendation"] = ACTION_NAMES[int(decision.action[0])]
     out["confidence_score"] = float(decision.confidence[0])
     if request.account is not None:
-        out["risk"] = _risk(request, given, ran, models.feature_names, out["ensemble_recommendation"], config)
+        out["risk"] = _risk(request, given, ran, models, out["ensemble_recommendation"], config)
         if out["risk"]["blocked"]:
             warnings.append(f"{out['ensemble_recommendation']} blocked by the account's rules: {out['risk']['reason']}")
             out["ensemble_recommendation"] = "HOLD"

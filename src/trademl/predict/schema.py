@@ -264,6 +264,7 @@ class RiskResponse(BaseModel):
     target_price: float | None = None
     loss_to_breach: dict[str, float | None]
     var_95: float | None = None
+    var_source: str | None = None  # "lstm_risk_head" or "atr"
     blocked: bool
     reason: str | None = None
 

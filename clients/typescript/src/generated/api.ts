@@ -325,6 +325,8 @@ export interface components {
             target_price?: number | null;
             /** Var 95 */
             var_95?: number | null;
+            /** Var Source */
+            var_source?: string | null;
         };
     };
     responses: never;
