@@ -25,6 +25,8 @@ the whole window. Heads, dropout and loss are the same as the guide's LSTM.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from typing import get_args
 
@@ -54,13 +56,14 @@ class ThreeHeads(nn.Module):
         return self.signal_head(c), self.movement_head(c).squeeze(-1), self.risk_head(c).squeeze(-1)
 
 
-class CausalSequenceNet(nn.Module):
+class CausalSequenceNet(nn.Module, ABC):
     """Base of the causal architectures: ``steps`` per position, heads on the newest one."""
 
     causal = True
 
-    def steps(self, x: torch.Tensor) -> torch.Tensor:  # [n, T, F] -> [n, T, W]
-        raise NotImplementedError
+    @abstractmethod
+    def steps(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, T, F] -> [n, T, W]: each position's representation, from positions <= it only."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.heads(self.steps(x)[:, -1])
