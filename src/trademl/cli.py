@@ -421,7 +421,7 @@ def monitor_command(
 @app.command("backtest")
 @friendly_errors
 def backtest_command(
-    dataset: Optional[Path] = TrainingDataArg,
+    dataset: Optional[list[Path]] = BarsFilesArg,
     folds: Optional[int] = typer.Option(None, "--folds", help="Walk-forward folds (default: n_folds of the backtest config section)."),
     budget: str = typer.Option("full", "--budget", help="Training per fold: small (the demo config section) or full (the config as is)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML report (default: <report_dir>/backtest.html)."),
@@ -436,15 +436,22 @@ def backtest_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the --synthetic bars."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here: bars, DSR "
                                              "trials, PBO, each run's figures, the ensemble's calibration."),
+    symbol: Optional[str] = SymbolOpt,
+    tick_size: Optional[float] = TickSizeOpt,
+    point_value: Optional[float] = PointValueOpt,
+    commission: Optional[float] = CommissionOpt,
+    tz: Optional[str] = TzOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """Walk-forward: per fold, train on the past, predict the fold with the serving runtimes, trade it; HTML report."""
     from trademl.backtest.walkforward import backtest_models
-    from trademl.config import load_config
 
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
-    backtest_models(dataset, load_config(config), n_folds=folds, budget=budget, out=out, models=chosen, console=console(),
-                    account=account, stops=stops, synthetic=synthetic, edge_ic=edge_ic, seed=seed, json_path=json_path)
+    cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
+                          commission=commission)
+    backtest_models(_one_or_many(dataset), cfg, n_folds=folds, budget=budget, out=out, models=chosen, console=console(),
+                    account=account, stops=stops, synthetic=synthetic, edge_ic=edge_ic, seed=seed, json_path=json_path,
+                    symbol=symbol)
 
 
 @app.command("backtest-signals")
@@ -453,7 +460,11 @@ def backtest_signals_command(
     bars: Path = typer.Argument(..., help="Bars file (CSV/TXT/Parquet)."),
     signals: Path = typer.Argument(..., help="Signals: CSV/JSONL of timestamp,action[,confidence], or a decision log."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Contract of the bars, e.g. NQZ5 (default: from the file)."),
-    tz: Optional[str] = TzOpt,
+    tick_size: Optional[float] = TickSizeOpt,
+    point_value: Optional[float] = PointValueOpt,
+    commission: Optional[float] = CommissionOpt,
+    tz: Optional[str] = typer.Option(None, "--tz", help="Zone of naive timestamps of the bars and the signals, e.g. "
+                                     "America/New_York (default: [data] timezone, else UTC with a warning)."),
     account: Optional[str] = typer.Option(None, "--account", help="Account rules: topstep-50k, topstep-100k, topstep-150k."),
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="Signals count above this confidence (default: [backtest] confidence_threshold)."),
@@ -471,11 +482,12 @@ def backtest_signals_command(
     from trademl.backtest.walkforward import results_table
     from trademl.data.bars import load_bars
 
-    cfg = load_cli_config(config, tz=tz)
+    cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
+                          commission=commission)
     frame = load_bars(bars, symbol=symbol, max_gap_minutes=cfg.data.max_gap_minutes, tz=cfg.data.timezone)
     if symbol:
         frame.attrs["symbol"] = symbol
-    result = backtest_signals(frame, read_signals(signals), config=cfg, account=account, threshold=threshold, stops=stops)
+    result = backtest_signals(frame, read_signals(signals, tz=cfg.data.timezone), config=cfg, account=account, threshold=threshold, stops=stops)
     out_console = console()
     out_console.print(results_table(result.table, title=f"{SIGNALS_NAME} on {bars.name}"))
     if result.account is not None:

@@ -23,7 +23,7 @@ from trademl.segments import segment_ids
 from trademl.errors import DataError, TradeMLError
 from trademl.market.actions import ACTION_NAMES, DIRECTION
 from trademl.market.broker import simulate, target_from_directions
-from trademl.market.contracts import ContractSpec, contract_spec
+from trademl.market.contracts import ContractSpec, spec_of_bars
 from trademl.market.execution import ExecutionModel
 from trademl.segments import segment_start_mask
 
@@ -304,7 +304,7 @@ def run_backtest(
         symbol = bars.attrs.get("symbol")
         if not symbol:
             raise TradeMLError("no contract: pass spec= or set bars.attrs['symbol']", where="bars.attrs")
-        spec = contract_spec(symbol)
+        spec = spec_of_bars(bars, symbol, config)  # a dataset's own spec (e.g. one given on the command line)
     model = ExecutionModel.from_config(spec, costs, max_position_size)
     seg = segment_ids(bars, max_gap_minutes) if segments is None else np.asarray(segments)
     if len(seg) != n:

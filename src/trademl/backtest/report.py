@@ -255,12 +255,12 @@ def backtest_report(bars: pd.DataFrame, signals, *, config=None, model_signals: 
     """
     from trademl.backtest.baselines import run_baselines
     from trademl.backtest.engine import run_backtest
-    from trademl.market.contracts import contract_spec
+    from trademl.market.contracts import spec_of_bars
 
     cfg = resolve_config(config)
     bt = cfg.backtest
     symbol = bars.attrs.get("symbol") or cfg.data.symbol
-    strategy = run_backtest(bars, signals, spec=contract_spec(symbol), name=name, config=cfg)
+    strategy = run_backtest(bars, signals, spec=spec_of_bars(bars, symbol, cfg), name=name, config=cfg)
     runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=bt.confidence_threshold,
                          seed=bt.random_baseline_seed)
     table = comparison_table(runs)

@@ -24,8 +24,9 @@ from trademl.errors import DataError
 SIGNALS_NAME = "signals"
 
 
-def read_signals(path) -> pd.DataFrame:
-    """The signals file as (timestamp UTC, action +1/-1/0, confidence), sorted, with its lines."""
+def read_signals(path, tz: str | None = None) -> pd.DataFrame:
+    """The signals file as (timestamp UTC, action +1/-1/0, confidence), sorted, with its lines.
+    Naive stamps are read in ``tz`` (None: UTC) the way bars are (``trademl.data.bars``)."""
     from trademl.backtest.engine import action_codes
 
     path = Path(path)
@@ -39,7 +40,10 @@ def read_signals(path) -> pd.DataFrame:
     if "timestamp" not in cols or not ({"action", "side"} & set(cols)):
         raise DataError(f"a signals file needs timestamp and action (or side) columns, found {list(raw.columns)[:8]}",
                         where=str(path))
-    stamps = pd.to_datetime(raw[cols["timestamp"]], utc=True, errors="coerce", format="mixed")
+    from trademl.data.bars import parse_timestamps
+
+    ns = parse_timestamps(raw[cols["timestamp"]], tz=tz, mixed=True)  # unreadable: NaT
+    stamps = pd.Series(pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"))
     bad = np.flatnonzero(stamps.isna().to_numpy())
     if len(bad):
         raise DataError(f"timestamp {str(raw[cols['timestamp']].iloc[bad[0]])[:60]!r} is not a time",
@@ -113,12 +117,12 @@ def backtest_signals(bars: pd.DataFrame, signals: pd.DataFrame, *, config=None, 
     from trademl.backtest.baselines import buy_and_hold, comparison_table, flat
     from trademl.backtest.engine import run_backtest
     from trademl.config import resolve_config
-    from trademl.market.contracts import contract_spec
+    from trademl.market.contracts import spec_of_bars
 
     cfg = resolve_config(config)
     per_bar, early = align_signals(signals, bars)
     threshold = cfg.backtest.confidence_threshold if threshold is None else threshold
-    spec = contract_spec(bars.attrs.get("symbol") or cfg.data.symbol)
+    spec = spec_of_bars(bars, bars.attrs.get("symbol") or cfg.data.symbol, cfg)
     rules = None
     if account is not None:
         from trademl.risk.rules import rules_for
