@@ -37,9 +37,16 @@ def probabilistic_sharpe_ratio(sharpe: float, n_obs: int, skew: float = 0.0, kur
 
     ``sharpe`` and ``benchmark`` are per period (not annualised), as are the moments.
     """
+    se = sharpe_standard_error(sharpe, n_obs, skew, kurtosis)
+    if not math.isfinite(se):
+        return math.nan
+    return _NORMAL.cdf((sharpe - benchmark) / se)
+
+
+def sharpe_standard_error(sharpe: float, n_obs: int, skew: float = 0.0, kurtosis: float = 3.0) -> float:
+    """Standard error of a per-period Sharpe estimate: sqrt((1 - g3 SR + (g4-1)/4 SR^2) / (T-1))
+    (Mertens 2002, as the PSR uses it); NaN when it cannot be estimated."""
     if not (math.isfinite(sharpe) and n_obs >= 2):
         return math.nan
     variance = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
-    if variance <= 0:
-        return math.nan
-    return _NORMAL.cdf((sharpe - benchmark) * math.sqrt(n_obs - 1) / math.sqrt(variance))
+    return math.sqrt(variance / (n_obs - 1)) if variance > 0 else math.nan

@@ -85,7 +85,7 @@ class AccountLimits:
         only ever started fresh would rarely see a limit close, so could not learn what its room
         inputs mean: near a limit one bad bar breaches, which is where the lesson is."""
         r = self.rules
-        n = len(np.arange(len(self.base))[idx])
+        n = self.base[idx].size
         start, tml = r.starting_balance, r.trailing_max_loss
         dll = tml if r.daily_loss_limit is None else min(r.daily_loss_limit, tml)
         profit = rng.uniform(-used * tml, used * r.profit_target, n)

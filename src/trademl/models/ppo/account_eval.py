@@ -44,11 +44,8 @@ def evaluate_near_limits(policy_probs, prepared, rules: AccountRules, per_sessio
     opens = np.repeat(firsts, per_session)
     _, breach_bar = trade_accounts(policy_probs, prepared, market, rules, opens, firsts, account_start="random",
                                    carry=False, seed=seed)
-    n, hits = len(opens), int((breach_bar >= 0).sum())
-    share = hits / n if n else 0.0
-    half = 1.96 * np.sqrt(share * (1 - share) / n) if n else 0.0
-    return {"accounts": n, "breach_share": round(share, 4),
-            "breach_interval_95": [round(max(0.0, share - half), 4), round(min(1.0, share + half), 4)]}
+    share, interval = _share_with_interval(int((breach_bar >= 0).sum()), len(opens))
+    return {"accounts": len(opens), "breach_share": share, "breach_interval_95": interval}
 
 
 def trade_accounts(policy_probs, prepared, market, rules, opens: np.ndarray, firsts: np.ndarray, *,
@@ -95,15 +92,21 @@ def _verdict(prepared, rules: AccountRules, start: int, target: np.ndarray) -> d
 def _summary(rules: AccountRules, verdicts: list[dict]) -> dict:
     n = len(verdicts)
     breached = [v for v in verdicts if v["breached"]]
-    share = len(breached) / n if n else 0.0
-    half = 1.96 * np.sqrt(share * (1 - share) / n) if n else 0.0
+    share, interval = _share_with_interval(len(breached), n)
     return {
         "rules": rules.name, "accounts": n,
-        "breach_share": round(share, 4),
-        "breach_interval_95": [round(max(0.0, share - half), 4), round(min(1.0, share + half), 4)],
+        "breach_share": share,
+        "breach_interval_95": interval,
         "breached_by": {r: sum(v["breached"] == r for v in breached) for r in ("trailing_max_loss", "daily_loss_limit")},
         "pass_share": round(sum(v["passed"] for v in verdicts) / n, 4) if n else 0.0,
         "median_days_to_breach": float(np.median([v["trading_days"] for v in breached])) if breached else None,
         "mean_pnl": round(float(np.mean([v["pnl"] for v in verdicts])), 2) if n else 0.0,
         "note": "accounts opened on neighbouring held-out days overlap: not independent draws",
     }
+
+
+def _share_with_interval(hits: int, n: int) -> tuple[float, list[float]]:
+    """(hits / n, its plain binomial 95% interval), rounded; 0 and [0, 0] with no accounts."""
+    share = hits / n if n else 0.0
+    half = 1.96 * float(np.sqrt(share * (1 - share) / n)) if n else 0.0
+    return round(share, 4), [round(max(0.0, share - half), 4), round(min(1.0, share + half), 4)]

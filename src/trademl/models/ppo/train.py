@@ -377,16 +377,16 @@ def held_out_sharpe(prepared: PreparedMarket, target: np.ndarray) -> dict:
     """The deterministic agent's Sharpe against flat over the held-out sessions (one per segment:
     the net P&L of each, through the execution model), with its probabilistic Sharpe ratio
     (P(true Sharpe > 0), Bailey & Lopez de Prado) and a 95% interval (its standard error)."""
-    from trademl.stats import probabilistic_sharpe_ratio, sharpe_moments
+    from trademl.stats import probabilistic_sharpe_ratio, sharpe_moments, sharpe_standard_error
 
     pnl = simulate(prepared.execution, target, prepared.open, prepared.close, prepared.segments).pnl
     held = slice(prepared.split, None)
     _, session = np.unique(prepared.segments[held], return_inverse=True)
     daily = np.bincount(session, weights=pnl[held])
     sharpe, skew, kurt, n = sharpe_moments(daily)
-    if not np.isfinite(sharpe):
+    se = sharpe_standard_error(sharpe, n, skew, kurt)
+    if not np.isfinite(se):
         return {"sessions": int(n), "sharpe": None, "psr": None, "interval": None}
-    se = float(np.sqrt(max(1 - skew * sharpe + (kurt - 1) / 4 * sharpe**2, 1e-12) / (n - 1)))
     return {"sessions": int(n), "sharpe": round(sharpe, 4), "psr": round(probabilistic_sharpe_ratio(sharpe, n, skew, kurt), 4),
             "interval": [round(sharpe - 1.96 * se, 4), round(sharpe + 1.96 * se, 4)], "standard_error": round(se, 4)}
 
