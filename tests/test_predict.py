@@ -180,7 +180,9 @@ def test_guide_example_is_a_valid_prediction(predictor, trained_store):
     assert out["model_versions"] == {k: store.latest(k).version for k in ("lgb_5m", "lgb_30m")}
     # Absent: every LSTM and PPO field; each skipped with a warning naming the missing sequence.
     assert set(out) == {"timestamp", "models_used", "win_5m_prob", "win_30m_prob", "ensemble_recommendation",
-                        "confidence_score", "warnings", "model_versions"}
+                        "confidence_score", "warnings", "model_versions", "votes"}
+    # This store has no stacker (each kind trained alone): the vote decides, and says it is no probability.
+    assert any("no stacker in the store" in w and "not a calibrated probability" in w for w in out["warnings"])
     for kind in ("lstm", "ppo"):
         skipped = [w for w in out["warnings"] if w.startswith(f"{kind} skipped")]
         assert len(skipped) == 1 and "sequence" in skipped[0], out["warnings"]
@@ -191,6 +193,7 @@ def test_guide_example_is_a_valid_prediction(predictor, trained_store):
     for kind, (p_long, p_short) in win.items():
         v = np.array([max(0.0, 1.0 - p_long - p_short), p_long, p_short])
         votes[kind] = v / v.sum()
+        assert [out["votes"][kind][k] for k in ("hold", "buy", "sell")] == pytest.approx(votes[kind], abs=1e-12)
     # The weights: [ensemble] weights if set, else each loaded model's validation skill; equal
     # weights when a skill is unknown or none is above 0.
     configured = trained_store.config.ensemble.weights

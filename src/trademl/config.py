@@ -196,20 +196,46 @@ class EnsembleConfig(_Section):
     """How the models' votes are combined."""
 
     weights: dict[str, float] | None = Field(None, description=(
-        "Weights per model kind (lgb_5m, lgb_30m, lstm, ppo); None = from each model's validation "
-        'skill in its manifest (README: "How the ensemble decides").'))
+        "Weights per model kind (lgb_5m, lgb_30m, lstm, ppo) of the vote (method = vote, or no stacker); "
+        'None = from each model\'s validation skill in its manifest (README: "How the ensemble decides").'))
+    method: Literal["stacked", "vote"] = Field("stacked", description=(
+        "stacked: a meta-model fitted on the base models' out-of-fold votes gives the calibrated probability "
+        "that each side's trade wins after costs (trademl.models.stacker); vote: the weighted vote."))
+    stack_share: float = Field(0.25, gt=0, lt=0.9, description=(
+        "Share of the training rows (the last ones, after a purge gap) the stacker fits on; the base models "
+        "train on the rest."))
+    min_stack_rows: int = Field(1500, ge=200, description=(
+        "Fewest rows for the stacker (and for the base models beside it); fewer: no stacker, the vote decides."))
+    horizon: int = Field(5, gt=0, description=(
+        "The trade the confidence is about: entered at the next open, closed this many bars later "
+        "(a labelled horizon; else the shortest one)."))
 
 
 class BacktestConfig(_Section):
     """The walk-forward backtest and its report."""
 
-    confidence_threshold: float = Field(0.7, description=(
-        "The guide's rule: BUY/SELL move the position by one contract, only above this confidence."))
+    confidence_threshold: float | Literal["auto"] = Field(0.7, description=(
+        "The guide's rule: BUY/SELL move the position by one contract, only above this confidence (with the "
+        "stacker: the probability that the trade wins after costs). \"auto\": the stacker's threshold, chosen "
+        "on its validation span from 0.5, 0.55, ..., 0.7."))
     n_folds: int = Field(4, description="Walk-forward folds (each trains the models on the past, trades the fold).")
+    hold_bars: int | None = Field(None, ge=1, description=(
+        "None: the guide's rule (a position changes only on a counted signal); N: each counted BUY/SELL holds "
+        "one contract for N bars, the trade a win probability is about. The walk-forward with the stacker "
+        "uses [ensemble] horizon when this is None."))
     hit_rate_horizon: int = Field(5, description=(
         "The report's confidence chart: a signal hits when the price moved its way from the fill "
         "(next open) to the close this many bars after the signal."))
     random_baseline_seed: int = Field(0, description="Seed of the random-entries baseline.")
+
+
+def fixed_threshold(value, where: str = "[backtest] confidence_threshold") -> float:
+    """A numeric confidence threshold; "auto" only means something where a stacker chose one
+    on its validation span (the walk-forward, the predictor), so elsewhere it is refused."""
+    if value == "auto":
+        raise TradeMLError('confidence_threshold "auto" is chosen by the stacker on its validation span; '
+                           "here give a number", where=where, hint="e.g. --threshold 0.6")
+    return float(value)
 
 
 class ServeConfig(_Section):

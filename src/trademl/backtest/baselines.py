@@ -17,7 +17,7 @@ import pandas as pd
 
 from trademl.backtest.engine import BacktestResult, run_backtest
 from trademl.backtest.metrics import compute_metrics, deflate_all
-from trademl.config import resolve_config
+from trademl.config import fixed_threshold, resolve_config
 from trademl.segments import bars_to_end
 from trademl.errors import TradeMLError
 
@@ -90,15 +90,16 @@ def random_entries(bars: pd.DataFrame, like: BacktestResult, *, n_trades: int | 
 
 
 def model_alone(bars: pd.DataFrame, like: BacktestResult, name: str, signals, *,
-                confidence_threshold: float) -> BacktestResult:
+                confidence_threshold: float, hold_bars: int | None = None) -> BacktestResult:
     model = like.model
     return run_backtest(bars, signals, spec=model.spec, costs=_costs_of(model), max_position_size=model.max_position,
                         confidence_threshold=confidence_threshold, segments=like.segments,
-                        initial_balance=like.initial_balance, name=name)
+                        initial_balance=like.initial_balance, name=name, hold_bars=hold_bars)
 
 
 def run_baselines(bars: pd.DataFrame, result: BacktestResult, *, model_signals: dict | None = None,
-                  confidence_threshold: float | None = None, seed: int | None = None) -> dict[str, BacktestResult]:
+                  confidence_threshold: float | None = None, seed: int | None = None,
+                  hold_bars: int | None = None) -> dict[str, BacktestResult]:
     """The strategy plus every baseline, keyed by display name (the strategy first).
 
     ``confidence_threshold`` and ``seed`` left as None are [backtest] confidence_threshold
@@ -107,12 +108,13 @@ def run_baselines(bars: pd.DataFrame, result: BacktestResult, *, model_signals: 
         bt = resolve_config().backtest
         confidence_threshold = bt.confidence_threshold if confidence_threshold is None else confidence_threshold
         seed = bt.random_baseline_seed if seed is None else seed
+    confidence_threshold = fixed_threshold(confidence_threshold)
     runs = {result.name: result}
     for run in (flat(bars, result), buy_and_hold(bars, result), random_entries(bars, result, seed=seed)):
         runs[run.name] = run
     for name, signals in (model_signals or {}).items():
         runs[f"{name} alone"] = model_alone(bars, result, f"{name} alone", signals,
-                                            confidence_threshold=confidence_threshold)
+                                            confidence_threshold=confidence_threshold, hold_bars=hold_bars)
     return runs
 
 

@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from trademl.config import Config, CostsConfig, resolve_config
+from trademl.config import Config, CostsConfig, fixed_threshold, resolve_config
 from trademl.segments import segment_ids
 from trademl.errors import DataError, TradeMLError
 from trademl.market.actions import ACTION_NAMES, DIRECTION
@@ -60,7 +60,7 @@ def action_codes(action) -> np.ndarray:
 
 
 def target_from_signals(action, confidence, *, max_position_size: int, confidence_threshold: float,
-                        segments=None) -> np.ndarray:
+                        segments=None, hold_bars: int | None = None) -> np.ndarray:
     """The guide's +/-1 contract rule as a target-position series (decided at each bar's close).
 
     A signal counts when its confidence is strictly above the threshold (NaN never counts);
@@ -70,7 +70,7 @@ def target_from_signals(action, confidence, *, max_position_size: int, confidenc
     conf = np.asarray(confidence, dtype=np.float64)
     if conf.shape != codes.shape:
         raise DataError(f"{len(conf)} confidences for {len(codes)} actions", where="signals, field confidence")
-    return target_from_directions(codes, conf > confidence_threshold, max_position_size, segments)
+    return target_from_directions(codes, conf > confidence_threshold, max_position_size, segments, hold_bars)
 
 
 # ----------------------------------------------------------------------------- trade list
@@ -273,6 +273,7 @@ def run_backtest(
     name: str = "strategy",
     config: Config | None = None,
     account=None,
+    hold_bars: int | None = None,
 ) -> BacktestResult:
     """Backtest per-bar signals (or a target-position series) through the shared execution model.
 
@@ -284,12 +285,15 @@ def run_backtest(
     ``segments`` to :func:`segment_ids` of the bars; ``costs``, ``max_position_size``,
     ``confidence_threshold``, ``max_gap_minutes`` and ``initial_balance`` left as None come
     from ``config`` (resolved by :func:`resolve_config`: [costs], [account], [backtest], [data]).
+    ``hold_bars`` (else [backtest] hold_bars of a given config): each counted signal holds one
+    contract for that many bars (``trademl.market.broker.held_target``) instead of the guide's rule.
     """
     needed = (costs, max_position_size, confidence_threshold, max_gap_minutes, initial_balance)
     cfg = resolve_config(config) if config is not None or None in needed else None
     costs = cfg.costs if costs is None else costs
     max_position_size = cfg.account.max_position_size if max_position_size is None else max_position_size
-    confidence_threshold = cfg.backtest.confidence_threshold if confidence_threshold is None else confidence_threshold
+    confidence_threshold = fixed_threshold(cfg.backtest.confidence_threshold if confidence_threshold is None
+                                           else confidence_threshold)
     max_gap_minutes = cfg.data.max_gap_minutes if max_gap_minutes is None else max_gap_minutes
     initial_balance = cfg.account.initial_balance if initial_balance is None else initial_balance
     if (signals is None) == (target is None):
@@ -313,8 +317,10 @@ def run_backtest(
     action = confidence = None
     if signals is not None:
         action, confidence = _signal_columns(signals, n, bars.index)
+        if hold_bars is None and cfg is not None:
+            hold_bars = cfg.backtest.hold_bars
         wanted = target_from_signals(action, confidence, max_position_size=max_position_size,
-                                     confidence_threshold=confidence_threshold, segments=seg)
+                                     confidence_threshold=confidence_threshold, segments=seg, hold_bars=hold_bars)
         action = action_codes(action)
     else:
         wanted = _target_array(target, n, max_position_size)

@@ -116,12 +116,12 @@ def backtest_signals(bars: pd.DataFrame, signals: pd.DataFrame, *, config=None, 
     also gets an ATR stop and target ([risk] stop_atr, target_atr) checked inside each bar."""
     from trademl.backtest.baselines import buy_and_hold, comparison_table, flat
     from trademl.backtest.engine import run_backtest
-    from trademl.config import resolve_config
+    from trademl.config import fixed_threshold, resolve_config
     from trademl.market.contracts import spec_of_bars
 
     cfg = resolve_config(config)
     per_bar, early = align_signals(signals, bars)
-    threshold = cfg.backtest.confidence_threshold if threshold is None else threshold
+    threshold = fixed_threshold(cfg.backtest.confidence_threshold if threshold is None else threshold)
     spec = spec_of_bars(bars, bars.attrs.get("symbol") or cfg.data.symbol, cfg)
     rules = None
     if account is not None:

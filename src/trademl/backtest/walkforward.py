@@ -45,10 +45,12 @@ import numpy as np
 import pandas as pd
 
 from trademl.config import Config, resolve_config, small_budget
+from trademl.data.dataset import sub_dataset
 from trademl.errors import InsufficientDataError, TradeMLError
 from trademl.market.actions import direction_of
 from trademl.market.execution import ExecutionModel
 from trademl.models.base import ModelInputs, Votes, kind_order, open_runtime
+from trademl.models.stacker import STACKER_KIND
 from trademl.predict.decision import choose_weights, decide
 
 ENSEMBLE = "ensemble"
@@ -69,14 +71,6 @@ def budget_config(config: Config, budget: str | None) -> Config:
     raise TradeMLError(f"budget must be one of {', '.join(BUDGETS)}, not {budget!r}", where="--budget")
 
 
-def sub_dataset(dataset, rows: np.ndarray):
-    """The dataset restricted to ``rows`` (a contiguous, time-ordered block)."""
-    from trademl.data.dataset import Dataset
-
-    frame = dataset.frame.iloc[int(rows[0]): int(rows[-1]) + 1]
-    return Dataset(frame, dict(dataset.manifest), None, getattr(dataset, "path", None))
-
-
 # ----------------------------------------------------------------------------- predicting one fold
 
 
@@ -89,6 +83,22 @@ class FoldPrediction:
     action: np.ndarray  # ensemble: 0 hold, 1 buy, 2 sell
     confidence: np.ndarray
     alone: dict  # "<kind>" -> (action 0/1/2, confidence)
+    thresholds: dict  # "ensemble" and each "<kind>" -> the confidence its signals must be above
+    stacked: object = None  # the stacker's StackedDecision when it decided, else None
+
+
+def fold_thresholds(config: Config, stacker, kinds) -> dict:
+    """The thresholds in force in one fold: [backtest] confidence_threshold for every run, or with
+    "auto" the ones the fold's stacker chose on its validation span (``trademl.models.stacker``)."""
+    from trademl.models.stacker import THRESHOLD_GRID
+
+    t = config.backtest.confidence_threshold
+    if t != "auto":
+        return {ENSEMBLE: float(t), **{k: float(t) for k in kinds}}
+    if stacker is None:  # no stacker in this fold (too few rows): the grid's most cautious threshold
+        return {ENSEMBLE: max(THRESHOLD_GRID), **{k: max(THRESHOLD_GRID) for k in kinds}}
+    return {ENSEMBLE: stacker.threshold_auto,
+            **{k: stacker.alone_thresholds.get(k, max(THRESHOLD_GRID)) for k in kinds}}
 
 
 def open_runtimes(stored: dict) -> dict:
@@ -97,33 +107,58 @@ def open_runtimes(stored: dict) -> dict:
 
 
 def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_segments: np.ndarray,
-                 config: Config, limits=None) -> FoldPrediction:
+                 config: Config, limits=None, stacker=None) -> FoldPrediction:
     """Every model and the ensemble on the test ``rows`` of ``dataset`` (see the module doc).
 
     Kinds whose votes do not depend on the account predict the whole fold in one batch;
     kinds that observe the account (the PPO agent) run bar by bar beside the broker.
     ``limits``: the accounts' rules state (``AccountLimits`` over 1 + observing kinds accounts),
-    carried from fold to fold by the caller; None without rules.
+    carried from fold to fold by the caller; None without rules. ``stacker``: the fold's
+    ``StackerRuntime``, which then decides for the ensemble (None: the weighted vote).
     """
     inputs = ModelInputs(dataset.X, rows, dataset.segments)
     votes = {kind: rt.predict(inputs) for kind, rt in runtimes.items() if not rt.needs_account}
+    thresholds = fold_thresholds(config, stacker, runtimes)
     alone = {}
     for kind, v in votes.items():
         single = decide({kind: v.vote}, {kind: 1.0})
         alone[kind] = (single.action, single.confidence)
     observing = {kind: rt for kind, rt in runtimes.items() if rt.needs_account}
+    stacked = _stacked_fold(stacker, runtimes, votes, inputs, dataset, rows, config, thresholds[ENSEMBLE])
     if observing:
         action, confidence, looped = _account_loop(observing, votes, list(runtimes), weights, dataset, inputs,
-                                                   bt_segments, config, limits)
+                                                   bt_segments, config, limits, stacked, thresholds)
         votes.update(looped.votes)
         alone.update(looped.alone)
         extra = looped.outputs
+    elif stacked is not None:
+        action, confidence, extra = stacked.action, stacked.confidence, {}
     else:
         decision = decide({k: v.vote for k, v in votes.items()}, weights)
         action, confidence, extra = decision.action, decision.confidence, {}
     outputs = {f"{kind}_{name}": values for kind, v in votes.items() for name, values in v.outputs.items()}
     outputs.update(extra)
-    return FoldPrediction({k: v.vote for k, v in votes.items()}, outputs, action, confidence, alone)
+    if stacked is not None:
+        outputs.update({"stacker_p_win_long": stacked.p_long, "stacker_p_win_short": stacked.p_short,
+                        "stacker_pnl_long": stacked.pnl_long, "stacker_pnl_short": stacked.pnl_short,
+                        "stacker_contracts": stacked.contracts.astype(np.float64)})
+    return FoldPrediction({k: v.vote for k, v in votes.items()}, outputs, action, confidence, alone, thresholds,
+                          stacked)
+
+
+def _stacked_fold(stacker, runtimes: dict, votes: dict, inputs: ModelInputs, dataset, rows, config: Config,
+                  threshold: float):
+    """The stacker's decision on every bar of the fold in one batch (None without a stacker). The
+    agents that observe an account vote from a flat one here, as the stacker was fitted, so the
+    decision does not depend on the positions it leads to."""
+    if stacker is None:
+        return None
+    stack_votes = {k: v.vote for k, v in votes.items()}
+    for kind, rt in runtimes.items():
+        if rt.needs_account:
+            stack_votes[kind] = rt.predict(inputs).vote
+    return stacker.decide(stack_votes, dataset.X[rows], dataset.feature_names, threshold=threshold,
+                          max_contracts=config.account.max_position_size)
 
 
 @dataclass
@@ -134,11 +169,12 @@ class _Looped:
 
 
 def _account_loop(observing: dict, votes: dict, order: list, weights: dict, dataset, inputs: ModelInputs,
-                  bt_segments: np.ndarray, config: Config, limits=None):
+                  bt_segments: np.ndarray, config: Config, limits=None, stacked=None, thresholds=None):
     """Bar by bar through the broker: account 0 is the ensemble's, account 1 + j the j-th observing
     kind's own. At each close every observing kind sees the ensemble's account (its vote joins
-    the ensemble's) and its own (its decision alone); the decisions count above the threshold,
-    move the broker's targets, and fill at the next open (flat before a gap or a fold boundary).
+    the ensemble's, unless the stacker's ``stacked`` decisions are the ensemble's) and its own (its
+    decision alone); the decisions count above their ``thresholds``, move the broker's targets, and
+    fill at the next open (flat before a gap or a fold boundary).
     """
     from trademl.market.broker import Broker
     from trademl.segments import bars_to_end, segment_start_mask
@@ -150,14 +186,15 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
     n, kinds = len(rows), list(observing)
     starts, left = segment_start_mask(bt_segments), bars_to_end(bt_segments)
     execution = ExecutionModel.from_config(dataset.spec, config.costs, config.account.max_position_size)
-    broker = Broker(execution, 1 + len(kinds), config.account.initial_balance)
+    broker = Broker(execution, 1 + len(kinds), config.account.initial_balance, hold_bars=holding_bars(config))
     account_day = None
     if limits is not None:  # the accounts are the rules' (see the module doc)
         from trademl.risk.account import trading_days
 
         broker.initial_balance = limits.rules.starting_balance
         account_day = trading_days(frame.index[rows], limits.rules)[0]
-    threshold = config.backtest.confidence_threshold
+    thresholds = thresholds or fold_thresholds(config, None, kinds)
+    threshold = np.array([thresholds[ENSEMBLE], *(thresholds[k] for k in kinds)])
     seen = np.zeros((n, 1 + len(kinds)))
     bar_pnl = 0.0  # the P&L booked for the bar being observed (by the previous bar's fill)
     seen_room = np.ones((n, 2))  # the ensemble account's room to its limits, as observed (under rules)
@@ -184,7 +221,9 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
                 row_votes[kind] = both.vote[0]
                 single = decide({kind: both.vote[1:]}, {kind: 1.0})
                 codes[i, 1 + j], conf[i, 1 + j] = single.action[0], single.confidence[0]
-        if row_votes:
+        if stacked is not None:
+            codes[i, 0], conf[i, 0] = stacked.action[i], stacked.confidence[i]
+        elif row_votes:
             decision = decide({k: row_votes[k][None] for k in order if k in row_votes}, weights)
             codes[i, 0], conf[i, 0] = decision.action[0], decision.confidence[0]
         broker.signal(codes[i], conf[i] > threshold)
@@ -240,6 +279,14 @@ class FoldOutcome:
     weight_warning: str | None
     skipped: dict
     seconds: dict
+    thresholds: dict = None  # "ensemble" and each "<kind>" -> the threshold in force in this fold
+    stacker: str | None = None  # the stacker's version when it decided this fold
+
+
+def _open_stacker(stored):
+    from trademl.models.stacker import StackerRuntime
+
+    return None if stored is None else StackerRuntime.load(stored)
 
 
 @dataclass
@@ -280,7 +327,8 @@ class WalkForwardResult:
                           + (f", ATR stops {self.stops['stop_atr']:g} / targets {self.stops['target_atr']:g}"
                              if self.stops else ""))
         self.report_path = write_report(path, self.runs, bars=self.bars, main=ENSEMBLE, table=self.table, title=title,
-                                        confidence_threshold=bt.confidence_threshold,
+                                        confidence_threshold=(None if bt.confidence_threshold == "auto"
+                                                              else bt.confidence_threshold),
                                         hit_rate_horizon=bt.hit_rate_horizon, calibration=self.calibration,
                                         pbo=self.pbo)
         return self.report_path
@@ -354,6 +402,7 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
             trained = train_models(sub_dataset(dataset, fold.train), cfg, root, models=models,
                                    work_dir=Path(tmp) / "checkpoints", skip_failed=True)
             stored = {k: ModelStore(root).load(k) for k in trained.stored}
+            stacker = _open_stacker(stored.pop(STACKER_KIND, None))
             if not stored:
                 raise InsufficientDataError(f"fold {fold.number + 1}: no model could be trained: {trained.skipped}",
                                             where="walk-forward", hint="use more data or fewer folds")
@@ -364,17 +413,19 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
         fold_segments = backtest_segments(dataset.segments[fold.test], np.zeros(len(fold.test)))
         predicting = time.perf_counter()
         limits = _fold_limits(limits, rules, runtimes)
-        predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg, limits)
+        predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg, limits, stacker)
         seconds = dict(trained.seconds, predict=time.perf_counter() - predicting, total=time.perf_counter() - started)
         outcomes.append(FoldOutcome(
             fold.number, (int(fold.train[0]), int(fold.train[-1])), (int(fold.test[0]), int(fold.test[-1])),
             {k: s.version for k, s in stored.items()}, {k: s.manifest.get("training_span") for k, s in stored.items()},
-            weights, warning, trained.skipped, seconds))
+            weights, warning, trained.skipped, seconds, predicted.thresholds,
+            stacker.version if stacker is not None else None))
         parts.append((fold, predicted))
-        used = ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
+        used = ("stacked" if stacker is not None else "vote: " + ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
+                + f"; threshold {predicted.thresholds[ENSEMBLE]:g}")
         parts_time = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
-        say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); weights: {used}"
-            + (f" ({warning})" if warning else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
+        say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); ensemble: {used}"
+            + (f" ({warning})" if warning and stacker is None else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
     return _assemble(dataset, cfg, horizon, parts, outcomes, account, stops)
 
 
@@ -404,27 +455,31 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
     bars = dataset.bars().iloc[rows]
     bars.attrs["symbol"] = dataset.symbol
     segments = backtest_segments(dataset.segments[rows], fold_of_row)
+    # Every run's signals count above its fold's threshold (``fold_thresholds``); what does not
+    # count is a HOLD here, so the engine trades every signal left (threshold below any confidence).
     signals = pd.DataFrame({
-        "action": direction_of(np.concatenate([p.action for _, p in parts])),
+        "action": direction_of(_counted(parts, lambda p: (p.action, p.confidence), ENSEMBLE)),
         "confidence": np.concatenate([p.confidence for _, p in parts]),
         "fold": fold_of_row,
     }, index=bars.index)
     model_signals = {}
     for kind in sorted({k for _, p in parts for k in p.alone}, key=kind_order):
         # A fold where the model was skipped holds: no signal, confidence 0.
-        held = [p.alone.get(kind, (np.zeros(len(f.test), np.int8), np.zeros(len(f.test)))) for f, p in parts]
         model_signals[kind] = pd.DataFrame({
-            "action": direction_of(np.concatenate([a for a, _ in held])),
-            "confidence": np.concatenate([c for _, c in held]),
+            "action": direction_of(_counted(parts, lambda p, k=kind: p.alone.get(k), kind)),
+            "confidence": np.concatenate([p.alone[kind][1] if kind in p.alone else np.zeros(len(f.test))
+                                          for f, p in parts]),
         }, index=bars.index)
     columns = sorted({c for _, p in parts for c in p.outputs})
     outputs = pd.DataFrame({c: np.concatenate([p.outputs.get(c, np.full(len(f.test), np.nan)) for f, p in parts])
                             for c in columns}, index=bars.index)
     bt = cfg.backtest
+    hold = holding_bars(cfg)
     strategy = run_backtest(bars, signals[["action", "confidence"]], spec=dataset.spec, segments=segments,
-                            name=ENSEMBLE, config=cfg)
-    runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=bt.confidence_threshold,
-                         seed=bt.random_baseline_seed)
+                            name=ENSEMBLE, config=cfg, confidence_threshold=ALL_COUNTED, hold_bars=hold)
+    runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=ALL_COUNTED,
+                         seed=bt.random_baseline_seed, hold_bars=hold)
+    runs.update(_threshold_trials(bars, strategy, outputs, cfg, hold))
     from trademl.backtest.baselines import is_baseline
 
     exits = _stop_inputs(dataset, bars, cfg, rows) if stops else None
@@ -434,10 +489,57 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
     # Every candidate counts as a trial, also one that never traded (with Sharpe 0): it was tried.
     candidates = [name for name in runs if not is_baseline(name)]
     table = comparison_table(runs, n_trials=len(candidates))
-    calibration = ensemble_calibration(bars, segments, strategy.model, signals, bt.hit_rate_horizon)
+    calibration = ensemble_calibration(bars, segments, strategy.model, signals, bt.hit_rate_horizon, outputs)
     return WalkForwardResult(bars, segments, signals, model_signals, outputs, outcomes, runs, table, cfg, horizon,
                              accounts=accounts, stops=stops_used(exits), pbo=candidate_pbo(runs, candidates),
                              calibration=calibration)
+
+
+ALL_COUNTED = -1.0  # an engine threshold below every confidence: the signals were cut per fold already
+
+
+def _counted(parts, signal_of, name: str) -> np.ndarray:
+    """The concatenated actions (0/1/2) of one run, HOLD where its confidence is not above the
+    threshold of its fold; a fold where the run has no signal (a skipped model) holds."""
+    out = []
+    for f, p in parts:
+        got = signal_of(p)
+        if got is None:
+            out.append(np.zeros(len(f.test), np.int8))
+            continue
+        action, confidence = got
+        out.append(np.where(confidence > p.thresholds.get(name, np.inf), action, 0).astype(np.int8))
+    return np.concatenate(out)
+
+
+def holding_bars(cfg: Config) -> int | None:
+    """How long every run of the walk-forward holds a counted signal: [backtest] hold_bars, else
+    with the stacker its [ensemble] horizon (the trade its probability is about), else the guide's
+    rule (None: until an opposite signal)."""
+    if cfg.backtest.hold_bars is not None:
+        return cfg.backtest.hold_bars
+    return cfg.ensemble.horizon if cfg.ensemble.method == "stacked" else None
+
+
+def _threshold_trials(bars: pd.DataFrame, strategy, outputs: pd.DataFrame, cfg: Config, hold: int | None) -> dict:
+    """With ``confidence_threshold = "auto"``: the stacked ensemble at each threshold of the grid,
+    every fold alike, beside the one chosen per fold. Each is a candidate of the deflated Sharpe
+    and the PBO: every threshold the choice looked at was tried."""
+    from trademl.backtest.engine import run_backtest
+    from trademl.models.stacker import THRESHOLD_GRID, choose_action
+
+    if cfg.backtest.confidence_threshold != "auto" or "stacker_p_win_long" not in outputs:
+        return {}
+    cols = [np.nan_to_num(outputs[c].to_numpy(np.float64), nan=-np.inf if c.startswith("stacker_pnl") else 0.0)
+            for c in ("stacker_p_win_long", "stacker_p_win_short", "stacker_pnl_long", "stacker_pnl_short")]
+    trials = {}
+    for t in THRESHOLD_GRID:
+        action = direction_of(choose_action(*cols, t))
+        name = f"{ENSEMBLE} at {t:g}"
+        trials[name] = run_backtest(bars, pd.DataFrame({"action": action, "confidence": 1.0}, index=bars.index),
+                                    spec=strategy.model.spec, segments=strategy.segments, name=name, config=cfg,
+                                    confidence_threshold=ALL_COUNTED, hold_bars=hold)
+    return trials
 
 
 def candidate_pbo(runs: dict, candidates: list[str]) -> float:
@@ -455,16 +557,26 @@ def candidate_pbo(runs: dict, candidates: list[str]) -> float:
 
 
 def ensemble_calibration(bars: pd.DataFrame, segments: np.ndarray, execution, signals: pd.DataFrame,
-                         horizon: int) -> dict:
-    """The ensemble's out-of-sample confidence against whether its recommended trade won after
-    costs (``metrics.trade_won`` over [backtest] hit_rate_horizon bars, priced by the engine's
-    execution model): every bar it said BUY or SELL, above the threshold or not, because the
-    threshold is a cut on this confidence. HOLD bars are left out: their confidence is about
-    no trade."""
+                         horizon: int, outputs: pd.DataFrame | None = None) -> dict:
+    """The ensemble's out-of-sample probability against whether the trade won after costs
+    (``metrics.trade_won`` over [backtest] hit_rate_horizon bars, priced by the engine's execution
+    model).
+
+    With the stacker: its win probability of both sides at every test bar (a long and a short per
+    bar), the probability every confidence and every threshold is read from; the folds where it
+    did not decide are left out. Without it: the vote's confidence on every bar it said BUY or
+    SELL, above the threshold or not; HOLD bars are left out, their confidence is about no trade.
+    """
     from trademl.backtest.metrics import confidence_calibration, trade_won
 
+    if outputs is not None and "stacker_p_win_long" in outputs:
+        n = len(bars)
+        won_long = trade_won(bars, segments, execution, np.ones(n), horizon=horizon)
+        won_short = trade_won(bars, segments, execution, -np.ones(n), horizon=horizon)
+        p = np.r_[outputs["stacker_p_win_long"].to_numpy(np.float64), outputs["stacker_p_win_short"].to_numpy(np.float64)]
+        return {**confidence_calibration(p, np.r_[won_long, won_short]), "of": "stacker p_win_long and p_win_short"}
     won = trade_won(bars, segments, execution, signals["action"].to_numpy(), horizon=horizon)
-    return confidence_calibration(signals["confidence"].to_numpy(), won)
+    return {**confidence_calibration(signals["confidence"].to_numpy(), won), "of": "vote confidence on BUY/SELL bars"}
 
 
 def _stop_inputs(dataset, bars: pd.DataFrame, cfg: Config, rows: np.ndarray) -> dict:
@@ -526,7 +638,8 @@ def verdict(result: WalkForwardResult) -> str:
         signals = result.signals
         calls = signals["confidence"][signals["action"] != 0]
         peak = f"its BUY/SELL confidence peaked at {calls.max():.2f}" if len(calls) else "it never said BUY or SELL"
-        return (f"ensemble: never traded: {peak}, the threshold is {result.config.backtest.confidence_threshold:g} "
+        used = sorted({f.thresholds[ENSEMBLE] for f in result.folds if f.thresholds})
+        return (f"ensemble: never traded: {peak}, the threshold was {', '.join(f'{t:g}' for t in used)} "
                 "(backtest.confidence_threshold); no Sharpe to test")
     if not (isinstance(dsr, float) and math.isfinite(dsr)):
         return "ensemble: no Sharpe to test (its P&L never varied)"

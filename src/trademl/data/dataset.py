@@ -523,3 +523,9 @@ def print_summary(result: BuildResult, console) -> None:
     console.print("written:")
     for p in result.written:
         console.print(f"  {p}")
+
+
+def sub_dataset(dataset, rows: np.ndarray) -> Dataset:
+    """The dataset restricted to ``rows`` (a contiguous, time-ordered block)."""
+    frame = dataset.frame.iloc[int(rows[0]): int(rows[-1]) + 1]
+    return Dataset(frame, dict(dataset.manifest), None, getattr(dataset, "path", None))

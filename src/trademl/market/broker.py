@@ -27,7 +27,7 @@ import numpy as np
 
 from trademl.market.actions import DIRECTION, HOLD
 from trademl.market.execution import ExecutionModel
-from trademl.segments import segment_end_mask, segment_start_mask
+from trademl.segments import segment_end_mask, segment_start_mask, segment_starts
 
 #: The guide's TradingState keeps the last 10 actions (codes 0/1/2, oldest first).
 RECENT_ACTIONS = 10
@@ -58,9 +58,12 @@ class AccountState:
 class Broker:
     """N accounts' positions, average entry prices, net P&L and recent actions."""
 
-    def __init__(self, execution: ExecutionModel, n: int = 1, initial_balance: float = 0.0):
+    def __init__(self, execution: ExecutionModel, n: int = 1, initial_balance: float = 0.0,
+                 hold_bars: int | None = None):
         self.execution = execution
         self.n = int(n)
+        # with hold_bars: the last hold_bars counted signals per account, each holding one contract
+        self.held = None if hold_bars is None else np.zeros((self.n, int(hold_bars)), np.int64)
         self.initial_balance = float(initial_balance)
         self.position = np.zeros(self.n, np.int64)
         self.target = np.zeros(self.n, np.int64)  # wanted after the last decision, filled at the next open
@@ -73,6 +76,8 @@ class Broker:
         idx = slice(None) if idx is None else idx
         for a in (self.position, self.target, self.avg_price, self.equity, self.recent):
             a[idx] = 0
+        if self.held is not None:
+            self.held[idx] = 0
 
     # -- what the account shows at a bar's close --
 
@@ -100,10 +105,17 @@ class Broker:
 
     def signal(self, codes, counted) -> None:
         """The position rule at a bar's close: each counted BUY/SELL moves the target one contract
-        (within the cap); the recent actions record what counted (hold otherwise)."""
+        (within the cap), or with ``hold_bars`` holds one for that many bars (``held_target``);
+        the recent actions record what counted (hold otherwise)."""
         codes = np.asarray(codes, dtype=np.int64)
         counted = np.asarray(counted, dtype=bool) & (codes != HOLD)
-        self.target = self.execution.cap(self.target + np.where(counted, DIRECTION[codes], 0)).astype(np.int64)
+        step = np.where(counted, DIRECTION[codes], 0)
+        if self.held is None:
+            self.target = self.execution.cap(self.target + step).astype(np.int64)
+        else:
+            self.held[:, :-1] = self.held[:, 1:]
+            self.held[:, -1] = step
+            self.target = self.execution.cap(self.held.sum(axis=1)).astype(np.int64)
         self.record(np.where(counted, codes, HOLD))
 
     def fill(self, new_position, prev_close, open_, close):
@@ -223,16 +235,20 @@ def clipped_cumsum(steps, lo: int, hi: int, reset=None) -> np.ndarray:
     return X.T.ravel()[:n]
 
 
-def target_from_directions(direction, counted, max_position: int, segments=None) -> np.ndarray:
+def target_from_directions(direction, counted, max_position: int, segments=None,
+                           hold_bars: int | None = None) -> np.ndarray:
     """The position rule over a whole series: the target after each bar's close.
 
     ``direction`` is +1/-1/0 per bar, ``counted`` whether that bar's signal counts. The
     target restarts from 0 at each segment start (the account was flattened before the gap).
     Only bars where something happens (a counted signal or a segment start) enter the scan;
-    the position is carried forward in between.
+    the position is carried forward in between. With ``hold_bars`` each counted signal holds
+    its contract for that many bars instead (``held_target``).
     """
     direction = np.asarray(direction, dtype=np.int8)
     counted = np.asarray(counted, dtype=bool) & (direction != 0)
+    if hold_bars is not None:
+        return held_target(direction * counted, int(hold_bars), max_position, segments)
     reset = None if segments is None else segment_start_mask(np.asarray(segments))
     event = counted if reset is None else counted | reset
     at = np.flatnonzero(event)
@@ -240,6 +256,23 @@ def target_from_directions(direction, counted, max_position: int, segments=None)
     state = clipped_cumsum(direction[at] * counted[at], -m, m, None if reset is None else reset[at])
     carried = np.concatenate(([0.0], state.astype(np.float64)))  # 0 before the first event
     return carried[np.cumsum(event, dtype=np.int32)]
+
+
+def held_target(direction, hold_bars: int, max_position: int, segments=None) -> np.ndarray:
+    """Each counted BUY / SELL (``direction`` +1 / -1, 0 none) holds one contract for ``hold_bars``
+    bars, the trade a win probability at that horizon is about (entered at the next open, closed
+    ``hold_bars`` bars later): the target after the close of bar t is the sum of the signals of
+    bars t - hold_bars + 1 .. t of its segment, within +/- ``max_position``."""
+    if hold_bars < 1:
+        raise ValueError(f"hold_bars must be >= 1, got {hold_bars}")
+    d = np.asarray(direction, dtype=np.float64)
+    n = len(d)
+    csum = np.r_[0.0, np.cumsum(d)]
+    idx = np.arange(n)
+    start = np.zeros(n, np.int64) if segments is None else segment_starts(np.asarray(segments))
+    lo = np.maximum(idx - hold_bars + 1, start)  # the window never reaches into the previous segment
+    m = float(max_position)
+    return np.clip(csum[idx + 1] - csum[lo], -m, m)
 
 
 def simulate(execution: ExecutionModel, target, open_, close, segments=None, flatten_at_segment_end=True):

@@ -5,6 +5,11 @@ for each fold (into a temporary store). The kinds come from the registry
 (``trademl.models.base``): a new kind file is trained here without a change to this module.
 One job per stored kind, so one kind failing (too little data in an early fold, an ONNX
 export that failed its parity check) can be skipped and named while the others are stored.
+
+With ``[ensemble] method = "stacked"`` the base models train on the first rows and the stacker
+(``trademl.models.stacker``) on the last ``stack_share`` of them, after a purge gap: the rows
+it fits on are out of sample for every base model it stacks. Too few rows: no stacker, every
+row trains the base models, and ``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trademl.errors import InsufficientDataError, ModelStoreError, TradeMLError
+from trademl.data.dataset import sub_dataset
 from trademl.models.base import registry
+from trademl.models.stacker import STACKER_KIND
+from trademl.models.stacker_train import stack_split
 
 
 @dataclass
@@ -59,27 +67,56 @@ def train_models(dataset, config, model_root, *, models=None, work_dir=None, ski
     cfg.paths.model_root = str(model_root)
     chosen = check_families(models or families())
     out = TrainedModels({})
+    base_data, stack_rows = dataset, None
+    if cfg.ensemble.method == "stacked":
+        base_rows, stack_rows, why_not = stack_split(dataset, cfg)
+        if stack_rows is None:
+            out.skipped[STACKER_KIND] = why_not
+        else:
+            base_data = sub_dataset(dataset, base_rows)
     for family in chosen:
-        for model in registry().models[family].for_dataset(dataset, cfg):
+        for model in registry().models[family].for_dataset(base_data, cfg):
             started = time.perf_counter()
             options = {"progress": progress, "console": console}
             if work_dir is not None:
                 options["checkpoint_dir"] = Path(work_dir) / model.kind
             try:
-                out.stored[model.kind] = model.fit(dataset, **options).save(model_root)
+                out.stored[model.kind] = model.fit(base_data, **options).save(model_root)
                 out.models[model.kind] = model
             except (InsufficientDataError, ModelStoreError) as e:
                 if not skip_failed:
                     raise
                 out.skipped[model.kind] = str(e)
             out.seconds[family] = out.seconds.get(family, 0.0) + time.perf_counter() - started
+    if stack_rows is not None and out.stored:
+        _train_stacker(dataset, stack_rows, cfg, model_root, out, skip_failed)
     return out
+
+
+def _train_stacker(dataset, rows, cfg, model_root, out: TrainedModels, skip_failed: bool) -> None:
+    """The stacker on the rows the base models did not train on (``trademl.models.stacker_train``)."""
+    from trademl.models.stacker_train import train_stacker
+
+    started = time.perf_counter()
+    try:
+        out.stored[STACKER_KIND] = train_stacker(dataset, out.stored, rows, cfg, model_root)
+    except (InsufficientDataError, ModelStoreError) as e:
+        if not skip_failed:
+            raise
+        out.skipped[STACKER_KIND] = str(e)
+    out.seconds["stacker"] = time.perf_counter() - started
 
 
 def print_trained(trained: TrainedModels, console) -> None:
     """Each trainer's own table, then what was skipped and how long it took."""
     for model in trained.models.values():
         model.print_report(console)
+    stacker = trained.stored.get(STACKER_KIND)
+    if stacker is not None:
+        m = stacker.manifest.get("metrics") or {}
+        console.print(f"stacked {', '.join(m.get('kinds', []))} on {m.get('rows', 0):,} rows none of them trained on: "
+                      f"base rate long {m.get('base_rate_long', float('nan')):.3f}, short "
+                      f"{m.get('base_rate_short', float('nan')):.3f}; auto threshold {m.get('threshold_auto')}")
     for kind, why in trained.skipped.items():
         console.print(f"[yellow]{kind} not trained: {why}[/]")
     times = ", ".join(f"{g} {s:.0f} s" for g, s in trained.seconds.items())

@@ -59,6 +59,10 @@ class EnsemblePredictor:
             "models": {k: {"version": v, "weight": m.weights.get(k)} for k, v in m.versions.items()},
             "not_loaded": dict(m.load_errors),
             "weights_note": m.weight_warning,
+            "stacker": ({"version": m.stacker.version, "kinds": m.stacker.kinds, "horizon": m.stacker.horizon,
+                         "threshold_auto": m.stacker.threshold_auto, "fitted_on": m.stacker.base_versions}
+                        if m.stacker is not None else None),
+            "stacker_note": m.stacker_note,
             "feature_names": m.feature_names,
             "sequence_length": m.history,  # rows a `sequence` must carry for every model to run
             "history": {k: rt.history for k, rt in m.runtimes.items()},
@@ -101,9 +105,11 @@ class EnsemblePredictor:
         return [self.ensemble_predict(p) for p in parsed]
 
 
-def _risk(request: PredictRequest, given, ran: dict, models: LoadedModels, recommendation: str, config) -> dict:
+def _risk(request: PredictRequest, given, ran: dict, models: LoadedModels, recommendation: str, config,
+          p_long: float | None = None, p_short: float | None = None) -> dict:
     """The ``risk`` block: the account's limits, a stop and target at ATR multiples, the size, and
-    the VaR from the LSTM's risk head when it ran (else from the ATR)."""
+    the VaR from the LSTM's risk head when it ran (else from the ATR). The size's win probability
+    is the stacker's (``p_long`` / ``p_short``) when it decided, else the shortest LightGBM's."""
     names = models.feature_names
     from trademl.market.contracts import contract_spec
     from trademl.market.execution import ExecutionModel
@@ -118,7 +124,9 @@ def _risk(request: PredictRequest, given, ran: dict, models: LoadedModels, recom
     side = 0 if recommendation == "BUY" else 1  # (long, short) pair order of the win fields
     wins = sorted((int(m.group(1)), v.outputs[key[side]][-1]) for v in ran.values() for field, key in v.fields.items()
                   if isinstance(key, tuple) and (m := re.fullmatch(r"win_(\d+)m_prob", field)))
-    if wins and recommendation != "HOLD":
+    if p_long is not None and recommendation != "HOLD":
+        horizon, p_win = models.stacker.horizon, (p_long, p_short)[side]
+    elif wins and recommendation != "HOLD":
         horizon, p_win = wins[0][0], float(wins[0][1])  # the shortest horizon's calibrated probability
     cost = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size).cost_per_contract
     lstm = ran.get("lstm")
@@ -128,6 +136,50 @@ def _risk(request: PredictRequest, given, ran: dict, models: LoadedModels, recom
     return advise(request.account, recommendation=recommendation, p_win=p_win, close=value("close"),
                   atr=None if atr_ticks is None else atr_ticks * spec.tick_size, unrealized_pnl=request.unrealized_pnl,
                   spec=spec, cost_per_contract=cost, horizon=horizon, risk_config=config.risk, risk_head=risk_head)
+
+
+def _stacked(out: dict, models: LoadedModels, given, votes: dict, config) -> None:
+    """The stacker's decision (``trademl.models.stacker``): what the walk-forward trades too. It
+    reads the agents that observe an account from a flat one, as it was fitted."""
+    import dataclasses
+
+    stack_votes = dict(votes)
+    flat = dataclasses.replace(given.inputs, account=None)
+    for kind, rt in models.runtimes.items():
+        if rt.needs_account and kind in votes and given.inputs.account is not None:
+            stack_votes[kind] = rt.predict(flat).vote
+    threshold = config.backtest.confidence_threshold
+    d = models.stacker.decide({k: v[-1:] for k, v in stack_votes.items()}, _last_row(given.inputs),
+                              models.feature_names, threshold=None if threshold == "auto" else float(threshold),
+                              max_contracts=config.account.max_position_size)
+    out["ensemble_recommendation"] = ACTION_NAMES[int(d.action[0])]
+    out["confidence_score"] = float(d.confidence[0])
+    out["hold_confidence"] = float(np.clip(1.0 - d.p_long[0] - d.p_short[0], 0.0, 1.0))
+    out["p_win_long"], out["p_win_short"] = float(d.p_long[0]), float(d.p_short[0])
+    out["expected_pnl"] = float(d.expected_pnl[0])
+    out["suggested_contracts"] = int(d.contracts[0])
+    out["threshold"] = float(d.threshold)
+
+
+def _last_row(inputs) -> np.ndarray | None:
+    rows = inputs.current_rows()
+    return None if rows is None else rows[-1:]
+
+
+def _voted(out: dict, models: LoadedModels, votes: dict, warnings: list) -> None:
+    """The weighted vote (``trademl.predict.decision.decide``): without a stacker to decide."""
+    if models.stacker_note:
+        warnings.append(models.stacker_note)
+    if models.weight_warning:
+        warnings.append(models.weight_warning)
+    decision = decide(votes, models.weights)
+    if decision.reweighted[0]:
+        # Every model that could run here has weight 0: a vote among them beats no answer,
+        # and the caller is told the weights were overridden.
+        warnings.append(f"the models that ran ({', '.join(votes)}) all have weight 0; equal weights among them")
+    out["ensemble_recommendation"] = ACTION_NAMES[int(decision.action[0])]
+    out["confidence_score"] = float(decision.confidence[0])
+    out["hold_confidence"] = float(decision.probabilities[0][0])  # the vote's share for HOLD
 
 
 def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
@@ -155,21 +207,26 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
     if not votes:
         raise RequestError("no model could run on this request: " + "; ".join(warnings), field="body",
                            kind="insufficient_input")
-    if models.weight_warning:
-        warnings.append(models.weight_warning)
-    decision = decide(votes, models.weights)
-    if decision.reweighted[0]:
-        # Every model that could run here has weight 0: a vote among them beats no answer,
-        # and the caller is told the weights were overridden.
-        warnings.append(f"the models that ran ({', '.join(votes)}) all have weight 0; equal weights among them")
-    out["ensemble_recommendation"] = ACTION_NAMES[int(decision.action[0])]
-    out["confidence_score"] = float(decision.confidence[0])
+    out["votes"] = {k: dict(zip(("hold", "buy", "sell"), (float(x) for x in v.vote[-1]))) for k, v in ran.items()}
+    if models.stacker is not None:
+        _stacked(out, models, given, votes, config)
+    else:
+        _voted(out, models, votes, warnings)
     if request.account is not None:
-        out["risk"] = _risk(request, given, ran, models, out["ensemble_recommendation"], config)
+        out["risk"] = _risk(request, given, ran, models, out["ensemble_recommendation"], config, out.get("p_win_long"),
+                            out.get("p_win_short"))
         if out["risk"]["blocked"]:
             warnings.append(f"{out['ensemble_recommendation']} blocked by the account's rules: {out['risk']['reason']}")
             out["ensemble_recommendation"] = "HOLD"
-            out["confidence_score"] = float(decision.probabilities[0][0])  # the vote's share for HOLD
+            out["confidence_score"] = out.pop("hold_confidence")
+            if "suggested_contracts" in out:
+                out["suggested_contracts"], out["expected_pnl"] = 0, 0.0
+        elif out.get("suggested_contracts"):
+            # the account's room and the Kelly size of the risk block cap the probability's size
+            out["suggested_contracts"] = int(min(out["suggested_contracts"], out["risk"]["suggested_contracts"]))
+    out.pop("hold_confidence", None)
     out["warnings"] = warnings
     out["model_versions"] = {k: models.versions[k] for k in out["models_used"]}
+    if models.stacker is not None:
+        out["model_versions"]["stacker"] = models.stacker.version
     return out

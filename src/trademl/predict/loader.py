@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from trademl.errors import TradeMLError
 from trademl.models.base import kind_order, known_kinds, open_runtime, registry
+from trademl.models.stacker import STACKER_KIND, StackerRuntime
 from trademl.predict.decision import choose_weights
 
 log = logging.getLogger("trademl.predict")
@@ -49,6 +50,8 @@ class LoadedModels:
     symbols: dict[str, str | None]
     listing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every version on disk per kind, then
     contracts: dict[str, dict | None] = field(default_factory=dict)  # per kind: the spec it was trained with
+    stacker: StackerRuntime | None = None  # decides when present (trademl.models.stacker)
+    stacker_note: str | None = None  # why the vote decides instead, when it does
 
     @property
     def contract(self) -> dict | None:
@@ -102,7 +105,9 @@ class ModelLoader:
 
     def _listing(self) -> dict[str, tuple[str, ...]]:
         """Every version on disk per kind to serve, oldest first (a directory listing, no hashing)."""
-        return {kind: tuple(self.store.versions(kind)) for kind in self.kinds()}
+        listing = {kind: tuple(self.store.versions(kind)) for kind in self.kinds()}
+        listing[STACKER_KIND] = tuple(self.store.versions(STACKER_KIND))
+        return listing
 
     def _folder_state(self, kind: str, version: str) -> tuple:
         """What changes when anything in the version folder is added, removed, grown or rewritten."""
@@ -135,59 +140,86 @@ class ModelLoader:
     def _failed_changed(self) -> bool:
         return any(self._folder_state(kind, version) != state for (kind, version), (state, _) in self._failed.items())
 
+    def _open_newest(self, kind: str, on_disk: tuple[str, ...], current: tuple | None, opener):
+        """(opened, version, stored or None, why older or newer versions failed): the newest version
+        of ``kind`` that loads, down from the newest; ``current`` = (version, opened) of the set in
+        service, kept as it is when it is still the newest good one, and when nothing newer loads."""
+        bad = []
+        for version in reversed(on_disk):  # newest first, down to the newest good one
+            if current is not None and current[0] == version:
+                return current[1], version, None, bad  # unchanged: no re-hashing, no new session
+            state = self._folder_state(kind, version)
+            known = self._failed.get((kind, version))
+            if known is not None and known[0] == state:
+                bad.append(known[1])  # failed before and nothing changed since: not re-hashed
+                continue
+            try:
+                stored = self.store.load(kind, version)
+                opened = opener(stored)
+            except Exception as e:  # one bad folder never takes the reload (or the other kinds) down
+                message = f"{kind} {version} could not be loaded: {self._reason(e)}"
+                self._failed[(kind, version)] = (state, message)
+                log.warning("%s could not be loaded: %s", self.store.root / kind / version, e)
+                bad.append(message)
+                continue
+            self._failed.pop((kind, version), None)
+            return opened, version, stored, bad
+        if current is not None:  # keep serving the model we have rather than none
+            return current[1], current[0], None, bad
+        return None, None, None, bad
+
     def _load(self, listing: dict[str, tuple[str, ...]], previous: LoadedModels | None) -> LoadedModels:
         runtimes, versions, metrics, symbols, errors, contracts = {}, {}, {}, {}, {}, {}
-
-        def keep_previous(kind):
-            runtimes[kind], versions[kind] = previous.runtimes[kind], previous.versions[kind]
-            metrics[kind], symbols[kind] = previous.metrics.get(kind, {}), previous.symbols.get(kind)
-            contracts[kind] = previous.contracts.get(kind)
-
         self._failed = {key: v for key, v in self._failed.items() if key[1] in listing.get(key[0], ())}
         for kind, on_disk in listing.items():
-            had = previous is not None and kind in previous.runtimes
+            if kind == STACKER_KIND:
+                continue
             if not on_disk:
                 errors[kind] = f"no trained {kind} model in the store"
                 continue
-            bad, chosen = [], None
-            for version in reversed(on_disk):  # newest first, down to the newest good one
-                if had and previous.versions[kind] == version:
-                    keep_previous(kind)  # unchanged: no re-hashing, no new session
-                    chosen = version
-                    break
-                state = self._folder_state(kind, version)
-                known = self._failed.get((kind, version))
-                if known is not None and known[0] == state:
-                    bad.append(known[1])  # failed before and nothing changed since: not re-hashed
-                    continue
-                try:
-                    stored = self.store.load(kind, version)
-                    runtime = open_runtime(stored)
-                except Exception as e:  # one bad folder never takes the reload (or the other kinds) down
-                    message = f"{kind} {version} could not be loaded: {self._reason(e)}"
-                    self._failed[(kind, version)] = (state, message)
-                    log.warning("%s could not be loaded: %s", self.store.root / kind / version, e)
-                    bad.append(message)
-                    continue
-                self._failed.pop((kind, version), None)
-                runtimes[kind], versions[kind] = runtime, version
-                metrics[kind], symbols[kind] = stored.manifest.get("metrics") or {}, _model_symbol(stored)
-                contracts[kind] = _model_contract(stored)
-                chosen = version
-                break
-            if chosen is None and had:  # keep serving the model we have rather than none
-                keep_previous(kind)
-                chosen = previous.versions[kind]
+            had = previous is not None and kind in previous.runtimes
+            current = (previous.versions[kind], previous.runtimes[kind]) if had else None
+            runtime, chosen, stored, bad = self._open_newest(kind, on_disk, current, open_runtime)
+            if runtime is not None:
+                runtimes[kind], versions[kind] = runtime, chosen
+                if stored is None:  # the one in service, kept
+                    metrics[kind], symbols[kind] = previous.metrics.get(kind, {}), previous.symbols.get(kind)
+                    contracts[kind] = previous.contracts.get(kind)
+                else:
+                    metrics[kind], symbols[kind] = stored.manifest.get("metrics") or {}, _model_symbol(stored)
+                    contracts[kind] = _model_contract(stored)
             if bad:
                 errors[kind] = "; ".join(bad) + (f"; serving {kind} {chosen}" if chosen else "")
         names = _common_schema(runtimes, versions, errors)
         metrics = {k: metrics[k] for k in runtimes}
-        newest = {kind: (on_disk[-1] if on_disk else None) for kind, on_disk in listing.items()}
-        weights, weight_warning = choose_weights(self.config.ensemble.weights, metrics, list(listing))
+        newest = {kind: (on_disk[-1] if on_disk else None) for kind, on_disk in listing.items() if kind != STACKER_KIND}
+        weights, weight_warning = choose_weights(self.config.ensemble.weights, metrics, list(newest))
         symbol = next((symbols[k] for k in runtimes if symbols.get(k)), None)
+        stacker, stacker_note = self._load_stacker(listing.get(STACKER_KIND, ()), previous, versions, names)
         return LoadedModels(runtimes, versions, newest, errors, names, weights, weight_warning, symbol,
                             metrics, {k: symbols.get(k) for k in runtimes}, dict(listing),
-                            {k: contracts.get(k) for k in runtimes})
+                            {k: contracts.get(k) for k in runtimes}, stacker, stacker_note)
+
+    def _load_stacker(self, on_disk: tuple[str, ...], previous: LoadedModels | None, versions: dict,
+                      names: list[str]):
+        """(the stacker to decide with or None, why not): only beside the base versions it was fitted on."""
+        if self.config.ensemble.method != "stacked":
+            return None, None
+        if not on_disk:
+            return None, ("no stacker in the store (train with `trademl train all`): the models' vote decides and "
+                          "its confidence is not a calibrated probability")
+        current = (previous.stacker.version, previous.stacker) if previous is not None and previous.stacker else None
+        stacker, version, stored, bad = self._open_newest(STACKER_KIND, on_disk, current, StackerRuntime.load)
+        if stacker is None:
+            return None, "; ".join(bad) + ": the models' vote decides"
+        if stored is not None and stored.feature_names != names and names:
+            return None, f"the stacker {version} reads another feature schema than the models: the models' vote decides"
+        stale = {k: v for k, v in stacker.base_versions.items() if versions.get(k) not in (None, v)}
+        if stale:
+            served = ", ".join(f"{k} {versions[k]} (fitted on {v})" for k, v in stale.items())
+            return None, (f"the stacker {version} was fitted on other versions than those served: {served}; "
+                          "retrain with `trademl train all`: the models' vote decides")
+        return stacker, None
 
     def maybe_reload(self, force: bool = False, wait: bool = False) -> bool:
         """Reload if a version appeared or went, or a failed one's folder changed (see the module

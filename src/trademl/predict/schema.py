@@ -269,6 +269,14 @@ class RiskResponse(BaseModel):
     reason: str | None = None
 
 
+class ModelVote(BaseModel):
+    """One model's vote over (hold, buy, sell)."""
+
+    hold: Probability
+    buy: Probability
+    sell: Probability
+
+
 class PredictResponse(BaseModel):
     """Exactly the guide's fields, plus warnings and model_versions. Absent = that model did not run."""
 
@@ -288,7 +296,20 @@ class PredictResponse(BaseModel):
     ppo_hold_prob: Probability | None = None
     ppo_state_value: float | None = None
     ensemble_recommendation: Literal["BUY", "SELL", "HOLD"]
-    confidence_score: Probability
+    confidence_score: Probability = Field(description=(
+        "With the stacker: the calibrated probability that the recommended trade (entered at the next open, "
+        "closed [ensemble] horizon bars later) wins after costs; for HOLD, that neither side would have. "
+        "Without it (see warnings): the models' weighted vote, not a probability."))
+    p_win_long: Probability | None = Field(None, description="Calibrated probability that a long wins after costs.")
+    p_win_short: Probability | None = Field(None, description="Calibrated probability that a short wins after costs.")
+    expected_pnl: float | None = Field(None, description=(
+        "Expected P&L of the recommended trade, dollars per contract after costs (0 for HOLD)."))
+    suggested_contracts: int | None = Field(None, ge=0, description=(
+        "Bet size: Lopez de Prado's 2*Phi(z)-1 of the probability times max_position_size (0 for HOLD); with "
+        "an account, never above the risk block's size."))
+    threshold: Probability | None = Field(None, description=(
+        "The win probability a BUY or SELL had to clear (confidence_threshold, or the stacker's auto one)."))
+    votes: dict[str, ModelVote] = Field(default_factory=dict, description="What each model that ran said.")
     warnings: list[str] = Field(default_factory=list)
     model_versions: dict[str, str] = Field(default_factory=dict)
     risk: RiskResponse | None = None

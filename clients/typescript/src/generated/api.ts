@@ -187,6 +187,18 @@ export interface components {
             }[] | null;
             error: components["schemas"]["ErrorDetail"];
         };
+        /**
+         * ModelVote
+         * @description One model's vote over (hold, buy, sell).
+         */
+        ModelVote: {
+            /** Buy */
+            buy: number;
+            /** Hold */
+            hold: number;
+            /** Sell */
+            sell: number;
+        };
         /** PredictRequest */
         PredictRequest: {
             /** @description the prop-firm account: adds `risk` to the answer */
@@ -259,13 +271,21 @@ export interface components {
          * @description Exactly the guide's fields, plus warnings and model_versions. Absent = that model did not run.
          */
         PredictResponse: {
-            /** Confidence Score */
+            /**
+             * Confidence Score
+             * @description With the stacker: the calibrated probability that the recommended trade (entered at the next open, closed [ensemble] horizon bars later) wins after costs; for HOLD, that neither side would have. Without it (see warnings): the models' weighted vote, not a probability.
+             */
             confidence_score: number;
             /**
              * Ensemble Recommendation
              * @enum {string}
              */
             ensemble_recommendation: "BUY" | "SELL" | "HOLD";
+            /**
+             * Expected Pnl
+             * @description Expected P&L of the recommended trade, dollars per contract after costs (0 for HOLD).
+             */
+            expected_pnl?: number | null;
             /** Lstm Buy Prob */
             lstm_buy_prob?: number | null;
             /** Lstm Expected Movement */
@@ -282,6 +302,16 @@ export interface components {
             };
             /** Models Used */
             models_used: string[];
+            /**
+             * P Win Long
+             * @description Calibrated probability that a long wins after costs.
+             */
+            p_win_long?: number | null;
+            /**
+             * P Win Short
+             * @description Calibrated probability that a short wins after costs.
+             */
+            p_win_short?: number | null;
             /** Ppo Buy Prob */
             ppo_buy_prob?: number | null;
             /** Ppo Hold Prob */
@@ -291,8 +321,25 @@ export interface components {
             /** Ppo State Value */
             ppo_state_value?: number | null;
             risk?: components["schemas"]["RiskResponse"] | null;
+            /**
+             * Suggested Contracts
+             * @description Bet size: Lopez de Prado's 2*Phi(z)-1 of the probability times max_position_size (0 for HOLD); with an account, never above the risk block's size.
+             */
+            suggested_contracts?: number | null;
+            /**
+             * Threshold
+             * @description The win probability a BUY or SELL had to clear (confidence_threshold, or the stacker's auto one).
+             */
+            threshold?: number | null;
             /** Timestamp */
             timestamp: string;
+            /**
+             * Votes
+             * @description What each model that ran said.
+             */
+            votes?: {
+                [key: string]: components["schemas"]["ModelVote"];
+            };
             /** Warnings */
             warnings?: string[];
             /** Win 30M Prob */

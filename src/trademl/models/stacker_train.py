@@ -1,0 +1,206 @@
+"""Fitting the stacked ensemble (``trademl.models.stacker``) on the base models' out-of-fold votes.
+
+``stack_split`` cuts a training set in two: the base models train on the first rows, and the
+stacker on the last ``[ensemble] stack_share`` of them, after a purge gap of the longest label
+horizon plus the embargo (no label of a base model's training row reaches into the stacker's
+rows). ``train_stacker`` has the stored base models' serving runtimes vote on those rows,
+fits the stacker there (scikit-learn, training time only) and stores it as kind ``stacker``
+with the versions of the base models it was fitted on: the predictor uses it only beside
+exactly those versions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trademl.errors import InsufficientDataError, ModelStoreError
+from trademl.models import stacker as st
+
+
+def stack_split(dataset, config):
+    """(rows the base models train on, rows the stacker fits on) or (all rows, None, why not)."""
+    ens = config.ensemble
+    n = len(dataset.frame)
+    n_stack = int(n * ens.stack_share)
+    horizon = max(dataset.horizons)
+    gap = horizon + (horizon if config.lgbm.embargo_bars is None else config.lgbm.embargo_bars)
+    if n_stack < ens.min_stack_rows or n - n_stack - gap < ens.min_stack_rows:
+        return np.arange(n), None, (f"{n:,} training rows leave {n_stack:,} for the stacker, fewer than "
+                                    f"[ensemble] min_stack_rows = {ens.min_stack_rows:,}: the models' vote decides")
+    return np.arange(n - n_stack - gap), np.arange(n - n_stack, n), None
+
+
+def stack_horizon(dataset, config) -> int:
+    """The trade the stacker's probability is about: [ensemble] horizon, or the shortest labelled one."""
+    h = config.ensemble.horizon
+    return h if h in dataset.horizons else min(dataset.horizons)
+
+
+def trade_outcomes(dataset, rows: np.ndarray, horizon: int, config):
+    """(won_long, won_short, pnl_long, pnl_short) of the rows' trades (NaN where unknown)."""
+    from trademl.market.execution import ExecutionModel
+
+    frame = dataset.frame.iloc[rows]
+    cost = ExecutionModel.from_config(dataset.spec, config.costs, config.account.max_position_size).round_trip_cost
+    pnl_long = frame[f"pnl_long_{horizon}"].to_numpy(np.float64)
+    # the short's gross is the long's negated; both pay the round trip
+    pnl_short = -(pnl_long + cost) - cost
+    return (frame[f"win_long_{horizon}"].to_numpy(np.float64), frame[f"win_short_{horizon}"].to_numpy(np.float64),
+            pnl_long, pnl_short)
+
+
+def per_bar_sharpe(action: np.ndarray, pnl_long: np.ndarray, pnl_short: np.ndarray) -> tuple[float, int]:
+    """(mean / sd of the per-bar P&L of the decisions, 0 where HOLD; the number of trades)."""
+    realised = np.where(action == 1, pnl_long, np.where(action == 2, pnl_short, 0.0))
+    trades = int((action != 0).sum())
+    sd = realised.std()
+    return (float(realised.mean() / sd) if sd > 0 else 0.0), trades
+
+
+def best_threshold(actions_at, pnl_long, pnl_short) -> tuple[float, dict]:
+    """The grid threshold with the best per-bar Sharpe (at least MIN_TRADES decisions; ties: the
+    higher one); the highest when none has enough. Returns (threshold, {threshold: sharpe})."""
+    scores = {}
+    for t in st.THRESHOLD_GRID:
+        sharpe, trades = per_bar_sharpe(actions_at(t), pnl_long, pnl_short)
+        scores[t] = sharpe if trades >= st.MIN_TRADES else None
+    usable = {t: s for t, s in scores.items() if s is not None}
+    if not usable:
+        return max(st.THRESHOLD_GRID), scores
+    best = max(usable.values())
+    return max(t for t, s in usable.items() if s == best), scores
+
+
+def _masked_copies(values, present, context, copies: int, seed: int):
+    """The rows, then ``copies`` copies with each base kind dropped with DROP_PROBABILITY."""
+    rng = np.random.default_rng(seed)
+    out_v, out_p = [values], [present]
+    for _ in range(copies):
+        kept = present & (rng.random(present.shape) >= st.DROP_PROBABILITY)
+        v = values.copy()
+        v[~np.repeat(kept, 2, axis=1)] = np.nan  # a kind's two logits go with it
+        out_v.append(v)
+        out_p.append(kept)
+    return np.concatenate(out_v), np.concatenate(out_p), np.tile(context, (copies + 1, 1))
+
+
+def _logistic(X: np.ndarray, y: np.ndarray):
+    """(coefficients, intercept) of the L2 logistic regression (scikit-learn) of y on X."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=st.L2_C, max_iter=2000).fit(X, y)
+    return model.coef_[0], float(model.intercept_[0])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int) -> np.ndarray:
+    """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): time
+    blocks of the n rows, each scored by a regression fitted on the other blocks, less ``horizon``
+    rows either side of it (whose outcomes overlap the block's)."""
+    n = len(X) // (copies + 1)
+    scores = np.empty(len(X))
+    edges = np.linspace(0, n, st.CROSS_FIT_BLOCKS + 1).astype(int)
+    t = np.tile(np.arange(n), copies + 1)  # each stacked row's bar
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        held = (t >= lo) & (t < hi)
+        train = (t < lo - horizon) | (t >= hi + horizon)
+        coef, intercept = _logistic(X[train], y[train])
+        scores[held] = _sigmoid(X[held] @ coef + intercept)
+    return scores
+
+
+def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcomes, *, horizon: int,
+                seed: int = 0) -> tuple[dict, dict]:
+    """(the stacker's parameters, its metrics) from the base kinds' votes on the stacking rows,
+    the rows' features and ``trade_outcomes``. See ``trademl.models.stacker``."""
+    from trademl.models.calibration import IsotonicCalibrator, expected_calibration_error
+
+    won_long, won_short, pnl_long, pnl_short = outcomes
+    kinds = list(votes)
+    known = np.isfinite(won_long) & np.isfinite(won_short)
+    n = int(known.sum())
+    if n < 200:
+        raise InsufficientDataError(f"the stacker has {n} rows with a known outcome, fewer than 200", where="stacker")
+    votes = {k: np.asarray(v, np.float64)[known] for k, v in votes.items()}
+    rows = np.asarray(rows, np.float64)[known]
+    won = {"long": won_long[known], "short": won_short[known]}
+    pnl = {"long": pnl_long[known], "short": pnl_short[known]}
+    values, present = st.raw_inputs(votes, kinds, n)
+    context = st.context_inputs(rows, feature_names, n)
+    scaling = st.Scaling.fit(values, context)
+    copies = _masked_copies(values, present, context, st.MASKED_COPIES, seed)
+    X, informed = st.design(*copies, scaling), copies[1].any(axis=1)
+    params = {"kinds": kinds, "horizon": int(horizon), "mean": scaling.mean.tolist(), "scale": scaling.scale.tolist(),
+              "context_mean": scaling.context_mean.tolist(), "context_scale": scaling.context_scale.tolist(),
+              "context_features": list(st.CONTEXT_FEATURES), "coef": {}, "intercept": {}, "calibration": {},
+              "base_rate": {}, "average_win": {}, "average_loss": {}}
+    metrics = {"rows": n, "kinds": kinds, "method": "L2 logistic regression per side, isotonic on cross-fitted scores"}
+    out_of_fold = {}
+    for side in st.SIDES:
+        y = np.tile(won[side], st.MASKED_COPIES + 1)
+        oof = cross_fitted_scores(X, y, st.MASKED_COPIES, horizon)
+        calibrator = IsotonicCalibrator.fit(oof[informed], y[informed])
+        coef, intercept = _logistic(X, y)
+        wins, losses = pnl[side][pnl[side] > 0], pnl[side][pnl[side] <= 0]
+        params["coef"][side], params["intercept"][side] = coef.tolist(), intercept
+        params["calibration"][side] = calibrator.to_dict()
+        params["base_rate"][side] = float(won[side].mean())
+        params["average_win"][side] = float(wins.mean()) if len(wins) else 0.0
+        params["average_loss"][side] = float(-losses.mean()) if len(losses) else 0.0
+        out_of_fold[side] = calibrator.apply(oof[:n])  # the unmasked rows
+        metrics[f"ece_{side}_out_of_fold"] = float(expected_calibration_error(out_of_fold[side], won[side]))
+        metrics[f"base_rate_{side}"] = params["base_rate"][side]
+    _choose_thresholds(params, metrics, out_of_fold, votes, pnl)
+    return params, metrics
+
+
+def _choose_thresholds(params: dict, metrics: dict, out_of_fold: dict, votes: dict, pnl: dict) -> None:
+    """The auto threshold of the stacker, from its out-of-fold probabilities, and of each base
+    model alone, from its own vote, on the same rows (see ``best_threshold``)."""
+    runtime = st.StackerRuntime({**params, "threshold_auto": 0.5})
+    e_long, e_short = runtime.expected_pnl(out_of_fold["long"], "long"), runtime.expected_pnl(out_of_fold["short"], "short")
+    stacked = lambda t: st.choose_action(out_of_fold["long"], out_of_fold["short"], e_long, e_short, t)  # noqa: E731
+    params["threshold_auto"], scores = best_threshold(stacked, pnl["long"], pnl["short"])
+    params["alone_thresholds"] = {}
+    for kind, v in votes.items():
+        # A model alone is the vote of one model: its argmax (ties to HOLD) with that share as its
+        # confidence (``trademl.predict.decision.decide`` with one model).
+        voted = np.isfinite(v).all(axis=1)
+        filled = np.where(voted[:, None], v, 0.0)
+        action, confidence = np.argmax(filled, axis=1), filled.max(axis=1)
+        alone = lambda t, a=action, c=confidence, ok=voted: np.where(ok & (c > t), a, 0)  # noqa: E731
+        params["alone_thresholds"][kind] = best_threshold(alone, pnl["long"], pnl["short"])[0]
+    metrics["threshold_auto"] = params["threshold_auto"]
+    metrics["threshold_sharpe"] = {f"{t:g}": s for t, s in scores.items()}
+    metrics["alone_thresholds"] = params["alone_thresholds"]
+
+
+def train_stacker(dataset, stored: dict, rows: np.ndarray, config, model_root):
+    """Fit the stacker on ``rows`` from the votes of the ``stored`` base models and store it."""
+    import json
+
+    from trademl.models.base import ModelInputs, kind_order, open_runtime
+    from trademl.models.store import ModelStore
+
+    kinds = sorted(stored, key=kind_order)
+    inputs = ModelInputs(dataset.X, rows, dataset.segments)  # no account: the PPO agent votes from flat
+    votes = {k: open_runtime(stored[k]).predict(inputs).vote for k in kinds}
+    horizon = stack_horizon(dataset, config)
+    params, metrics = fit_stacker(votes, dataset.X[rows], dataset.feature_names,
+                                  trade_outcomes(dataset, rows, horizon, config), horizon=horizon)
+    index = dataset.frame.index
+    span = {"start": index[rows[0]].isoformat(), "end": index[rows[-1]].isoformat(), "rows": int(len(rows))}
+    info = {"base_versions": {k: stored[k].version for k in kinds}, "horizon": horizon,
+            "symbol": dataset.symbol, "method": "L2 logistic regression per side + isotonic calibration"}
+    try:
+        with ModelStore(model_root).writer(st.STACKER_KIND, feature_schema=dataset.manifest["feature_schema"],
+                                           training_span=span, metrics=metrics, model=info,
+                                           config={"ensemble": config.ensemble.model_dump()},
+                                           contract=dataset.manifest.get("contract")) as w:
+            (w.path / st.STACKER_FILE).write_text(json.dumps(params, allow_nan=False))
+    except OSError as e:
+        raise ModelStoreError(f"cannot write the stacker: {e.strerror or e}", where=str(model_root)) from None
+    return w.stored

@@ -1,0 +1,296 @@
+"""The stacked ensemble (``trademl.models.stacker``): a calibrated probability that each side's
+trade wins after costs, fitted only on rows its base models never trained on.
+
+Generated votes with a known answer (the true win probability of each row is planted) check
+the fit: calibration out of sample, the base rate when nothing is present, a missing model
+moving the answer toward the base rate, the decision rule and the bet size. Then the stacker
+through ``train all`` on synthetic bars: stored with the versions it was fitted on, on rows
+after the base models' span, served by the predictor, refused when tampered or stale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trademl.errors import ModelStoreError
+from trademl.models import stacker as st
+from trademl.models.stacker_train import fit_stacker
+
+NAMES = ["atr_ticks_14", "tod_sin", "tod_cos", "rsi"]
+WIN, LOSS = 40.0, 30.0  # dollars a winning / losing trade makes, after costs
+
+
+def planted(n: int, seed: int):
+    """Votes of an informative model (``good``: a noisy view of the planted signal) and a useless
+    one (``noise``), feature rows, and outcomes drawn from the planted probabilities: a long wins
+    with p_long = 0.9 sigmoid(1.2 s), a short with p_short = 0.9 sigmoid(-1.2 s), never both."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=n)
+    p_long, p_short = 0.9 / (1 + np.exp(-1.2 * s)), 0.9 / (1 + np.exp(1.2 * s))
+    u = rng.random(n)
+    won_long, won_short = (u < p_long).astype(float), (u > 1 - p_short).astype(float)
+    pnl_long = np.where(won_long > 0, WIN, -LOSS)
+    pnl_short = np.where(won_short > 0, WIN, -LOSS)
+    seen = s + rng.normal(scale=0.3, size=n)  # what the good model sees
+    good = np.stack([np.full(n, 0.1), 0.9 / (1 + np.exp(-seen)), 0.9 / (1 + np.exp(seen))], axis=1)
+    noise = rng.dirichlet([2, 2, 2], n)
+    rows = np.column_stack([rng.uniform(4, 40, n), np.sin(rng.uniform(0, 6.3, n)), np.cos(rng.uniform(0, 6.3, n)),
+                            rng.uniform(20, 80, n)])
+    return {"good": good, "noise": noise}, rows, (won_long, won_short, pnl_long, pnl_short), (p_long, p_short)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    votes, rows, outcomes, _ = planted(8_000, seed=0)
+    params, metrics = fit_stacker(votes, rows, NAMES, outcomes, horizon=5)
+    return st.StackerRuntime(params), params, metrics
+
+
+def test_the_probability_is_calibrated_out_of_sample(fitted):
+    """On fresh rows the stacker's probability matches the planted one and the outcome rates."""
+    from trademl.models.calibration import expected_calibration_error
+
+    runtime, _, metrics = fitted
+    votes, rows, outcomes, truth = planted(20_000, seed=1)
+    p_long, p_short, informed = runtime.probabilities(votes, rows, NAMES, len(rows))
+    assert informed.all()
+    for p, won, true in ((p_long, outcomes[0], truth[0]), (p_short, outcomes[1], truth[1])):
+        assert expected_calibration_error(p, won) < 0.02
+        assert np.corrcoef(p, true)[0, 1] > 0.9  # it learned the good model, not the noise
+        assert abs(p.mean() - won.mean()) < 0.02  # the training sample's own rate is ~0.006 off
+    assert metrics["ece_long_out_of_fold"] < 0.03 and metrics["ece_short_out_of_fold"] < 0.03
+
+
+def test_with_every_model_missing_it_is_the_base_rate(fitted):
+    runtime, params, _ = fitted
+    votes, rows, outcomes, _ = planted(8_000, seed=0)  # the training rows: their base rate
+    missing = {k: np.full((500, 3), np.nan) for k in votes}
+    p_long, p_short, informed = runtime.probabilities(missing, rows[:500], NAMES, 500)
+    assert not informed.any()
+    assert np.allclose(p_long, outcomes[0].mean(), atol=1e-12) and np.allclose(p_short, outcomes[1].mean(), atol=1e-12)
+    assert params["base_rate"]["long"] == pytest.approx(outcomes[0].mean())
+    d = runtime.decide(missing, rows[:500], NAMES, threshold=0.5, max_contracts=5)
+    assert (d.action == 0).all()  # no information, no trade
+    np.testing.assert_allclose(d.confidence, 1 - outcomes[0].mean() - outcomes[1].mean(), atol=1e-12)
+
+
+def test_removing_the_informative_model_moves_toward_the_base_rate(fitted):
+    """On 500 random rows, dropping the good model's vote (as a request without the inputs it
+    needs would) leaves the stacker closer to the base rate: missing information never adds
+    confidence."""
+    runtime, params, _ = fitted
+    votes, rows, _, _ = planted(500, seed=2)
+    full = runtime.probabilities(votes, rows, NAMES, 500)[0]
+    without = runtime.probabilities({"noise": votes["noise"]}, rows, NAMES, 500)[0]
+    base = params["base_rate"]["long"]
+    toward = np.abs(without - base) <= np.abs(full - base) + 1e-12
+    assert toward.mean() > 0.9
+    assert np.abs(without - base).mean() < 0.25 * np.abs(full - base).mean()
+    # The context features alone (a bar whose feature row is all missing) change nothing either.
+    blank = runtime.probabilities(votes, np.full_like(rows, np.nan), NAMES, 500)[0]
+    assert np.abs(blank - full).mean() < 0.02
+
+
+def test_the_decision_rule_and_the_bet_size():
+    p_long = np.array([0.80, 0.60, 0.60, 0.30, 0.72, 0.75])
+    p_short = np.array([0.10, 0.20, 0.20, 0.65, 0.71, 0.75])
+    pnl_long = np.array([20.0, 5.0, -1.0, -9.0, 10.0, 3.0])
+    pnl_short = np.array([-20.0, -5.0, -5.0, 8.0, 12.0, 3.0])
+    action = st.choose_action(p_long, p_short, pnl_long, pnl_short, 0.55)
+    # BUY: p and expected P&L both clear; a positive-probability side with a negative expectation
+    # holds; SELL when its side clears; both clear: the better expectation; a tie goes long.
+    assert action.tolist() == [1, 1, 0, 2, 2, 1]
+    assert st.choose_action(p_long, p_short, pnl_long, pnl_short, 0.85).tolist() == [0] * 6
+    # Lopez de Prado: m = 2 Phi((p - 1/2) / sqrt(p (1 - p))) - 1, times the cap, at least one.
+    z = (0.9 - 0.5) / math.sqrt(0.9 * 0.1)
+    m = math.erf(z / math.sqrt(2))
+    assert st.bet_size(np.array([0.9]), 5)[0] == round(5 * m) == 4
+    sizes = st.bet_size(np.linspace(0.5, 0.999, 50), 5)
+    assert sizes.min() == 1 and sizes.max() == 5 and np.all(np.diff(sizes) >= 0)
+
+
+def test_the_decision_reads_the_expected_pnl_from_the_payoff(fitted):
+    runtime, params, _ = fitted
+    # The average win and loss of the span's trades are the planted ones.
+    assert params["average_win"]["long"] == pytest.approx(WIN) and params["average_loss"]["short"] == pytest.approx(LOSS)
+    p = np.array([0.3, 3 / 7, 0.6])
+    np.testing.assert_allclose(runtime.expected_pnl(p, "long"), p * WIN - (1 - p) * LOSS)
+    assert runtime.expected_pnl(np.array([3 / 7]), "long")[0] == pytest.approx(0.0, abs=1e-12)  # break-even
+    votes, rows, _, _ = planted(2_000, seed=4)
+    d = runtime.decide(votes, rows, NAMES, threshold=0.6, max_contracts=3)
+    trade = d.action != 0
+    assert 0.05 < trade.mean() < 0.95
+    assert np.all(d.confidence[trade] > 0.6) and np.all(d.expected_pnl[trade] > 0)
+    assert np.all((d.contracts[trade] >= 1) & (d.contracts[trade] <= 3)) and np.all(d.contracts[~trade] == 0)
+    # The auto threshold is one of the grid's, and so is each model alone's.
+    assert params["threshold_auto"] in st.THRESHOLD_GRID
+    assert set(params["alone_thresholds"]) == {"good", "noise"}
+
+
+@pytest.mark.parametrize("tamper", ["wrong shape", "not finite", "not json", "base rate"])
+def test_tampered_parameters_are_refused(fitted, tamper):
+    _, params, _ = fitted
+    bad = json.loads(json.dumps(params))
+    if tamper == "wrong shape":
+        bad["coef"]["long"] = bad["coef"]["long"][:-1]
+        text = json.dumps(bad)
+    elif tamper == "not finite":
+        text = json.dumps(bad).replace(str(bad["intercept"]["short"]), "NaN", 1)
+    elif tamper == "base rate":
+        bad["base_rate"]["long"] = 1.5
+        text = json.dumps(bad)
+    else:
+        text = json.dumps(bad)[:-20]
+
+    class Stored:  # what StackerRuntime.load reads of a StoredModel
+        version, manifest = "v", {"model": {"base_versions": {}}}
+        path = None
+
+        def file(self, name):
+            return tmp
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder) / st.STACKER_FILE
+        tmp.write_text(text)
+        Stored.path = Path(folder)
+        with pytest.raises(ModelStoreError, match="stacker"):
+            st.StackerRuntime.load(Stored())
+
+
+# ----------------------------------------------------------------------------- through train all
+
+
+@pytest.fixture(scope="module")
+def stacked_store(tmp_path_factory):
+    """LightGBM 5m / 30m and their stacker, trained by ``train all`` on 12,000 synthetic bars."""
+    from tests.conftest import TINY_OVERRIDES
+    from trademl.config import load_config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+    from trademl.models.train_all import train_models
+
+    root = tmp_path_factory.mktemp("stacked") / "models"
+    overrides = {k: dict(v) for k, v in TINY_OVERRIDES.items()}
+    overrides["paths"] = {"model_root": str(root)}
+    cfg = load_config(None, overrides)
+    bars = synthetic_bars(12_000, seed=3, edge_ic=0.15, symbol="NQ")
+    dataset = dataset_from_bars(bars, cfg)
+    trained = train_models(dataset, cfg, root, models=("lgbm",))
+    return root, cfg, bars, dataset, trained
+
+
+def test_train_all_stacks_on_rows_no_base_model_trained_on(stacked_store):
+    import pandas as pd
+
+    root, cfg, _, dataset, trained = stacked_store
+    stacker = trained.stored[st.STACKER_KIND]
+    info = stacker.manifest["model"]
+    assert info["base_versions"] == {k: trained.stored[k].version for k in ("lgb_5m", "lgb_30m")}
+    span = stacker.manifest["training_span"]
+    n = len(dataset.frame)
+    assert span["rows"] == int(n * cfg.ensemble.stack_share)
+    for kind in ("lgb_5m", "lgb_30m"):
+        base_end = pd.Timestamp(trained.stored[kind].manifest["training_span"]["end"])
+        # the purge gap: the longest horizon plus the embargo, so no base label reaches a stacker row
+        gap = dataset.frame.index.get_loc(pd.Timestamp(span["start"])) - dataset.frame.index.get_loc(base_end)
+        assert gap > 2 * max(dataset.horizons)
+    assert stacker.manifest["metrics"]["kinds"] == ["lgb_5m", "lgb_30m"]
+
+
+def _bars_request(frame, row: int, needed: int) -> dict:
+    cols = ["open", "high", "low", "close", "volume", "edge"]
+    part = frame.iloc[max(0, row - needed + 1): row + 1]
+    return {"symbol": "NQ", "bars": [{"timestamp": t.isoformat(), **{c: float(v) for c, v in zip(cols, r)}}
+                                     for t, r in zip(part.index, part[cols].to_numpy())]}
+
+
+def test_the_predictor_answers_with_the_stacker(stacked_store):
+    from trademl.models.base import ModelInputs
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    root, cfg, _, dataset, trained = stacked_store
+    predictor = EnsemblePredictor(root, cfg, record=False)
+    models = predictor.models
+    assert models.stacker is not None and models.stacker_note is None
+    row = len(dataset.frame) - 50
+    out = predictor.ensemble_predict(_bars_request(dataset.frame, row, models.bars_needed()))
+    assert out["model_versions"]["stacker"] == trained.stored[st.STACKER_KIND].version
+    assert set(out["votes"]) == {"lgb_5m", "lgb_30m"}
+    # The stacker's own answer on the dataset's row (the predictor built the same features from the bars).
+    votes = {k: rt.predict(ModelInputs(dataset.X, [row], dataset.segments)).vote for k, rt in models.runtimes.items()}
+    d = models.stacker.decide(votes, dataset.X[[row]], dataset.feature_names, threshold=0.7, max_contracts=5)
+    assert out["p_win_long"] == pytest.approx(d.p_long[0], abs=1e-9)
+    assert out["p_win_short"] == pytest.approx(d.p_short[0], abs=1e-9)
+    assert out["threshold"] == 0.7
+    if out["ensemble_recommendation"] == "HOLD":
+        assert out["confidence_score"] == pytest.approx(1 - d.p_long[0] - d.p_short[0], abs=1e-9)
+        assert out["suggested_contracts"] == 0 and out["expected_pnl"] == 0
+    else:
+        side = "long" if out["ensemble_recommendation"] == "BUY" else "short"
+        assert out["confidence_score"] == out[f"p_win_{side}"] > 0.7 and out["expected_pnl"] > 0
+    assert not any("not a calibrated probability" in w for w in out["warnings"])
+    # With auto, the threshold is the stacker's own choice.
+    auto = cfg.model_copy(deep=True)
+    auto.backtest.confidence_threshold = "auto"
+    out = EnsemblePredictor(root, auto, record=False).ensemble_predict(_bars_request(dataset.frame, row, models.bars_needed()))
+    assert out["threshold"] == models.stacker.threshold_auto
+
+
+def test_a_stacker_fitted_on_other_versions_is_not_used(stacked_store, tmp_path):
+    import shutil
+
+    from trademl.data.dataset import sub_dataset
+    from trademl.models.kinds.lgbm import LGBMWinModel
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    root, cfg, _, dataset, _ = stacked_store
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy)
+    LGBMWinModel(5, cfg).fit(sub_dataset(dataset, np.arange(6_000))).save(copy)  # a newer lgb_5m
+    predictor = EnsemblePredictor(copy, cfg, record=False)
+    assert predictor.models.stacker is None
+    assert "fitted on other versions" in predictor.models.stacker_note
+    out = predictor.ensemble_predict(_bars_request(dataset.frame, len(dataset.frame) - 50,
+                                                   predictor.models.bars_needed()))
+    assert any("fitted on other versions" in w for w in out["warnings"]) and "p_win_long" not in out
+
+
+def test_the_walk_forward_and_the_predictor_take_the_same_stacked_decisions(tmp_path):
+    """The redesign's test with the stacker: a fold replayed bar by bar through the predictor
+    gives the walk-forward's decisions and confidences, the auto threshold included."""
+    from tests.conftest import TINY_OVERRIDES
+    from trademl.backtest.walkforward import walk_forward_backtest
+    from trademl.config import load_config
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.data.synthetic import synthetic_bars
+    from trademl.market.actions import ACTION_NAMES, direction_of
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    overrides = {k: dict(v) for k, v in TINY_OVERRIDES.items()}
+    overrides["backtest"] = {"confidence_threshold": "auto"}
+    cfg = load_config(None, overrides)
+    ds = dataset_from_bars(synthetic_bars(12_000, seed=5, edge_ic=0.15, symbol="NQ"), cfg)
+    result = walk_forward_backtest(ds, cfg, models=("lgbm",), n_folds=2, keep_models=tmp_path / "folds")
+    fold = result.folds[1]
+    assert result.folds[0].stacker is None and fold.stacker is not None  # fold 1 has too few rows for one
+    predictor = EnsemblePredictor(tmp_path / "folds" / "fold1", cfg, record=False)
+    assert predictor.models.stacker.version == fold.stacker
+    expected = result.signals[result.signals["fold"] == 1].iloc[:300]
+    needed = predictor.models.bars_needed()
+    got_action, got_conf = [], []
+    for t in expected.index:
+        out = predictor.ensemble_predict(_bars_request(ds.frame, ds.frame.index.get_loc(t), needed))
+        got_action.append(direction_of(ACTION_NAMES.index(out["ensemble_recommendation"])))
+        got_conf.append(out["confidence_score"])
+        assert out["threshold"] == fold.thresholds["ensemble"]
+    np.testing.assert_array_equal(got_action, expected["action"].to_numpy())
+    np.testing.assert_allclose(got_conf, expected["confidence"].to_numpy(), rtol=0, atol=1e-12)
+    probabilities = result.outputs.loc[expected.index, ["stacker_p_win_long", "stacker_p_win_short"]].to_numpy()
+    assert np.isfinite(probabilities).all() and len(set(np.round(probabilities[:, 0], 6))) > 20
