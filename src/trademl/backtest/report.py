@@ -133,18 +133,33 @@ def reliability_figure(calibration: dict, name: str, threshold: float | None, ho
     import plotly.graph_objects as go
 
     conf, hit, count = (np.array(col, dtype=np.float64) for col in zip(*calibration["bins"]))
+    # the stacker's calibration judges both sides' probability at every bar, the vote's its BUY/SELL bars
+    units = "probabilities (long and short, every bar)" if calibration.get("of", "").startswith("stacker") \
+        else "BUY/SELL bars"
     fig = go.Figure(go.Scatter(x=conf, y=hit, mode="lines+markers", name="won after costs",
                                marker=dict(size=6 + 14 * np.sqrt(count / count.max())),
-                               text=[f"{c:,.0f} BUY/SELL bars" for c in count]))
+                               text=[f"{c:,.0f} {units}" for c in count]))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
                              line=dict(dash="dot", color="#999")))
     if threshold is not None:
         fig.add_vline(x=threshold, line_dash="dash", line_color="#c00", annotation_text="threshold")
     fig.update_layout(title=f"Reliability of the {name}'s confidence: ECE {calibration['ece']:.3f} over "
-                            f"{calibration['n']:,} BUY/SELL bars (a win: net P&L > 0 after {horizon} bars)",
+                            f"{calibration['n']:,} {units} (a win: net P&L > 0 after {horizon} bars)",
                       xaxis=dict(title="confidence (bin mean)", range=[0, 1]),
                       yaxis=dict(title="share of trades that won after costs", range=[0, 1]),
                       height=420, margin=dict(t=50, b=40))
+    return fig
+
+
+def sizes_figure(sizes: np.ndarray, name: str):
+    """How many contracts the bet size suggested on the BUY/SELL bars (``trademl.models.stacker.bet_size``)."""
+    import plotly.graph_objects as go
+
+    values, counts = np.unique(sizes.astype(np.int64), return_counts=True)
+    fig = go.Figure(go.Bar(x=values, y=counts, name="BUY/SELL bars"))
+    fig.update_layout(title=f"Suggested contracts on the {name}'s {len(sizes):,} BUY/SELL bars (Lopez de Prado's "
+                            "bet size of the win probability)", xaxis=dict(title="contracts", dtick=1),
+                      yaxis_title="bars", height=340, margin=dict(t=50, b=40))
     return fig
 
 
@@ -178,14 +193,15 @@ def table_html(table: pd.DataFrame) -> str:
 def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | None = None, main: str | None = None,
                  table: pd.DataFrame | None = None, title: str = "trademl backtest",
                  confidence_threshold: float | None = None, hit_rate_horizon: int | None = None,
-                 calibration: dict | None = None, pbo: float | None = None) -> Path:
+                 calibration: dict | None = None, pbo: float | None = None, sizes=None) -> Path:
     """Write the report for ``runs`` (the strategy and its baselines) to ``path``; returns the path.
 
     ``main`` names the run whose trades, days and signals are detailed (default: the first).
     The confidence chart needs ``bars`` (to measure realized moves) and a run made from signals;
     its ``hit_rate_horizon`` defaults to [backtest] hit_rate_horizon. ``calibration`` (the
     walk-forward's ``ensemble_calibration``) replaces it by the reliability diagram of wins
-    after costs; ``pbo``: the probability of backtest overfitting, stated under the table.
+    after costs; ``pbo``: the probability of backtest overfitting, stated under the table;
+    ``sizes``: the suggested contracts of the stacked ensemble's BUY/SELL bars (their histogram).
     """
     if not runs:
         raise TradeMLError("nothing to report: no backtest runs given", where="write_report")
@@ -217,6 +233,9 @@ def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | 
     else:
         notes.append("No per-bar signals with confidence (target-position run, or bars not given): "
                      "no confidence vs hit-rate chart.")
+
+    if sizes is not None and len(sizes):
+        figures.append(("Suggested sizes", sizes_figure(np.asarray(sizes), main)))
 
     span = f"{run.index[0]} .. {run.index[-1]}" if len(run.index) else "no bars"
     spec = run.model.spec

@@ -318,6 +318,14 @@ class WalkForwardResult:
     def ensemble(self):
         return self.runs[ENSEMBLE]
 
+    def suggested_sizes(self) -> np.ndarray | None:
+        """The stacker's suggested contracts on the ensemble's BUY/SELL bars (None without it)."""
+        if "stacker_contracts" not in self.outputs:
+            return None
+        calls = (self.signals["action"] != 0).to_numpy()
+        sizes = self.outputs["stacker_contracts"].to_numpy()[calls]
+        return sizes[np.isfinite(sizes)]
+
     def write_report(self, path, title: str | None = None) -> Path:
         from trademl.backtest.report import write_report
 
@@ -330,7 +338,7 @@ class WalkForwardResult:
                                         confidence_threshold=(None if bt.confidence_threshold == "auto"
                                                               else bt.confidence_threshold),
                                         hit_rate_horizon=bt.hit_rate_horizon, calibration=self.calibration,
-                                        pbo=self.pbo)
+                                        pbo=self.pbo, sizes=self.suggested_sizes())
         return self.report_path
 
     def to_json(self) -> dict:
@@ -674,9 +682,12 @@ def honesty_lines(result: WalkForwardResult) -> str:
     pbo = (f"PBO over {n} candidates: {result.pbo:.3f} (0.5: picking the best is luck; near 0: the best stays best)"
            if math.isfinite(result.pbo) else f"PBO over {n} candidates: - (too few candidates or sessions)")
     cal = result.calibration or {"ece": None, "n": 0}
-    ece = (f"ensemble confidence vs trades won after costs ({result.config.backtest.hit_rate_horizon} bars): "
-           + (f"ECE {cal['ece']:.3f} over {cal['n']:,} BUY/SELL bars" if cal["ece"] is not None
-              else "no BUY/SELL bar with a known outcome"))
+    stacked = cal.get("of", "").startswith("stacker")
+    what = "stacked win probabilities (long and short, every bar)" if stacked else "ensemble vote's confidence"
+    over = "probabilities" if stacked else "BUY/SELL bars"
+    ece = (f"{what} vs trades won after costs ({result.config.backtest.hit_rate_horizon} bars): "
+           + (f"ECE {cal['ece']:.3f} over {cal['n']:,} {over}" if cal["ece"] is not None
+              else f"no {over} with a known outcome"))
     return f"{pbo}\n{ece}"
 
 

@@ -417,6 +417,7 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
         described.pop("model_root", None)  # where the server keeps its files is nobody's business
         described["not_loaded"] = {k: scrub_paths(v, roots) for k, v in described.get("not_loaded", {}).items()}
         described["weights_note"] = scrub_paths(described.get("weights_note"), roots)
+        described["stacker_note"] = scrub_paths(described.get("stacker_note"), roots)
         return described
 
     @app.get("/metrics", response_class=PlainTextResponse)
