@@ -3,7 +3,8 @@
 * The README's five-line program runs as written (the public API of ``trademl``).
 * The predictor, fed raw bars one at a time as the bot sends them (with the account the bot
   reports, kept by the same broker), replays a walk-forward test fold and gives the
-  walk-forward's decisions bar by bar.
+  walk-forward's decisions bar by bar (the broker walks every bar; the predictor answers a slice
+  holding the fold's ends, its segment breaks and each model's warm-up, and every 37th bar).
 * Every kind goes through the one interface: fit -> predict -> save -> load -> predict.
 * No module imports from a floor below it, and the serving floor loads no training library.
 """
@@ -121,13 +122,35 @@ def _bars_payload(frame: pd.DataFrame) -> list[dict]:
             for t, row in zip(frame.index, frame[cols].to_numpy())]
 
 
+def _replayed_bars(n: int, starts: np.ndarray, ran: dict) -> np.ndarray:
+    """The bars of an ``n``-bar fold that the predictor answers: the fold's first and last bars,
+    the last bars before each segment break and the first after it, around the bar where each
+    model first runs again after its warm-up (``ran[kind]``: where the walk-forward ran it), and
+    every 37th bar between them."""
+    keep = np.zeros(n, bool)
+    keep[:25] = keep[-25:] = True
+    keep[::37] = True
+    for s in np.flatnonzero(starts)[1:]:
+        keep[max(0, s - 8): s + 8] = True
+        for did in ran.values():
+            after = np.flatnonzero(did[s:])
+            if len(after) and after[0] > 0:  # this kind is warming up here: the bars where it starts
+                first = s + after[0]
+                keep[max(0, first - 6): first + 6] = True
+    return np.flatnonzero(keep)
+
+
 @pytest.mark.slow
 def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
+    """The bot's loop over a test fold: the broker walks every bar of it; the predictor answers a
+    representative 216 of its 3,333 bars (``_replayed_bars``: each answer takes ~65 ms of
+    features over 1,459 raw bars), the walk-forward's own decisions move the account between
+    them. Every bar's account is the one the walk-forward's ensemble saw."""
     from trademl.backtest.walkforward import backtest_segments, walk_forward_backtest
     from trademl.config import load_config
     from trademl.data.dataset import dataset_from_bars
     from trademl.data.synthetic import synthetic_bars
-    from trademl.market.actions import ACTION_NAMES, direction_of
+    from trademl.market.actions import ACTION_NAMES, BUY, HOLD, SELL, direction_of
     from trademl.market.broker import Broker
     from trademl.market.execution import ExecutionModel
     from trademl.predict.ensemble import EnsemblePredictor
@@ -144,45 +167,69 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
     rows = np.arange(fold.test_rows[0], fold.test_rows[1] + 1)
     expected = result.signals.iloc[: len(rows)]
     assert (expected["fold"] == 0).all() and len(expected) == len(rows)
+    outputs = result.outputs.iloc[: len(rows)]
+    kinds = ("lgb_5m", "lgb_30m", "lstm", "ppo")
+    # where the walk-forward ran each kind (its outputs are NaN where it could not)
+    wf_ran = {k: outputs[[c for c in outputs.columns if c.startswith(k + "_") and "position" not in c]]
+              .notna().all(axis=1).to_numpy() for k in kinds}
 
     predictor = EnsemblePredictor(tmp_path / "folds" / "fold0", cfg, record=False)
-    assert set(predictor.models.runtimes) == set(fold.versions) == {"lgb_5m", "lgb_30m", "lstm", "ppo"}
+    assert set(predictor.models.runtimes) == set(fold.versions) == set(kinds)
     assert predictor.models.weights == pytest.approx(fold.weights)
     needed = predictor.models.bars_needed()
     frame = ds.frame
     open_, close = frame["open"].to_numpy(), frame["close"].to_numpy()
     segments = backtest_segments(ds.segments[rows], np.zeros(len(rows)))
     starts, left = segment_start_mask(segments), bars_to_end(segments)
+    replayed = _replayed_bars(len(rows), starts, wf_ran)
+    asked = np.zeros(len(rows), bool)
+    asked[replayed] = True
+    # The slice holds what the test names: segment starts, bars where the LSTM and the PPO agent
+    # could not run yet and bars where they could, the fold's last bar, long, short and flat accounts.
+    assert starts[replayed].sum() >= 3 and asked[-1]
+    for kind in ("lstm", "ppo"):
+        assert (~wf_ran[kind][replayed]).sum() >= 5 and wf_ran[kind][replayed].sum() >= 100, kind
     broker = Broker(ExecutionModel.from_config(ds.spec, cfg.costs, cfg.account.max_position_size), 1,
                     cfg.account.initial_balance)
     threshold = cfg.backtest.confidence_threshold
-    got_action, got_conf = np.zeros(len(rows), np.int8), np.zeros(len(rows))
+    seen_position = outputs["ppo_seen_ensemble_position"].to_numpy()
+    wf_code = np.select([expected["action"].to_numpy() == 1, expected["action"].to_numpy() == -1], [BUY, SELL], HOLD)
+    got_action, got_conf, reported = np.zeros(len(replayed), np.int8), np.zeros(len(replayed)), np.zeros(len(replayed))
+    k = 0
     for j, row in enumerate(rows):
         if starts[j]:
             broker.restart()  # the bot is flat after a gap, as the walk-forward's account
         state = broker.state(close[row])
-        request = {"symbol": "NQ", "bars": _bars_payload(frame.iloc[max(0, row - needed + 1): row + 1]),
-                   "position": int(state.position[0]), "balance": float(state.balance[0]),
-                   "unrealized_pnl": float(state.unrealized_pnl[0]),
-                   "recent_actions": state.recent_actions[0].tolist()}
-        try:
-            out = predictor.ensemble_predict(request)
-            code, conf = ACTION_NAMES.index(out["ensemble_recommendation"]), out["confidence_score"]
-        except RequestError as e:  # no model can run yet (warm-up): the walk-forward holds there too
-            assert e.kind == "insufficient_input"
-            code, conf = 0, 0.0
-        got_action[j], got_conf[j] = direction_of(code), conf
+        assert state.position[0] == seen_position[j], j  # the account the walk-forward's ensemble saw
+        if asked[j]:
+            request = {"symbol": "NQ", "bars": _bars_payload(frame.iloc[max(0, row - needed + 1): row + 1]),
+                       "position": int(state.position[0]), "balance": float(state.balance[0]),
+                       "unrealized_pnl": float(state.unrealized_pnl[0]),
+                       "recent_actions": state.recent_actions[0].tolist()}
+            try:
+                out = predictor.ensemble_predict(request)
+                code, conf = ACTION_NAMES.index(out["ensemble_recommendation"]), out["confidence_score"]
+                assert set(out["models_used"]) == {m for m in kinds if wf_ran[m][j]}, (j, out["models_used"])
+            except RequestError as e:  # no model can run yet (warm-up): the walk-forward holds there too
+                assert e.kind == "insufficient_input"
+                code, conf = 0, 0.0
+            got_action[k], got_conf[k], reported[k] = direction_of(code), conf, state.position[0]
+            k += 1
+        else:  # between the replayed bars the walk-forward's own decision moves the account
+            code, conf = int(wf_code[j]), float(expected["confidence"].iloc[j])
         broker.signal([code], [conf > threshold])
         if left[j] > 0:
             broker.fill_target(left[j] == 1, close[row], open_[row + 1], close[row + 1])
 
-    np.testing.assert_array_equal(got_action, expected["action"].to_numpy())
+    np.testing.assert_array_equal(got_action, expected["action"].to_numpy()[replayed])
     # The same decision code on the same inputs; the one difference left is ONNX Runtime's
     # float32 LSTM, which rounds a window scored in a batch of 1,024 (the walk-forward) up to
     # ~6e-8 away from the same window scored alone (the predictor): measured 3.3e-9 at most
     # in the confidence. Every recommendation, and so every position, is identical.
-    np.testing.assert_allclose(got_conf, expected["confidence"].to_numpy(), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(got_conf, expected["confidence"].to_numpy()[replayed], rtol=0, atol=1e-7)
     assert (got_action != 0).sum() > 50 and (got_conf > threshold).sum() > 10, "the fold must trade to mean anything"
+    # the PPO agent was asked with long, short and flat accounts
+    assert (reported > 0).sum() > 20 and (reported < 0).sum() > 20 and (reported == 0).sum() >= 3
     # The account the bot reported is the one the walk-forward traded.
     assert broker.position[0] == 0
     # The walk-forward scores the PPO agent's two accounts (the ensemble's, its own) in one

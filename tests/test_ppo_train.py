@@ -312,15 +312,18 @@ def assert_ppo_summary_matches(output: str, stored) -> None:
 # Learning. The market: 200,000 synthetic NQ minute bars, planted edge IC 0.15 at horizon 5
 # (all of it on the next bar, so the edge is fresh every bar), the edge passed as the feature
 # "edge" beside the 39 of the feature library. Settings: the [ppo] defaults (those of
-# bench/bench_ppo.py) with 300,000 timesteps instead of 1,000,000.
-LEARN_BARS, LEARN_STEPS = 200_000, 300_000
+# bench/bench_ppo.py) with 300,000 timesteps instead of 1,000,000; 150,000 for the planted
+# edge, which the agent has learned by then (agent / oracle at 150,000: 0.70 on this market,
+# 0.66 and 0.64 on two others, seeds 4 and 6; 0.3 is asked). Staying flat on the random walk
+# takes longer: at 200,000 it traded 5,438 times against a bound of 5,704, so it keeps 300,000.
+LEARN_BARS, LEARN_STEPS, EDGE_STEPS = 200_000, 300_000, 150_000
 
 
-def learned(tmp_path, edge_ic: float):
+def learned(tmp_path, edge_ic: float, steps: int = LEARN_STEPS):
     bars = synthetic_bars(LEARN_BARS, seed=3, edge_ic=edge_ic, edge_horizon=5)
     cfg = Config()
     cfg.data.extra_feature_columns = ["edge"]
-    cfg.ppo.total_timesteps = LEARN_STEPS
+    cfg.ppo.total_timesteps = steps
     cfg.ppo.checkpoint_dir = str(tmp_path / "ckpt")
     cfg.paths.model_root = str(tmp_path / "models")
     return train_ppo(bars, cfg, store=False)
@@ -338,9 +341,9 @@ def churning(result) -> dict:
 
 @pytest.mark.slow
 def test_agent_learns_a_planted_edge_out_of_sample(tmp_path):
-    m = learned(tmp_path, 0.15).metrics
+    m = learned(tmp_path, 0.15, EDGE_STEPS).metrics
     assert m["net_pnl"] > 0
-    assert m["oracle_pnl"] > 0 and m["pnl_vs_oracle"] >= 0.3, m  # measured 0.69
+    assert m["oracle_pnl"] > 0 and m["pnl_vs_oracle"] >= 0.3, m  # measured 0.70 (0.69 at 300,000 timesteps)
 
 
 @pytest.mark.slow

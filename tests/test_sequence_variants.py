@@ -232,7 +232,11 @@ def random_walk_dataset():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", NEW_ARCHITECTURES)
 def test_planted_edge_beats_majority_class(arch, edge_dataset, tmp_path):
-    cv = train_lstm(edge_dataset, small_config(tmp_path, architecture=arch), checkpoint_dir=tmp_path / "ckpt").metrics["cv"]
+    # 3 epochs, not small_config's 5 (each epoch of the final fit is ~2 s here): every architecture
+    # has found the edge by then, out of fold. Measured on this market (seed 1) accuracy over the
+    # majority 0.068-0.104 and movement corr 0.19-0.27; on another (seed 5) 0.091-0.103 and 0.23-0.27.
+    cfg = small_config(tmp_path, architecture=arch, EPOCHS=3)
+    cv = train_lstm(edge_dataset, cfg, checkpoint_dir=tmp_path / "ckpt").metrics["cv"]
     print(f"{arch}: accuracy {cv['accuracy']:.4f} majority {cv['majority_accuracy']:.4f} corr {cv['movement_corr']:.3f}")
     assert cv["n_test"] > 4_000
     # test_lstm.py's margin for the guide's LSTM: 4 points over the training majority class, out of fold
