@@ -141,12 +141,15 @@ def _replayed_bars(n: int, starts: np.ndarray, ran: dict) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
+@pytest.mark.parametrize("method", ["stacked", "vote"])
+def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path, method):
     """The bot's loop over a test fold: the broker walks every bar of it; the predictor answers a
     representative 216 of its 3,333 bars (``_replayed_bars``: each answer takes ~65 ms of
     features over 1,459 raw bars), the walk-forward's own decisions move the account between
-    them. Every bar's account is the one the walk-forward's ensemble saw."""
-    from trademl.backtest.walkforward import backtest_segments, walk_forward_backtest
+    them. Every bar's account is the one the walk-forward's ensemble saw. ``stacked``: the
+    stacker decides (the PPO agent read from a flat account for it, its own fields from the
+    bot's); ``vote``: the weighted vote, the PPO agent's vote from the bot's account."""
+    from trademl.backtest.walkforward import backtest_segments, holding_bars, walk_forward_backtest
     from trademl.config import load_config
     from trademl.data.dataset import dataset_from_bars
     from trademl.data.synthetic import synthetic_bars
@@ -159,11 +162,13 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
 
     overrides = {k: dict(v) for k, v in TINY_OVERRIDES.items()}
     overrides["backtest"] = {"n_folds": 2, "confidence_threshold": 0.2}
+    overrides["ensemble"] = {"method": method, "min_stack_rows": 600}  # fold 0 trains on 3,272 rows: 818 to stack
     cfg = load_config(None, overrides)
     bars = synthetic_bars(10_000, seed=5, edge_ic=0.15, symbol="NQ")
     ds = dataset_from_bars(bars, cfg)
     result = walk_forward_backtest(ds, cfg, keep_models=tmp_path / "folds")
     fold = result.folds[0]
+    assert (fold.stacker is not None) == (method == "stacked")
     rows = np.arange(fold.test_rows[0], fold.test_rows[1] + 1)
     expected = result.signals.iloc[: len(rows)]
     assert (expected["fold"] == 0).all() and len(expected) == len(rows)
@@ -190,7 +195,7 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
     for kind in ("lstm", "ppo"):
         assert (~wf_ran[kind][replayed]).sum() >= 5 and wf_ran[kind][replayed].sum() >= 100, kind
     broker = Broker(ExecutionModel.from_config(ds.spec, cfg.costs, cfg.account.max_position_size), 1,
-                    cfg.account.initial_balance)
+                    cfg.account.initial_balance, hold_bars=holding_bars(cfg))  # the walk-forward's rule
     threshold = cfg.backtest.confidence_threshold
     seen_position = outputs["ppo_seen_ensemble_position"].to_numpy()
     wf_code = np.select([expected["action"].to_numpy() == 1, expected["action"].to_numpy() == -1], [BUY, SELL], HOLD)
@@ -210,6 +215,7 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
                 out = predictor.ensemble_predict(request)
                 code, conf = ACTION_NAMES.index(out["ensemble_recommendation"]), out["confidence_score"]
                 assert set(out["models_used"]) == {m for m in kinds if wf_ran[m][j]}, (j, out["models_used"])
+                assert ("stacker" in out["model_versions"]) == (method == "stacked")
             except RequestError as e:  # no model can run yet (warm-up): the walk-forward holds there too
                 assert e.kind == "insufficient_input"
                 code, conf = 0, 0.0
@@ -228,8 +234,10 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path):
     # in the confidence. Every recommendation, and so every position, is identical.
     np.testing.assert_allclose(got_conf, expected["confidence"].to_numpy()[replayed], rtol=0, atol=1e-7)
     assert (got_action != 0).sum() > 50 and (got_conf > threshold).sum() > 10, "the fold must trade to mean anything"
-    # the PPO agent was asked with long, short and flat accounts
-    assert (reported > 0).sum() > 20 and (reported < 0).sum() > 20 and (reported == 0).sum() >= 3
+    # the PPO agent was asked with long, short and flat accounts (the stacked ensemble of this
+    # market only sells: its accounts are short and flat)
+    assert (reported < 0).sum() > 20 and (reported == 0).sum() >= 3
+    assert method == "stacked" or (reported > 0).sum() > 20
     # The account the bot reported is the one the walk-forward traded.
     assert broker.position[0] == 0
     # The walk-forward scores the PPO agent's two accounts (the ensemble's, its own) in one

@@ -463,30 +463,32 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
     bars = dataset.bars().iloc[rows]
     bars.attrs["symbol"] = dataset.symbol
     segments = backtest_segments(dataset.segments[rows], fold_of_row)
-    # Every run's signals count above its fold's threshold (``fold_thresholds``); what does not
-    # count is a HOLD here, so the engine trades every signal left (threshold below any confidence).
+    # Every run's signals count above its fold's threshold (``fold_thresholds``, the column
+    # ``threshold``); the engine trades what counts (``_counting``).
     signals = pd.DataFrame({
-        "action": direction_of(_counted(parts, lambda p: (p.action, p.confidence), ENSEMBLE)),
+        "action": direction_of(np.concatenate([p.action for _, p in parts])),
         "confidence": np.concatenate([p.confidence for _, p in parts]),
         "fold": fold_of_row,
+        "threshold": _fold_threshold(parts, ENSEMBLE),
     }, index=bars.index)
     model_signals = {}
     for kind in sorted({k for _, p in parts for k in p.alone}, key=kind_order):
         # A fold where the model was skipped holds: no signal, confidence 0.
+        held = [p.alone.get(kind, (np.zeros(len(f.test), np.int8), np.zeros(len(f.test)))) for f, p in parts]
         model_signals[kind] = pd.DataFrame({
-            "action": direction_of(_counted(parts, lambda p, k=kind: p.alone.get(k), kind)),
-            "confidence": np.concatenate([p.alone[kind][1] if kind in p.alone else np.zeros(len(f.test))
-                                          for f, p in parts]),
+            "action": direction_of(np.concatenate([a for a, _ in held])),
+            "confidence": np.concatenate([c for _, c in held]),
+            "threshold": _fold_threshold(parts, kind),
         }, index=bars.index)
     columns = sorted({c for _, p in parts for c in p.outputs})
     outputs = pd.DataFrame({c: np.concatenate([p.outputs.get(c, np.full(len(f.test), np.nan)) for f, p in parts])
                             for c in columns}, index=bars.index)
     bt = cfg.backtest
     hold = holding_bars(cfg)
-    strategy = run_backtest(bars, signals[["action", "confidence"]], spec=dataset.spec, segments=segments,
+    strategy = run_backtest(bars, _counting(signals), spec=dataset.spec, segments=segments,
                             name=ENSEMBLE, config=cfg, confidence_threshold=ALL_COUNTED, hold_bars=hold)
-    runs = run_baselines(bars, strategy, model_signals=model_signals, confidence_threshold=ALL_COUNTED,
-                         seed=bt.random_baseline_seed, hold_bars=hold)
+    runs = run_baselines(bars, strategy, model_signals={k: _counting(v) for k, v in model_signals.items()},
+                         confidence_threshold=ALL_COUNTED, seed=bt.random_baseline_seed, hold_bars=hold)
     runs.update(_threshold_trials(bars, strategy, outputs, cfg, hold))
     from trademl.backtest.baselines import is_baseline
 
@@ -506,18 +508,18 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
 ALL_COUNTED = -1.0  # an engine threshold below every confidence: the signals were cut per fold already
 
 
-def _counted(parts, signal_of, name: str) -> np.ndarray:
-    """The concatenated actions (0/1/2) of one run, HOLD where its confidence is not above the
-    threshold of its fold; a fold where the run has no signal (a skipped model) holds."""
-    out = []
-    for f, p in parts:
-        got = signal_of(p)
-        if got is None:
-            out.append(np.zeros(len(f.test), np.int8))
-            continue
-        action, confidence = got
-        out.append(np.where(confidence > p.thresholds.get(name, np.inf), action, 0).astype(np.int8))
-    return np.concatenate(out)
+def _fold_threshold(parts, name: str) -> np.ndarray:
+    """Per test bar, the threshold of ``name`` in force in its fold (inf where it had none: a model
+    skipped in that fold, whose signals never count)."""
+    return np.concatenate([np.full(len(f.test), p.thresholds.get(name, np.inf)) for f, p in parts])
+
+
+def _counting(signals: pd.DataFrame) -> pd.DataFrame:
+    """What the engine trades: the signals above their ``threshold``, a HOLD elsewhere (then traded
+    with ALL_COUNTED, so the per-fold cut is the only one)."""
+    counted = signals["confidence"].to_numpy() > signals["threshold"].to_numpy()
+    return pd.DataFrame({"action": np.where(counted, signals["action"].to_numpy(), 0),
+                         "confidence": signals["confidence"].to_numpy()}, index=signals.index)
 
 
 def holding_bars(cfg: Config) -> int | None:
