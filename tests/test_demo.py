@@ -39,10 +39,12 @@ def test_demo_builds_trains_backtests_and_reports(tmp_path):
         assert f"<h2>{heading}</h2>" in page
     assert page.count('class="plotly-graph-div"') >= 3
     assert "<script src=\"http" not in page  # plotly.js inlined: opens offline
-    plots = 3
-    if (result.walk_forward.signals["action"] != 0).any():  # the chart needs a BUY/SELL recommendation
-        assert "Confidence vs realized hit rate" in page
-        plots = 4
+    # equity, trades, days; the reliability diagram of the stacked probabilities; the suggested
+    # sizes when the ensemble said BUY or SELL
+    assert "Reliability of the ensemble" in page
+    sizes = result.walk_forward.suggested_sizes()
+    plots = 4 + int(sizes is not None and len(sizes) > 0)
+    assert page.count('class="plotly-graph-div"') == plots
     if CHROMIUM.exists():  # it renders offline in a real browser, without console errors
         dom, _log = render(report, tmp_path)
         status = status_of(dom)
@@ -102,7 +104,8 @@ def test_cli_train_all_stores_every_kind_with_its_table(tmp_path, monkeypatch):
     assert_lgbm_tables_match_the_store(result.output, store)
     assert_lstm_summary_matches(result.output, store.latest("lstm"))
     assert_ppo_summary_matches(result.output, store.latest("ppo"))
-    assert re.fullmatch(r"trained in lgbm \d+ s, lstm \d+ s, ppo \d+ s", result.output.splitlines()[-1].strip())
+    assert re.fullmatch(r"trained in lgbm \d+ s, lstm \d+ s, ppo \d+ s, stacker \d+ s",
+                        result.output.splitlines()[-1].strip())
     missing = runner.invoke(app, ["train", "all", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2 and "no such dataset" in missing.output
     assert {k: len(store.versions(k)) for k in kinds} == dict.fromkeys(kinds, 1)  # nothing stored

@@ -644,6 +644,13 @@ def verdict(result: WalkForwardResult) -> str:
     """One line: is the ensemble's out-of-sample Sharpe significant after deflation?"""
     row = result.table.loc[ENSEMBLE]
     dsr, trials = row["dsr"], int(row["dsr_trials"])
+    if row["trades"] == 0 and "stacker_p_win_long" in result.outputs:
+        used = sorted({f.thresholds[ENSEMBLE] for f in result.folds if f.thresholds})
+        p = result.outputs[["stacker_p_win_long", "stacker_p_win_short"]].to_numpy()
+        peak = f"{np.nanmax(p):.2f}" if np.isfinite(p).any() else "-"
+        return (f"ensemble: NO edge found: no bar's trade had a win probability after costs above the threshold "
+                f"({', '.join(f'{t:g}' for t in used)}) with a positive expected P&L; the highest win probability "
+                f"was {peak}, the average {np.nanmean(p):.2f}")
     if row["trades"] == 0:
         signals = result.signals
         calls = signals["confidence"][signals["action"] != 0]
