@@ -68,24 +68,17 @@ _ERF = np.vectorize(math.erf, otypes=[np.float64])  # numpy has no erf; serving 
 # ----------------------------------------------------------------------------- inputs
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, VOTE_FLOOR, 1 - VOTE_FLOOR)
-    return np.log(p / (1 - p))
-
-
 def raw_inputs(votes: dict, kinds: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     """([n, 2K] logits of each kind's buy and sell vote, NaN where it did not vote; [n, K] present)."""
-    values = np.full((n, 2 * len(kinds)), np.nan)
-    present = np.zeros((n, len(kinds)), bool)
+    stacked = np.full((n, len(kinds), 3), np.nan)
     for j, kind in enumerate(kinds):
         v = votes.get(kind)
-        if v is None:
-            continue
-        v = np.asarray(v, np.float64).reshape(n, 3)
-        ok = np.isfinite(v).all(axis=1)
-        present[:, j] = ok
-        values[ok, 2 * j] = _logit(v[ok, 1])
-        values[ok, 2 * j + 1] = _logit(v[ok, 2])
+        if v is not None:
+            stacked[:, j] = np.asarray(v, np.float64).reshape(n, 3)
+    present = np.isfinite(stacked).all(axis=2)
+    p = np.minimum(np.maximum(stacked[:, :, 1:], VOTE_FLOOR), 1 - VOTE_FLOOR)  # NaN stays NaN
+    values = np.log(p / (1 - p)).reshape(n, 2 * len(kinds))  # kind 0 buy, kind 0 sell, kind 1 buy, ...
+    values[~np.repeat(present, 2, axis=1)] = np.nan  # a kind that did not vote in full has no say
     return values, present
 
 
@@ -124,8 +117,9 @@ class Scaling:
 def design(values: np.ndarray, present: np.ndarray, context: np.ndarray, scaling: Scaling) -> np.ndarray:
     """[n, D] the meta-model's inputs: standardised logits (0 where missing), presence flags and
     the standardised context inputs (0 where missing)."""
-    z = np.nan_to_num((values - scaling.mean) / scaling.scale, nan=0.0)
-    c = np.nan_to_num((context - scaling.context_mean) / scaling.context_scale, nan=0.0)
+    z = (values - scaling.mean) / scaling.scale
+    c = (context - scaling.context_mean) / scaling.context_scale
+    z[~np.isfinite(z)], c[~np.isfinite(c)] = 0.0, 0.0
     return np.concatenate([z, present.astype(np.float64), c], axis=1)
 
 
@@ -251,5 +245,8 @@ class StackerRuntime:
         action = choose_action(p_long, p_short, pnl_long, pnl_short, t)
         neither = np.clip(1.0 - p_long - p_short, 0.0, 1.0)
         confidence = np.where(action == 1, p_long, np.where(action == 2, p_short, neither))
-        contracts = np.where(action != 0, bet_size(confidence, max_contracts), 0)
+        contracts = np.zeros(n, np.int64)
+        trades = action != 0
+        if trades.any():
+            contracts[trades] = bet_size(confidence[trades], max_contracts)
         return StackedDecision(action, confidence, p_long, p_short, pnl_long, pnl_short, contracts, t, informed)
