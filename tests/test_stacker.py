@@ -294,3 +294,38 @@ def test_the_walk_forward_and_the_predictor_take_the_same_stacked_decisions(tmp_
     np.testing.assert_allclose(got_conf, expected["confidence"].to_numpy(), rtol=0, atol=1e-12)
     probabilities = result.outputs.loc[expected.index, ["stacker_p_win_long", "stacker_p_win_short"]].to_numpy()
     assert np.isfinite(probabilities).all() and len(set(np.round(probabilities[:, 0], 6))) > 20
+
+
+def test_with_an_account_the_size_is_the_smaller_of_the_bet_size_and_the_rules(stacked_store):
+    """The probability's bet size is capped by the risk block's (fractional Kelly within the
+    account's room, the rules' contract cap); a trade whose stop would breach is a HOLD of 0."""
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    root, cfg, _, dataset, _ = stacked_store
+    low = cfg.model_copy(deep=True)
+    low.backtest.confidence_threshold = 0.0  # every bar with a positive expected P&L is a trade here
+    predictor = EnsemblePredictor(root, low, record=False)
+    needed = predictor.models.bars_needed()
+    roomy = {"rules": "topstep-50k", "balance": 50_000, "start_of_day_balance": 50_000, "peak_eod_balance": 50_000,
+             "open_contracts": 0}
+    tight = dict(roomy, balance=48_050, peak_eod_balance=50_000)  # $50 above the trailing threshold
+    traded = 0
+    for row in range(len(dataset.frame) - 400, len(dataset.frame) - 10, 13):
+        request = _bars_request(dataset.frame, row, needed)
+        free = predictor.ensemble_predict(request)
+        out = predictor.ensemble_predict({**request, "account": roomy})
+        assert out["p_win_long"] == free["p_win_long"] and out["ensemble_recommendation"] in (
+            free["ensemble_recommendation"], "HOLD")
+        if out["ensemble_recommendation"] != "HOLD":
+            traded += 1
+            risk = out["risk"]
+            assert 0 <= out["suggested_contracts"] <= min(free["suggested_contracts"], risk["suggested_contracts"])
+            assert risk["suggested_contracts"] <= risk["max_contracts_allowed"] <= 5
+        squeezed = predictor.ensemble_predict({**request, "account": tight})
+        if free["ensemble_recommendation"] != "HOLD":
+            assert squeezed["ensemble_recommendation"] == "HOLD" and squeezed["suggested_contracts"] == 0
+            assert squeezed["risk"]["blocked"] and any("blocked by the account's rules" in w
+                                                       for w in squeezed["warnings"])
+            assert squeezed["confidence_score"] == pytest.approx(
+                1 - free["p_win_long"] - free["p_win_short"], abs=1e-12)
+    assert traded >= 3
