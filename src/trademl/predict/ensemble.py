@@ -18,6 +18,7 @@ import numpy as np
 
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.market.actions import ACTION_NAMES
+from trademl.models.base import ModelInputs, Votes
 from trademl.predict.decision import decide
 from trademl.predict.loader import LoadedModels, ModelLoader
 from trademl.predict.request import RequestError, parse_request, request_inputs
@@ -138,18 +139,35 @@ def _risk(request: PredictRequest, given, ran: dict, models: LoadedModels, recom
                   spec=spec, cost_per_contract=cost, horizon=horizon, risk_config=config.risk, risk_head=risk_head)
 
 
-def _stacked(out: dict, models: LoadedModels, given, votes: dict, config) -> None:
-    """The stacker's decision (``trademl.models.stacker``): what the walk-forward trades too. It
-    reads the agents that observe an account from a flat one, as it was fitted."""
+def _beside_flat_account(rt, inputs: ModelInputs):
+    """(the kind's Votes on the request's account, its vote from a flat account): an agent that
+    observes the account votes for the stacker from a flat one, as the stacker was fitted. One
+    batch of both when the account has no room to its limits (the flat one has none either),
+    else two calls."""
     import dataclasses
 
-    stack_votes = dict(votes)
-    flat = dataclasses.replace(given.inputs, account=None)
-    for kind, rt in models.runtimes.items():
-        if rt.needs_account and kind in votes and given.inputs.account is not None:
-            stack_votes[kind] = rt.predict(flat).vote
+    from trademl.market.broker import AccountState
+
+    flat = dataclasses.replace(inputs, account=None)
+    account, n = inputs.account, len(inputs)
+    if account.room is not None:
+        return rt.predict(inputs), rt.predict(flat).vote
+    fresh = AccountState.flat(n, rt.spec.initial_balance)  # what the agent reads when given no account
+    both = dataclasses.replace(inputs, at=np.r_[inputs.at, inputs.at],
+                               rows=None if inputs.rows is None else np.vstack([inputs.rows, inputs.rows]),
+                               account=AccountState(*(np.concatenate([a, b]) for a, b in zip(
+                                   (account.position, account.balance, account.unrealized_pnl, account.recent_actions),
+                                   (fresh.position, fresh.balance, fresh.unrealized_pnl, fresh.recent_actions)))))
+    v = rt.predict(both)
+    mine = Votes(v.kind, v.vote[:n], {k: o[:n] for k, o in v.outputs.items()}, v.fields, v.reason)
+    return mine, v.vote[n:]
+
+
+def _stacked(out: dict, models: LoadedModels, given, votes: dict, config) -> None:
+    """The stacker's decision (``trademl.models.stacker``): what the walk-forward trades too.
+    ``votes`` holds the agents that observe an account as read from a flat one."""
     threshold = config.backtest.confidence_threshold
-    d = models.stacker.decide({k: v[-1:] for k, v in stack_votes.items()}, _last_row(given.inputs),
+    d = models.stacker.decide({k: v[-1:] for k, v in votes.items()}, _last_row(given.inputs),
                               models.feature_names, threshold=None if threshold == "auto" else float(threshold),
                               max_contracts=config.account.max_position_size)
     out["ensemble_recommendation"] = ACTION_NAMES[int(d.action[0])]
@@ -191,13 +209,16 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
                            min_history=models.history, model_contract=models.contract)
     warnings = list(given.warnings)
     out: dict = {"timestamp": given.timestamp, "models_used": []}
-    votes, ran = {}, {}
+    votes, ran, from_flat = {}, {}, {}
     for kind in models.seen:
         rt = models.runtimes.get(kind)
         if rt is None:
             warnings.append(f"{kind} skipped: {models.load_errors.get(kind, 'not loaded')}")
             continue
-        v = rt.predict(given.inputs)
+        if rt.needs_account and models.stacker is not None and given.inputs.account is not None:
+            v, from_flat[kind] = _beside_flat_account(rt, given.inputs)
+        else:
+            v = rt.predict(given.inputs)
         if not v.ran[-1]:
             warnings.append(f"{kind} skipped: {v.reason}")
             continue
@@ -209,7 +230,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
                            kind="insufficient_input")
     out["votes"] = {k: dict(zip(("hold", "buy", "sell"), (float(x) for x in v.vote[-1]))) for k, v in ran.items()}
     if models.stacker is not None:
-        _stacked(out, models, given, votes, config)
+        _stacked(out, models, given, {**votes, **{k: from_flat[k] for k in votes if k in from_flat}}, config)
     else:
         _voted(out, models, votes, warnings)
     if request.account is not None:
