@@ -329,3 +329,25 @@ def test_with_an_account_the_size_is_the_smaller_of_the_bet_size_and_the_rules(s
             assert squeezed["confidence_score"] == pytest.approx(
                 1 - free["p_win_long"] - free["p_win_short"], abs=1e-12)
     assert traded >= 3
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "-0.1", "nan", ""])
+def test_a_bad_threshold_is_a_clear_error(value, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["backtest", "--synthetic", "2000", "--threshold", value])
+    assert result.exit_code != 0 and "--threshold must be a probability in [0, 1) or auto" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_auto_needs_a_stacker_where_there_is_none():
+    """backtest-signals trades a signals file: no stacker chose a threshold, so "auto" is refused."""
+    from trademl.config import fixed_threshold
+    from trademl.errors import TradeMLError
+
+    assert fixed_threshold(0.6) == 0.6
+    with pytest.raises(TradeMLError, match="chosen by the stacker"):
+        fixed_threshold("auto")

@@ -9,14 +9,19 @@ the longest label horizon):
    lightgbm) and predict every bar of the test fold through the one model interface
    (``Runtime.predict(ModelInputs) -> Votes``): the kinds that do not observe the account in
    one batch, the PPO agent bar by bar, because its observation holds the account it trades;
-3. the votes go through ``trademl.predict.decision.decide`` with the weights
-   ``choose_weights`` gives from the stored validation skill: the functions the predictor
-   calls, so backtest and serving cannot disagree (a test replays a fold through the
-   predictor bar by bar and gets the same decisions).
+3. the fold's stacker (``trademl.models.stacker``, fitted by ``train all`` on the last rows
+   of the fold's training span, which its base models did not train on) decides every bar in
+   one batch, at the fold's threshold (``fold_thresholds``: the configured one, or with "auto"
+   the stacker's own choice); a fold without a stacker (too few rows) takes the weighted vote,
+   ``trademl.predict.decision.decide`` with the weights ``choose_weights`` gives from the
+   stored validation skill. Both are the functions the predictor calls, so backtest and
+   serving cannot disagree (a test replays a fold through the predictor bar by bar and gets
+   the same decisions, with each).
 
 The folds' test spans are concatenated and traded by ``run_backtest`` (the guide's +/-1
-contract rule up to max_position_size, only above the confidence threshold, fills at the
-next bar's open through the broker). A fold boundary is a segment break: the account is
+contract rule up to max_position_size, only above the fold's threshold, fills at the next
+bar's open through the broker; with the stacker each counted signal holds its contract for
+[ensemble] horizon bars, ``holding_bars``). A fold boundary is a segment break: the account is
 flat when the models are replaced. Next to the ensemble, each model alone (its own vote
 through the same rule; the PPO agent with its own account) and the baselines (flat,
 buy-and-hold, random entries with the same trade count) run on the same bars; every Sharpe

@@ -1,4 +1,8 @@
-"""The decision: every model's vote on a bar (or a batch of bars) -> recommendation + confidence.
+"""The weighted vote: every model's vote on a bar (or a batch of bars) -> recommendation + confidence.
+
+With ``[ensemble] method = "stacked"`` (the default) the stacker of ``trademl.models.stacker``
+decides instead wherever the store has one fitted on the loaded versions; this vote decides
+without one, and its confidence is not a probability.
 
 This is the one function both the predictor (``EnsemblePredictor``, one request) and the
 walk-forward backtest (every test bar) call, so serving and backtest cannot disagree.

@@ -4,8 +4,10 @@ The models run through their torch-free, lightgbm-free runtimes (ONNX Runtime + 
 loaded from the model store (``trademl.predict.loader``). Each one predicts on the same
 ``ModelInputs`` (``trademl.predict.request``); a model that is missing, failed to load, or
 lacks an input of this request is skipped and ``warnings`` says why, the others still vote.
-Their votes go through ``trademl.predict.decision.decide``, the function the walk-forward
-backtest calls too. A request nobody can answer, or a malformed one, raises ``RequestError``
+The stacker (``trademl.models.stacker``), when the store has one fitted on the loaded
+versions, turns their votes into calibrated win probabilities and the decision; else their
+votes go through ``trademl.predict.decision.decide``. Both are what the walk-forward backtest
+calls too. A request nobody can answer, or a malformed one, raises ``RequestError``
 naming the field: never a silent HOLD.
 """
 
