@@ -58,6 +58,16 @@ class DataConfig(_Section):
         '(the bar stays), or "drop" the bar.'))
 
 
+class FeaturesConfig(_Section):
+    """Which features a new dataset computes (trademl.data.features.registry.select_features)."""
+
+    include: list[str] | None = Field(None, description=(
+        "Features or groups (guide, returns, trend, bands, volume, calendar) to compute; None: the default "
+        "set. A chosen feature the bars cannot give (a volume one without volume) is an error naming it."))
+    exclude: list[str] = Field(default_factory=list, description=(
+        "Features or groups left out of the included ones (e.g. [\"volume\"] for spot FX or crypto feeds)."))
+
+
 class CostsConfig(_Section):
     """The one cost model: used by labels, the PPO environment and the backtester."""
 
@@ -312,6 +322,7 @@ class Config(_Section):
     contracts: dict[str, ContractOverride] = Field(default_factory=dict, description=(
         "Instruments by root, [contracts.SPY] tick_size = 0.01, point_value = 1.0 (trademl.market.contracts)."))
     data: DataConfig = Field(default_factory=DataConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
     account: AccountConfig = Field(default_factory=AccountConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)

@@ -159,16 +159,21 @@ class BuildResult:
 
 def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec, config: Config,
                          names=None) -> pd.DataFrame:
-    """``names``: the features to compute (None: the default set, less what the bars cannot give)."""
+    """``names``: the features to compute (None: [features] include / exclude, else the default set,
+    less what the bars cannot give)."""
     from trademl.data.features import compute_features
 
     extra = tuple(c for c in config.data.extra_feature_columns if c in bars.columns)
     missing = [c for c in config.data.extra_feature_columns if c not in bars.columns]
     if missing:
         raise DataError(f"extra feature columns {missing} are not in the bars", where=bars.attrs.get("source"))
+    volume_optional = None
+    if names is None:
+        names = _chosen_features(bars, config)
+        volume_optional = names is None or config.features.include is None  # only exclude given: default rule
     feats = compute_features(
         bars, symbol=spec.root, names=names, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra,
-        contract=spec,
+        contract=spec, volume_optional=volume_optional,
     )
     execution = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size)
     labels = make_labels(bars, seg, execution, config.data.horizons, config.costs.signal_cost_multiple)
@@ -183,6 +188,27 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     frame.insert(0, "segment", seg.astype(np.int32))
     frame.attrs["schema"] = feats.attrs.get("schema")
     return frame
+
+
+def _chosen_features(bars: pd.DataFrame, config: Config) -> list[str] | None:
+    """[features] include / exclude as feature names (None: the default set). A feature chosen by
+    name or group that the bars cannot give is an error naming it, not a silent gap."""
+    from trademl.data.features import FEATURES
+    from trademl.data.features.registry import select_features
+
+    where = "config [features]"
+    try:
+        names = select_features(config.features.include, config.features.exclude)
+    except ValueError as e:
+        raise DataError(str(e), where=where) from None
+    if names is not None and config.features.include is not None:
+        volume = bars["volume"].to_numpy(np.float64) if "volume" in bars.columns else None
+        needing = [n for n in names if FEATURES[n].needs_volume]
+        if needing and (volume is None or not (volume > 0).any()):
+            why = "have no volume column" if volume is None else "have all-zero volume"
+            raise DataError(f"the bars {why}: the chosen features {needing} cannot be computed", where=where,
+                            hint='leave them out: [features] exclude = ["volume"]')
+    return names
 
 
 def bars_file_dataset(path, config: Config | None = None, *, symbol: str | None = None, tz: str | None = None,

@@ -84,6 +84,7 @@ def compute_features(
     max_gap_minutes: float | None = None,
     extra_columns: Sequence[str] = (),
     contract=None,
+    volume_optional: bool | None = None,
 ) -> pd.DataFrame:
     """Causal features of every bar: float32 columns in schema order, same index as ``bars``.
     ``contract``: the ContractSpec whose tick size the tick-based features use (None: the one the
@@ -94,7 +95,8 @@ def compute_features(
     segment's warm-up. Volume features are left out, with one warning, when the bars carry
     no volume, and, for the default set (``names=None``), when their volume is all zero (spot
     FX feeds): they would be constant or NaN. Named features are computed as asked, so that a
-    model's own list (serving, later chunks of a build) always gives the same columns.
+    model's own list (serving, later chunks of a build) always gives the same columns, unless
+    ``volume_optional`` (a selection of [features] exclude: the default rule applies to it too).
     What was left out and why is in the schema (``left_out``). ``extra_columns`` (e.g. ``edge``
     of synthetic bars) are passed through as features of the same name. The schema is in
     ``result.attrs["schema"]``.
@@ -105,7 +107,8 @@ def compute_features(
     # the spec the bars carry (a dataset's, or one given on the command line), else the symbol's
     spec_contract = contract or spec_of_bars(bars, _symbol_of(bars, symbol))
     ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes)
-    specs, left_out = _without_volume_features(specs, ctx, defaults=names is None)
+    specs, left_out = _without_volume_features(specs, ctx, defaults=names is None if volume_optional is None
+                                               else volume_optional)
 
     columns = [s.name for s in specs] + list(extra_columns)
     matrix = np.empty((len(ctx), len(columns)), dtype=np.float32, order="F")

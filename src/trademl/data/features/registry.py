@@ -138,6 +138,44 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 )
 
 
+# Groups of features a config can name in [features] include / exclude, beside single names.
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "guide": ("close", "volume", "rsi", "dist_to_poc_ticks"),
+    "returns": ("ret_1", "ret_5", "ret_15", "ret_30", "ret_60", "rvol_15", "rvol_30", "rvol_60"),
+    "trend": ("sma_dist_10", "sma_dist_20", "sma_dist_50", "ema_dist_12", "ema_dist_26", "ema_dist_50",
+              "macd", "macd_signal", "macd_hist", "rsi_7"),
+    "bands": ("bb_pctb_20", "bb_width_20", "atr_ticks_14", "range_atr_14", "bar_range_ticks", "clv", "body_ratio"),
+    "volume": (),  # filled below: every feature that reads volume
+    "calendar": ("tod_sin", "tod_cos", "dow_sin", "dow_cos"),
+}
+
+
+def select_features(include=None, exclude=()) -> list[str] | None:
+    """The features ``[features] include / exclude`` choose (names or FEATURE_GROUPS), in registry
+    order; None when both are empty (the default set, with its automatic volume rule). An unknown
+    name or an empty choice is a ValueError naming it."""
+    if include is None and not exclude:
+        return None
+
+    def expand(items, what: str) -> set[str]:
+        out = set()
+        for item in items:
+            if item in FEATURE_GROUPS:
+                out.update(FEATURE_GROUPS[item])
+            elif item in FEATURES:
+                out.add(item)
+            else:
+                raise ValueError(f"[features] {what}: {item!r} is neither a feature nor a group; groups are "
+                                 f"{', '.join(FEATURE_GROUPS)} (`trademl data features` lists the features)")
+        return out
+
+    chosen = expand(include, "include") if include is not None else set(DEFAULT_FEATURES)
+    chosen -= expand(exclude, "exclude")
+    if not chosen:
+        raise ValueError("[features] include / exclude leave no feature to compute")
+    return [name for name in FEATURES if name in chosen]
+
+
 def describe_features(names=None) -> list[dict]:
     """One row per feature (default: every registered one): what `trademl data features` prints."""
     default = set(DEFAULT_FEATURES)
@@ -153,3 +191,6 @@ def describe_features(names=None) -> list[dict]:
         }
         for spec in (FEATURES[n] for n in (FEATURES if names is None else names))
     ]
+
+
+FEATURE_GROUPS["volume"] = tuple(name for name, spec in FEATURES.items() if spec.needs_volume)
