@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The guide's `python3 scripts/backtest_models.py`: same as `trademl backtest`.
 
-Run it with the project's environment active (`source .venv/bin/activate`), or through
+With the system python3 it restarts itself in the project's .venv (scripts/_venv.py); or run
 `.venv/bin/python scripts/backtest_models.py`. All `trademl backtest` options apply, e.g.
 `python3 scripts/backtest_models.py --folds 3 --budget small --out report.html`.
 """
@@ -9,6 +9,9 @@ Run it with the project's environment active (`source .venv/bin/activate`), or t
 import sys
 from pathlib import Path
 
+import _venv
+
+_venv.use_project_venv()  # the guide's `python3 scripts/...` with the system python3
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from trademl.cli import app  # noqa: E402

@@ -13,8 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trademl.predict.ensemble import EnsemblePredictor
-from trademl.predict.stdio import predict_stdio
+if __name__ == "__main__":  # the guide's `python3 scripts/predict_advanced.py` with the system python3
+    import _venv
+
+    _venv.use_project_venv()
+
+from trademl.predict.ensemble import EnsemblePredictor  # noqa: E402
+from trademl.predict.stdio import predict_stdio  # noqa: E402
 
 __all__ = ["EnsemblePredictor"]
 

@@ -99,10 +99,12 @@ def _one_or_many(paths):
     return paths[0] if len(paths) == 1 else list(paths)
 
 
-def console():
+def console(stderr: bool = True):
+    """Progress and messages go to stderr; a command whose answer is a table (inspect) prints it
+    to stdout, where a pipe or a redirect finds it."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=stderr)
 
 
 @data_app.command("build")
@@ -160,7 +162,7 @@ def data_inspect(
     table = Table(title="bars", show_header=False)
     for label, text in summary_rows(describe_bars(frame)):
         table.add_row(label, text)
-    out = console()
+    out = console(stderr=False)
     out.print(table)
     if report is not None:
         out.print(str(report), markup=False, highlight=False, soft_wrap=True)

@@ -193,7 +193,9 @@ class PPOConfig(_Section):
     net_arch: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer sizes of the policy and value nets.")
     eval_fraction: float = Field(0.2, description=(
         "The last fraction of the bars is held out: never trained on, the agent is evaluated there."))
-    checkpoint_dir: str = Field("artifacts/checkpoints/ppo", description="Where checkpoints for --resume are written.")
+    checkpoint_dir: str | None = Field(None, description=(
+        "Where checkpoints for --resume are written; None: checkpoints/ppo beside [paths] model_root "
+        "(artifacts/checkpoints/ppo by default), as the LSTM's."))
     checkpoint_every: int = Field(200_000, description="Timesteps between checkpoints (for --resume).")
     # One thread: the policy's matmuls are small, and on a shared 2-core machine a second
     # OpenMP thread waits on the first (measured 10-20x slower under load; bench/README.md).

@@ -226,11 +226,18 @@ def train_ppo(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, s
         torch.set_num_threads(threads)  # leave the process as it was (a walk-forward trains more models)
 
 
+def checkpoint_folder(cfg: Config) -> Path:
+    """[ppo] checkpoint_dir, else checkpoints/ppo beside [paths] model_root (where the LSTM's go)."""
+    if cfg.ppo.checkpoint_dir is not None:
+        return Path(cfg.ppo.checkpoint_dir)
+    return Path(cfg.paths.model_root).parent / "checkpoints" / "ppo"
+
+
 def _train(bars, cfg: Config, features, schema, symbol, resume, progress, console, store) -> PPOTrainingResult:
     p = cfg.ppo
     prepared = prepare_market(bars, cfg, features=features, schema=schema, symbol=symbol)
     env = make_vec_env(prepared, cfg)
-    checkpoints = Path(p.checkpoint_dir)
+    checkpoints = checkpoint_folder(cfg)
     model = _load_checkpoint(checkpoints, env, prepared, cfg) if resume else new_model(env, cfg)
     start_steps = model.num_timesteps
     t0 = time.perf_counter()
