@@ -89,7 +89,6 @@ class FoldPrediction:
     confidence: np.ndarray
     alone: dict  # "<kind>" -> (action 0/1/2, confidence)
     thresholds: dict  # "ensemble" and each "<kind>" -> the confidence its signals must be above
-    stacked: object = None  # the stacker's StackedDecision when it decided, else None
 
 
 def fold_thresholds(config: Config, stacker, kinds) -> dict:
@@ -147,8 +146,7 @@ def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_se
         outputs.update({"stacker_p_win_long": stacked.p_long, "stacker_p_win_short": stacked.p_short,
                         "stacker_pnl_long": stacked.pnl_long, "stacker_pnl_short": stacked.pnl_short,
                         "stacker_contracts": stacked.contracts.astype(np.float64)})
-    return FoldPrediction({k: v.vote for k, v in votes.items()}, outputs, action, confidence, alone, thresholds,
-                          stacked)
+    return FoldPrediction({k: v.vote for k, v in votes.items()}, outputs, action, confidence, alone, thresholds)
 
 
 def _stacked_fold(stacker, runtimes: dict, votes: dict, inputs: ModelInputs, dataset, rows, config: Config,
