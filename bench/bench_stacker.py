@@ -33,7 +33,8 @@ def walk_forward(bars: int, edge_ic: float, folds: int) -> dict:
                              out=f"artifacts/bench/stacker_ic{edge_ic:g}.html")
     out = result.to_json()
     out["seconds"] = time.perf_counter() - started
-    out["share_buy_sell"] = float((result.signals["action"] != 0).mean())
+    signals = result.signals  # a BUY/SELL that counted: above its fold's threshold
+    out["share_buy_sell"] = float(((signals["action"] != 0) & (signals["confidence"] > signals["threshold"])).mean())
     out["thresholds"] = [f.thresholds[ENSEMBLE] for f in result.folds]
     return out
 
