@@ -25,9 +25,10 @@ base models' serving runtimes give there:
 * the expected P&L of a side is ``p * average win - (1 - p) * average loss``, both averages
   over that side's trades in the span, in dollars per contract after costs;
 * ``threshold_auto``: the threshold of ``THRESHOLD_GRID`` whose decisions, from the cross-fitted
-  probabilities, had the best per-bar Sharpe on the span (what ``confidence_threshold = "auto"``
-  uses); the same choice for each base model alone, from its own vote (the walk-forward's
-  ``<kind> alone`` runs).
+  probabilities, had the best per-bar Sharpe on the span among those better than chance there
+  (``THRESHOLD_T`` standard errors), else the grid's highest (what ``confidence_threshold =
+  "auto"`` uses); the same choice for each base model alone, from its own vote (the
+  walk-forward's ``<kind> alone`` runs).
 
 The decision (``StackerRuntime.decide``, numpy only; the predictor and the walk-forward call
 it): BUY or SELL only when that side's expected P&L is positive and its probability is above
@@ -60,7 +61,8 @@ DROP_PROBABILITY = 0.5
 CROSS_FIT_BLOCKS = 5  # time blocks of the out-of-fold scores the isotonic map and thresholds are fitted on
 L2_C = 0.1  # scikit-learn's C (inverse L2 strength) of the logistic regressions
 VOTE_FLOOR = 1e-4  # votes are clipped into [floor, 1 - floor] before their logit
-MIN_TRADES = 30  # a threshold with fewer decisions on the calibration part is not chosen
+MIN_TRADES = 30  # a threshold with fewer decisions on the stacker's rows is not chosen
+THRESHOLD_T = 1.645  # ... nor one whose decisions' Sharpe there is within one-sided 95% of chance
 SIDES = ("long", "short")
 _ERF = np.vectorize(math.erf, otypes=[np.float64])  # numpy has no erf; serving needs no scipy
 
