@@ -70,6 +70,11 @@ _ERF = np.vectorize(math.erf, otypes=[np.float64])  # numpy has no erf; serving 
 # ----------------------------------------------------------------------------- inputs
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic regression's probability from its linear score."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 def raw_inputs(votes: dict, kinds: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     """([n, 2K] logits of each kind's buy and sell vote, NaN where it did not vote; [n, K] present)."""
     stacked = np.full((n, len(kinds), 3), np.nan)
@@ -229,7 +234,7 @@ class StackerRuntime:
         informed = present.any(axis=1)
         out = []
         for s in SIDES:
-            raw = 1.0 / (1.0 + np.exp(-(X @ self.coef[s] + self.intercept[s])))
+            raw = sigmoid(X @ self.coef[s] + self.intercept[s])
             out.append(np.where(informed, self.calibrators[s].apply(raw), self.base_rate[s]))
         return out[0], out[1], informed
 

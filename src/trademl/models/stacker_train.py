@@ -96,10 +96,6 @@ def _logistic(X: np.ndarray, y: np.ndarray):
     return model.coef_[0], float(model.intercept_[0])
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int) -> np.ndarray:
     """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): time
     blocks of the n rows, each scored by a regression fitted on the other blocks, less ``horizon``
@@ -112,7 +108,7 @@ def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int)
         held = (t >= lo) & (t < hi)
         train = (t < lo - horizon) | (t >= hi + horizon)
         coef, intercept = _logistic(X[train], y[train])
-        scores[held] = _sigmoid(X[held] @ coef + intercept)
+        scores[held] = st.sigmoid(X[held] @ coef + intercept)
     return scores
 
 

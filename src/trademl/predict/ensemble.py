@@ -165,20 +165,21 @@ def _beside_flat_account(rt, inputs: ModelInputs):
     return mine, v.vote[n:]
 
 
-def _stacked(out: dict, models: LoadedModels, given, votes: dict, config) -> None:
-    """The stacker's decision (``trademl.models.stacker``): what the walk-forward trades too.
-    ``votes`` holds the agents that observe an account as read from a flat one."""
+def _stacked(out: dict, models: LoadedModels, given, votes: dict, config) -> float:
+    """The stacker's decision (``trademl.models.stacker``) into ``out``: what the walk-forward
+    trades too. ``votes`` holds the agents that observe an account as read from a flat one.
+    Returns HOLD's confidence (the probability that neither side wins), for a blocked trade."""
     threshold = config.backtest.confidence_threshold
     d = models.stacker.decide({k: v[-1:] for k, v in votes.items()}, _last_row(given.inputs),
                               models.feature_names, threshold=None if threshold == "auto" else float(threshold),
                               max_contracts=config.account.max_position_size)
     out["ensemble_recommendation"] = ACTION_NAMES[int(d.action[0])]
     out["confidence_score"] = float(d.confidence[0])
-    out["hold_confidence"] = float(np.clip(1.0 - d.p_long[0] - d.p_short[0], 0.0, 1.0))
     out["p_win_long"], out["p_win_short"] = float(d.p_long[0]), float(d.p_short[0])
     out["expected_pnl"] = float(d.expected_pnl[0])
     out["suggested_contracts"] = int(d.contracts[0])
     out["threshold"] = float(d.threshold)
+    return float(np.clip(1.0 - d.p_long[0] - d.p_short[0], 0.0, 1.0))
 
 
 def _last_row(inputs) -> np.ndarray | None:
@@ -186,8 +187,9 @@ def _last_row(inputs) -> np.ndarray | None:
     return None if rows is None else rows[-1:]
 
 
-def _voted(out: dict, models: LoadedModels, votes: dict, warnings: list) -> None:
-    """The weighted vote (``trademl.predict.decision.decide``): without a stacker to decide."""
+def _voted(out: dict, models: LoadedModels, votes: dict, warnings: list) -> float:
+    """The weighted vote (``trademl.predict.decision.decide``) into ``out``, without a stacker to
+    decide. Returns HOLD's confidence (the vote's share for HOLD), for a blocked trade."""
     if models.stacker_note:
         warnings.append(models.stacker_note)
     if models.weight_warning:
@@ -199,7 +201,7 @@ def _voted(out: dict, models: LoadedModels, votes: dict, warnings: list) -> None
         warnings.append(f"the models that ran ({', '.join(votes)}) all have weight 0; equal weights among them")
     out["ensemble_recommendation"] = ACTION_NAMES[int(decision.action[0])]
     out["confidence_score"] = float(decision.confidence[0])
-    out["hold_confidence"] = float(decision.probabilities[0][0])  # the vote's share for HOLD
+    return float(decision.probabilities[0][0])
 
 
 def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
@@ -232,22 +234,22 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
                            kind="insufficient_input")
     out["votes"] = {k: dict(zip(("hold", "buy", "sell"), (float(x) for x in v.vote[-1]))) for k, v in ran.items()}
     if models.stacker is not None:
-        _stacked(out, models, given, {**votes, **{k: from_flat[k] for k in votes if k in from_flat}}, config)
+        hold_confidence = _stacked(out, models, given, {**votes, **{k: from_flat[k] for k in votes if k in from_flat}},
+                                   config)
     else:
-        _voted(out, models, votes, warnings)
+        hold_confidence = _voted(out, models, votes, warnings)
     if request.account is not None:
         out["risk"] = _risk(request, given, ran, models, out["ensemble_recommendation"], config, out.get("p_win_long"),
                             out.get("p_win_short"))
         if out["risk"]["blocked"]:
             warnings.append(f"{out['ensemble_recommendation']} blocked by the account's rules: {out['risk']['reason']}")
             out["ensemble_recommendation"] = "HOLD"
-            out["confidence_score"] = out.pop("hold_confidence")
+            out["confidence_score"] = hold_confidence
             if "suggested_contracts" in out:
                 out["suggested_contracts"], out["expected_pnl"] = 0, 0.0
         elif out.get("suggested_contracts"):
             # the account's room and the Kelly size of the risk block cap the probability's size
             out["suggested_contracts"] = int(min(out["suggested_contracts"], out["risk"]["suggested_contracts"]))
-    out.pop("hold_confidence", None)
     out["warnings"] = warnings
     out["model_versions"] = {k: models.versions[k] for k in out["models_used"]}
     if models.stacker is not None:
