@@ -40,6 +40,9 @@ PointValueOpt = typer.Option(None, "--point-value", help="Dollars per full point
                              "instrument ([contracts.SYMBOL] point_value).")
 CommissionOpt = typer.Option(None, "--commission", help="Commission per contract (share) per side of the --symbol "
                              "instrument ([contracts.SYMBOL] commission_per_side; default: [costs]).")
+ContextOpt = typer.Option(None, "--context", help="Another instrument's bars (e.g. ES.csv beside NQ; repeat or quote "
+                         "a glob for several files): adds its aligned returns, relative strength, correlation and "
+                         "beta as features (as-of join: no later context bar is read).")
 ModelRootOpt = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root).")
 
 
@@ -120,6 +123,7 @@ def data_build(
     tz: Optional[str] = TzOpt,
     repair: bool = typer.Option(False, "--repair", help="Drop/dedupe bad rows and report them instead of failing."),
     resample: Optional[int] = typer.Option(None, "--resample", help="Resample to N-minute bars first (1 to 10080, a week)."),
+    context: Optional[list[Path]] = ContextOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """Bars (+ optional decision log) -> Parquet dataset + manifest."""
@@ -132,7 +136,7 @@ def data_build(
                           commission=commission)
     result = build_dataset(
         bars_path=_one_or_many(bars), out_dir=out, decisions_path=decisions, symbol=symbol,
-        repair=repair, resample_minutes=resample, config=cfg, progress=True,
+        repair=repair, resample_minutes=resample, config=cfg, progress=True, context=_one_or_many(context),
     )
     print_summary(result, console())
 
@@ -191,7 +195,7 @@ def data_features(
     console().print(table)
 
 
-def _train_lgbm(dataset_path, cfg, source: str = "auto", symbol: str | None = None) -> None:
+def _train_lgbm(dataset_path, cfg, source: str = "auto", symbol: str | None = None, context=None) -> None:
     """Train lgb_5m and lgb_30m into the store with a progress bar, then print their tables."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -200,7 +204,7 @@ def _train_lgbm(dataset_path, cfg, source: str = "auto", symbol: str | None = No
     from trademl.models.store import ModelStore
 
     out = console()
-    dataset = load_training_dataset(dataset_path, cfg, symbol=symbol)
+    dataset = load_training_dataset(dataset_path, cfg, symbol=symbol, context=context)
     store = ModelStore(cfg.paths.model_root)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out, transient=True) as bar:
         task = bar.add_task("lgbm", total=None)
@@ -222,12 +226,13 @@ def train_lgbm_command(
     point_value: Optional[float] = PointValueOpt,
     commission: Optional[float] = CommissionOpt,
     tz: Optional[str] = TzOpt,
+    context: Optional[list[Path]] = ContextOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """LightGBM win models lgb_5m and lgb_30m: walk-forward, calibrated, ONNX, stored."""
     cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
                           commission=commission)
-    _train_lgbm(_one_or_many(dataset), cfg, rows, symbol)
+    _train_lgbm(_one_or_many(dataset), cfg, rows, symbol, _one_or_many(context))
 
 
 @train_app.command("all")
@@ -239,6 +244,7 @@ def train_all_command(
     point_value: Optional[float] = PointValueOpt,
     commission: Optional[float] = CommissionOpt,
     tz: Optional[str] = TzOpt,
+    context: Optional[list[Path]] = ContextOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """LightGBM (lgb_5m, lgb_30m), the LSTM and the PPO agent on one dataset, into the model store."""
@@ -248,7 +254,8 @@ def train_all_command(
     cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
                           commission=commission)
     out = console()
-    trained = train_models(load_training_dataset(_one_or_many(dataset), cfg, symbol=symbol), cfg, cfg.paths.model_root, progress=True, console=out)
+    data = load_training_dataset(_one_or_many(dataset), cfg, symbol=symbol, context=_one_or_many(context))
+    trained = train_models(data, cfg, cfg.paths.model_root, progress=True, console=out)
     print_trained(trained, out)
 
 
@@ -464,6 +471,7 @@ def backtest_command(
     point_value: Optional[float] = PointValueOpt,
     commission: Optional[float] = CommissionOpt,
     tz: Optional[str] = TzOpt,
+    context: Optional[list[Path]] = ContextOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """Walk-forward: per fold, train on the past, predict the fold with the serving runtimes, trade it; HTML report."""
@@ -476,7 +484,7 @@ def backtest_command(
         cfg.backtest.confidence_threshold = _threshold_option(threshold)
     backtest_models(_one_or_many(dataset), cfg, n_folds=folds, budget=budget, out=out, models=chosen, console=console(),
                     account=account, stops=stops, synthetic=synthetic, edge_ic=edge_ic, seed=seed, json_path=json_path,
-                    symbol=symbol)
+                    symbol=symbol, context=_one_or_many(context))
 
 
 @app.command("backtest-signals")

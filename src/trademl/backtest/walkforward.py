@@ -706,7 +706,7 @@ def honesty_lines(result: WalkForwardResult) -> str:
 def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds: int | None = None,
                     budget: str | None = None, out=None, models=None, console=None, account=None,
                     stops: bool = False, synthetic: int | None = None, edge_ic: float = 0.15, seed: int = 0,
-                    json_path=None, symbol: str | None = None) -> WalkForwardResult:
+                    json_path=None, symbol: str | None = None, context=None) -> WalkForwardResult:
     """What `trademl backtest` and scripts/backtest_models.py run: progress per fold, the
     table, the verdict and the HTML report (default: [paths] report_dir/backtest.html).
     ``synthetic``: walk forward over that many generated bars (``synthetic_dataset``) instead of
@@ -719,7 +719,8 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
             raise TradeMLError("give a dataset or --synthetic N, not both", where="--synthetic")
         dataset, cfg = synthetic_dataset(synthetic, edge_ic, seed, cfg)
     else:
-        dataset = load_training_dataset(dataset_path, cfg, symbol=symbol)  # symbol: for a bars file
+        # symbol and context (another instrument's bars): for a bars file
+        dataset = load_training_dataset(dataset_path, cfg, symbol=symbol, context=context)
     say = (lambda msg: console.print(msg)) if console is not None else None
     if account is not None:
         from trademl.risk.rules import rules_for

@@ -158,9 +158,12 @@ class BuildResult:
 
 
 def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec, config: Config,
-                         names=None) -> pd.DataFrame:
+                         names=None, *, history: pd.DataFrame | None = None,
+                         context: pd.DataFrame | None = None) -> pd.DataFrame:
     """``names``: the features to compute (None: [features] include / exclude, else the default set,
-    less what the bars cannot give)."""
+    less what the bars cannot give; with ``context`` bars, the cross-market features too).
+    ``history``: the bars before these (a chunked build's previous chunk), read only by the
+    features that cross segments (yesterday's levels); no row of it is returned."""
     from trademl.data.features import compute_features
 
     extra = tuple(c for c in config.data.extra_feature_columns if c in bars.columns)
@@ -169,12 +172,18 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
         raise DataError(f"extra feature columns {missing} are not in the bars", where=bars.attrs.get("source"))
     volume_optional = None
     if names is None:
-        names = _chosen_features(bars, config)
+        names = _chosen_features(bars, config, with_context=context is not None)
         volume_optional = names is None or config.features.include is None  # only exclude given: default rule
+    with_history = bars if history is None or not len(history) else pd.concat([history, bars])
+    with_history.attrs.update(bars.attrs)
     feats = compute_features(
-        bars, symbol=spec.root, names=names, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra,
-        contract=spec, volume_optional=volume_optional,
+        with_history, symbol=spec.root, names=names, max_gap_minutes=config.data.max_gap_minutes, extra_columns=extra,
+        contract=spec, volume_optional=volume_optional, context=context,
     )
+    if len(with_history) > len(bars):
+        schema = feats.attrs["schema"]
+        feats = feats.iloc[len(with_history) - len(bars):]
+        feats.attrs["schema"] = schema
     execution = ExecutionModel.from_config(spec, config.costs, config.account.max_position_size)
     labels = make_labels(bars, seg, execution, config.data.horizons, config.costs.signal_cost_multiple)
     keep = [c for c in BAR_COLUMNS + ["contract"] if c in bars.columns]
@@ -190,15 +199,20 @@ def _features_and_labels(bars: pd.DataFrame, seg: np.ndarray, spec: ContractSpec
     return frame
 
 
-def _chosen_features(bars: pd.DataFrame, config: Config) -> list[str] | None:
+def _chosen_features(bars: pd.DataFrame, config: Config, with_context: bool = False) -> list[str] | None:
     """[features] include / exclude as feature names (None: the default set). A feature chosen by
-    name or group that the bars cannot give is an error naming it, not a silent gap."""
+    name or group that the bars cannot give is an error naming it, not a silent gap. Context bars
+    add the cross-market features to the choice (unless it excludes them); the default set's
+    volume rule still applies to it (compute_features' ``volume_optional``)."""
     from trademl.data.features import FEATURES
     from trademl.data.features.registry import select_features
 
     where = "config [features]"
+    include = config.features.include
+    if with_context:
+        include = list(include if include is not None else ["default"]) + ["context"]
     try:
-        names = select_features(config.features.include, config.features.exclude)
+        names = select_features(include, config.features.exclude)
     except ValueError as e:
         raise DataError(str(e), where=where) from None
     if names is not None and config.features.include is not None:
@@ -212,30 +226,53 @@ def _chosen_features(bars: pd.DataFrame, config: Config) -> list[str] | None:
 
 
 def bars_file_dataset(path, config: Config | None = None, *, symbol: str | None = None, tz: str | None = None,
-                      repair: bool = False) -> Dataset:
-    """A dataset built in memory from bars files (one, a list or a glob), read as `data build` reads them."""
+                      repair: bool = False, context=None) -> Dataset:
+    """A dataset built in memory from bars files (one, a list or a glob), read as `data build` reads them;
+    ``context``: another instrument's bars files (or frame) for the cross-market features."""
     from trademl.data.bars import load_bars
 
     config = resolve_config(config)
     frame = load_bars(path, symbol=symbol, repair=repair, tz=tz or config.data.timezone,
                       max_gap_minutes=config.data.max_gap_minutes, bad_prints=BadPrintRule.from_config(config.data))
-    dataset = dataset_from_bars(frame, config, symbol)
+    dataset = dataset_from_bars(frame, config, symbol, context=context_bars(context, config, tz))
     dataset.path = Path(path) if isinstance(path, (str, Path)) else None
     return dataset
 
 
-def dataset_from_bars(bars: pd.DataFrame, config: Config | None = None, symbol: str | None = None) -> Dataset:
-    """Build a dataset in memory (what tests and notebooks use)."""
+def context_bars(context, config: Config, tz: str | None = None) -> pd.DataFrame | None:
+    """The context instrument's bars: a frame as it is, files (one, a list or a glob) read and
+    validated as bars are (its own instrument needs no symbol: its features are scale-free)."""
+    from trademl.data.bars import load_bars
+
+    if context is None or isinstance(context, pd.DataFrame):
+        return context
+    return load_bars(context, tz=tz or config.data.timezone, max_gap_minutes=config.data.max_gap_minutes,
+                     bad_prints=BadPrintRule.from_config(config.data))
+
+
+def _context_record(context: pd.DataFrame | None) -> dict:
+    """What the manifest says of the context bars (their source and span)."""
+    if context is None:
+        return {}
+    span = [context.index[0].isoformat(), context.index[-1].isoformat()] if len(context) else [None, None]
+    return {"context": {"source": str(context.attrs.get("source") or "frame"), "bars": len(context), "span": span}}
+
+
+def dataset_from_bars(bars: pd.DataFrame, config: Config | None = None, symbol: str | None = None,
+                      context: pd.DataFrame | None = None) -> Dataset:
+    """Build a dataset in memory (what tests and notebooks use); ``context``: another instrument's
+    bars frame, which adds the cross-market features."""
     config = resolve_config(config)
     if bars.empty:  # a dataset of no rows would only fail later, in training, less clearly
         raise DataError("no bars to build a dataset from (the frame has no rows)", where=str(bars.attrs.get("source") or "bars"))
     symbol = require_symbol(symbol or bars.attrs.get("symbol") or config.data.symbol, bars.attrs.get("source"))
     spec = spec_of_bars(bars, symbol, config)
     seg = segment_ids(bars, config.data.max_gap_minutes)
-    frame = _features_and_labels(bars, seg, spec, config)
+    frame = _features_and_labels(bars, seg, spec, config, context=context)
     tally = _LabelTally(config.data.horizons)
     tally.add(frame)
-    manifest = _manifest(tally, frame.attrs["schema"], symbol, spec, config, source=bars.attrs.get("source"))
+    manifest = _manifest(tally, frame.attrs["schema"], symbol, spec, config, source=bars.attrs.get("source"),
+                         extra=_context_record(context))
     return Dataset(frame, manifest)
 
 
@@ -333,10 +370,12 @@ def build_dataset(
     config: Config | None = None,
     progress: bool = False,
     tz: str | None = None,
+    context=None,
 ) -> BuildResult:
     """Build a dataset folder from bars files (default: the bundled ES sample; several files or a
     glob are merged in time order). ``tz``: zone of naive stamps (None: [data] timezone, else UTC).
-    The instrument is ``symbol``, else the data's or the file name's (an error when none tells)."""
+    The instrument is ``symbol``, else the data's or the file name's (an error when none tells).
+    ``context``: another instrument's bars files, which add the cross-market features."""
     from trademl.data import bars as bars_mod
 
     config = resolve_config(config)
@@ -351,13 +390,14 @@ def build_dataset(
     resample_minutes = bars_mod.check_resample_minutes(resample_minutes)
     out_dir = Path(out_dir) if out_dir else Path(config.paths.data_dir) / paths[0].name.split(".")[0]
     source = paths[0] if len(paths) == 1 else ", ".join(map(str, paths))
+    context = context_bars(context, config, tz)
     try:
         with _atomic_folder(out_dir) as tmp:
             chunks = bars_mod.read_bars_chunks(paths, config.data.chunk_rows, symbol=symbol, repair=repair,
                                                 tz=tz or config.data.timezone,
                                                 max_gap_minutes=config.data.max_gap_minutes,
                                                 bad_prints=BadPrintRule.from_config(config.data))
-            manifest = _write_chunks(chunks, tmp, symbol, config, resample_minutes, progress, source)
+            manifest = _write_chunks(chunks, tmp, symbol, config, resample_minutes, progress, source, context)
             if decisions_path:
                 manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config, tz or config.data.timezone)
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -369,7 +409,7 @@ def build_dataset(
     return BuildResult(out_dir, manifest, written)
 
 
-def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, progress, source) -> dict:
+def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, progress, source, context=None) -> dict:
     from trademl.data.bars import resample_bars
     from trademl.data.features import FEATURES
 
@@ -398,6 +438,7 @@ def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, p
             yield chunk
 
     bar = _progress(progress, source)
+    history = None  # the previous chunk's last bars, for the features that read earlier segments
     try:
         for bars in _complete_segments(tapped(), config.data.max_gap_minutes):
             if spec is None:  # the first bars tell the instrument when no symbol was given
@@ -410,8 +451,9 @@ def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, p
             # the first chunk settles the features (volume ones left out when its volume is all
             # zero); every later chunk computes exactly those, so the file has one schema
             names = None if schema is None else [n for n in schema.names if n in FEATURES]
-            frame = _features_and_labels(bars, seg, spec, bar_config, names)
+            frame = _features_and_labels(bars, seg, spec, bar_config, names, history=history, context=context)
             schema = schema or frame.attrs["schema"]
+            history = _history_for(schema, history, bars)
             frame.attrs = {}  # the schema goes to the manifest, not into Parquet metadata
             table = pa.Table.from_pandas(frame, preserve_index=True)
             if writer is None:
@@ -438,7 +480,20 @@ def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, p
     if merged:
         extra["merged"] = list(merged)
     extra["resample_minutes"] = resample_minutes or 1
+    extra |= _context_record(context)
     return _manifest(tally, schema, symbol, spec, bar_config, source=source, extra=extra)
+
+
+def _history_for(schema, history: pd.DataFrame | None, bars: pd.DataFrame) -> pd.DataFrame | None:
+    """The bars the next chunk's cross-segment features read: the last ``history`` bars (their
+    longest) of what came before; None when no chosen feature crosses segments."""
+    from trademl.data.features import FEATURES
+
+    crossing = [FEATURES[n].history for n in schema.names if n in FEATURES and FEATURES[n].crosses_segments]
+    if not crossing:
+        return None
+    joined = bars if history is None else pd.concat([history, bars])
+    return joined.iloc[-max(crossing):]
 
 
 def _write_decisions(path: Path, tmp: Path, config: Config, tz: str | None = None) -> dict:
@@ -498,10 +553,12 @@ def load_dataset(path) -> Dataset:
     return Dataset(frame, manifest, decisions, path)
 
 
-def load_training_dataset(path=None, config=None, *, symbol: str | None = None, tz: str | None = None) -> Dataset:
+def load_training_dataset(path=None, config=None, *, symbol: str | None = None, tz: str | None = None,
+                          context=None) -> Dataset:
     """A dataset folder, or a bars file built in memory; by default the built bundled
     sample (``[paths] data_dir``/es_1min_lean), else the bundled sample built in memory. ``path`` may
-    also be several bars files (a list or a glob); ``symbol`` and ``tz`` are for bars files, as in `data build`."""
+    also be several bars files (a list or a glob); ``symbol``, ``tz`` and ``context`` (another instrument's
+    bars) are for bars files, as in `data build`: a dataset folder already holds its features."""
     from trademl.data.bars import bar_paths, bundled_sample_path
 
     config = resolve_config(config)
@@ -509,12 +566,15 @@ def load_training_dataset(path=None, config=None, *, symbol: str | None = None, 
         default = Path(config.paths.data_dir) / bundled_sample_path().name.split(".")[0]
         path = default if (default / MANIFEST_FILE).is_file() else bundled_sample_path()
     if isinstance(path, (str, Path)) and Path(path).is_dir():
+        if context is not None:
+            raise DataError("--context is for bars files: a dataset folder already holds its features",
+                            where=str(path), hint="build the dataset with `trademl data build BARS --context FILE`")
         return load_dataset(path)
     paths = bar_paths(path)
     for p in paths:
         if not p.exists():
             raise DataError("no such dataset folder or bars file", where=str(p))
-    return bars_file_dataset(paths if len(paths) > 1 else paths[0], config, symbol=symbol, tz=tz)
+    return bars_file_dataset(paths if len(paths) > 1 else paths[0], config, symbol=symbol, tz=tz, context=context)
 
 
 def print_summary(result: BuildResult, console) -> None:

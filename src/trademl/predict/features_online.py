@@ -34,7 +34,7 @@ class OnlineFeatures:
         return int(len(seg) - np.searchsorted(seg, seg[-1], side="left")) if len(seg) else 0
 
 
-def bars_frame(bars: list, symbol: str, contract: dict | None = None):
+def bars_frame(bars: list, symbol: str, contract: dict | None = None, source: str = "request bars"):
     """The request's bars as the bars frame of DESIGN.md (UTC index "timestamp", float64 columns)."""
     import pandas as pd
 
@@ -56,21 +56,24 @@ def bars_frame(bars: list, symbol: str, contract: dict | None = None):
     frame.attrs["symbol"] = symbol
     if contract is not None:  # the models' spec: tick-based features as in training
         frame.attrs["contract"] = contract
-    frame.attrs["source"] = "request bars"
+    frame.attrs["source"] = source
     return frame
 
 
 def features_from_bars(bars: list, *, symbol: str, feature_names: list[str], max_gap_minutes: float,
-                       contract: dict | None = None) -> OnlineFeatures:
-    """Compute ``feature_names`` (in that order) for every bar of the request."""
+                       contract: dict | None = None, context_bars: list | None = None) -> OnlineFeatures:
+    """Compute ``feature_names`` (in that order) for every bar of the request; ``context_bars``:
+    another instrument's bars, for models built with a context (--context)."""
     from trademl.data.features import compute_features
     from trademl.segments import segment_ids
 
     frame = bars_frame(bars, symbol, contract)
     extras = tuple(n for n in feature_names if n in frame.columns and n not in BAR_FIELDS)
     computed = [n for n in feature_names if n not in extras]
+    context = None if context_bars is None else bars_frame(context_bars, "context", source="context_bars")
     feats = compute_features(
-        frame, symbol=symbol, names=computed or None, max_gap_minutes=max_gap_minutes, extra_columns=extras
+        frame, symbol=symbol, names=computed or None, max_gap_minutes=max_gap_minutes, extra_columns=extras,
+        context=context,
     )
     missing = [n for n in feature_names if n not in feats.columns]
     if missing:

@@ -237,9 +237,10 @@ def _from_bars(request, spec, names: list[str], config, warnings: list[str]):
 
     try:
         online = features_from_bars(request.bars, symbol=spec.root, feature_names=names, contract=spec.to_dict(),
-                                    max_gap_minutes=config.data.max_gap_minutes)
+                                    max_gap_minutes=config.data.max_gap_minutes, context_bars=request.context_bars)
     except TradeMLError as e:
-        raise RequestError(e.message, field=e.where if (e.where or "").startswith("bars") else "bars") from None
+        field = e.where if (e.where or "").startswith(("bars", "context_bars")) else "bars"
+        raise RequestError(e.message + (f" ({e.hint})" if e.hint else ""), field=field) from None
     in_segment = online.rows_in_last_segment()
     seq = online.matrix[len(online.matrix) - in_segment:]
     warming = [n for n, v in zip(names, online.matrix[-1]) if not np.isfinite(v)]

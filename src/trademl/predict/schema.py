@@ -155,6 +155,11 @@ class PredictRequest(_Strict):
         default=None, min_length=1, max_length=MAX_BARS,
         description="the last raw bars, oldest first: features are computed from them with the training code",
     )
+    context_bars: list[Bar] | None = Field(
+        default=None, min_length=1, max_length=MAX_BARS,
+        description="another instrument's last raw bars (models built with --context): its aligned returns, "
+                    "relative strength, correlation and beta are computed from them as in training",
+    )
     position: StrictInt = Field(default=0, ge=-1000, le=1000, description="contracts held, + long / - short")
     balance: Number | None = Field(default=None, description="account balance; default: [account] initial_balance")
     unrealized_pnl: Number = 0.0
@@ -216,7 +221,7 @@ class PredictRequest(_Strict):
             raise ValueError(f"{e.message} ({e.hint})") from None
         return v
 
-    @field_validator("bars")
+    @field_validator("bars", "context_bars")
     @classmethod
     def _bars_in_utc(cls, v, info):
         """Naive bar stamps read in ``timezone`` (the bar loader's rule: DST gap refused, repeated
@@ -233,13 +238,15 @@ class PredictRequest(_Strict):
 
     @model_validator(mode="after")
     def _naive_warned(self) -> "PredictRequest":
-        self._naive_as_utc = self.timezone is None and any(b._naive for b in self.bars or ())
+        self._naive_as_utc = self.timezone is None and any(b._naive for b in (self.bars or []) + (self.context_bars or []))
         return self
 
     @model_validator(mode="after")
     def _one_source(self) -> "PredictRequest":
         if self.bars is not None and (self.features is not None or self.sequence is not None):
             raise ValueError("give either `bars` or `features`/`sequence`, not both")
+        if self.context_bars is not None and self.bars is None:
+            raise ValueError("`context_bars` go with `bars`: the cross-market features are computed from both")
         if self.bars is None and self.features is None and self.sequence is None:
             raise ValueError("no model input: give `bars` or `features` (and `sequence` for the LSTM and PPO)")
         return self

@@ -85,6 +85,7 @@ def compute_features(
     extra_columns: Sequence[str] = (),
     contract=None,
     volume_optional: bool | None = None,
+    context: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Causal features of every bar: float32 columns in schema order, same index as ``bars``.
     ``contract``: the ContractSpec whose tick size the tick-based features use (None: the one the
@@ -99,14 +100,20 @@ def compute_features(
     ``volume_optional`` (a selection of [features] exclude: the default rule applies to it too).
     What was left out and why is in the schema (``left_out``). ``extra_columns`` (e.g. ``edge``
     of synthetic bars) are passed through as features of the same name. The schema is in
-    ``result.attrs["schema"]``.
+    ``result.attrs["schema"]``. ``context``: another instrument's bars frame, read by the
+    cross-market features (FEATURE_GROUPS["context"]) as of each bar.
     """
     specs = resolve_features(names)
+    needing = [s.name for s in specs if s.needs_context]
+    if needing and context is None:
+        raise DataError(f"the features {needing} read another instrument's bars and none were given",
+                        where=str(bars.attrs.get("source") or "bars"),
+                        hint="give the context instrument's bars: --context FILE (context_bars in a request)")
     extra_columns = (extra_columns,) if isinstance(extra_columns, str) else tuple(extra_columns)
     extras = _extra_values(bars, extra_columns, set(FEATURES))
     # the spec the bars carry (a dataset's, or one given on the command line), else the symbol's
     spec_contract = contract or spec_of_bars(bars, _symbol_of(bars, symbol))
-    ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes)
+    ctx = BarContext(bars, spec_contract.tick_size, max_gap_minutes, market_context=context if needing else None)
     specs, left_out = _without_volume_features(specs, ctx, defaults=names is None if volume_optional is None
                                                else volume_optional)
 
@@ -133,6 +140,7 @@ def feature_row_from_bars(
     names: Iterable[str] | None = None,
     max_gap_minutes: float | None = None,
     extra_columns: Sequence[str] = (),
+    context: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The features of the LAST bar, from the last ``required_history(names)`` bars only.
 
@@ -144,5 +152,6 @@ def feature_row_from_bars(
     tail = bars_tail.iloc[-required_history(names) :]
     tail.attrs.update(bars_tail.attrs)
     return compute_features(
-        tail, symbol=symbol, names=names, max_gap_minutes=max_gap_minutes, extra_columns=extra_columns
+        tail, symbol=symbol, names=names, max_gap_minutes=max_gap_minutes, extra_columns=extra_columns,
+        context=context,
     ).iloc[-1:]

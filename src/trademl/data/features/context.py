@@ -43,7 +43,8 @@ def _finite_column(bars: pd.DataFrame, name: str, where: str) -> np.ndarray:
 class BarContext:
     """Arrays of one bars frame plus a cache of the intermediates features share."""
 
-    def __init__(self, bars: pd.DataFrame, tick_size: float, max_gap_minutes: float | None = None):
+    def __init__(self, bars: pd.DataFrame, tick_size: float, max_gap_minutes: float | None = None,
+                 market_context: pd.DataFrame | None = None):
         where = str(bars.attrs.get("source") or "bars")
         if not isinstance(bars.index, pd.DatetimeIndex) or bars.index.tz is None:
             raise DataError("bars need a tz-aware DatetimeIndex (UTC bar-open times)", where=f"{where}: index")
@@ -64,6 +65,14 @@ class BarContext:
             )
         self.seg = segment_ids(pd.DataFrame(index=bars.index, data=_contract_column(bars)), max_gap_minutes)
         self.segs = rolling.SegmentIndex(self.seg)
+        contract = _contract_column(bars).get("contract")
+        # runs of one contract, time gaps ignored: session levels of the day before may be read across
+        # the daily halt but never across a roll
+        self.contract_run = (np.cumsum(segment_start_mask(contract)) if contract is not None
+                             else np.zeros(len(self.stamps), dtype=np.int64))
+        # another instrument's bars (--context): its close as of each of our bars, NaN where stale
+        self.context_close = (None if market_context is None
+                              else aligned_context_close(market_context, self.stamps, max_gap_minutes))
         self.since = self.segs.since
         self.tick_size = float(tick_size)
         self._cache: dict[tuple, np.ndarray] = {}
@@ -200,6 +209,29 @@ class BarContext:
             new[self.first_rows] = True
             self._cache["sessions"] = rolling.SegmentIndex(np.cumsum(new))
         return self._cache["sessions"]
+
+
+def aligned_context_close(market_context: pd.DataFrame, stamps: np.ndarray, max_gap_minutes: float | None) -> np.ndarray:
+    """The context instrument's close as of each of ``stamps`` (an as-of join: its last bar opened at
+    or before ours, which closes when ours does, so nothing later is ever read); NaN where that bar
+    is more than ``max_gap_minutes`` old or there is none."""
+    from trademl.config import resolve_config
+
+    if max_gap_minutes is None:
+        max_gap_minutes = resolve_config().data.max_gap_minutes
+    where = str(market_context.attrs.get("source") or "context bars")
+    if not isinstance(market_context.index, pd.DatetimeIndex) or market_context.index.tz is None:
+        raise DataError("context bars need a tz-aware DatetimeIndex (UTC bar-open times)", where=f"{where}: index")
+    theirs = market_context.index.tz_convert("UTC").as_unit("ns").asi8
+    if len(theirs) > 1 and (np.diff(theirs) <= 0).any():
+        raise DataError("context bar timestamps must increase", where=f"{where}: index")
+    close = _finite_column(market_context, "close", where)
+    if not len(close):
+        return np.full(len(stamps), np.nan)
+    at = np.searchsorted(theirs, stamps, side="right") - 1
+    ok = at >= 0
+    ok[ok] = stamps[ok] - theirs[at[ok]] <= int(max_gap_minutes * NS_PER_MINUTE)
+    return np.where(ok, close[np.maximum(at, 0)], np.nan)
 
 
 def _contract_column(bars: pd.DataFrame) -> dict:

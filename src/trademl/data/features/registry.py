@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trademl.data.features import cross_market as xm
 from trademl.data.features import indicators as ind
+from trademl.data.features import intraday as intra
 from trademl.data.features.rolling import ema_memory
 
 FEATURE_VERSION = 1
@@ -25,8 +27,11 @@ class FeatureSpec:
     """One registered feature.
 
     warmup: the first ``warmup`` bars of every segment are NaN (the feature needs them).
-    history: bars of one segment that make the value exact (>= warmup + 1; EMAs need
-        longer, until their start is forgotten to 1e-9) - what the serving path keeps.
+    history: bars that make the value exact (>= warmup + 1; EMAs need longer, until their
+        start is forgotten to 1e-9) - what the serving path keeps.
+    crosses_segments: reads earlier segments (yesterday's levels across the daily halt): a
+        chunked build must hand it the bars before the chunk.
+    needs_context: reads another instrument's bars (--context).
     """
 
     name: str
@@ -36,6 +41,8 @@ class FeatureSpec:
     history: int = 1
     needs_volume: bool = False
     description: str = ""
+    crosses_segments: bool = False
+    needs_context: bool = False
 
     def compute(self, ctx) -> np.ndarray:
         return self.fn(ctx, **self.params)
@@ -44,11 +51,13 @@ class FeatureSpec:
 FEATURES: dict[str, FeatureSpec] = {}
 
 
-def _register(name, fn, params=None, *, warmup=0, history=None, needs_volume=False, description=""):
+def _register(name, fn, params=None, *, warmup=0, history=None, needs_volume=False, description="",
+              crosses_segments=False, needs_context=False):
     if name in FEATURES:
         raise ValueError(f"feature {name!r} registered twice")
     FEATURES[name] = FeatureSpec(
-        name, fn, dict(params or {}), warmup, max(history or 0, warmup + 1), needs_volume, description
+        name, fn, dict(params or {}), warmup, max(history or 0, warmup + 1), needs_volume, description,
+        crosses_segments, needs_context,
     )
 
 
@@ -114,6 +123,52 @@ def _register_all() -> None:
     _register("tod_cos", ind.time_of_day_cos, description="cos of UTC minute of day")
     _register("dow_sin", ind.day_of_week_sin, description="sin of the trading day's weekday")
     _register("dow_cos", ind.day_of_week_cos, description="cos of the trading day's weekday")
+    _register_intraday()
+    _register_cross_market()
+
+
+def _register_intraday() -> None:
+    """Higher timeframes, session structure and the volatility regime (trademl.data.features.intraday)."""
+    for m in (5, 15, 60):
+        history = 5 * m + 1  # the current higher bar and the four before it
+        _register(f"tf_ret_{m}", intra.higher_return, {"minutes": m}, history=history,
+                  description=f"log(close / open) of the last completed {m}-minute bar")
+        _register(f"tf_range_{m}", intra.higher_range, {"minutes": m}, history=history,
+                  description=f"log(high / low) of the last completed {m}-minute bar")
+        _register(f"tf_trend_{m}", intra.higher_trend, {"minutes": m, "bars": 3}, history=history,
+                  description=f"log return over the last 3 completed {m}-minute bars")
+    day = {"history": intra.session_history(1), "crosses_segments": True}
+    _register("minutes_since_open", intra.minutes_since_open,
+              description="minutes since the regular session's 08:30 Chicago open; negative overnight")
+    for side in ("high", "low"):
+        _register(f"or_{side}_dist_ticks", intra.opening_range_distance, {"minutes": 30, "side": side}, **day,
+                  description=f"close - the 30-minute opening range's {side} in ticks (today's once complete, "
+                              "else yesterday's)")
+        _register(f"overnight_{side}_dist_ticks", intra.overnight_distance, {"side": side}, **day,
+                  description=f"close - the overnight {side} in ticks (running during the overnight)")
+    for level in ("high", "low", "close", "settle"):
+        _register(f"prev_{level}_dist_ticks", intra.previous_day_distance, {"level": level}, **day,
+                  description=f"close - the previous trading day's {level} in ticks"
+                              + (" (its last close before 15:00 Chicago)" if level == "settle" else ""))
+    # two days: their bars and today's (4,321) fit in a request's 5,000 bars, so serving is exact
+    _register("rvol_pct_60", intra.volatility_percentile, {"window": 60, "days": 2},
+              history=intra.session_history(2), crosses_segments=True,
+              description="percentile of rvol_60 among its values of the previous 2 trading days, 0..1")
+
+
+def _register_cross_market() -> None:
+    """Another instrument's bars as context (trademl.data.features.cross_market; --context FILE)."""
+    ctx = {"needs_context": True}
+    for lag in (1, 5, 15):
+        _register(f"ctx_ret_{lag}", xm.context_return, {"lag": lag}, history=lag + 1, **ctx,
+                  description=f"the context instrument's log return over {lag} bars (as-of aligned)")
+    for lag in (15, 60):
+        _register(f"ctx_rel_strength_{lag}", xm.relative_strength, {"lag": lag}, history=lag + 1, **ctx,
+                  description=f"our log return minus the context's over {lag} bars")
+    _register("ctx_corr_60", xm.rolling_correlation, {"window": 60}, history=61, **ctx,
+              description="correlation of one-bar returns with the context's over 60 bars")
+    _register("ctx_beta_60", xm.rolling_beta, {"window": 60}, history=61, **ctx,
+              description="beta of one-bar returns on the context's over 60 bars")
 
 
 _register_all()
@@ -147,7 +202,15 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "bands": ("bb_pctb_20", "bb_width_20", "atr_ticks_14", "range_atr_14", "bar_range_ticks", "clv", "body_ratio"),
     "volume": (),  # filled below: every feature that reads volume
     "calendar": ("tod_sin", "tod_cos", "dow_sin", "dow_cos"),
+    "default": DEFAULT_FEATURES,
+    "timeframes": tuple(f"tf_{k}_{m}" for m in (5, 15, 60) for k in ("ret", "range", "trend")),
+    "session": ("minutes_since_open", "or_high_dist_ticks", "or_low_dist_ticks", "overnight_high_dist_ticks",
+                "overnight_low_dist_ticks", "prev_high_dist_ticks", "prev_low_dist_ticks", "prev_close_dist_ticks",
+                "prev_settle_dist_ticks"),
+    "regime": ("rvol_pct_60",),
+    "context": (),  # filled below: every feature that reads the context instrument
 }
+FEATURE_GROUPS["intraday"] = FEATURE_GROUPS["timeframes"] + FEATURE_GROUPS["session"] + FEATURE_GROUPS["regime"]
 
 
 def select_features(include=None, exclude=()) -> list[str] | None:
@@ -194,3 +257,4 @@ def describe_features(names=None) -> list[dict]:
 
 
 FEATURE_GROUPS["volume"] = tuple(name for name, spec in FEATURES.items() if spec.needs_volume)
+FEATURE_GROUPS["context"] = tuple(name for name, spec in FEATURES.items() if spec.needs_context)
