@@ -314,3 +314,72 @@ def test_lightgbm_finds_a_planted_cross_market_lead(lead):
         assert report.importance[0]["feature"].startswith("ctx_")
     else:
         assert abs(auc - 0.5) < 0.02
+
+
+def _bar_dicts(frame: pd.DataFrame) -> list[dict]:
+    return [{"timestamp": t.isoformat(), "open": r.open, "high": r.high, "low": r.low, "close": r.close,
+             "volume": r.volume} for t, r in zip(frame.index, frame.itertuples())]
+
+
+def test_predictor_computes_the_context_features_from_context_bars(tmp_path):
+    """A model built with --context is served from `bars` + `context_bars` exactly as from the
+    batch features of that bar; without `context_bars` the request is a clear 4xx-style error."""
+    from trademl.models import lgbm
+    from trademl.models.store import ModelStore
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    from tests.test_lgbm import small_config
+
+    cfg = small_config(n_estimators=40)
+    cfg.data.extra_feature_columns = []
+    cfg.paths.model_root = str(tmp_path / "models")
+    ours, context = lead_market(8000, lead=True, seed=9)
+    dataset = dataset_from_bars(ours, cfg, "NQ", context=context)
+    lgbm.train_win_model(dataset, 5, cfg, store=ModelStore(cfg.paths.model_root))
+    predictor = EnsemblePredictor(cfg.paths.model_root, cfg, record=False)
+    t = len(ours) - 7
+    window = ours.iloc[t - 400: t + 1]
+    answer = predictor.ensemble_predict({"bars": _bar_dicts(window),
+                                         "context_bars": _bar_dicts(context[context.index <= ours.index[t]].iloc[-400:])})
+    assert "error" not in answer, answer
+    row = {n: float(v) for n, v in zip(dataset.feature_names, dataset.X[t])}
+    batch = predictor.ensemble_predict({"features": row, "timestamp": ours.index[t].isoformat()})
+    assert answer["win_5m_prob"] == pytest.approx(batch["win_5m_prob"], abs=1e-6)
+    from trademl.predict.request import RequestError
+
+    with pytest.raises(RequestError, match="context_bars") as refused:
+        predictor.ensemble_predict({"bars": _bar_dicts(window)})
+    assert refused.value.field == "bars"
+
+
+def test_a_short_request_is_warned_about_features_that_read_earlier_days():
+    """Fewer bars than a cross-day feature's history may give a value (a partial first day) that
+    training would not: the request is told how many bars to send."""
+    from trademl.predict.request import _short_of_history
+
+    names = ["rsi", "prev_high_dist_ticks", "rvol_pct_60", "tf_ret_5"]
+    short = _short_of_history(names, 1500, np.array([50.0, 12.0, np.nan, 0.001]))
+    assert short == {"prev_high_dist_ticks": FEATURES["prev_high_dist_ticks"].history}  # NaN is "warming up"
+    assert _short_of_history(names, FEATURES["rvol_pct_60"].history, np.ones(4)) == {}
+
+
+def test_cli_builds_with_a_context_file_and_refuses_it_beside_a_dataset_folder(tmp_path, es_and_context):
+    """`data build ES --context OTHER` records the context and adds its features; `train lgbm
+    FOLDER --context OTHER` is a clear error (a folder already holds its features)."""
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+
+    es, other = es_and_context
+    context_file = tmp_path / "other.csv"
+    other.rename_axis("timestamp").reset_index().to_csv(context_file, index=False)
+    runner = CliRunner()
+    built = runner.invoke(app, ["data", "build", str(bundled_sample_path()), "--context", str(context_file),
+                                "-o", str(tmp_path / "ds")])
+    assert built.exit_code == 0, built.output
+    dataset = load_dataset(tmp_path / "ds")
+    assert set(CONTEXT) <= set(dataset.feature_names)
+    assert dataset.manifest["context"]["bars"] == len(other) and "other.csv" in dataset.manifest["context"]["source"]
+    refused = runner.invoke(app, ["train", "lgbm", str(tmp_path / "ds"), "--context", str(context_file)])
+    assert refused.exit_code == 2 and "dataset folder already holds its features" in refused.output
+    assert "Traceback" not in refused.output

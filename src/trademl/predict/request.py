@@ -247,7 +247,21 @@ def _from_bars(request, spec, names: list[str], config, warnings: list[str]):
     if warming:
         warnings.append(f"{len(warming)} of {len(names)} features of the last bar are still warming up "
                         f"(send more bars): {', '.join(warming[:5])}{' ...' if len(warming) > 5 else ''}")
+    short = _short_of_history(names, len(request.bars), online.matrix[-1])
+    if short:
+        warnings.append(f"{len(short)} features read earlier days and may differ from training with "
+                        f"{len(request.bars)} bars (send {max(short.values())}): {', '.join(list(short)[:5])}")
     return online.matrix[-1], seq, iso_utc(request.bars[-1].timestamp)
+
+
+def _short_of_history(names: list[str], sent: int, last_row: np.ndarray) -> dict[str, int]:
+    """{feature: bars it needs} of the features that read earlier trading days (yesterday's levels,
+    the regime) and got a value from fewer bars than that: the first day sent may be partial, so
+    the value may differ from the batch one without being NaN."""
+    from trademl.data.features import FEATURES
+
+    return {n: FEATURES[n].history for n, v in zip(names, last_row)
+            if n in FEATURES and FEATURES[n].crosses_segments and sent < FEATURES[n].history and np.isfinite(v)}
 
 
 def _check_price_range(bars, tick: float) -> None:

@@ -214,6 +214,11 @@ export interface components {
              */
             bars?: components["schemas"]["Bar"][] | null;
             /**
+             * Context Bars
+             * @description another instrument's last raw bars (models built with --context): its aligned returns, relative strength, correlation and beta are computed from them as in training
+             */
+            context_bars?: components["schemas"]["Bar"][] | null;
+            /**
              * Features
              * @description features of the last bar: {name: value} or an array in schema order; null = missing
              */

@@ -43,21 +43,35 @@ def relative_strength(ctx: BarContext, lag: int) -> np.ndarray:
 
 def _return_moments(ctx: BarContext, window: int):
     """Rolling (cov, var ours, var theirs) of one-bar log returns over ``window`` bars; a window
-    holding a missing context return is NaN."""
+    holding a missing context return is NaN.
+
+    Our sums read the prefix sums of the one-bar return and its square that the volatility
+    features already built (a window with a hole is NaN, so what ours holds there never counts);
+    the context's missing returns are zeros in its sums and counted apart."""
 
     def make():
         theirs = context_return(ctx, 1)
         missing = ~np.isfinite(theirs)
-        theirs = np.where(missing, 0.0, theirs)
-        ours = np.where(missing, 0.0, ctx.ret1)
-        holes = ctx.window_sum("context_missing", lambda: missing.astype(np.float64), window)
-        sums = {name: ctx.window_sum(f"context_{name}", fn, window) for name, fn in (
-            ("x", lambda: ours), ("y", lambda: theirs), ("xx", lambda: ours * ours),
-            ("yy", lambda: theirs * theirs), ("xy", lambda: ours * theirs))}
-        mx, my = sums["x"] / window, sums["y"] / window
-        cov = sums["xy"] / window - mx * my
-        var_x = np.maximum(sums["xx"] / window - mx * mx, 0.0)
-        var_y = np.maximum(sums["yy"] / window - my * my, 0.0)
+        theirs[missing] = 0.0
+        holes = ctx.window_sum("context_missing", lambda: missing.astype(np.float64), window, x_first_valid=1)
+        sx = ctx.window_sum("ret1", lambda: ctx.ret1, window, x_first_valid=1)
+        sxx = ctx.window_sum("ret1_squared", lambda: ctx.ret1 * ctx.ret1, window, x_first_valid=1)
+        sy = ctx.window_sum("context_ret1", lambda: theirs, window, x_first_valid=1)
+        syy = ctx.window_sum("context_ret1_squared", lambda: theirs * theirs, window, x_first_valid=1)
+        sxy = ctx.window_sum("context_cross", lambda: ctx.ret1 * theirs, window, x_first_valid=1)
+        # cov = E[xy] - E[x]E[y], var = E[x^2] - E[x]^2, in place (1M-bar arrays: few temporaries)
+        sx /= window
+        sy /= window
+        cov = sxy
+        cov /= window
+        cov -= sx * sy
+        var_x, var_y = sxx, syy
+        var_x /= window
+        var_x -= sx * sx
+        var_y /= window
+        var_y -= sy * sy
+        np.maximum(var_x, 0.0, out=var_x)
+        np.maximum(var_y, 0.0, out=var_y)
         bad = holes > 0
         for a in (cov, var_x, var_y):
             a[bad] = np.nan
