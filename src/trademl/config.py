@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trademl.errors import TradeMLError
 
@@ -298,6 +298,73 @@ class DemoConfig(_Section):
                                              description="[backtest] settings replaced in the small budget.")
 
 
+class ParamRange(_Section):
+    """One hyperparameter's search range: ``low``..``high`` (``log`` for a log scale, ``integer``
+    for whole numbers), or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[float | int | str | bool] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ParamRange":
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either choices (a non-empty list) or low and high, not both")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a range needs low < high (or a list of choices)")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+def _space(**ranges) -> dict[str, ParamRange]:
+    return {name: ParamRange(**r) for name, r in ranges.items()}
+
+
+class TuneConfig(_Section):
+    """`trademl tune`: Optuna's search spaces per kind, where studies live, and the trials
+    already spent choosing the settings in force (the backtest deflates its Sharpe by them)."""
+
+    storage: str = Field("artifacts/tune/studies.db", description=(
+        "SQLite file of the Optuna studies: a study killed mid-trial resumes from it."))
+    seed: int = Field(0, description="Seed of the TPE sampler.")
+    lgbm: dict[str, ParamRange] = Field(default_factory=lambda: _space(
+        learning_rate={"low": 0.01, "high": 0.3, "log": True}, num_leaves={"low": 7, "high": 63, "integer": True},
+        min_child_samples={"low": 50, "high": 2000, "log": True, "integer": True},
+        feature_fraction={"low": 0.4, "high": 1.0}, lambda_l2={"low": 1e-3, "high": 30.0, "log": True}),
+        description="[lgbm] settings searched, objective: walk-forward log-loss of the raw test-block probabilities.")
+    lstm: dict[str, ParamRange] = Field(default_factory=lambda: _space(
+        LEARNING_RATE={"low": 1e-4, "high": 3e-3, "log": True}, HIDDEN_SIZE={"choices": [32, 64, 128]},
+        DROPOUT={"low": 0.0, "high": 0.5}),
+        description="[lstm] settings searched, objective: the mean best validation loss of the walk-forward folds.")
+    ppo: dict[str, ParamRange] = Field(default_factory=lambda: _space(
+        learning_rate={"low": 1e-4, "high": 1e-3, "log": True}, clip_epsilon={"low": 0.1, "high": 0.3},
+        n_steps={"choices": [16, 32, 64]}, gamma={"low": 0.3, "high": 0.95}, ent_coef={"low": 1e-4, "high": 0.05, "log": True}),
+        description="[ppo] settings searched, objective: the held-out Sharpe net of costs (maximised).")
+    trials: dict[str, int] = Field(default_factory=dict, description=(
+        "Trials already tried to choose the settings in force, by kind ({lgbm = 40}; `trademl tune` writes it): "
+        "every one counts in the walk-forward's deflated Sharpe."))
+
+    @field_validator("trials")
+    @classmethod
+    def _counts(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: n for k, n in v.items() if not isinstance(n, int) or n < 0}
+        if bad:
+            raise ValueError(f"trial counts must be whole numbers >= 0: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_settings(self) -> "TuneConfig":
+        for kind, section in (("lgbm", LGBMConfig), ("lstm", LSTMConfig), ("ppo", PPOConfig)):
+            unknown = sorted(set(getattr(self, kind)) - set(section.model_fields))
+            if unknown:
+                raise ValueError(f"[tune.{kind}] searches {unknown}, which are not [{kind}] settings")
+        return self
+
+
 class PathsConfig(_Section):
     """Where data, models, logs and reports live."""
 
@@ -336,6 +403,7 @@ class Config(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
 
@@ -384,6 +452,9 @@ def _merge(raw: dict, overrides: dict) -> None:
     """``overrides`` ({"section": {"name": value}}) into ``raw``; an instrument's table in [contracts]
     is merged field by field, so --tick-size keeps the file's commission for it."""
     for section, values in overrides.items():
+        if not isinstance(values, dict) or not isinstance(raw.get(section, {}), dict):
+            raw[section] = values  # not a table: validation names it
+            continue
         target = raw.setdefault(section, {})
         for name, value in values.items():
             if section == "contracts" and isinstance(value, dict) and isinstance(target.get(name), dict):
@@ -392,18 +463,35 @@ def _merge(raw: dict, overrides: dict) -> None:
                 target[name] = value
 
 
+MAX_EXTENDS = 5  # a chain of `extends` longer than this is a loop
+
+
+def _read_toml(p: Path, depth: int = 0) -> dict:
+    """A config file's tables; ``extends = "base.toml"`` (relative to the file) reads that one
+    first and lays this one over it: what `trademl tune` writes, the tuned settings over yours."""
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise TradeMLError("config file not found", where=str(p)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise TradeMLError(f"not valid TOML: {e}", where=str(p)) from None
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or depth >= MAX_EXTENDS:
+        raise TradeMLError("`extends` must name one config file, in a chain of at most "
+                           f"{MAX_EXTENDS}", where=str(p))
+    merged = _read_toml((p.parent / base), depth + 1)
+    _merge(merged, raw)
+    return merged
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
     """Defaults <- TOML file (if any) <- overrides ({"ppo": {"total_timesteps": 1000}})."""
     path = path or os.environ.get("TRADEML_CONFIG")
     raw: dict = {}
     if path is not None or Path(DEFAULT_CONFIG_FILE).exists():
-        p = Path(path or DEFAULT_CONFIG_FILE)
-        try:
-            raw = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise TradeMLError("config file not found", where=str(p)) from None
-        except tomllib.TOMLDecodeError as e:
-            raise TradeMLError(f"not valid TOML: {e}", where=str(p)) from None
+        raw = _read_toml(Path(path or DEFAULT_CONFIG_FILE))
     _reject_moved(raw, str(path or DEFAULT_CONFIG_FILE))
     _reject_moved(overrides or {}, "config overrides")
     _merge(raw, overrides or {})

@@ -261,8 +261,10 @@ class FoldResult:
     last_train_bar: int  # the latest bar whose label any fitted or validation row used
 
 
-def walk_forward(rows: WinRows, horizon: int, cfg, names, progress: Progress | None = None) -> list[FoldResult]:
-    """Fit one booster per fold (early-stopped on a purged validation tail), predict its test block."""
+def walk_forward(rows: WinRows, horizon: int, cfg, names, progress: Progress | None = None,
+                 on_fold: Callable[[FoldResult], None] | None = None) -> list[FoldResult]:
+    """Fit one booster per fold (early-stopped on a purged validation tail), predict its test block.
+    ``on_fold`` sees each fold's result as it is done (a tuning trial reports it, and may stop)."""
     from trademl.data.splits import train_valid_split, walk_forward_splits
 
     embargo = horizon if cfg.embargo_bars is None else cfg.embargo_bars
@@ -290,6 +292,8 @@ def walk_forward(rows: WinRows, horizon: int, cfg, names, progress: Progress | N
         train_rate = float(rows.y[np.r_[fit, valid]].mean())
         last_train_bar = int(rows.bar[np.r_[fit, valid]].max())
         results.append(FoldResult(len(results), test, train_rate, best, raw, len(fit), len(valid), last_train_bar))
+        if on_fold is not None:
+            on_fold(results[-1])
     if not results:
         raise InsufficientDataError(
             f"no walk-forward fold of {rows.n_bars} bars has labelled test and validation rows",
