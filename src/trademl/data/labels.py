@@ -179,7 +179,8 @@ def make_labels(
         lowest = _window_extreme(l_, h, np.min)
         highest = _window_extreme(h_, h, np.max)
         excursion = np.maximum(c - lowest, highest - c)
-        risk = np.clip(excursion / (RISK_ATR_MULTIPLE * atr), 0.0, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # ATR 0 on a flat stretch: masked out below
+            risk = np.clip(excursion / (RISK_ATR_MULTIPLE * atr), 0.0, 1.0)
         out[f"win_long_{h}"] = np.where(valid, (pnl_long > 0).astype(float), np.nan)
         out[f"win_short_{h}"] = np.where(valid, (pnl_short > 0).astype(float), np.nan)
         out[f"signal_{h}"] = np.where(valid, signal, np.nan)
