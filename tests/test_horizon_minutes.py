@@ -96,3 +96,16 @@ def test_data_build_and_inspect_say_what_each_horizon_covers(three_minute_bars, 
                               env={"TRADEML_CONFIG": str(tmp_path / "trademl.toml")})
     assert inspected.exit_code == 0, inspected.output
     assert "15min = 5 bars, 30 bars = 90 min" in " ".join(inspected.stdout.split())
+
+
+def test_data_build_refuses_a_horizon_the_bars_cannot_divide_in_one_line(three_minute_bars, tmp_path):
+    from trademl.cli import app
+
+    path = tmp_path / "es_3min.csv"
+    three_minute_bars.rename_axis("timestamp").to_csv(path)
+    (tmp_path / "trademl.toml").write_text('[data]\nhorizons = ["10min"]\n')
+    done = CliRunner().invoke(app, ["data", "build", str(path), "-o", str(tmp_path / "ds"),
+                                    "-c", str(tmp_path / "trademl.toml")])
+    assert done.exit_code == 2 and "Traceback" not in done.output
+    assert done.stderr.startswith('error: [data] horizons: horizon "10min" is not a whole number of 3-minute bars')
+    assert not (tmp_path / "ds").exists()  # nothing half-written

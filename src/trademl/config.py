@@ -60,6 +60,7 @@ class DataConfig(_Section):
     @classmethod
     def _bars_or_minutes(cls, value):
         return [parse_horizon(h) for h in value] if isinstance(value, (list, tuple)) else value
+
     max_gap_minutes: int = Field(15, description=(
         "A gap longer than this (minutes) between consecutive bars starts a new segment: "
         "features restart and no label or sequence spans it."))

@@ -64,8 +64,8 @@ def horizon_bars(horizons, bar_minutes: float | None) -> list[int]:
 def _minutes_to_bars(horizon: str, bar_minutes: float | None) -> int:
     minutes = int(horizon.removesuffix("min"))
     if bar_minutes is None or not math.isfinite(bar_minutes) or bar_minutes <= 0:
-        raise DataError(f'horizon "{horizon}" is in minutes, and the bars\' length is unknown (fewer than two bars)',
-                        where=HORIZONS_WHERE, hint="give it in bars")
+        raise DataError(f'horizon "{horizon}" is in minutes, and the bars\' length is unknown (no bars, or one)',
+                        where=HORIZONS_WHERE, hint="give bars, or the horizon in bars")
     bars = minutes / bar_minutes
     if bars < 1 or abs(bars - round(bars)) > 1e-9:
         raise DataError(f'horizon "{horizon}" is not a whole number of {_minutes_text(bar_minutes)}-minute bars',
