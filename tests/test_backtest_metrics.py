@@ -45,7 +45,39 @@ def test_sharpe_and_sortino_come_from_daily_session_pnl():
     assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(252))
     assert m["sortino"] == pytest.approx(r.mean() / math.sqrt(np.mean(np.minimum(r, 0) ** 2)) * math.sqrt(252))
     assert m["total_pnl"] == pytest.approx(result.pnl.sum())
-    assert m["cagr"] == pytest.approx((1 + m["total_return"]) ** (252 / 5) - 1)
+    assert math.isnan(m["cagr"]) and math.isnan(m["calmar"])  # 5 sessions are too few to annualise
+
+
+def _daily_result(pnl_per_day: list[float], initial: float = 100_000.0):
+    """A backtest result with one bar per weekday session (15:00 UTC) earning the given dollars."""
+    from types import SimpleNamespace
+
+    index = pd.bdate_range("2024-01-02 15:00", periods=len(pnl_per_day), tz="UTC")
+    pnl = np.array(pnl_per_day, dtype=np.float64)
+    zeros = np.zeros(len(pnl))
+    trades = pd.DataFrame({"pnl": [pnl.sum()], "qty": [1], "bars_held": [len(pnl)]})
+    return SimpleNamespace(initial_balance=initial, equity=initial + np.cumsum(pnl), pnl=pnl, index=index,
+                           trade_qty=zeros, position=zeros + 1, costs=zeros, trades=trades)
+
+
+def test_cagr_and_calmar_annualise_only_a_long_enough_span():
+    from trademl.backtest.metrics import MIN_SESSIONS_TO_ANNUALISE, compute_metrics
+
+    # 100 sessions: +$100 a day but -$400 on day 10 and +$600 on day 11: $100,000 -> $110,000.
+    days = [100.0] * 100
+    days[9], days[10] = -400.0, 600.0
+    m = compute_metrics(_daily_result(days))
+    assert m["sessions"] == 100 and m["total_return"] == pytest.approx(0.10)
+    # by hand: 1.1 ** (252 / 100) - 1 = exp(2.52 * ln 1.1) - 1 = exp(0.2401817) - 1
+    assert m["cagr"] == pytest.approx(0.271480, abs=1e-6)
+    # the worst drawdown: $400 below the $100,900 peak
+    assert m["max_drawdown_pct"] == pytest.approx(400 / 100_900)
+    assert m["calmar"] == pytest.approx(0.271480 / (400 / 100_900), rel=1e-5)
+    short = compute_metrics(_daily_result(days[:MIN_SESSIONS_TO_ANNUALISE - 1]))
+    assert math.isnan(short["cagr"]) and math.isnan(short["calmar"])
+    assert short["total_return"] > 0 and math.isfinite(short["sharpe"])  # the unannualised figures stay
+    enough = compute_metrics(_daily_result([100.0] * MIN_SESSIONS_TO_ANNUALISE))
+    assert enough["cagr"] == pytest.approx(1.063 ** (252 / MIN_SESSIONS_TO_ANNUALISE) - 1)
 
 
 def test_drawdown_in_dollars_and_percent():

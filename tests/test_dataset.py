@@ -179,7 +179,7 @@ def test_cli_build_prints_summary_and_paths(tmp_path, es_slice_dataset):
     assert cells["span"] == f"{m['span']['start']} .. {m['span']['end']}"
     assert cells["features"] == f"{len(m['feature_schema']['names'])} (schema {m['feature_schema']['hash'][:12]})"
     for h, b in m["label_balance"].items():
-        assert cells[f"labels {h}m"].startswith(f"{b['rows_labelled']:,} labelled; win long {b['win_long_rate']}")
+        assert cells[f"labels {h} bars = {m['horizon_minutes'][h]:g} min"].startswith(f"{b['rows_labelled']:,} labelled; win long {b['win_long_rate']}")
     written = proc.stderr[proc.stderr.index("written:"):].split()[1:]
     assert written == [str(out / "data.parquet"), str(out / "manifest.json")]
 

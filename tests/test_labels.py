@@ -104,3 +104,20 @@ def test_risk_is_adverse_excursion_over_three_atr():
     # at t=30 the ATR window (bars 17..30) holds the spike bar: TR 1.25 instead of 0.5
     atr_30 = (13 * 0.5 + 1.25) / 14
     assert lab["risk_5"].iloc[30] == pytest.approx(0.25 / (3 * atr_30))
+
+
+def test_a_flat_stretch_leaves_risk_unknown_without_a_numpy_warning():
+    """A market that did not move for 20 bars (ATR 0): the risk label is NaN there, said by no RuntimeWarning."""
+    import warnings
+
+    opens = np.r_[np.linspace(100, 105, 20), np.full(40, 105.0), np.linspace(105, 101, 20)]
+    bars = _bars(opens)
+    flat = (bars.index >= bars.index[20]) & (bars.index <= bars.index[59])
+    bars.loc[flat, ["high", "low"]] = 105.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        lab = make_labels(bars, segment_ids(bars), NQ, horizons=(3,), signal_cost_multiple=1.0)
+    atr_zero = np.arange(len(bars))[20 + 13: 60]  # the last 14 bars' true range is 0 from bar 33 on
+    assert lab["risk_3"].iloc[atr_zero].isna().all()
+    assert lab["risk_3"].iloc[15:17].notna().all()  # the moving stretch has its risk label
+    assert lab["win_long_3"].iloc[atr_zero[:-5]].notna().all()  # the other labels are there

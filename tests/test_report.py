@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from trademl.backtest.baselines import run_baselines
@@ -138,3 +139,50 @@ def test_reliability_diagram_and_pbo_render_in_headless_chromium(report_inputs, 
     assert status["errors"] == "0" and status["plots"] == "4" and int(status["rendered-svgs"]) >= 4
     assert f"ECE {calibration['ece']:.3f} over {calibration['n']:,} BUY/SELL bars" in dom
     assert console_errors(log) == []
+
+
+def _cells_of(text: str, metric: str) -> list[str]:
+    row = re.search(rf"<tr><td>{metric}</td>(.*?)</tr>", text)
+    assert row, f"no {metric} row in the report's table"
+    return re.findall(r"<td>(.*?)</td>", row.group(1))
+
+
+def test_equity_curve_runs_in_trading_time_on_the_bundled_es_bars(tmp_path):
+    """16 sessions six years apart: the x values are bar positions (no jump across a gap), the
+    real stamps are the hover text and tick labels, and CAGR is '-' (too few sessions)."""
+    from trademl.backtest.report import equity_figure
+    from trademl.data.bars import bundled_sample_path, load_bars
+
+    bars = load_bars(bundled_sample_path())
+    runs = {"long": run_backtest(bars, target=np.ones(len(bars)), name="long")}
+    fig = equity_figure(runs)
+    equity, drawdown = fig.data[0], fig.data[1]
+    x = np.asarray(equity.x)
+    step = int(np.ceil(len(bars) / 4000))
+    assert np.array_equal(x, np.asarray(drawdown.x))
+    assert set(np.diff(x)) <= {step} | {len(bars) - 1 - x[-2]}  # even steps; the last bar always kept
+    assert x[-1] == len(bars) - 1
+    when = pd.DatetimeIndex(list(equity.text), tz="UTC")
+    assert (np.diff(when) > np.timedelta64(7, "D")).any()  # ... though weeks pass between some of them
+    assert list(when) == list(bars.index[x].floor("min"))
+    axis = fig.layout.xaxis2
+    assert axis.tickvals[0] == 0 and axis.tickvals[-1] == len(bars) - 1
+    assert axis.ticktext[0].startswith(f"{bars.index[0]:%Y-%m-%d}") and axis.ticktext[-1].startswith(
+        f"{bars.index[-1]:%Y-%m-%d}")
+    text = write_report(tmp_path / "es.html", runs, bars=bars).read_text()
+    assert _cells_of(text, "cagr") == ["-"] and _cells_of(text, "calmar") == ["-"]
+    assert not re.search(r"<td>[^<]*nan[^<]*</td>", text, re.IGNORECASE)  # no figure prints as "nan"
+
+
+def test_account_chart_runs_in_trading_time(report_inputs):
+    from trademl.backtest.report import account_figure
+
+    bars, _ = report_inputs
+    verdict = run_backtest(bars, target=np.ones(len(bars)), account="topstep-50k").account
+    fig = account_figure(verdict)
+    x = np.asarray(fig.data[0].x)
+    assert x[-1] == len(verdict.index) - 1 and len(set(np.diff(x))) <= 2  # even steps, the last bar kept
+    assert fig.layout.xaxis.ticktext[-1].startswith(f"{verdict.index[-1]:%Y-%m-%d}")
+    marks = [t for t in fig.data if t.mode == "markers"]
+    for mark in marks:  # a breach or pass marker sits on its bar's position, its stamp as the hover text
+        assert mark.text[0] == f"{verdict.index[mark.x[0]]:%Y-%m-%d %H:%M}"

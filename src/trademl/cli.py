@@ -6,7 +6,9 @@ Imports of heavy modules (torch, lightgbm, pandas) happen inside the commands, s
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -51,13 +53,10 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import warnings
-
         from trademl.errors import TradeMLError
 
         try:
-            with warnings.catch_warnings():  # a warning is one line for the user, not a source line of ours
-                warnings.showwarning = _show_warning
+            with warnings_to_logging():
                 return fn(*args, **kwargs)
         except TradeMLError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
@@ -69,8 +68,58 @@ def friendly_errors(fn):
     return wrapper
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    typer.secho(f"warning: {message}", fg="yellow", err=True)
+# Warnings reach the user through logging, on this logger (the one logging.captureWarnings
+# writes to). captureWarnings itself is not used: its record is warnings.formatwarning's
+# "file:line: RuntimeWarning: ..." block with our source line, where the user needs the message.
+WARNINGS_LOGGER = "py.warnings"
+
+
+class _OncePerMessage(logging.Filter):
+    """Each distinct message once: a warning raised per chunk, file or fold is one line, not dozens."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+class _EchoHandler(logging.Handler):
+    """Writes through typer to the stderr of the moment (a CliRunner swaps it per invocation), in yellow on a terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.secho(self.format(record), fg="yellow", err=True)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger(WARNINGS_LOGGER).warning("%s", message)
+
+
+@contextlib.contextmanager
+def warnings_to_logging():
+    """For one command: every warning shown (warnings.warn of the library, numpy's RuntimeWarnings)
+    becomes one "warning: <message>" line on stderr through logging, once per distinct message.
+    The warning filters are left as they are (-W and PYTHONWARNINGS still apply)."""
+    import warnings
+
+    logger = logging.getLogger(WARNINGS_LOGGER)
+    handler = _EchoHandler()
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.addFilter(_OncePerMessage())
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # the root logger's handlers would print it twice
+    try:
+        with warnings.catch_warnings():  # restores warnings.showwarning when the command ends
+            warnings.showwarning = _log_warning
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def load_cli_config(config, *, tz=None, symbol=None, tick_size=None, point_value=None, commission=None, overrides=None):

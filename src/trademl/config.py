@@ -22,6 +22,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trademl.errors import TradeMLError
 
 
+def parse_horizon(value) -> int | str:
+    """A label horizon as [data] horizons takes it: bars as an int (5 or "5"), minutes as "15min"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        minutes = text.removesuffix("min").strip()
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        if text.endswith("min") and minutes.isdigit() and int(minutes) >= 1:
+            return f"{int(minutes)}min"
+    raise ValueError(f'horizon {value!r} is neither a number of bars (5) nor of minutes ("15min")')
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -35,8 +51,16 @@ class DataConfig(_Section):
     timezone: str | None = Field(None, description=(
         "Zone of naive timestamps in bar files (an IANA name such as America/New_York; --tz overrides). "
         "None: naive stamps are read as UTC, with one warning. Stamps with an offset keep theirs."))
-    horizons: list[int] = Field(default_factory=lambda: [5, 30],
-                                description="Label horizons in bars: win/signal/movement/risk labels are made for each.")
+    horizons: list[int | str] = Field(default_factory=lambda: [5, 30], description=(
+        'Label horizons: win/signal/movement/risk labels are made for each. A number is bars (5); "15min" is '
+        "minutes, turned into bars by the bars' length (which must divide it). Labels are named in bars "
+        "either way (win_long_5); the dataset manifest records each horizon's minutes."))
+
+    @field_validator("horizons", mode="before")
+    @classmethod
+    def _bars_or_minutes(cls, value):
+        return [parse_horizon(h) for h in value] if isinstance(value, (list, tuple)) else value
+
     max_gap_minutes: int = Field(15, description=(
         "A gap longer than this (minutes) between consecutive bars starts a new segment: "
         "features restart and no label or sequence spans it."))

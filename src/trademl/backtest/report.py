@@ -17,7 +17,7 @@ import pandas as pd
 
 from trademl.backtest.baselines import comparison_table
 from trademl.backtest.engine import BacktestResult
-from trademl.backtest.metrics import daily_pnl, drawdowns, hit_rate_by_confidence
+from trademl.backtest.metrics import MIN_SESSIONS_TO_ANNUALISE, daily_pnl, drawdowns, hit_rate_by_confidence
 from trademl.config import resolve_config
 from trademl.errors import TradeMLError
 from trademl.html_page import figures_html, metrics_table, write_page
@@ -26,10 +26,38 @@ MAX_POINTS_PER_LINE = 4000  # a 1M-bar equity curve is decimated to this many po
 
 
 def _decimate(index: pd.DatetimeIndex, *arrays: np.ndarray):
+    """The kept bars' positions, stamps and values (the last bar of each step, and the last one)."""
     step = max(1, math.ceil(len(index) / MAX_POINTS_PER_LINE))
     keep = np.r_[np.arange(step - 1, len(index), step), len(index) - 1] if len(index) else np.zeros(0, int)
     keep = np.unique(keep)
-    return (index[keep], *(a[keep] for a in arrays))
+    return (keep, index[keep], *(a[keep] for a in arrays))
+
+
+# Time-series charts run in trading time: x is the bar's position, the real stamp is its tick
+# label and hover text. Against clock time every gap between sessions (weeks, in the bundled ES
+# file) is a long flat line. Plotly's rangebreaks cannot close them: they take a weekly or daily
+# pattern, or a list of breaks all of one duration (dvalue), and real gaps (a holiday, a missing
+# week, a data outage) are irregular.
+TIME_TICKS = 8  # stamps written under a trading-time axis
+
+
+def _stamp_texts(stamps: pd.DatetimeIndex) -> list[str]:
+    return [f"{s:%Y-%m-%d %H:%M}" for s in stamps]
+
+
+def trading_time_axis(stamps: pd.DatetimeIndex) -> dict:
+    """Layout of an x axis whose values are positions in ``stamps``: evenly spaced ticks labelled by their times."""
+    ticks = np.unique(np.linspace(0, len(stamps) - 1, TIME_TICKS).round().astype(int)) if len(stamps) else []
+    return dict(tickmode="array", tickvals=[int(t) for t in ticks],
+                ticktext=[f"{stamps[t]:%Y-%m-%d}<br>{stamps[t]:%H:%M}" for t in ticks])
+
+
+def _all_stamps(runs: dict[str, BacktestResult]) -> pd.DatetimeIndex:
+    """Every bar of the runs in time order: one trading-time axis for all (they usually share their bars)."""
+    stamps = None
+    for run in runs.values():
+        stamps = run.index if stamps is None or run.index.equals(stamps) else stamps.union(run.index)
+    return stamps.unique()
 
 
 def equity_figure(runs: dict[str, BacktestResult]):
@@ -41,13 +69,18 @@ def equity_figure(runs: dict[str, BacktestResult]):
     from plotly.colors import qualitative
 
     palette = qualitative.Plotly
+    stamps = _all_stamps(runs)
     for i, (name, run) in enumerate(runs.items()):
         dd_usd, dd_pct = drawdowns(run.equity, run.initial_balance)
-        x, equity, dd = _decimate(run.index, run.equity, dd_pct)
+        _, when, equity, dd = _decimate(run.index, run.equity, dd_pct)
+        x, text = stamps.get_indexer(when), _stamp_texts(when)
         line = dict(color=palette[i % len(palette)], width=2.5 if i == 0 else 1.2)
-        fig.add_trace(go.Scatter(x=x, y=equity, name=name, legendgroup=name, mode="lines", line=line), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=equity, name=name, legendgroup=name, mode="lines", line=line, text=text,
+                                 hovertemplate="%{text}: $%{y:,.0f}"), row=1, col=1)
         fig.add_trace(go.Scatter(x=x, y=-100 * dd, name=name, legendgroup=name, mode="lines", line=line,
-                                 showlegend=False), row=2, col=1)
+                                 showlegend=False, text=text, hovertemplate="%{text}: %{y:.2f}%"), row=2, col=1)
+    fig.update_xaxes(**trading_time_axis(stamps))
+    fig.update_xaxes(title_text="trading time (gaps between sessions closed)", row=2, col=1)
     fig.update_layout(height=600, margin=dict(t=40, b=30))
     return fig
 
@@ -57,21 +90,27 @@ def account_figure(verdict):
     breach or the pass marked: how close the account came to each limit."""
     import plotly.graph_objects as go
 
-    x, equity, threshold, floor = _decimate(verdict.index, verdict.equity, verdict.threshold, verdict.day_floor)
+    x, when, equity, threshold, floor = _decimate(verdict.index, verdict.equity, verdict.threshold,
+                                                  verdict.day_floor)
+    text = _stamp_texts(when)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=equity, name="live equity", mode="lines", line=dict(color="#4472c4", width=2)))
+    fig.add_trace(go.Scatter(x=x, y=equity, name="live equity", mode="lines", line=dict(color="#4472c4", width=2),
+                             text=text, hovertemplate="%{text}: $%{y:,.0f}"))
     fig.add_trace(go.Scatter(x=x, y=threshold, name="trailing threshold", mode="lines",
-                             line=dict(color="#c00000", dash="dash")))
+                             line=dict(color="#c00000", dash="dash"), text=text, hovertemplate="%{text}: $%{y:,.0f}"))
     if np.isfinite(floor).any():
         fig.add_trace(go.Scatter(x=x, y=floor, name="daily loss floor", mode="lines",
-                                 line=dict(color="#ed7d31", dash="dot")))
+                                 line=dict(color="#ed7d31", dash="dot"), text=text,
+                                 hovertemplate="%{text}: $%{y:,.0f}"))
     target = verdict.rules.starting_balance + verdict.rules.profit_target
     fig.add_hline(y=target, line=dict(color="#70ad47", dash="dash"), annotation_text="profit target")
     for bar, label, color in ((verdict.breach_bar if verdict.breached else None, f"breach: {verdict.breached}", "#c00000"),
                               (verdict.pass_bar if verdict.passed else None, "passed", "#70ad47")):
         if bar is not None:
-            fig.add_trace(go.Scatter(x=[verdict.index[bar]], y=[verdict.equity[bar]], name=label, mode="markers",
-                                     marker=dict(color=color, size=12, symbol="x")))
+            fig.add_trace(go.Scatter(x=[int(bar)], y=[verdict.equity[bar]], name=label, mode="markers",
+                                     marker=dict(color=color, size=12, symbol="x"),
+                                     text=_stamp_texts(verdict.index[[bar]]), hovertemplate="%{text}: $%{y:,.0f}"))
+    fig.update_xaxes(**trading_time_axis(verdict.index), title_text="trading time (gaps between sessions closed)")
     fig.update_layout(height=420, margin=dict(t=30, b=30), yaxis_title="$",
                       title=f"{verdict.rules.name}: " + ("passed" if verdict.passed else
                                                          f"failed ({verdict.breached})" if verdict.breached else
@@ -245,7 +284,9 @@ def write_report(path, runs: dict[str, BacktestResult], *, bars: pd.DataFrame | 
     body = f"""<p class="note">{html.escape(summary)}</p>
 <h2>Strategy vs baselines</h2>
 {table_html(table)}
-<p class="note">Sharpe and Sortino are annualised from daily (session) P&amp;L, 252 sessions a year. PSR is the
+<p class="note">Sharpe and Sortino are annualised from daily (session) P&amp;L, 252 sessions a year; CAGR and
+Calmar only over {MIN_SESSIONS_TO_ANNUALISE} sessions or more ("-" below that: a few weeks compounded to a year say
+nothing). PSR is the
 probability that the true Sharpe is above zero; DSR deflates it for the {int(table["dsr_trials"].max())} runs compared
 (a DSR above 0.95 is a significant edge); a candidate that never traded counts as a trial with Sharpe 0.</p>
 {_pbo_note(pbo)}

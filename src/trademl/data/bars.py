@@ -1257,6 +1257,11 @@ def median_bar_minutes(bars: pd.DataFrame) -> float:
     return float(np.median(steps)) / _NS_PER_MINUTE if len(steps) else float("nan")
 
 
+def bar_length_minutes(bars: pd.DataFrame) -> float:
+    """The bars' length in minutes: what resampling made them (``attrs["bar_minutes"]``), else the median spacing."""
+    return float(bars.attrs.get("bar_minutes") or median_bar_minutes(bars))
+
+
 def resample_bars(bars: pd.DataFrame, minutes: int, *, max_gap_minutes: float | None = None) -> pd.DataFrame:
     """Aggregate to ``minutes``-minute bars labelled by their open time.
 
@@ -1322,8 +1327,12 @@ def describe_bars(bars: pd.DataFrame, max_gap_minutes: float | None = None) -> d
     }
 
 
-def summary_rows(info: dict) -> list[tuple[str, str]]:
-    """``describe_bars`` output as (label, text) rows for a printed table."""
+def summary_rows(info: dict, horizons=None) -> list[tuple[str, str]]:
+    """``describe_bars`` output as (label, text) rows for a printed table, with what the label
+    ``horizons`` (default: [data] horizons) cover on these bars."""
+    from trademl.data.labels import describe_horizons  # labels reads bars: imported here, not above
+
+    horizons = resolve_config().data.horizons if horizons is None else horizons
     volume = ("none (volume features left out)" if not info["has_volume"]
               else "all zero (volume features left out)" if info["zero_volume_bars"] == info["rows"] > 0
               else f"yes, {info['zero_volume_bars']:,} zero-volume bars")
@@ -1335,6 +1344,7 @@ def summary_rows(info: dict) -> list[tuple[str, str]]:
         ("last bar open", str(info["last"])),
         ("timezone", str(info["tz"])),
         ("bar length", f"{info['median_bar_minutes']:g} min (median spacing)"),
+        ("label horizons", describe_horizons(horizons, info["median_bar_minutes"])),
         ("stamps label", info["bar_stamp"]),
         ("segments", f"{info['segments']:,} (gaps and rolls cut them)"),
         ("contracts", ", ".join(info["contracts"]) or "-"),

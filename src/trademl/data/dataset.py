@@ -14,6 +14,7 @@ as the whole file would be, and memory stays bounded by the chunk size.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -29,7 +30,8 @@ import pyarrow.parquet as pq
 
 from trademl.config import Config, resolve_config
 from trademl.data.bad_prints import BadPrintRule
-from trademl.data.labels import label_columns, make_labels
+from trademl.data.bars import bar_length_minutes
+from trademl.data.labels import horizon_bars, horizon_minutes, label_columns, make_labels, warn_horizons_in_bars
 from trademl.segments import segment_ids
 from trademl.errors import DataError
 from trademl.market.contracts import ContractSpec, contract_spec, require_symbol, spec_of_bars
@@ -268,12 +270,33 @@ def dataset_from_bars(bars: pd.DataFrame, config: Config | None = None, symbol: 
     symbol = require_symbol(symbol or bars.attrs.get("symbol") or config.data.symbol, bars.attrs.get("source"))
     spec = spec_of_bars(bars, symbol, config)
     seg = segment_ids(bars, config.data.max_gap_minutes)
+    config, horizons = _horizons_in_bars(bars, config)
     frame = _features_and_labels(bars, seg, spec, config, context=context)
     tally = _LabelTally(config.data.horizons)
     tally.add(frame)
     manifest = _manifest(tally, frame.attrs["schema"], symbol, spec, config, source=bars.attrs.get("source"),
-                         extra=_context_record(context))
+                         extra=_context_record(context) | horizons)
     return Dataset(frame, manifest)
+
+
+def _horizons_in_bars(bars: pd.DataFrame, config: Config) -> tuple[Config, dict]:
+    """The config with [data] horizons in bars of these bars' length, and what the manifest says of them.
+
+    A horizon in minutes ("15min") becomes bars here, once per build; the labels keep their names
+    in bars (win_long_5), which every model reads, and the manifest records the minutes each covers.
+    """
+    given = list(config.data.horizons)
+    minutes = bar_length_minutes(bars)
+    in_bars = horizon_bars(given, minutes)
+    warn_horizons_in_bars(given, minutes)
+    known = math.isfinite(minutes)
+    extra = {"bar_minutes": minutes if known else None,
+             "horizon_minutes": horizon_minutes(in_bars, minutes) if known else None}
+    if in_bars == given:
+        return config, extra
+    config = config.model_copy(deep=True)
+    config.data.horizons = in_bars
+    return config, extra | {"horizons_given": given}
 
 
 class _LabelTally:
@@ -399,7 +422,8 @@ def build_dataset(
                                                 bad_prints=BadPrintRule.from_config(config.data))
             manifest = _write_chunks(chunks, tmp, symbol, config, resample_minutes, progress, source, context)
             if decisions_path:
-                manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config, tz or config.data.timezone)
+                manifest["decisions"] = _write_decisions(Path(decisions_path), tmp, config, manifest["horizons"][0],
+                                                         tz or config.data.timezone)
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     except OSError as e:  # a full disk or a read-only folder: the half-written folder is gone already
         raise DataError(f"cannot write the dataset: {e.strerror or e}", where=str(out_dir)) from None
@@ -421,8 +445,7 @@ def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, p
     if resample_minutes and resample_minutes > config.data.max_gap_minutes:
         bar_config = config.model_copy(deep=True)
         bar_config.data.max_gap_minutes = int(resample_minutes)
-    schema = spec = None
-    tally = _LabelTally(config.data.horizons)
+    schema = spec = tally = horizons = None
     # every chunk's repair report, empty chunks too (the error for a file with no bars names a row);
     # taken as read, once each: a chunk cut at a segment boundary gives two frames with the same report
     reports = []
@@ -446,6 +469,9 @@ def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, p
                 spec = contract_spec(symbol, config=config)
             if resample_minutes and resample_minutes > 1:
                 bars = resample_bars(bars, resample_minutes, max_gap_minutes=config.data.max_gap_minutes)
+            if tally is None:  # the first bars tell their length: horizons in minutes become bars
+                bar_config, horizons = _horizons_in_bars(bars, bar_config)
+                tally = _LabelTally(bar_config.data.horizons)
             seg = segment_ids(bars, bar_config.data.max_gap_minutes) + seg_offset
             seg_offset = int(seg[-1]) + 1
             # the first chunk settles the features (volume ones left out when its volume is all
@@ -480,7 +506,7 @@ def _write_chunks(chunks, tmp: Path, symbol, config: Config, resample_minutes, p
     if merged:
         extra["merged"] = list(merged)
     extra["resample_minutes"] = resample_minutes or 1
-    extra |= _context_record(context)
+    extra |= _context_record(context) | horizons
     return _manifest(tally, schema, symbol, spec, bar_config, source=source, extra=extra)
 
 
@@ -496,14 +522,15 @@ def _history_for(schema, history: pd.DataFrame | None, bars: pd.DataFrame) -> pd
     return joined.iloc[-max(crossing):]
 
 
-def _write_decisions(path: Path, tmp: Path, config: Config, tz: str | None = None) -> dict:
-    """The decision log joined to the built bars; its naive stamps are read in ``tz``, like the bars'."""
+def _write_decisions(path: Path, tmp: Path, config: Config, horizon: int, tz: str | None = None) -> dict:
+    """The decision log joined to the built bars (its labels at ``horizon`` bars, the dataset's first);
+    its naive stamps are read in ``tz``, like the bars'."""
     from trademl.data.decisions import join_decisions, load_decisions
 
     frame = pd.read_parquet(tmp / DATA_FILE)
     frame.attrs["max_gap_minutes"] = config.data.max_gap_minutes
     decisions = load_decisions(path, tz=tz)
-    joined = join_decisions(decisions, frame, frame["segment"].to_numpy(), frame, horizon=config.data.horizons[0])
+    joined = join_decisions(decisions, frame, frame["segment"].to_numpy(), frame, horizon=horizon)
     joined.to_parquet(tmp / DECISIONS_FILE)
     return {"source": str(path), "rows": int(len(joined))}
 
@@ -592,10 +619,13 @@ def print_summary(result: BuildResult, console) -> None:
     t.add_row("features", f"{len(m['feature_schema']['names'])} (schema {m['feature_schema']['hash'][:12]})")
     if left_out := m["feature_schema"].get("left_out"):
         t.add_row("left out", f"{len(left_out)} features ({', '.join(sorted(set(left_out.values())))}): {', '.join(left_out)}")
+    if m.get("bar_minutes"):
+        t.add_row("bar length", f"{m['bar_minutes']:g} min")
+    covers = m.get("horizon_minutes") or {}
     for h, b in m["label_balance"].items():
         sc = b["signal_counts"]
         t.add_row(
-            f"labels {h}m",
+            f"labels {h} bars" + (f" = {covers[h]:g} min" if h in covers else ""),
             f"{b['rows_labelled']:,} labelled; win long {b['win_long_rate']}, win short {b['win_short_rate']}; "
             f"hold/buy/sell {sc['hold']}/{sc['buy']}/{sc['sell']}",
         )

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from trademl.config import resolve_config
-from trademl.data.bars import median_bar_minutes, parse_timestamps
+from trademl.data.bars import bar_length_minutes, parse_timestamps
+from trademl.data.labels import horizon_bars
 from trademl.errors import DataError
 
 SIDES = {"buy": 1, "long": 1, "sell": -1, "short": -1}
@@ -236,9 +237,9 @@ def join_decisions(decisions: pd.DataFrame, bars: pd.DataFrame, segments: np.nda
     if len(segments) != n_bars or (labels is not None and len(labels) != n_bars):
         raise DataError(f"bars ({n_bars}), segments ({len(segments)}) and labels "
                         f"({'none' if labels is None else len(labels)}) must have one row per bar", where="join_decisions")
+    minutes = bar_minutes or bar_length_minutes(bars)
     if horizon is None:
-        horizon = resolve_config().data.horizons[0]
-    minutes = bar_minutes or bars.attrs.get("bar_minutes") or median_bar_minutes(bars)
+        horizon = horizon_bars(resolve_config().data.horizons[:1], minutes)[0]
     stale = max_stale_minutes
     if stale is None:
         gap = bars.attrs.get("max_gap_minutes")

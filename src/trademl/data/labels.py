@@ -19,17 +19,91 @@ ever spans a gap or a contract roll.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from trademl.config import resolve_config
+from trademl.config import parse_horizon, resolve_config
+from trademl.data.bars import bar_length_minutes
+from trademl.errors import DataError
 from trademl.segments import bars_to_end, segment_starts
 from trademl.market.actions import BUY, HOLD, SELL
 from trademl.market.execution import ExecutionModel
 
 ATR_WINDOW = 14
 RISK_ATR_MULTIPLE = 3.0
+
+
+HORIZONS_WHERE = "[data] horizons"
+
+
+def _minutes_text(minutes: float) -> str:
+    return f"{minutes:g}"
+
+
+def horizon_bars(horizons, bar_minutes: float | None) -> list[int]:
+    """[data] horizons in bars: a number is bars already, "15min" is divided by the bars' length
+    ``bar_minutes``, which must go into it evenly (labels are made per whole bar)."""
+    out = []
+    for given in horizons:
+        try:
+            h = parse_horizon(given)
+        except ValueError as e:
+            raise DataError(str(e), where=HORIZONS_WHERE) from None
+        if isinstance(h, str):
+            h = _minutes_to_bars(h, bar_minutes)
+        if h in out:  # the two would write the same label columns
+            raise DataError(f"two horizons are both {h} bars: {list(horizons)}", where=HORIZONS_WHERE)
+        out.append(h)
+    return out
+
+
+def _minutes_to_bars(horizon: str, bar_minutes: float | None) -> int:
+    minutes = int(horizon.removesuffix("min"))
+    if bar_minutes is None or not math.isfinite(bar_minutes) or bar_minutes <= 0:
+        raise DataError(f'horizon "{horizon}" is in minutes, and the bars\' length is unknown (no bars, or one)',
+                        where=HORIZONS_WHERE, hint="give bars, or the horizon in bars")
+    bars = minutes / bar_minutes
+    if bars < 1 or abs(bars - round(bars)) > 1e-9:
+        raise DataError(f'horizon "{horizon}" is not a whole number of {_minutes_text(bar_minutes)}-minute bars',
+                        where=HORIZONS_WHERE, hint=f"give a multiple of {_minutes_text(bar_minutes)} minutes, "
+                                                   "or the horizon in bars")
+    return int(round(bars))
+
+
+def horizon_minutes(horizons_in_bars, bar_minutes: float) -> dict[str, float]:
+    """What each horizon (in bars) covers in minutes, keyed like the manifest's label balance ("5")."""
+    return {str(h): (int(h * bar_minutes) if float(h * bar_minutes).is_integer() else h * bar_minutes)
+            for h in horizons_in_bars}
+
+
+def describe_horizons(horizons, bar_minutes: float | None) -> str:
+    """What each horizon covers on bars of ``bar_minutes``: "5 bars = 15 min, 15min = 5 bars"; or why it cannot."""
+    try:
+        in_bars = horizon_bars(horizons, bar_minutes)
+    except DataError as e:
+        return e.message
+    known = bar_minutes is not None and math.isfinite(bar_minutes)
+    parts = []
+    for given, h in zip(map(parse_horizon, horizons), in_bars):
+        if isinstance(given, str):
+            parts.append(f"{given} = {h} bars")
+        else:
+            parts.append(f"{h} bars" + (f" = {_minutes_text(h * bar_minutes)} min" if known else ""))
+    return ", ".join(parts)
+
+
+def warn_horizons_in_bars(horizons, bar_minutes: float | None) -> None:
+    """One warning when horizons given in bars are not minutes: on 3-minute bars "5" covers 15 minutes."""
+    in_bars = [h for h in map(parse_horizon, horizons) if isinstance(h, int)]
+    if not in_bars or bar_minutes is None or not math.isfinite(bar_minutes) or bar_minutes == 1:
+        return
+    spans = ", ".join(f"horizon {h} bars = {_minutes_text(h * bar_minutes)} minutes" for h in in_bars)
+    warnings.warn(f'{spans} on {_minutes_text(bar_minutes)}-minute bars ({HORIZONS_WHERE} counts bars; '
+                  f'write "{_minutes_text(in_bars[0] * bar_minutes)}min" to give minutes)', stacklevel=3)
 
 
 def label_columns(horizons) -> list[str]:
@@ -76,11 +150,13 @@ def make_labels(
     """Labels frame (same index as bars), columns from ``label_columns(horizons)``.
 
     ``horizons`` and ``signal_cost_multiple`` left as None are [data] horizons and
-    [costs] signal_cost_multiple."""
+    [costs] signal_cost_multiple; a horizon in minutes ("15min") is made bars by the bars' length."""
     if horizons is None or signal_cost_multiple is None:
         cfg = resolve_config()
         horizons = cfg.data.horizons if horizons is None else horizons
         signal_cost_multiple = cfg.costs.signal_cost_multiple if signal_cost_multiple is None else signal_cost_multiple
+    if any(isinstance(h, str) for h in horizons):  # "15min": the bars' length tells how many bars
+        horizons = horizon_bars(horizons, bar_length_minutes(bars))
     o = bars["open"].to_numpy(np.float64)
     h_ = bars["high"].to_numpy(np.float64)
     l_ = bars["low"].to_numpy(np.float64)
@@ -103,7 +179,8 @@ def make_labels(
         lowest = _window_extreme(l_, h, np.min)
         highest = _window_extreme(h_, h, np.max)
         excursion = np.maximum(c - lowest, highest - c)
-        risk = np.clip(excursion / (RISK_ATR_MULTIPLE * atr), 0.0, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # ATR 0 on a flat stretch: masked out below
+            risk = np.clip(excursion / (RISK_ATR_MULTIPLE * atr), 0.0, 1.0)
         out[f"win_long_{h}"] = np.where(valid, (pnl_long > 0).astype(float), np.nan)
         out[f"win_short_{h}"] = np.where(valid, (pnl_short > 0).astype(float), np.nan)
         out[f"signal_{h}"] = np.where(valid, signal, np.nan)

@@ -60,6 +60,8 @@ def run_monitor(log=None, bars=None, *, since=None, symbol: str | None = None, c
     ``feature_reference``. ``html_path``: where to write the report (None: no report).
     """
     from trademl.config import resolve_config
+    from trademl.data.bars import bar_length_minutes
+    from trademl.data.labels import horizon_bars
 
     cfg = resolve_config(config)
     log_path = Path(log) if log is not None else Path(cfg.paths.log_dir) / "predictions.sqlite"
@@ -76,7 +78,7 @@ def run_monitor(log=None, bars=None, *, since=None, symbol: str | None = None, c
     frame = _same_market(frame, bars, symbol, notes)
     failed = frame["error_kind"].notna()
     ok, errs = frame[~failed].copy(), frame[failed]
-    horizons = tuple(int(h) for h in cfg.data.horizons)
+    horizons = tuple(horizon_bars(cfg.data.horizons, bar_length_minutes(bars) if bars is not None else None))
 
     execution = _execution(bars, ok, symbol, cfg)
     if bars is not None:
