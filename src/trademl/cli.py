@@ -536,6 +536,53 @@ def backtest_command(
                     symbol=symbol, context=_one_or_many(context))
 
 
+@app.command("tune")
+@friendly_errors
+def tune_command(
+    kind: str = typer.Argument(..., help="What to tune: lgbm, lstm or ppo."),
+    dataset: Optional[list[Path]] = BarsFilesArg,
+    trials: int = typer.Option(20, "--trials", help="Trials the study holds when done (a resumed study runs what is missing)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    workers: int = typer.Option(1, "--workers", help="Trials at once: 1 runs in this process; more start a local Ray "
+                                "(pip install trademl[ray]) or join --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                              help="A running Ray cluster to run the trials on (with --workers > 1)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name in [tune] storage (default: the kind)."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", help="lgbm: the label horizon in bars (default: the first of [data] horizons)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help='Also write {"kind", "trials", "backend", "best": '
+                                             '{"params", "value"}} here.'),
+    symbol: Optional[str] = SymbolOpt,
+    tz: Optional[str] = TzOpt,
+    context: Optional[list[Path]] = ContextOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Hyperparameter search with Optuna (TPE, median pruner per walk-forward fold, SQLite: a killed study
+    resumes); writes the best settings as a config file whose [tune] trials the backtest's DSR counts."""
+    import json
+
+    from trademl.config import config_file_in_use
+    from trademl.data.dataset import load_training_dataset
+    from trademl.tune import tune
+
+    cfg = load_cli_config(config, tz=tz, symbol=symbol)
+    out = console()
+    data = load_training_dataset(_one_or_many(dataset), cfg, symbol=symbol, context=_one_or_many(context))
+    result = tune(kind, data, cfg, trials=trials, timeout=timeout, workers=workers, study_name=study, horizon=horizon,
+                  config_file=config_file_in_use(config), ray_address=ray_address, say=out.print)
+    best = "-" if result.best_value is None else f"{result.best_value:.6g}"
+    out.print(f"{result.kind}: {result.trials} trials ({result.completed} complete, {result.pruned} pruned, "
+              f"{result.failed} failed) on {result.backend}; best {result.metric} {best}: {result.best_params}")
+    if result.config_path:
+        out.print(f"best settings: {result.config_path} (pass it as --config: it extends yours and records the "
+                  f"trials, which a walk-forward backtest counts in its deflated Sharpe)")
+    if result.report_path:
+        out.print(f"report: {result.report_path}")
+    if json_path:
+        from trademl.html_page import atomic_write_text
+
+        atomic_write_text(Path(json_path), json.dumps(result.to_json(), indent=2))
+
+
 @app.command("backtest-signals")
 @friendly_errors
 def backtest_signals_command(

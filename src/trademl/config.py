@@ -510,12 +510,19 @@ def _read_toml(p: Path, depth: int = 0) -> dict:
     return merged
 
 
+def config_file_in_use(path: str | os.PathLike | None = None) -> Path | None:
+    """The file :func:`load_config` reads for ``path``: it, else TRADEML_CONFIG, else ./trademl.toml
+    when there is one; None for the defaults alone."""
+    path = path or os.environ.get("TRADEML_CONFIG")
+    if path is not None:
+        return Path(path)
+    return Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).exists() else None
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
     """Defaults <- TOML file (if any) <- overrides ({"ppo": {"total_timesteps": 1000}})."""
-    path = path or os.environ.get("TRADEML_CONFIG")
-    raw: dict = {}
-    if path is not None or Path(DEFAULT_CONFIG_FILE).exists():
-        raw = _read_toml(Path(path or DEFAULT_CONFIG_FILE))
+    in_use = config_file_in_use(path)
+    raw = _read_toml(in_use) if in_use is not None else {}
     _reject_moved(raw, str(path or DEFAULT_CONFIG_FILE))
     _reject_moved(overrides or {}, "config overrides")
     _merge(raw, overrides or {})
@@ -523,7 +530,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
         return Config.model_validate(raw)
     except ValidationError as e:
         problems = validation_problems(e)
-        raise TradeMLError(f"invalid configuration: {problems}", where=str(path or "config")) from None
+        raise TradeMLError(f"invalid configuration: {problems}", where=str(in_use or "config")) from None
 
 
 def describe_settings(config: Config) -> dict[str, dict]:

@@ -437,7 +437,13 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
         parts_time = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
         say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); ensemble: {used}"
             + (f" ({warning})" if warning and stacker is None else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
-    return _assemble(dataset, cfg, horizon, parts, outcomes, account, stops)
+    return _assemble(dataset, cfg, horizon, parts, outcomes, account, stops, tuned=tuning_trials(cfg, models))
+
+
+def tuning_trials(cfg: Config, models) -> int:
+    """Trials spent choosing the settings of the families traded here (``[tune] trials``, which
+    `trademl tune` writes): each was a configuration tried, so each counts in the deflated Sharpe."""
+    return sum(n for kind, n in cfg.tune.trials.items() if kind in models)
 
 
 def _fold_limits(limits, rules, runtimes: dict):
@@ -454,9 +460,10 @@ def _fold_limits(limits, rules, runtimes: dict):
 
 
 def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
-              stops: bool = False) -> WalkForwardResult:
+              stops: bool = False, tuned: int = 0) -> WalkForwardResult:
     """Concatenate the folds, then backtest the ensemble, the baselines and each model alone;
-    with ``account`` and / or ``stops``, every run then through the rules and / or the stops."""
+    with ``account`` and / or ``stops``, every run then through the rules and / or the stops.
+    ``tuned``: trials a hyperparameter search spent before this run, added to the DSR's."""
     from trademl.backtest.baselines import comparison_table, run_baselines
     from trademl.backtest.engine import run_backtest
     from trademl.backtest.signals import stops_used
@@ -499,9 +506,10 @@ def _assemble(dataset, cfg: Config, horizon: int, parts, outcomes, account=None,
     accounts = None
     if account is not None or exits is not None:
         runs, accounts = _through_account(runs, bars, account, exits)
-    # Every candidate counts as a trial, also one that never traded (with Sharpe 0): it was tried.
+    # Every candidate counts as a trial, also one that never traded (with Sharpe 0): it was tried;
+    # so does every trial of a search that chose the models' settings.
     candidates = [name for name in runs if not is_baseline(name)]
-    table = comparison_table(runs, n_trials=len(candidates))
+    table = comparison_table(runs, n_trials=len(candidates) + tuned)
     calibration = ensemble_calibration(bars, segments, strategy.model, signals, bt.hit_rate_horizon, outputs)
     return WalkForwardResult(bars, segments, signals, model_signals, outputs, outcomes, runs, table, cfg, horizon,
                              accounts=accounts, stops=stops_used(exits), pbo=candidate_pbo(runs, candidates),

@@ -127,11 +127,25 @@ def open_study(storage_path: Path, name: str, kind: str, dataset, cfg: Config):
     stored = study.user_attrs.get("identity")
     if stored is None:
         study.set_user_attr("identity", identity)
+        start_from_settings_in_force(study, kind, cfg)
     elif stored != identity:
         raise TradeMLError(f"study {name!r} searched other data or another kind ({stored['kind']}, "
                            f"{stored['dataset']['rows']} rows of {stored['dataset']['source']})",
                            where=str(storage_path), hint="give this search its own name: --study NAME")
     return study
+
+
+def start_from_settings_in_force(study, kind: str, cfg: Config) -> None:
+    """A new study's first trial is the settings in force (those inside the space): the search
+    can only end at least as good as what it replaces."""
+    section = getattr(cfg, kind)
+    start = {}
+    for name, r in getattr(cfg.tune, kind).items():
+        value = getattr(section, name)
+        inside = value in r.choices if r.choices is not None else r.low <= value <= r.high
+        if inside:
+            start[name] = value
+    study.enqueue_trial(start, user_attrs={"start": "the settings in force"})
 
 
 def _dataset_identity(dataset) -> dict:
