@@ -45,6 +45,10 @@ CommissionOpt = typer.Option(None, "--commission", help="Commission per contract
 ContextOpt = typer.Option(None, "--context", help="Another instrument's bars (e.g. ES.csv beside NQ; repeat or quote "
                          "a glob for several files): adds its aligned returns, relative strength, correlation and "
                          "beta as features (as-of join: no later context bar is read).")
+WorkersOpt = typer.Option(1, "--workers", min=1, max=256, help="Independent jobs at once (folds, trials): 1 runs in "
+                          "this process; more start a local Ray (pip install trademl[ray]) or join --ray-address.")
+RayAddressOpt = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="A running Ray cluster to run the jobs "
+                             "on (with --workers > 1), e.g. 127.0.0.1:6379 after `ray start --head`.")
 ModelRootOpt = typer.Option(None, "--model-root", help="Model store (default: [paths] model_root).")
 
 
@@ -521,6 +525,8 @@ def backtest_command(
     commission: Optional[float] = CommissionOpt,
     tz: Optional[str] = TzOpt,
     context: Optional[list[Path]] = ContextOpt,
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """Walk-forward: per fold, train on the past, predict the fold with the serving runtimes, trade it; HTML report."""
@@ -533,7 +539,7 @@ def backtest_command(
         cfg.backtest.confidence_threshold = _threshold_option(threshold)
     backtest_models(_one_or_many(dataset), cfg, n_folds=folds, budget=budget, out=out, models=chosen, console=console(),
                     account=account, stops=stops, synthetic=synthetic, edge_ic=edge_ic, seed=seed, json_path=json_path,
-                    symbol=symbol, context=_one_or_many(context))
+                    symbol=symbol, context=_one_or_many(context), workers=workers, ray_address=ray_address)
 
 
 @app.command("tune")
@@ -543,10 +549,8 @@ def tune_command(
     dataset: Optional[list[Path]] = BarsFilesArg,
     trials: int = typer.Option(20, "--trials", help="Trials the study holds when done (a resumed study runs what is missing)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
-    workers: int = typer.Option(1, "--workers", help="Trials at once: 1 runs in this process; more start a local Ray "
-                                "(pip install trademl[ray]) or join --ray-address."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
-                                              help="A running Ray cluster to run the trials on (with --workers > 1)."),
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
     study: Optional[str] = typer.Option(None, "--study", help="Study name in [tune] storage (default: the kind)."),
     horizon: Optional[int] = typer.Option(None, "--horizon", help="lgbm: the label horizon in bars (default: the first of [data] horizons)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help='Also write {"kind", "trials", "backend", "best": '

@@ -380,7 +380,8 @@ def backtest_segments(data_segments: np.ndarray, fold_of_row: np.ndarray) -> np.
 def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
                           n_folds: int | None = None, budget: str | None = None,
                           progress: Progress | None = None, work_dir=None, keep_models=None,
-                          account=None, stops: bool = False) -> WalkForwardResult:
+                          account=None, stops: bool = False, workers: int = 1,
+                          ray_address: str | None = None) -> WalkForwardResult:
     """Train on each fold's past, predict its test span, trade the concatenated folds. See the module doc.
 
     ``models``: the families to train (default: every registered one). ``keep_models``: a folder
@@ -389,10 +390,12 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
     AccountRules: every run is traded through the account's rules (``result.accounts``).
     ``stops``: every run's trades also get an ATR stop and target ([risk] stop_atr, target_atr),
     checked inside each bar, as ``backtest-signals --stops`` (``result.stops`` says which).
+    ``workers``: folds trained at once (``trademl.parallel``: > 1 on Ray, at ``ray_address`` if
+    given); the folds are then predicted and traded in order, so the result is the same.
     """
     from trademl.data.splits import walk_forward_splits
-    from trademl.models.store import ModelStore
-    from trademl.models.train_all import check_families, families, train_models
+    from trademl.models.train_all import check_families, families
+    from trademl.parallel import run_jobs, threads_per_worker, with_threads
     from trademl.risk.rules import rules_for
 
     cfg = budget_config(resolve_config(config), budget)
@@ -404,40 +407,77 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
     outcomes, parts = [], []
     rules, limits = (rules_for(account) if account is not None else None), None
     for fold in folds:
-        started = time.perf_counter()
         say(f"fold {fold.number + 1}/{len(folds)}: training on rows 0..{fold.train[-1]:,} "
             f"({dataset.frame.index[fold.train[-1]]:%Y-%m-%d %H:%M}), testing {len(fold.test):,} bars "
             f"from {dataset.frame.index[fold.test[0]]:%Y-%m-%d %H:%M}")
-        with tempfile.TemporaryDirectory(prefix="trademl-wf-", dir=work_dir) as tmp:
-            root = Path(keep_models) / f"fold{fold.number}" if keep_models is not None else Path(tmp) / "models"
-            trained = train_models(sub_dataset(dataset, fold.train), cfg, root, models=models,
-                                   work_dir=Path(tmp) / "checkpoints", skip_failed=True)
-            stored = {k: ModelStore(root).load(k) for k in trained.stored}
-            stacker = _open_stacker(stored.pop(STACKER_KIND, None))
-            if not stored:
-                raise InsufficientDataError(f"fold {fold.number + 1}: no model could be trained: {trained.skipped}",
-                                            where="walk-forward", hint="use more data or fewer folds")
-            # The predictor's order and weights (``trademl.predict.loader``): stored skill of each kind.
-            runtimes = open_runtimes(stored)
-            weights, warning = choose_weights(cfg.ensemble.weights, {k: stored[k].manifest.get("metrics") or {}
-                                                                   for k in runtimes})
-        fold_segments = backtest_segments(dataset.segments[fold.test], np.zeros(len(fold.test)))
-        predicting = time.perf_counter()
-        limits = _fold_limits(limits, rules, runtimes)
-        predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg, limits, stacker)
-        seconds = dict(trained.seconds, predict=time.perf_counter() - predicting, total=time.perf_counter() - started)
-        outcomes.append(FoldOutcome(
-            fold.number, (int(fold.train[0]), int(fold.train[-1])), (int(fold.test[0]), int(fold.test[-1])),
-            {k: s.version for k, s in stored.items()}, {k: s.manifest.get("training_span") for k, s in stored.items()},
-            weights, warning, trained.skipped, seconds, predicted.thresholds,
-            stacker.version if stacker is not None else None))
-        parts.append((fold, predicted))
-        used = ("stacked" if stacker is not None else "vote: " + ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
-                + f"; threshold {predicted.thresholds[ENSEMBLE]:g}")
-        parts_time = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
-        say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); ensemble: {used}"
-            + (f" ({warning})" if warning and stacker is None else "") + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
+    job_cfg = with_threads(cfg, threads_per_worker(workers, ray_address)) if workers > 1 else cfg
+    trained_folds = run_jobs(train_fold, [(int(f.train[0]), int(f.train[-1]) + 1) for f in folds], workers=workers,
+                             address=ray_address, shared={"dataset": dataset, "config": job_cfg, "models": models})
+    with tempfile.TemporaryDirectory(prefix="trademl-wf-", dir=work_dir) as tmp:
+        for fold, trained in zip(folds, trained_folds):
+            root = Path(keep_models) / f"fold{fold.number}" if keep_models is not None else Path(tmp) / f"fold{fold.number}"
+            stored, stacker, runtimes, weights, warning = _open_fold(trained, root, fold, cfg)
+            fold_segments = backtest_segments(dataset.segments[fold.test], np.zeros(len(fold.test)))
+            predicting = time.perf_counter()
+            limits = _fold_limits(limits, rules, runtimes)
+            predicted = predict_fold(runtimes, weights, dataset, fold.test, fold_segments, cfg, limits, stacker)
+            seconds = dict(trained.seconds, predict=time.perf_counter() - predicting)
+            seconds["total"] = sum(seconds.values())
+            outcomes.append(FoldOutcome(
+                fold.number, (int(fold.train[0]), int(fold.train[-1])), (int(fold.test[0]), int(fold.test[-1])),
+                {k: s.version for k, s in stored.items()}, {k: s.manifest.get("training_span") for k, s in stored.items()},
+                weights, warning, trained.skipped, seconds, predicted.thresholds,
+                stacker.version if stacker is not None else None))
+            parts.append((fold, predicted))
+            used = ("stacked" if stacker is not None else "vote: " + ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
+                    + f"; threshold {predicted.thresholds[ENSEMBLE]:g}")
+            parts_time = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
+            say(f"fold {fold.number + 1}/{len(folds)} done in {seconds['total']:.0f} s ({parts_time}); ensemble: {used}"
+                + (f" ({warning})" if warning and stacker is None else "")
+                + "".join(f"; {k} skipped: {why}" for k, why in trained.skipped.items()))
     return _assemble(dataset, cfg, horizon, parts, outcomes, account, stops, tuned=tuning_trials(cfg, models))
+
+
+@dataclass
+class TrainedFold:
+    """One fold's models, as a job returns them: the store packed as bytes (a remote node's disk
+    is not ours), which kinds it holds, what was skipped and the training seconds."""
+
+    store: bytes
+    kinds: list
+    skipped: dict
+    seconds: dict
+
+
+def train_fold(start: int, stop: int, *, dataset, config: Config, models) -> TrainedFold:
+    """Every chosen family trained on rows ``start:stop`` into a temporary store, packed."""
+    from trademl.models.train_all import train_models
+    from trademl.parallel import pack_folder
+
+    with tempfile.TemporaryDirectory(prefix="trademl-fold-") as tmp:
+        root = Path(tmp) / "models"
+        trained = train_models(sub_dataset(dataset, np.arange(start, stop)), config, root, models=models,
+                               work_dir=Path(tmp) / "checkpoints", skip_failed=True)
+        root.mkdir(parents=True, exist_ok=True)
+        return TrainedFold(pack_folder(root), list(trained.stored), dict(trained.skipped), dict(trained.seconds))
+
+
+def _open_fold(trained: TrainedFold, root: Path, fold, cfg: Config):
+    """The fold's store unpacked at ``root`` and opened: stored models, stacker, runtimes, weights."""
+    from trademl.models.store import ModelStore
+    from trademl.parallel import unpack_folder
+
+    unpack_folder(trained.store, root)
+    stored = {k: ModelStore(root).load(k) for k in trained.kinds}
+    stacker = _open_stacker(stored.pop(STACKER_KIND, None))
+    if not stored:
+        raise InsufficientDataError(f"fold {fold.number + 1}: no model could be trained: {trained.skipped}",
+                                    where="walk-forward", hint="use more data or fewer folds")
+    # The predictor's order and weights (``trademl.predict.loader``): stored skill of each kind.
+    runtimes = open_runtimes(stored)
+    weights, warning = choose_weights(cfg.ensemble.weights, {k: stored[k].manifest.get("metrics") or {}
+                                                           for k in runtimes})
+    return stored, stacker, runtimes, weights, warning
 
 
 def tuning_trials(cfg: Config, models) -> int:
@@ -714,11 +754,13 @@ def honesty_lines(result: WalkForwardResult) -> str:
 def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds: int | None = None,
                     budget: str | None = None, out=None, models=None, console=None, account=None,
                     stops: bool = False, synthetic: int | None = None, edge_ic: float = 0.15, seed: int = 0,
-                    json_path=None, symbol: str | None = None, context=None) -> WalkForwardResult:
+                    json_path=None, symbol: str | None = None, context=None, workers: int = 1,
+                    ray_address: str | None = None) -> WalkForwardResult:
     """What `trademl backtest` and scripts/backtest_models.py run: progress per fold, the
     table, the verdict and the HTML report (default: [paths] report_dir/backtest.html).
     ``synthetic``: walk forward over that many generated bars (``synthetic_dataset``) instead of
-    a dataset; ``json_path``: also write ``WalkForwardResult.to_json`` there."""
+    a dataset; ``json_path``: also write ``WalkForwardResult.to_json`` there; ``workers`` and
+    ``ray_address``: folds trained at once (``walk_forward_backtest``)."""
     from trademl.data.dataset import load_training_dataset
 
     cfg = resolve_config(config)
@@ -735,7 +777,7 @@ def backtest_models(dataset_path=None, config: Config | None = None, *, n_folds:
 
         rules_for(account)  # an unknown preset fails before any training
     result = walk_forward_backtest(dataset, cfg, models=models, n_folds=n_folds, budget=budget, progress=say,
-                                   account=account, stops=stops)
+                                   account=account, stops=stops, workers=workers, ray_address=ray_address)
     path = Path(out) if out is not None else Path(cfg.paths.report_dir) / "backtest.html"
     result.write_report(path)
     if console is not None:
