@@ -173,3 +173,24 @@ def test_the_backtest_deflates_by_the_trials_tuning_spent():
     dsr_a, dsr_b = a["runs"]["ensemble"]["dsr"], b["runs"]["ensemble"]["dsr"]
     assert dsr_a is None or dsr_b <= dsr_a + 1e-12
     assert np.isfinite(b["dsr_trials"])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "ppo"])
+def test_tune_the_sequence_model_and_the_agent(tmp_path, kind):
+    """Two trials of each on tiny budgets: finite objectives (a validation loss; a held-out Sharpe,
+    maximised), recorded per trial, nothing written to the model store."""
+    from tests.test_walkforward import tiny_config
+
+    # the tiny nets stay tiny: the width is not searched here
+    space = {"lstm": {"LEARNING_RATE": {"low": 1e-4, "high": 3e-3, "log": True}, "DROPOUT": {"low": 0.0, "high": 0.5}}}
+    cfg = tiny_config(tune={"storage": str(tmp_path / "studies.db"), **(space if kind == "lstm" else {})},
+                      paths={"model_root": str(tmp_path / "models")})
+    dataset = dataset_from_bars(synthetic_bars(8_000, seed=6, edge_ic=0.2, symbol="NQ"), cfg)
+    result = tune(kind, dataset, cfg, trials=2, report=False)
+    assert result.trials == 2 and result.completed == 2
+    values = [v for _, _, v in result.history]
+    assert all(np.isfinite(values))
+    assert result.best_value == (max(values) if kind == "ppo" else min(values))
+    if kind == "lstm":
+        assert 0 < result.best_value < 10  # a multi-task loss, not a sentinel
+    assert not (tmp_path / "models").exists()
