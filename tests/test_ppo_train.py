@@ -16,6 +16,7 @@ from trademl.data.synthetic import synthetic_bars
 from trademl.errors import InsufficientDataError, TradeMLError
 from trademl.market.actions import BUY, SELL
 from trademl.market.broker import simulate
+from trademl.models.ppo.algorithms import greedy
 from trademl.models.ppo.env import TradingCore
 from trademl.models.ppo.train import prepare_market, run_policy, train_ppo
 from trademl.models.store import ModelStore
@@ -138,7 +139,7 @@ def test_evaluation_pnl_is_the_execution_models_pnl_of_the_agents_positions(trai
         probs[np.arange(len(obs)), np.where(obs[:, edge_col] > 0, BUY, SELL)] = 1.0
         return probs
 
-    run = run_policy(follow_edge, p, market, starts)
+    run = run_policy(greedy(follow_edge), p, market, starts)
     sim = simulate(p.execution, run["target"], p.open, p.close, p.segments)
     assert run["pnl"].sum() == pytest.approx(sim.pnl.sum(), abs=1e-6)
     assert run["costs"].sum() == pytest.approx(sim.costs.sum(), abs=1e-6)
@@ -335,7 +336,7 @@ def churning(result) -> dict:
     market = p.market("eval")
     starts = market.starts[np.r_[True, np.diff(p.segments[market.starts]) != 0]]
     rng = np.random.default_rng(0)
-    run = run_policy(lambda obs: rng.random((len(obs), 3)), p, market, starts)
+    run = run_policy(greedy(lambda obs: rng.random((len(obs), 3))), p, market, starts)
     return {"trades": int(np.count_nonzero(run["trade_qty"])), "mean_abs_position": float(np.abs(run["position"]).mean())}
 
 
