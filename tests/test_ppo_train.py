@@ -320,23 +320,31 @@ def assert_ppo_summary_matches(output: str, stored) -> None:
 LEARN_BARS, LEARN_STEPS, EDGE_STEPS = 200_000, 300_000, 150_000
 
 
-def learned(tmp_path, edge_ic: float, steps: int = LEARN_STEPS):
+def learned(tmp_path, edge_ic: float, steps: int = LEARN_STEPS, **ppo):
+    """The agent trained on the learning market; ``ppo``: other [ppo] settings (algo, ...)."""
     bars = synthetic_bars(LEARN_BARS, seed=3, edge_ic=edge_ic, edge_horizon=5)
     cfg = Config()
     cfg.data.extra_feature_columns = ["edge"]
     cfg.ppo.total_timesteps = steps
     cfg.ppo.checkpoint_dir = str(tmp_path / "ckpt")
     cfg.paths.model_root = str(tmp_path / "models")
+    for k, v in ppo.items():
+        setattr(cfg.ppo, k, v)
     return train_ppo(bars, cfg, store=False)
 
 
 def churning(result) -> dict:
-    """What an agent that has learned nothing does on the same held-out bars: uniform actions."""
+    """What an agent that has learned nothing does on the same held-out bars: uniform actions
+    (codes, or targets in [-1, 1] for a continuous agent)."""
     p = result.prepared
     market = p.market("eval")
     starts = market.starts[np.r_[True, np.diff(p.segments[market.starts]) != 0]]
     rng = np.random.default_rng(0)
-    run = run_policy(greedy(lambda obs: rng.random((len(obs), 3))), p, market, starts)
+    if p.action_mode == "target":
+        act = lambda obs: rng.uniform(-1, 1, len(obs))  # noqa: E731
+    else:
+        act = greedy(lambda obs: rng.random((len(obs), 3)))
+    run = run_policy(act, p, market, starts)
     return {"trades": int(np.count_nonzero(run["trade_qty"])), "mean_abs_position": float(np.abs(run["position"]).mean())}
 
 
