@@ -135,6 +135,8 @@ def test_sac_onnx_target_equals_sb3s_deterministic_action_times_the_cap_to_1e5(a
     assert np.abs(target - mean * 5).max() <= 1e-5
     assert np.abs(target).max() <= 5 and np.unique(core.position).size > 2
     assert result.metrics["onnx_max_abs_diff"] <= 1e-5
+    with pytest.raises(ModelStoreError, match="no action probabilities"):
+        runtime.policy(obs)
     with pytest.raises(ModelStoreError, match="no target position"):
         PPORuntime.load(ModelStore(agents[1]["a2c"][0].paths.model_root).load("ppo")).target_position(obs)
 

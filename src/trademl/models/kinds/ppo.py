@@ -125,13 +125,12 @@ class PPORuntime(Runtime):
         return self.spec.build(self.spec.normalizer.transform(x), *state, recent, room)
 
     def policy(self, obs) -> tuple[np.ndarray, np.ndarray]:
-        """PPO, A2C: (action probabilities [n, 3] in order hold, buy, sell; state value [n]).
-        SAC: (``target_vote`` scores [n, 3] against a flat position; target position [n])."""
-        outputs = self.session.run([SAC_OUTPUT] if self.algo == "sac" else OUTPUTS, {OBS_INPUT: self._rows(obs)})
+        """PPO, A2C: (action probabilities [n, 3] in order hold, buy, sell; state value [n])."""
         if self.algo == "sac":
-            target = np.ravel(outputs[0])
-            return target_vote(target, 0.0), target
-        return outputs[0], np.ravel(outputs[1])
+            raise ModelStoreError("a sac agent has no action probabilities: its target_position is voted on "
+                                  "against the account's position (target_vote)", where="ppo")
+        probs, value = self.session.run(OUTPUTS, {OBS_INPUT: self._rows(obs)})
+        return probs, np.ravel(value)
 
     def target_position(self, obs) -> np.ndarray:
         """SAC: the target position [n] in contracts (continuous, within the cap), before rounding."""
