@@ -288,7 +288,8 @@ def print_summary(result: PPOTrainingResult, console) -> None:
     from rich.table import Table
 
     m = result.metrics
-    t = Table(title=f"{m.get('algo', 'ppo').upper()} agent, held-out span ({m['eval_decisions']} decisions, {m['eval_segments']} segments)")
+    algo = m.get("algo", "ppo").upper()
+    t = Table(title=f"{algo} agent, held-out span ({m['eval_decisions']} decisions, {m['eval_segments']} segments)")
     t.add_column("figure")
     t.add_column("value", justify="right")
     rows = [("net P&L ($)", f"{m['net_pnl']:,.2f}"), ("costs ($)", f"{m['costs']:,.2f}"),
