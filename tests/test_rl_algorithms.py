@@ -255,8 +255,11 @@ def test_a2c_resumes_its_own_checkpoint_and_refuses_another_algorithms(tmp_path)
 
 # Learning, on test_ppo_train's market (200,000 synthetic NQ minute bars, planted edge IC 0.15
 # at horizon 5, the edge passed as the feature "edge"). A2C: [ppo] defaults but 16 envs x 8
-# steps per rollout (one RMSprop step each; PPO's 256 x 32 gives it 18 steps in 150,000).
-# SAC: the defaults (16 envs, one gradient step of 256 per env step, 2,000 random steps first).
+# steps per rollout (one RMSprop step each; PPO's 256 x 32 gives it 18 steps in 150,000);
+# 300,000 timesteps on the random walk, as PPO (at 150,000 it still traded on 35% of bars).
+# SAC: the sac_* defaults (16 envs, one gradient step of 256 transitions per step of them,
+# 2,000 random steps first). Agent / oracle on two other markets (seeds 4 and 6): A2C 0.85
+# and 0.76, SAC 1.51 and 1.47.
 A2C = {"algo": "a2c", "n_envs": 16, "n_steps": 8}
 SAC = {"algo": "sac"}
 A2C_STEPS, A2C_FLAT_STEPS, SAC_STEPS = 150_000, 300_000, 60_000
@@ -272,7 +275,7 @@ def no_edge_invented(metrics: dict) -> bool:
 def test_a2c_learns_a_planted_edge_out_of_sample(tmp_path):
     m = learned(tmp_path, 0.15, A2C_STEPS, **A2C).metrics
     assert m["net_pnl"] > 0
-    assert m["oracle_pnl"] > 0 and m["pnl_vs_oracle"] >= 0.3, m  # measured 0.65
+    assert m["oracle_pnl"] > 0 and m["pnl_vs_oracle"] >= 0.3, m  # measured 0.65 (24 s)
 
 
 @pytest.mark.slow
@@ -280,24 +283,25 @@ def test_sac_learns_a_planted_edge_out_of_sample(tmp_path):
     m = learned(tmp_path, 0.15, SAC_STEPS, **SAC).metrics
     assert m["net_pnl"] > 0
     # SAC sets its position at once (up to 5 contracts), so it can beat the one-contract oracle
-    assert m["oracle_pnl"] > 0 and m["pnl_vs_oracle"] >= 0.3, m  # measured 1.42 (0.28 of the 5-contract oracle)
+    assert m["oracle_pnl"] > 0 and m["pnl_vs_oracle"] >= 0.3, m  # measured 1.42 (54 s)
+    assert m["net_pnl"] >= 0.1 * m["oracle_max_position_pnl"], m  # the 5-contract oracle: measured 0.28
 
 
 @pytest.mark.slow
 def test_a2c_stays_mostly_flat_on_a_random_walk(tmp_path):
     result = learned(tmp_path, 0.0, A2C_FLAT_STEPS, **A2C)
     m, churn = result.metrics, churning(result)
-    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)
-    assert m["trades"] <= 0.15 * m["eval_decisions"], m
-    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)
-    assert no_edge_invented(m), m
+    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)  # measured 1,662 vs 22,818
+    assert m["trades"] <= 0.15 * m["eval_decisions"], m  # 4.4%
+    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)  # 0.53 vs 2.70
+    assert no_edge_invented(m), m  # PSR 0.31, net -$16,154
 
 
 @pytest.mark.slow
 def test_sac_stays_mostly_flat_on_a_random_walk(tmp_path):
     result = learned(tmp_path, 0.0, SAC_STEPS, **SAC)
     m, churn = result.metrics, churning(result)
-    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)
-    assert m["trades"] <= 0.15 * m["eval_decisions"], m
-    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)
-    assert no_edge_invented(m), m
+    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)  # measured 3,600 vs 34,468
+    assert m["trades"] <= 0.15 * m["eval_decisions"], m  # 9.4%
+    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)  # 0.16 vs 2.49
+    assert no_edge_invented(m), m  # PSR 0.01 (costs), net -$39,135
