@@ -193,7 +193,8 @@ class PPOConfig(_Section):
         'each limit keeping >= 2% of its allowance, so the agent sees a limit close) or "fresh".'))
     breach_penalty: float = Field(2000.0, ge=0, description=(
         "With account_rules, dollars subtracted (scaled like the P&L) on the bar a limit is breached."))
-    vf_coef: float = Field(0.5, description="Value-loss coefficient (ppo, a2c).")
+    vf_coef: float = Field(0.5, description="ppo, a2c: value-loss coefficient.")
+    max_grad_norm: float = Field(0.5, description="ppo, a2c: gradients are clipped to this norm.")
     # SAC is off-policy: one gradient step of sac_batch_size transitions every sac_train_freq
     # steps of all the environments, so few environments (sac_n_envs) keep the steps per sample
     # near SB3's one-for-one; its replay buffer holds observations twice (obs and next obs).
@@ -204,8 +205,7 @@ class PPOConfig(_Section):
     sac_tau: float = Field(0.005, gt=0, le=1, description="sac: soft-update rate of the target critics.")
     sac_train_freq: int = Field(1, gt=0, description="sac: steps of all the environments between gradient updates.")
     sac_gradient_steps: int = Field(1, gt=0, description="sac: gradient steps at each update.")
-    max_grad_norm: float = Field(0.5, description="ppo, a2c: gradients are clipped to this norm.")
-    net_arch: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer sizes of the policy and value nets.")
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer sizes of the policy and value nets (sac: of the actor and of each critic).")
     eval_fraction: float = Field(0.2, description=(
         "The last fraction of the bars is held out: never trained on, the agent is evaluated there."))
     checkpoint_dir: str | None = Field(None, description=(
