@@ -11,6 +11,8 @@ one-contract oracle and of the 5-contract one, trades and mean |position|.
     .venv/bin/python bench/bench_rl_algorithms.py                    # the learning tests' budgets
     .venv/bin/python bench/bench_rl_algorithms.py --timesteps 100000  # one budget for all three
     .venv/bin/python bench/bench_rl_algorithms.py --edge-ic 0         # the random walk
+    .venv/bin/python bench/bench_rl_algorithms.py --algos a2c --defaults --timesteps 1000000
+                                                                      # A2C at the [ppo] defaults
 
 Prints a line per algorithm and one JSON line.
 """
@@ -76,11 +78,13 @@ def main() -> None:
     ap.add_argument("--edge-ic", type=float, default=0.15, help="planted edge strength (0: random walk)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--algos", default="ppo,a2c,sac")
+    ap.add_argument("--defaults", action="store_true", help="every algorithm at the [ppo] defaults (A2C: 256 x 32)")
     args = ap.parse_args()
     market = shared_market(args.edge_ic)
     results = []
     for algo in args.algos.split(","):
         settings, steps = ALGORITHMS[algo]
+        settings = {} if args.defaults else settings
         r = bench_algorithm(algo, settings, args.timesteps or steps, market, args.threads)
         results.append(r)
         share = "-" if r["pnl_vs_oracle"] is None else f"{r['pnl_vs_oracle']:.2f}"
