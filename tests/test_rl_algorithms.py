@@ -198,9 +198,14 @@ def test_sac_is_served_by_the_ensemble_and_trademl_predict(agents, tmp_path):
         assert out["models_used"] == ["ppo"], out["warnings"]
         rows = np.asarray(request_for(result, position)["sequence"])
         obs = runtime.observation(rows[None], position, p.obs_spec.initial_balance, 0.0, np.zeros((1, 10)))
-        expected = target_vote(runtime.target_position(obs), position)[0]
+        target = runtime.target_position(obs)
+        expected = target_vote(target, position)[0]
         got = [out["ppo_hold_prob"], out["ppo_buy_prob"], out["ppo_sell_prob"]]
         np.testing.assert_allclose(got, expected, atol=1e-6)
+        # the vote is about the account's position: a target within 2.5 contracts of flat is a
+        # buy from -3 and a sell from +3
+        assert abs(target[0]) < 2.5
+        assert np.argmax(got) == {-3: BUY, 3: SELL}.get(position, np.argmax(got))
         assert "ppo_state_value" not in out  # SAC has no state value
     body = json.dumps(request_for(result, 3)).encode()
     done = subprocess.run([str(Path(sys.executable).parent / "trademl"), "predict", "--model-root",
