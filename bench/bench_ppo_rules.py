@@ -22,7 +22,8 @@ import time
 from trademl.config import Config
 from trademl.data.synthetic import synthetic_bars
 from trademl.models.ppo.account_eval import evaluate_under_rules
-from trademl.models.ppo.train import policy_probabilities, train_ppo
+from trademl.models.ppo.algorithms import deterministic_actions
+from trademl.models.ppo.train import train_ppo
 from trademl.risk.rules import rules_for
 
 PRESET = "topstep-50k"
@@ -38,7 +39,7 @@ def train_one(bars, seed: int, timesteps: int, rules: str | None, folder: str, e
     t0 = time.perf_counter()
     result = train_ppo(bars, cfg, store=False)
     seconds = time.perf_counter() - t0
-    account = evaluate_under_rules(lambda obs: policy_probabilities(result.model.policy, obs), result.prepared,
+    account = evaluate_under_rules(deterministic_actions(result.model), result.prepared,
                                    rules_for(PRESET))
     m = result.metrics
     return {"trained_under": rules or "no rules", "seed": seed, "seconds": round(seconds, 1),

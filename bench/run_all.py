@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bars_load", "features", "backtest", "lgbm", "lstm", "ppo", "predict", "monitor"]
+ORDER = ["bars_load", "features", "backtest", "lgbm", "lstm", "ppo", "rl_algorithms", "predict", "monitor"]
 
 
 def main(names: list[str]) -> int:

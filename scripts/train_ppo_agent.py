@@ -3,7 +3,8 @@
 
 With the system python3 it restarts itself in the project's .venv (scripts/_venv.py); or run
 `.venv/bin/python scripts/train_ppo_agent.py`. All `trademl train ppo` options apply
-(`--resume`, `--timesteps`, `--synthetic N`, `--config trademl.toml`, a bars file or dataset).
+(`--resume`, `--timesteps`, `--synthetic N`, `--algo ppo|a2c|sac`, `--config trademl.toml`, a bars
+file or dataset).
 """
 
 import sys

@@ -16,6 +16,7 @@ from trademl.data.synthetic import synthetic_bars
 from trademl.errors import InsufficientDataError, TradeMLError
 from trademl.market.actions import BUY, SELL
 from trademl.market.broker import simulate
+from trademl.models.ppo.algorithms import greedy
 from trademl.models.ppo.env import TradingCore
 from trademl.models.ppo.train import prepare_market, run_policy, train_ppo
 from trademl.models.store import ModelStore
@@ -138,7 +139,7 @@ def test_evaluation_pnl_is_the_execution_models_pnl_of_the_agents_positions(trai
         probs[np.arange(len(obs)), np.where(obs[:, edge_col] > 0, BUY, SELL)] = 1.0
         return probs
 
-    run = run_policy(follow_edge, p, market, starts)
+    run = run_policy(greedy(follow_edge), p, market, starts)
     sim = simulate(p.execution, run["target"], p.open, p.close, p.segments)
     assert run["pnl"].sum() == pytest.approx(sim.pnl.sum(), abs=1e-6)
     assert run["costs"].sum() == pytest.approx(sim.costs.sum(), abs=1e-6)
@@ -319,23 +320,31 @@ def assert_ppo_summary_matches(output: str, stored) -> None:
 LEARN_BARS, LEARN_STEPS, EDGE_STEPS = 200_000, 300_000, 150_000
 
 
-def learned(tmp_path, edge_ic: float, steps: int = LEARN_STEPS):
+def learned(tmp_path, edge_ic: float, steps: int = LEARN_STEPS, **ppo):
+    """The agent trained on the learning market; ``ppo``: other [ppo] settings (algo, ...)."""
     bars = synthetic_bars(LEARN_BARS, seed=3, edge_ic=edge_ic, edge_horizon=5)
     cfg = Config()
     cfg.data.extra_feature_columns = ["edge"]
     cfg.ppo.total_timesteps = steps
     cfg.ppo.checkpoint_dir = str(tmp_path / "ckpt")
     cfg.paths.model_root = str(tmp_path / "models")
+    for k, v in ppo.items():
+        setattr(cfg.ppo, k, v)
     return train_ppo(bars, cfg, store=False)
 
 
 def churning(result) -> dict:
-    """What an agent that has learned nothing does on the same held-out bars: uniform actions."""
+    """What an agent that has learned nothing does on the same held-out bars: uniform actions
+    (codes, or targets in [-1, 1] for a continuous agent)."""
     p = result.prepared
     market = p.market("eval")
     starts = market.starts[np.r_[True, np.diff(p.segments[market.starts]) != 0]]
     rng = np.random.default_rng(0)
-    run = run_policy(lambda obs: rng.random((len(obs), 3)), p, market, starts)
+    if p.action_mode == "target":
+        act = lambda obs: rng.uniform(-1, 1, len(obs))  # noqa: E731
+    else:
+        act = greedy(lambda obs: rng.random((len(obs), 3)))
+    run = run_policy(act, p, market, starts)
     return {"trades": int(np.count_nonzero(run["trade_qty"])), "mean_abs_position": float(np.abs(run["position"]).mean())}
 
 

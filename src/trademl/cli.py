@@ -391,6 +391,9 @@ def train_ppo_command(
     account: Optional[str] = typer.Option(None, "--account", help=(
         "Train under an account's rules (topstep-50k, topstep-100k, topstep-150k): cap, 15:10 CT flatten, a breach "
         "ends the episode, the agent observes its room to each limit ([ppo] account_rules).")),
+    algo: Optional[str] = typer.Option(None, "--algo", help=(
+        "ppo (default), a2c (synchronous A3C, same hold/buy/sell policy) or sac (a continuous target position, "
+        "rounded to contracts) ([ppo] algo).")),
     config: Optional[Path] = ConfigOpt,
 ):
     """PPO agent (stable-baselines3) in the vectorised trading env: held-out evaluation, policy.onnx stored."""
@@ -398,6 +401,8 @@ def train_ppo_command(
     from trademl.risk.rules import rules_for
 
     overrides = {"total_timesteps": timesteps} if timesteps else {}
+    if algo is not None:
+        overrides["algo"] = algo  # an unknown one is a config error, before any work
     if account is not None:
         overrides["account_rules"] = rules_for(account).name  # an unknown preset fails here, before any work
     cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,

@@ -180,20 +180,25 @@ class LSTMConfig(_Section):
 class PPOConfig(_Section):
     """The PPO agent (stable-baselines3) and its trading environment."""
 
-    learning_rate: float = Field(3e-4, description="Adam learning rate of the policy and value nets.")
+    algo: Literal["ppo", "a2c", "sac"] = Field("ppo", description=(
+        'The stable-baselines3 algorithm: "ppo", "a2c" (synchronous A3C: the same hold/buy/sell policy, one '
+        'gradient step per rollout, RMSprop) or "sac" (soft actor-critic: a continuous target position in '
+        '[-max_position_size, +max_position_size], rounded to contracts). Every setting below applies to all '
+        'three unless it says otherwise.'))
+    learning_rate: float = Field(3e-4, description="Learning rate of the policy and value nets (Adam; RMSprop for a2c).")
     total_timesteps: int = Field(1_000_000, description="Environment steps to train for.")
-    clip_epsilon: float = Field(0.2, description="PPO clip range of the probability ratio (guide's name).")
+    clip_epsilon: float = Field(0.2, description="ppo: clip range of the probability ratio (guide's name).")
     # Rollouts of n_envs x n_steps = 8192 steps from the numpy VecEnv, minibatches of 1024,
     # 10 epochs: the settings of the learning tests and of bench/bench_ppo.py (1M steps).
-    n_steps: int = Field(32, description="Steps per environment in each rollout.")
-    n_envs: int = Field(256, description="Environments stepped together (one numpy VecEnv).")
-    batch_size: int = Field(1024, description="Minibatch size of each gradient step.")
-    n_epochs: int = Field(10, description="Passes over each rollout.")
+    n_steps: int = Field(32, description="ppo, a2c: steps per environment in each rollout (a2c: one gradient step per rollout).")
+    n_envs: int = Field(256, description="ppo, a2c: environments stepped together (one numpy VecEnv; sac: sac_n_envs).")
+    batch_size: int = Field(1024, description="ppo: minibatch size of each gradient step (a2c: the whole rollout; sac: sac_batch_size).")
+    n_epochs: int = Field(10, description="ppo: passes over each rollout.")
     # A short horizon: minute-bar edges and costs play out within a few bars, and a long
     # one adds the noise of many future bars to every advantage (learned 2x slower).
     gamma: float = Field(0.5, description="Discount factor of future rewards.")
-    gae_lambda: float = Field(0.9, description="GAE lambda of the advantage estimate.")
-    ent_coef: float = Field(0.0, description="Entropy bonus coefficient.")
+    gae_lambda: float = Field(0.9, description="ppo, a2c: GAE lambda of the advantage estimate.")
+    ent_coef: float = Field(0.0, description="ppo, a2c: entropy bonus coefficient (sac tunes its own).")
     window: int = Field(4, description="Bars of features in each observation.")
     episode_length: int = Field(390, description="Most bars per training episode (390: one regular session).")
     reward: str = Field("sharpe", description='Reward: "pnl" or "sharpe" (differential Sharpe ratio).')
@@ -212,9 +217,19 @@ class PPOConfig(_Section):
         'each limit keeping >= 2% of its allowance, so the agent sees a limit close) or "fresh".'))
     breach_penalty: float = Field(2000.0, ge=0, description=(
         "With account_rules, dollars subtracted (scaled like the P&L) on the bar a limit is breached."))
-    vf_coef: float = Field(0.5, description="Value-loss coefficient.")
-    max_grad_norm: float = Field(0.5, description="Gradients are clipped to this norm.")
-    net_arch: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer sizes of the policy and value nets.")
+    vf_coef: float = Field(0.5, description="ppo, a2c: value-loss coefficient.")
+    max_grad_norm: float = Field(0.5, description="ppo, a2c: gradients are clipped to this norm.")
+    # SAC is off-policy: one gradient step of sac_batch_size transitions every sac_train_freq
+    # steps of all the environments, so few environments (sac_n_envs) keep the steps per sample
+    # near SB3's one-for-one; its replay buffer holds observations twice (obs and next obs).
+    sac_n_envs: int = Field(16, gt=0, description="sac: environments stepped together (n_envs is ppo's and a2c's).")
+    sac_buffer_size: int = Field(100_000, gt=0, description="sac: transitions in the replay buffer.")
+    sac_learning_starts: int = Field(2_000, ge=0, description="sac: timesteps of random actions before learning starts.")
+    sac_batch_size: int = Field(256, gt=0, description="sac: transitions in each gradient step (batch_size is ppo's and a2c's).")
+    sac_tau: float = Field(0.005, gt=0, le=1, description="sac: soft-update rate of the target critics.")
+    sac_train_freq: int = Field(1, gt=0, description="sac: steps of all the environments between gradient updates.")
+    sac_gradient_steps: int = Field(1, gt=0, description="sac: gradient steps at each update.")
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer sizes of the policy and value nets (sac: of the actor and of each critic).")
     eval_fraction: float = Field(0.2, description=(
         "The last fraction of the bars is held out: never trained on, the agent is evaluated there."))
     checkpoint_dir: str | None = Field(None, description=(

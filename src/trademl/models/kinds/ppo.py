@@ -2,11 +2,15 @@
 observes a window of features and its account (position, balance, unrealized P&L, the last 10
 actions), trained in the trading environment with real costs.
 
-Training: ``trademl.models.ppo.train`` (SB3 PPO on the numpy VecEnv, held-out evaluation,
-checkpoints, ONNX export checked against SB3). Serving: ``PPORuntime``: ``policy.onnx`` and
-``obs_spec.json`` (the training span's normaliser and the observation layout); its vote is the
-policy's action probabilities. Its votes depend on the account, so ``needs_account`` is True:
-a backtest runs it bar by bar against the broker's state.
+Training: ``trademl.models.ppo.train`` (SB3 PPO, A2C or SAC, ``[ppo] algo``, on the numpy
+VecEnv, held-out evaluation, checkpoints, ONNX export checked against SB3). Serving:
+``PPORuntime``: ``policy.onnx`` and ``obs_spec.json`` (the training span's normaliser and the
+observation layout); the manifest's ``config.algo`` says which graph it is (none: PPO, an agent
+stored before the choice existed). PPO's and A2C's vote is the policy's action probabilities.
+SAC's graph gives a target position; its vote is ``target_vote``: the move the environment would
+make (BUY when the target rounds above the position, SELL below, HOLD else) with scores that are
+not probabilities of anything (the stacker calibrates them). Its votes depend on the account,
+so ``needs_account`` is True: a backtest runs it bar by bar against the broker's state.
 """
 
 from __future__ import annotations
@@ -20,12 +24,29 @@ from trademl.errors import DataError, ModelStoreError, SchemaError
 from trademl.market.broker import RECENT_ACTIONS, AccountState
 from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, check_onnx_contract, class_vote
 from trademl.models.onnx_session import open_session
+from trademl.models.ppo.algorithms import ALGORITHMS, DEFAULT_ALGORITHM
 from trademl.models.ppo.observation import ACTION_NAMES, ObservationSpec
 
 POLICY_FILE = "policy.onnx"
 OBS_SPEC_FILE = "obs_spec.json"
 OBS_INPUT = "observation"
 OUTPUTS = ["action_probs", "state_value"]
+SAC_OUTPUT = "target_position"
+# SAC's scores: softmax of (0, k (d - 1/2), k (-d - 1/2)) for a target d contracts above the
+# position; the largest is the move the environment makes, k sets how fast it dominates.
+TARGET_SCORE_SHARPNESS = 4.0
+
+
+def target_vote(target, position) -> np.ndarray:
+    """[n, 3] (hold, buy, sell) scores of a continuous target position (contracts) against the
+    current position: the argmax is the environment's move (``rounded_target``: BUY when the
+    target rounds above the position, SELL below, HOLD else; a target exactly half a contract
+    away ties, where the environment moves and this says HOLD). The scores only rank the moves
+    and grow with the distance; they are not calibrated probabilities."""
+    d = np.asarray(target, np.float64) - np.asarray(position, np.float64)
+    logits = TARGET_SCORE_SHARPNESS * np.stack([np.zeros_like(d), d - 0.5, -d - 0.5], axis=-1)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 class PPORuntime(Runtime):
@@ -34,10 +55,11 @@ class PPORuntime(Runtime):
     order = 30
     actions = ACTION_NAMES
 
-    def __init__(self, session, spec: ObservationSpec, version: str = ""):
+    def __init__(self, session, spec: ObservationSpec, version: str = "", algo: str = DEFAULT_ALGORITHM):
         self.session = session
         self.spec = spec
         self.version = version
+        self.algo = algo
         self.kind = "ppo"
 
     @classmethod
@@ -49,15 +71,21 @@ class PPORuntime(Runtime):
         spec = ObservationSpec.from_dict(json.loads(stored_model.file(OBS_SPEC_FILE).read_text()))
         if spec.feature_names != stored_model.feature_names:
             raise SchemaError(f"{OBS_SPEC_FILE} and the manifest list different features", where=where)
-        return cls.from_files(stored_model.file(POLICY_FILE), spec, stored_model.version, threads)
+        algo = (stored_model.manifest.get("config") or {}).get("algo", DEFAULT_ALGORITHM)
+        return cls.from_files(stored_model.file(POLICY_FILE), spec, stored_model.version, threads, algo)
 
     @classmethod
-    def from_files(cls, onnx_path, spec: ObservationSpec, version: str = "", threads: int | None = None) -> "PPORuntime":
+    def from_files(cls, onnx_path, spec: ObservationSpec, version: str = "", threads: int | None = None,
+                   algo: str = DEFAULT_ALGORITHM) -> "PPORuntime":
+        if algo not in ALGORITHMS:
+            raise ModelStoreError(f"the agent's algorithm {algo!r} is not one of {', '.join(ALGORITHMS)}",
+                                  where=str(onnx_path), hint="retrain the agent with this version")
         session = open_session(onnx_path, threads, where=str(onnx_path))
-        # the contract: observations [n, obs_dim] -> action_probs [n, 3] (hold, buy, sell), state_value [n]
-        check_onnx_contract(session, str(onnx_path), [(OBS_INPUT, (None, int(spec.obs_dim)))],
-                            [(OUTPUTS[0], (None, 3)), (OUTPUTS[1], (None,))])
-        return cls(session, spec, version)
+        # the contract: observations [n, obs_dim] -> action_probs [n, 3] (hold, buy, sell), state_value [n];
+        # SAC: -> target_position [n] (contracts)
+        outputs = [(SAC_OUTPUT, (None,))] if algo == "sac" else [(OUTPUTS[0], (None, 3)), (OUTPUTS[1], (None,))]
+        check_onnx_contract(session, str(onnx_path), [(OBS_INPUT, (None, int(spec.obs_dim)))], outputs)
+        return cls(session, spec, version, algo)
 
     @property
     def feature_names(self) -> list[str]:
@@ -97,15 +125,27 @@ class PPORuntime(Runtime):
         return self.spec.build(self.spec.normalizer.transform(x), *state, recent, room)
 
     def policy(self, obs) -> tuple[np.ndarray, np.ndarray]:
-        """(action probabilities [n, 3] in order hold, buy, sell; state value [n])."""
+        """PPO, A2C: (action probabilities [n, 3] in order hold, buy, sell; state value [n])."""
+        if self.algo == "sac":
+            raise ModelStoreError("a sac agent has no action probabilities: its target_position is voted on "
+                                  "against the account's position (target_vote)", where="ppo")
+        probs, value = self.session.run(OUTPUTS, {OBS_INPUT: self._rows(obs)})
+        return probs, np.ravel(value)
+
+    def target_position(self, obs) -> np.ndarray:
+        """SAC: the target position [n] in contracts (continuous, within the cap), before rounding."""
+        if self.algo != "sac":
+            raise ModelStoreError(f"a {self.algo} agent has no target position (only sac has)", where="ppo")
+        return np.ravel(self.session.run([SAC_OUTPUT], {OBS_INPUT: self._rows(obs)})[0])
+
+    def _rows(self, obs) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
         if obs.ndim == 1:
             obs = obs[None]
         if obs.shape[1] != self.spec.obs_dim:
             raise DataError(f"observation must have {self.spec.obs_dim} values, got {obs.shape[1]}",
                             where="ppo observation")
-        probs, value = self.session.run(OUTPUTS, {OBS_INPUT: obs})
-        return probs, np.ravel(value)
+        return obs
 
     def predict(self, inputs: ModelInputs) -> Votes:
         """The policy at every prediction, observing ``inputs.account`` (a flat account of the
@@ -116,16 +156,22 @@ class PPORuntime(Runtime):
         n = len(inputs)
         ok, why = inputs.complete_windows(self.window, "PPO agent")
         account = inputs.account if inputs.account is not None else AccountState.flat(n, self.spec.initial_balance)
-        out = {k: np.full(n, np.nan) for k in ("hold", "buy", "sell", "value")}
+        second = "target" if self.algo == "sac" else "value"
+        out = {k: np.full(n, np.nan) for k in ("hold", "buy", "sell", second)}
         idx = np.flatnonzero(ok)
         if len(idx):
             a = account.take(idx)
             obs = self.observation(windows_at(inputs.X, inputs.at[idx], self.window), a.position, a.balance,
                                    a.unrealized_pnl, a.recent_actions, a.room)
-            probs, value = self.policy(obs)
+            if self.algo == "sac":  # the move from the account's own position
+                out["target"][idx] = target = self.target_position(obs)
+                probs = target_vote(target, a.position)
+            else:
+                probs, out["value"][idx] = self.policy(obs)
             out["hold"][idx], out["buy"][idx], out["sell"][idx] = probs[:, 0], probs[:, 1], probs[:, 2]
-            out["value"][idx] = value
-        fields = {"ppo_buy_prob": "buy", "ppo_sell_prob": "sell", "ppo_hold_prob": "hold", "ppo_state_value": "value"}
+        fields = {"ppo_buy_prob": "buy", "ppo_sell_prob": "sell", "ppo_hold_prob": "hold"}
+        if self.algo != "sac":  # SAC has no state value (its critics value an action too)
+            fields["ppo_state_value"] = "value"
         return Votes(self.kind, class_vote(out["hold"], out["buy"], out["sell"]), out, fields, why)
 
 

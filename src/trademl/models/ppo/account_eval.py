@@ -2,7 +2,8 @@
 
 Evaluation accounts are opened on the held-out span, one at the first decision bar of each
 of up to ``max_accounts`` held-out trading segments spread evenly over it. Each is traded by
-the deterministic agent (argmax of its probabilities) under the rules, in the training
+the deterministic agent (``act``: observations -> its actions, ``algorithms.deterministic_actions``)
+under the rules, in the training
 environment's dynamics (cap, 15:10 CT flatten, breach liquidation), carried day after day
 (the broker flat at each segment start, the balances going on) until it breaches or the span
 ends. The environment decides what the agent saw; the verdict of each account's path comes
@@ -23,17 +24,17 @@ from trademl.risk.rules import AccountRules
 from trademl.segments import segment_start_mask
 
 
-def evaluate_under_rules(policy_probs, prepared, rules: AccountRules, max_accounts: int = 40) -> dict:
+def evaluate_under_rules(act, prepared, rules: AccountRules, max_accounts: int = 40) -> dict:
     """Breach and pass shares of evaluation accounts on the held-out span (see the module doc)."""
     market = prepared.market("eval", rules)
     firsts = market.starts[segment_start_mask(prepared.segments[market.starts])]  # a segment's first decision bar
     opens = firsts[np.unique(np.linspace(0, len(firsts) - 1, min(max_accounts, len(firsts))).round().astype(int))]
-    targets, _ = trade_accounts(policy_probs, prepared, market, rules, opens, firsts)
+    targets, _ = trade_accounts(act, prepared, market, rules, opens, firsts)
     verdicts = [_verdict(prepared, rules, start, targets[a, start - prepared.split:]) for a, start in enumerate(opens)]
-    return _summary(rules, verdicts) | {"near_limits": evaluate_near_limits(policy_probs, prepared, rules)}
+    return _summary(rules, verdicts) | {"near_limits": evaluate_near_limits(act, prepared, rules)}
 
 
-def evaluate_near_limits(policy_probs, prepared, rules: AccountRules, per_session: int = 5, seed: int = 0) -> dict:
+def evaluate_near_limits(act, prepared, rules: AccountRules, per_session: int = 5, seed: int = 0) -> dict:
     """The share of accounts that breach within one held-out session when they start it anywhere
     along an evaluation (``AccountLimits.random_restart``, as in training: each limit keeping at
     least 2% of its allowance), ``per_session`` of them at the first decision bar of every
@@ -42,13 +43,13 @@ def evaluate_near_limits(policy_probs, prepared, rules: AccountRules, per_sessio
     market = prepared.market("eval", rules)
     firsts = market.starts[segment_start_mask(prepared.segments[market.starts])]
     opens = np.repeat(firsts, per_session)
-    _, breach_bar = trade_accounts(policy_probs, prepared, market, rules, opens, firsts, account_start="random",
+    _, breach_bar = trade_accounts(act, prepared, market, rules, opens, firsts, account_start="random",
                                    carry=False, seed=seed)
     share, interval = _share_with_interval(int((breach_bar >= 0).sum()), len(opens))
     return {"accounts": len(opens), "breach_share": share, "breach_interval_95": interval}
 
 
-def trade_accounts(policy_probs, prepared, market, rules, opens: np.ndarray, firsts: np.ndarray, *,
+def trade_accounts(act, prepared, market, rules, opens: np.ndarray, firsts: np.ndarray, *,
                    account_start: str = "fresh", carry: bool = True, seed: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """([accounts, held-out bars] target positions decided at each close (0 where none was),
@@ -56,14 +57,15 @@ def trade_accounts(policy_probs, prepared, market, rules, opens: np.ndarray, fir
     account goes on at the next session when its own ends; without, it ends with it."""
     k, split = len(opens), prepared.split
     core = TradingCore(market, prepared.execution, prepared.obs_spec, prepared.rewards, k,
-                       episode_length=np.iinfo(np.int64).max, seed=seed, rules=rules, account_start=account_start)
+                       episode_length=np.iinfo(np.int64).max, seed=seed, rules=rules, account_start=account_start,
+                       action_mode=prepared.action_mode)
     core.reset(starts=opens)
     targets = np.zeros((k, len(prepared.close) - split), np.int32)
     live = np.ones(k, bool)
     breach_bar = np.full(k, -1)
     while live.any():
         t = core.t.copy()
-        r = core.step(np.argmax(policy_probs(core.observe()), axis=1))
+        r = core.step(act(core.observe()))
         targets[live, t[live] - split] = r.position[live]
         breach_bar[live & r.breached] = core.t[live & r.breached]
         live &= ~r.breached

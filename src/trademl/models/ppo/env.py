@@ -3,7 +3,9 @@
 One decision per bar. The agent sees, at the close of bar t, a window of normalised
 features (rows t-W+1..t) and its TradingState: position, balance, unrealized P&L and the
 last 10 actions. Actions are 0 hold, 1 buy one contract, 2 sell one contract; the position
-is capped at +/- max_position. Fills, costs and P&L come from the one execution model
+is capped at +/- max_position. A continuous agent (SAC, ``action_mode="target"``) instead asks
+for a target position x * max_position, x in [-1, 1], rounded to whole contracts; the same
+broker then trades the difference, and its recent actions record the move's code. Fills, costs and P&L come from the one execution model
 through the one broker (`trademl.market.broker.Broker`, which also keeps the position, the
 average entry price and the last 10 actions): the decision at the close of t fills at the
 open of t+1 plus slippage, and the step's P&L is bar t+1's.
@@ -40,7 +42,7 @@ import numpy as np
 from trademl.config import resolve_config
 from trademl.data.sequences import valid_window_ends
 from trademl.errors import TradeMLError
-from trademl.market.actions import DIRECTION
+from trademl.market.actions import DIRECTION, code_of_move, rounded_target
 from trademl.market.broker import Broker
 from trademl.market.execution import ExecutionModel
 from trademl.models.ppo.observation import ObservationSpec
@@ -48,6 +50,14 @@ from trademl.models.ppo.rewards import RewardSettings, RewardShaper
 from trademl.risk.limits import AccountLimits
 from trademl.risk.rules import AccountRules
 from trademl.segments import bars_to_end
+
+
+ACTION_MODES = ("discrete", "target")
+
+
+def action_space(mode: str) -> gym.spaces.Space:
+    """The gymnasium action space of an action mode: Discrete(3) codes, or a target in [-1, 1]."""
+    return gym.spaces.Discrete(3) if mode == "discrete" else gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
 
 
 @dataclass
@@ -119,6 +129,7 @@ class TradingCore:
     seed: int | None = None
     rules: AccountRules | None = None  # an account's rules (see the module doc); needs market.day/flat
     account_start: str = "fresh"  # with rules: "fresh" or "random" (AccountLimits.random_restart)
+    action_mode: str = "discrete"  # "discrete": codes 0/1/2; "target": a target position in [-1, 1] of the cap
     t: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -146,6 +157,9 @@ class TradingCore:
                                    where="ppo.account_start")
             self.limits = AccountLimits(self.rules, n)
             self.cap = min(self.cap, self.rules.max_contracts(self.execution.spec.root))
+        if self.action_mode not in ACTION_MODES:
+            raise TradeMLError(f"action_mode must be one of {ACTION_MODES}, not {self.action_mode!r}",
+                               where="ppo environment")
 
     # The account of every env lives in the broker; these are its views.
     @property
@@ -217,14 +231,28 @@ class TradingCore:
         return self.spec.build(self.market.windows[self.t[idx]], b.position[idx], self._balance(close, idx),
                                b.unrealized(close, idx), b.recent[idx], room)
 
-    def step(self, actions) -> StepResult:
+    def requested(self, actions) -> tuple[np.ndarray, np.ndarray]:
+        """(position each env asks for, within the cap; its action code for the recent actions).
+        Discrete: code 0/1/2 moves one contract. Target: x in [-1, 1] asks for x * cap contracts,
+        rounded (``rounded_target``), recorded as the code of the move it makes."""
+        position = self.broker.position
+        if self.action_mode == "target":
+            x = np.asarray(actions, dtype=np.float64).reshape(self.n_envs)
+            if not np.isfinite(x).all() or np.abs(x).max(initial=0) > 1 + 1e-6:
+                raise TradeMLError("target actions must be finite numbers in [-1, 1] (shares of the position cap)",
+                                   where="action")
+            new = rounded_target(x * self.cap, self.cap)
+            return new, code_of_move(new - position)
         a = np.asarray(actions, dtype=np.int64).reshape(self.n_envs)
         if a.min(initial=0) < 0 or a.max(initial=0) > 2:
             raise TradeMLError(f"actions must be 0 hold, 1 buy or 2 sell, got {np.unique(a).tolist()}", where="action")
+        return np.clip(position + DIRECTION[a], -self.cap, self.cap), a
+
+    def step(self, actions) -> StepResult:
+        new, a = self.requested(actions)
         m, t, b = self.market, self.t, self.broker
         # The next bar is the segment's last: the position is closed at its open, the episode ends.
         closing = m.bars_to_end[t] == 1
-        new = np.clip(b.position + DIRECTION[a], -self.cap, self.cap)
         if self.limits is not None:
             # The rules' flatten: decided on the bar before 15:10 CT or inside the window, flat.
             new = np.where(m.flat[t] | m.flat[t + 1], 0, new)
@@ -259,10 +287,11 @@ class TradingEnvironment(gym.Env):
 
     def __init__(self, market: MarketData, execution: ExecutionModel, spec: ObservationSpec,
                  rewards: RewardSettings, episode_length: int | None = None, seed: int | None = None,
-                 rules: AccountRules | None = None, account_start: str = "fresh"):
-        self.core = TradingCore(market, execution, spec, rewards, 1, episode_length, seed, rules, account_start)
+                 rules: AccountRules | None = None, account_start: str = "fresh", action_mode: str = "discrete"):
+        self.core = TradingCore(market, execution, spec, rewards, 1, episode_length, seed, rules, account_start,
+                                action_mode)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
-        self.action_space = gym.spaces.Discrete(3)
+        self.action_space = action_space(action_mode)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -277,7 +306,7 @@ class TradingEnvironment(gym.Env):
         return self.core.observe()[0], {"bar": int(self.core.t[0])}
 
     def step(self, action):
-        r = self.core.step(np.array([action]))
+        r = self.core.step(np.asarray(action).reshape(1, -1)[:, 0])
         core = self.core
         o = core.market.open[core.t[0]]
         info = {

@@ -1,28 +1,31 @@
 """Train the PPO agent with stable-baselines3, evaluate it on held-out bars, store it.
 
     bars -> causal features (the feature library) -> normaliser fitted on the training span
-         -> TradingVecEnv (N envs in numpy) -> SB3 PPO (the guide's names from [ppo])
+         -> TradingVecEnv (N envs in numpy) -> SB3 PPO, A2C or SAC ([ppo] algo; algorithms.py)
          -> ONNX export (checked against SB3 to 1e-5) -> evaluation on the held-out span
-         -> model store, kind "ppo": policy.onnx, obs_spec.json, eval.json
+         -> model store, kind "ppo": policy.onnx, obs_spec.json, eval.json (the manifest's
+            config names the algorithm, which the serving runtime reads)
 
 The last ``eval_fraction`` of the bars is held out: no episode starts there, the
-normaliser never sees it, and the deterministic agent (argmax of its probabilities) is
-scored there against staying flat and, when the bars carry a planted ``edge`` column
-(synthetic market), against an oracle that trades that edge.
+normaliser never sees it, and the deterministic agent (argmax of its probabilities; SAC:
+its mean target) is scored there against staying flat and, when the bars carry a planted
+``edge`` column (synthetic market), against an oracle that trades that edge.
 
 Oracle (precise): at the close of every bar the agent decides on, hold
 ``sign(edge_t)`` contracts from the open of bar t+1, through the same execution model
 (same costs, flattened at segment ends). One contract, because one action moves the
 position by one contract: with an edge that is fresh every bar, that is the most any
 policy in this action space can turn into P&L (see bench/README.md, PPO). The
-``max_position`` version of the same oracle is reported too (``oracle_max_position_pnl``).
+``max_position`` version of the same oracle is reported too (``oracle_max_position_pnl``):
+SAC sets its position directly, so that is the most it could turn into P&L.
 
 Checkpoints (SB3 zip + normaliser) go to ``[ppo] checkpoint_dir`` every
 ``checkpoint_every`` timesteps and at the end, through SB3's ``CheckpointCallback``; each
 one replaces the last as ``ppo_checkpoint.zip`` beside ``checkpoint.json`` (what it was
 trained on), so the folder always holds the newest. ``resume=True`` continues from there to
 ``total_timesteps``. The zip is for resuming only; serving loads policy.onnx. The progress
-bar is SB3's ``ProgressBarCallback`` (tqdm + rich).
+bar is SB3's ``ProgressBarCallback`` (tqdm + rich). SAC writes no checkpoint and cannot
+resume: its replay buffer (the rest of its state) is not saved.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from trademl.models.base import skill
 from trademl.market.contracts import ContractSpec, spec_of_bars
 from trademl.market.broker import simulate
 from trademl.market.execution import ExecutionModel
+from trademl.models.ppo.algorithms import action_mode, deterministic_actions, env_count, new_model
 from trademl.models.ppo.env import MarketData, TradingCore
 from trademl.models.ppo.observation import FeatureNormalizer, ObservationSpec
 from trademl.models.ppo.rewards import RewardSettings
@@ -86,6 +90,7 @@ class PreparedMarket:
     rewards: RewardSettings
     edge: np.ndarray | None = None
     rules: AccountRules | None = None  # [ppo] account_rules: the environment trades under them
+    action_mode: str = "discrete"  # what the agent's actions are ([ppo] algo; algorithms.action_mode)
     _markets: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -173,7 +178,7 @@ def prepare_market(bars: pd.DataFrame, cfg: Config | None = None, *, features=No
     prepared = PreparedMarket(symbol, contract, ExecutionModel.from_config(contract, cfg.costs, cap),
                               schema, features, bars["open"].to_numpy(np.float64), close, seg, split, bars.index,
                               obs_spec, rewards, bars["edge"].to_numpy(np.float64) if "edge" in bars.columns else None,
-                              rules)
+                              rules, action_mode(p.algo))
     for span in ("train", "eval"):
         if len(prepared.market(span).starts) == 0:
             raise InsufficientDataError(
@@ -195,20 +200,8 @@ def make_vec_env(prepared: PreparedMarket, cfg: Config, span: str = "train", n_e
 
     p = cfg.ppo
     return TradingVecEnv(prepared.market(span), prepared.execution, prepared.obs_spec, prepared.rewards,
-                         n_envs or p.n_envs, p.episode_length, p.seed if seed is None else seed,
-                         prepared.rules, p.account_start)
-
-
-def new_model(env, cfg: Config):
-    from stable_baselines3 import PPO
-
-    p = cfg.ppo
-    return PPO(
-        "MlpPolicy", env, learning_rate=p.learning_rate, n_steps=p.n_steps, batch_size=p.batch_size,
-        n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_epsilon,
-        ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-        policy_kwargs={"net_arch": list(p.net_arch)}, seed=p.seed, device="cpu", verbose=0,
-    )
+                         n_envs or env_count(cfg), p.episode_length, p.seed if seed is None else seed,
+                         prepared.rules, p.account_start, prepared.action_mode)
 
 
 def train_ppo(bars: pd.DataFrame, cfg: Config | None = None, *, features=None, schema: dict | None = None,
@@ -235,6 +228,10 @@ def checkpoint_folder(cfg: Config) -> Path:
 
 def _train(bars, cfg: Config, features, schema, symbol, resume, progress, console, store) -> PPOTrainingResult:
     p = cfg.ppo
+    checkpointed = p.algo != "sac"
+    if resume and not checkpointed:
+        raise TradeMLError("--resume continues a ppo or a2c agent; sac writes no checkpoint (its replay buffer, "
+                           "the rest of its state, is not saved)", where="ppo.algo", hint="train sac without --resume")
     prepared = prepare_market(bars, cfg, features=features, schema=schema, symbol=symbol)
     env = make_vec_env(prepared, cfg)
     checkpoints = checkpoint_folder(cfg)
@@ -242,17 +239,18 @@ def _train(bars, cfg: Config, features, schema, symbol, resume, progress, consol
     start_steps = model.num_timesteps
     t0 = time.perf_counter()
     if p.total_timesteps > start_steps:  # the callbacks checkpoint along the way and at the end
-        callback = _callbacks(cfg, prepared, checkpoints, progress, console)
+        callback = _callbacks(cfg, prepared, checkpoints if checkpointed else None, progress, console)
         model.learn(p.total_timesteps - start_steps, callback=callback, reset_num_timesteps=not resume)
     train_seconds = time.perf_counter() - t0
-    metrics = evaluate_agent(lambda obs: policy_probabilities(model.policy, obs), prepared)
+    metrics = {"algo": p.algo} | evaluate_agent(deterministic_actions(model), prepared)
     metrics.update(timesteps=int(model.num_timesteps), train_seconds=round(train_seconds, 2),
                    timesteps_per_second=round((model.num_timesteps - start_steps) / max(train_seconds, 1e-9), 1))
     result = PPOTrainingResult(None, metrics, int(model.num_timesteps), train_seconds, model=model, prepared=prepared)
     if store:
         result.stored = store_agent(model, prepared, cfg, metrics)
         result.written.append(result.stored.path)
-    result.written.append(checkpoints)
+    if checkpointed:
+        result.written.append(checkpoints)
     return result
 
 
@@ -290,7 +288,8 @@ def print_summary(result: PPOTrainingResult, console) -> None:
     from rich.table import Table
 
     m = result.metrics
-    t = Table(title=f"PPO agent, held-out span ({m['eval_decisions']} decisions, {m['eval_segments']} segments)")
+    algo = m.get("algo", "ppo").upper()
+    t = Table(title=f"{algo} agent, held-out span ({m['eval_decisions']} decisions, {m['eval_segments']} segments)")
     t.add_column("figure")
     t.add_column("value", justify="right")
     rows = [("net P&L ($)", f"{m['net_pnl']:,.2f}"), ("costs ($)", f"{m['costs']:,.2f}"),
@@ -316,16 +315,10 @@ def print_summary(result: PPOTrainingResult, console) -> None:
         console.print(f"wrote {p}")
 
 
-def policy_probabilities(policy, obs: np.ndarray) -> np.ndarray:
-    from trademl.models.ppo.export import sb3_outputs
-
-    return sb3_outputs(policy, obs)[0]
-
-
 def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
     """Export to ONNX, prove it equals SB3, write policy.onnx + obs_spec.json + eval.json atomically."""
     from trademl.data.reference import feature_reference
-    from trademl.models.ppo.export import check_onnx_matches, export_policy
+    from trademl.models.ppo.export import check_onnx_matches, export_agent
     from trademl.models.store import ModelStore
 
     probe = prepared.market("eval")
@@ -333,8 +326,9 @@ def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
                             cfg.ppo.episode_length, seed=0, rules=prepared.rules, account_start="random")
     probe_obs.reset()
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_policy(model.policy, prepared.obs_spec.obs_dim, Path(tmp) / POLICY_FILE)
-        metrics["onnx_max_abs_diff"] = check_onnx_matches(model.policy, onnx_path, probe_obs.observe())
+        cap, obs_dim = prepared.obs_spec.max_position, prepared.obs_spec.obs_dim
+        onnx_path = export_agent(model, cap, obs_dim, Path(tmp) / POLICY_FILE)
+        metrics["onnx_max_abs_diff"] = check_onnx_matches(model, onnx_path, probe_obs.observe(), cap)
         ppo_cfg = cfg.ppo.model_dump() | {"costs": cfg.costs.model_dump(), "symbol": prepared.symbol,
                                           "reward_scale": prepared.rewards.reward_scale}
         with ModelStore(cfg.paths.model_root).writer(
@@ -349,12 +343,13 @@ def store_agent(model, prepared: PreparedMarket, cfg: Config, metrics: dict):
     return w.stored
 
 
-def evaluate_agent(policy_probs, prepared: PreparedMarket) -> dict:
-    """Run the deterministic agent over every held-out segment, from its first complete window
-    to its end; score it against flat and (with a planted edge) the oracle."""
+def evaluate_agent(act, prepared: PreparedMarket) -> dict:
+    """Run the deterministic agent (``act``: observations -> its actions) over every held-out
+    segment, from its first complete window to its end; score it against flat and (with a
+    planted edge) the oracle."""
     market = prepared.market("eval")
     firsts = _first_start_per_segment(market.starts, prepared.segments)
-    run = run_policy(policy_probs, prepared, market, firsts)
+    run = run_policy(act, prepared, market, firsts)
     metrics = {
         "eval_segments": int(len(firsts)),
         "eval_decisions": int(run["decided"].sum()),
@@ -373,7 +368,7 @@ def evaluate_agent(policy_probs, prepared: PreparedMarket) -> dict:
     if prepared.rules is not None:
         from trademl.models.ppo.account_eval import evaluate_under_rules
 
-        metrics["account"] = evaluate_under_rules(policy_probs, prepared, prepared.rules)
+        metrics["account"] = evaluate_under_rules(act, prepared, prepared.rules)
     metrics["held_out_sharpe"] = held_out_sharpe(prepared, run["target"])
     metrics["validation_skill"] = ppo_skill(metrics)
     metrics["headline"] = {k: metrics[k] for k in ("net_pnl", "trades", "pnl_vs_oracle") if metrics.get(k) is not None}
@@ -414,11 +409,12 @@ def ppo_skill(metrics: dict) -> dict:
                       f"{s['interval'][1]:.3f})")
 
 
-def run_policy(policy_probs, prepared: PreparedMarket, market: MarketData, starts: np.ndarray) -> dict:
-    """Step one env per start until its segment ends; per-step arrays of the live envs, plus
-    ``target`` (position decided at the close of each bar, 0 elsewhere) and ``decided``."""
+def run_policy(act, prepared: PreparedMarket, market: MarketData, starts: np.ndarray) -> dict:
+    """Step one env per start with ``act`` (observations -> actions of ``prepared.action_mode``)
+    until its segment ends; per-step arrays of the live envs, plus ``target`` (position decided
+    at the close of each bar, 0 elsewhere) and ``decided``."""
     core = TradingCore(market, prepared.execution, prepared.obs_spec, prepared.rewards, len(starts),
-                       episode_length=np.iinfo(np.int64).max)
+                       episode_length=np.iinfo(np.int64).max, action_mode=prepared.action_mode)
     core.reset(starts=starts)
     live = np.ones(len(starts), bool)
     n = len(market.close)
@@ -426,8 +422,7 @@ def run_policy(policy_probs, prepared: PreparedMarket, market: MarketData, start
     out = {k: [] for k in ("pnl", "costs", "trade_qty", "position")}
     while live.any():
         t = core.t.copy()
-        actions = np.argmax(policy_probs(core.observe()), axis=1)
-        r = core.step(actions)
+        r = core.step(act(core.observe()))
         target[t[live]], decided[t[live]] = r.position[live], True
         for k in out:
             out[k].append(getattr(r, k)[live])
@@ -457,7 +452,8 @@ def _max_drawdown(pnl: np.ndarray) -> float:
     return float(np.max(np.maximum.accumulate(np.r_[0.0, equity])[1:] - equity, initial=0.0))
 
 
-def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, progress: bool, console):
+def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path | None, progress: bool, console):
+    """The checkpoint schedule (``checkpoints`` None: none) and the progress bar."""
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, ProgressBarCallback
 
     class Checkpoint(CheckpointCallback):
@@ -490,15 +486,16 @@ def _callbacks(cfg: Config, prepared: PreparedMarket, checkpoints: Path, progres
 
             with warnings.catch_warnings():  # "rich is experimental", as SB3 itself silences it
                 warnings.simplefilter("ignore", TqdmExperimentalWarning)
-                self.pbar = tqdm(total=self.locals["total_timesteps"], initial=self.model.num_timesteps, desc="PPO",
+                self.pbar = tqdm(total=self.locals["total_timesteps"], initial=self.model.num_timesteps, desc=name,
                                  options={"console": console} if console is not None else {})
 
         def _on_rollout_end(self) -> None:
             eps = self.model.ep_info_buffer
             if eps:
-                self.pbar.set_description(f"PPO, episode P&L ${np.mean([e['pnl'] for e in eps]):,.0f}", refresh=False)
+                self.pbar.set_description(f"{name}, episode P&L ${np.mean([e['pnl'] for e in eps]):,.0f}", refresh=False)
 
-    return CallbackList([Checkpoint()] + ([Progress()] if progress else []))
+    name = cfg.ppo.algo.upper()
+    return CallbackList(([Checkpoint()] if checkpoints is not None else []) + ([Progress()] if progress else []))
 
 
 def save_checkpoint(folder: Path, model, prepared: PreparedMarket) -> None:
@@ -512,8 +509,8 @@ def save_checkpoint(folder: Path, model, prepared: PreparedMarket) -> None:
         tmp = folder / (name + ".part")
         torch.save(state, tmp)
         os.replace(tmp, folder / name)
-    state = {"num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
-             "fingerprint": prepared.fingerprint(), "obs_spec": prepared.obs_spec.to_dict()}
+    state = {"algo": type(model).__name__.lower(), "num_timesteps": int(model.num_timesteps),
+             "n_updates": int(model._n_updates), "fingerprint": prepared.fingerprint(), "obs_spec": prepared.obs_spec.to_dict()}
     tmp = folder / (CHECKPOINT_STATE + ".part")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, folder / CHECKPOINT_STATE)
@@ -534,6 +531,10 @@ def _load_checkpoint(folder: Path, env, prepared: PreparedMarket, cfg: Config):
     except (ValueError, KeyError, TypeError) as e:
         raise TradeMLError(f"unreadable checkpoint state: {e}", where=str(paths[2]),
                            hint="train without --resume") from None
+    trained_with = state.get("algo", "ppo")  # a checkpoint from before [ppo] algo: PPO
+    if trained_with != cfg.ppo.algo:
+        raise TradeMLError(f"the checkpoint is of a {trained_with} agent, [ppo] algo is {cfg.ppo.algo}",
+                           where=str(folder), hint=f"resume with --algo {trained_with}, or train without --resume")
     if fingerprint != prepared.fingerprint():
         diff = {k: (fingerprint.get(k), v) for k, v in prepared.fingerprint().items() if fingerprint.get(k) != v}
         raise TradeMLError(f"the checkpoint was trained on other data: {diff}", where=str(folder),

@@ -1,5 +1,8 @@
 """N trading environments stepped at once in numpy, as a stable-baselines3 VecEnv.
 
+Its action space is the core's action mode: Discrete(3) (PPO, A2C) or a Box target position
+in [-1, 1] of the cap (SAC); both step the same `TradingCore` and broker.
+
 There are no sub-environments: one `TradingCore` holds every env's state as arrays, so
 a step over 1024 envs is a handful of numpy operations instead of 1024 Python calls.
 Done envs are reset inside ``step_wait`` (the VecEnv contract); their last observation
@@ -18,7 +21,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
 from trademl.market.execution import ExecutionModel
-from trademl.models.ppo.env import MarketData, TradingCore
+from trademl.models.ppo.env import MarketData, TradingCore, action_space
 from trademl.models.ppo.observation import ObservationSpec
 from trademl.models.ppo.rewards import RewardSettings
 
@@ -28,11 +31,12 @@ class TradingVecEnv(VecEnv):
 
     def __init__(self, market: MarketData, execution: ExecutionModel, spec: ObservationSpec,
                  rewards: RewardSettings, n_envs: int = 64, episode_length: int | None = None,
-                 seed: int | None = None, rules=None, account_start: str = "fresh"):
-        self.core = TradingCore(market, execution, spec, rewards, n_envs, episode_length, seed, rules, account_start)
+                 seed: int | None = None, rules=None, account_start: str = "fresh", action_mode: str = "discrete"):
+        self.core = TradingCore(market, execution, spec, rewards, n_envs, episode_length, seed, rules, account_start,
+                                action_mode)
         obs_space = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
-        super().__init__(n_envs, obs_space, spaces.Discrete(3))
-        self._actions = np.zeros(n_envs, np.int64)
+        super().__init__(n_envs, obs_space, action_space(action_mode))
+        self._actions = np.zeros((n_envs, *self.action_space.shape), self.action_space.dtype)
         self._episode_reward = np.zeros(n_envs)
         self._t0 = time.time()
 
