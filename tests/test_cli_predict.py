@@ -56,7 +56,7 @@ def test_guide_example_gives_the_guide_fields(entry, trained_store, library_answ
     result = run(entry + ["--model-root", str(trained_store.root)], json.dumps(GUIDE_EXAMPLE).encode(), tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     out = only_json(result.stdout)
-    assert set(out) <= GUIDE_FIELDS | {"warnings", "model_versions", "votes"}
+    assert set(out) <= GUIDE_FIELDS | {"warnings", "model_versions", "votes", "novelty"}
     assert set(out["votes"]) == {"lgb_5m", "lgb_30m"}
     assert out["models_used"] == ["lgb_5m", "lgb_30m"]  # no sequence: the LSTM and PPO are skipped, and say so
     assert any(w.startswith("lstm skipped") for w in out["warnings"])

@@ -180,7 +180,9 @@ def test_guide_example_is_a_valid_prediction(predictor, trained_store):
     assert out["model_versions"] == {k: store.latest(k).version for k in ("lgb_5m", "lgb_30m")}
     # Absent: every LSTM and PPO field; each skipped with a warning naming the missing sequence.
     assert set(out) == {"timestamp", "models_used", "win_5m_prob", "win_30m_prob", "ensemble_recommendation",
-                        "confidence_score", "warnings", "model_versions", "votes"}
+                        "confidence_score", "warnings", "model_versions", "votes", "novelty"}
+    # 4 of 39 features sent: the others sit at the training centre, so the row is not novel
+    assert out["novelty"]["novel"] is False
     # This store has no stacker (each kind trained alone): the vote decides, and says it is no probability.
     assert any("no stacker in the store" in w and "not a calibrated probability" in w for w in out["warnings"])
     for kind in ("lstm", "ppo"):

@@ -298,6 +298,9 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(1_000_000, description="Largest request body accepted (bytes).")
     reload_interval_s: float = Field(1.0, description="A newer `latest` in the model store is picked up at most this often (seconds).")
     max_batch: int = Field(256, description="Most requests in one POST /v1/predict/batch.")
+    novelty_action: Literal["hold", "warn"] = Field("hold", description=(
+        "When a request's features are unlike the training inputs (its novelty score above the model's "
+        "threshold): \"hold\" answers HOLD with a warning, \"warn\" keeps the decision and only warns."))
 
 
 class MonitorConfig(_Section):

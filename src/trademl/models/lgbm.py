@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from trademl.data.reference import feature_reference
+from trademl.models.novelty import NOVELTY_FILE, NoveltyReference
 from trademl.errors import DataError, InsufficientDataError, ModelStoreError, SchemaError
 from trademl.models.base import skill
 from trademl.models.calibration import (
@@ -526,7 +527,9 @@ def _save(store, kind, horizon, dataset, rows, config, metrics, booster, onnx_by
         "symbol": dataset.manifest.get("symbol"),
     }
     # Training distribution of the features (one row per bar, not per side) for drift checks.
-    reference = feature_reference(rows.X[np.unique(rows.bar, return_index=True)[1], :-1], dataset.feature_names)
+    one_per_bar = rows.X[np.unique(rows.bar, return_index=True)[1], :-1]
+    reference = feature_reference(one_per_bar, dataset.feature_names)
+    novelty = NoveltyReference.fit(one_per_bar, dataset.feature_names, seed=config.lgbm.seed)
     import lightgbm
 
     try:
@@ -538,6 +541,7 @@ def _save(store, kind, horizon, dataset, rows, config, metrics, booster, onnx_by
             (w.path / MODEL_ONNX).write_bytes(onnx_bytes)
             _write_json(w.path / CALIBRATION_FILE, calibrator.to_dict())
             _write_json(w.path / IMPORTANCE_FILE, importance)
+            novelty.save(w.path / NOVELTY_FILE)
     except (OSError, lightgbm.basic.LightGBMError) as e:
         # a full disk: the store's writer has already removed its half-written folder
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]

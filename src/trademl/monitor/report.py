@@ -43,6 +43,7 @@ class MonitorResult:
     alerts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report_path: Path | None = None
+    novelty: dict = field(default_factory=dict)  # scored / novel / share of the predictions with a novelty score
 
     @property
     def exit_code(self) -> int:
@@ -92,7 +93,7 @@ def run_monitor(log=None, bars=None, *, since=None, symbol: str | None = None, c
     drift = _drift(ok, bars, reference_bars, model_root or cfg.paths.model_root, cfg, notes)
 
     result = MonitorResult(log_path, ok, _errors_by_kind(errs), scores, tables, scored, drift, _latency(frame),
-                           horizons, notes=notes)
+                           horizons, notes=notes, novelty=_novelty(ok))
     mc = cfg.monitor
     result.alerts = drift_alerts(drift, mc.psi_threshold) + calibration_alerts(
         scores, mc.calibration_threshold, mc.min_calibration_samples, mc.calibration_models)
@@ -172,6 +173,14 @@ def _execution(bars, ok: pd.DataFrame, symbol, cfg):
         market = "ES"
     spec = contract_spec(market, config=cfg)
     return ExecutionModel.from_config(spec, cfg.costs, cfg.account.max_position_size)
+
+
+def _novelty(ok: pd.DataFrame) -> dict:
+    """How many answered predictions had inputs unlike the training ones (the response's ``novelty``)."""
+    found = [o.get("novelty") for o in ok.get("output", pd.Series(dtype=object)) if isinstance(o, dict)]
+    scored = [n for n in found if isinstance(n, dict) and "novel" in n]
+    novel = sum(bool(n["novel"]) for n in scored)
+    return {"scored": len(scored), "novel": novel, "share": novel / len(scored) if scored else None}
 
 
 def _errors_by_kind(errs: pd.DataFrame) -> pd.DataFrame:
@@ -309,6 +318,10 @@ def print_summary(result: MonitorResult, console) -> None:
         table.add_row(*cells, style=None if native else "dim")
     if not result.scores.empty:
         console.print(table)
+    if result.novelty.get("scored"):
+        nv = result.novelty
+        console.print(f"novel inputs (unlike the training ones): {nv['novel']:,} of {nv['scored']:,} predictions "
+                      f"({nv['share']:.1%})")
     if result.latency:
         lat = result.latency
         console.print("latency ms: " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items() if k != "n")

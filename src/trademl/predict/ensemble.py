@@ -204,6 +204,27 @@ def _voted(out: dict, models: LoadedModels, votes: dict, warnings: list) -> floa
     return float(decision.probabilities[0][0])
 
 
+def _check_novelty(out: dict, models: LoadedModels, given, warnings: list, hold_confidence: float, config) -> None:
+    """The request's novelty score (``trademl.models.novelty``) in ``out``; beyond the threshold a
+    warning, and with [serve] novelty_action = "hold" a HOLD: the models would extrapolate."""
+    reference = models.novelty
+    current = given.inputs.current_rows()
+    row = None if current is None else current[-1]
+    if reference is None or row is None or len(row) != len(reference.center):
+        return
+    out["novelty"] = reference.describe(row)
+    if not out["novelty"]["novel"]:
+        return
+    warnings.append(f"the features are unlike the training inputs (novelty {out['novelty']['score']:.2f} > "
+                    f"{out['novelty']['threshold']:.2f}): the models extrapolate")
+    if config.serve.novelty_action == "hold" and out["ensemble_recommendation"] != "HOLD":
+        warnings.append(f"{out['ensemble_recommendation']} turned to HOLD ([serve] novelty_action = \"hold\")")
+        out["ensemble_recommendation"] = "HOLD"
+        out["confidence_score"] = hold_confidence
+        if "suggested_contracts" in out:
+            out["suggested_contracts"], out["expected_pnl"] = 0, 0.0
+
+
 def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
     """One validated request through one loaded set: the response dict."""
     if not models.runtimes:
@@ -250,6 +271,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
         elif out.get("suggested_contracts"):
             # the account's room and the Kelly size of the risk block cap the probability's size
             out["suggested_contracts"] = int(min(out["suggested_contracts"], out["risk"]["suggested_contracts"]))
+    _check_novelty(out, models, given, warnings, hold_confidence, config)
     out["warnings"] = warnings
     out["model_versions"] = {k: models.versions[k] for k in out["models_used"]}
     if models.stacker is not None:

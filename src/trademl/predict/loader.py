@@ -59,6 +59,11 @@ class LoadedModels:
         return next((c for c in self.contracts.values() if c), None)
 
     @property
+    def novelty(self):
+        """The training inputs' description the novelty score reads (the first model that stored one)."""
+        return next((rt.novelty for rt in self.runtimes.values() if getattr(rt, "novelty", None) is not None), None)
+
+    @property
     def history(self) -> int:
         """Feature rows the loaded models read per prediction, at most (1 without a sequence model)."""
         return max((rt.history for rt in self.runtimes.values()), default=1)

@@ -276,6 +276,16 @@ class RiskResponse(BaseModel):
     reason: str | None = None
 
 
+class NoveltyResponse(BaseModel):
+    """How unlike the training inputs this request's features are (trademl.models.novelty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: float = Field(ge=0.0, description="Dissimilarity Index: nearest training row's distance / their mean distance.")
+    threshold: float = Field(gt=0.0, description="The score of the 99th percentile of held-out training rows.")
+    novel: bool = Field(description="score > threshold: the models extrapolate (see [serve] novelty_action).")
+
+
 class ModelVote(BaseModel):
     """One model's vote over (hold, buy, sell)."""
 
@@ -320,6 +330,7 @@ class PredictResponse(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     model_versions: dict[str, str] = Field(default_factory=dict)
     risk: RiskResponse | None = None
+    novelty: NoveltyResponse | None = None
 
 
 class BatchResponse(BaseModel):

@@ -140,6 +140,8 @@ class Metrics:
         self.latency = Histogram("trademl_prediction_latency_ms", "Time to answer one prediction, milliseconds.",
                                  buckets=LATENCY_BUCKETS_MS, registry=self.registry)
         self.errors = Counter("trademl_errors", "Failed requests, by kind.", ["kind"], registry=self.registry)
+        self.novel = Counter("trademl_novel_inputs", "Predictions whose features were unlike the training inputs "
+                             "(novelty score above the model's threshold).", registry=self.registry)
         if predictor is not None:
             self.registry.register(_LoadedModels(predictor))
         self.registry.register(_LogWriteFailures(self._recorder))
@@ -147,9 +149,11 @@ class Metrics:
         uptime = Gauge("trademl_uptime_seconds", "Seconds since the server started.", registry=self.registry)
         uptime.set_function(lambda: time.time() - self.started)
 
-    def observe(self, recommendation: str, latency_ms: float) -> None:
+    def observe(self, recommendation: str, latency_ms: float, novel: bool = False) -> None:
         self.predictions.labels(recommendation=recommendation).inc()
         self.latency.observe(latency_ms)
+        if novel:
+            self.novel.inc()
 
     def error(self, kind: str, message: str | None = None) -> None:
         """Count a failed request; ``message`` given = the predictor did not log it, log it here
@@ -358,7 +362,8 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
         except Exception as e:  # noqa: BLE001 - a fault of ours: logged with its traceback, a bare 500 out
             log.exception("internal error answering a prediction")
             raise ServerFault() from e
-        metrics.observe(out["ensemble_recommendation"], (time.perf_counter() - started) * 1000.0)
+        metrics.observe(out["ensemble_recommendation"], (time.perf_counter() - started) * 1000.0,
+                        novel=bool((out.get("novelty") or {}).get("novel")))
         return out
 
     # The predictor builds exactly the response schema (tests check it); returning a JSONResponse

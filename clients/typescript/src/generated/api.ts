@@ -199,6 +199,27 @@ export interface components {
             /** Sell */
             sell: number;
         };
+        /**
+         * NoveltyResponse
+         * @description How unlike the training inputs this request's features are (trademl.models.novelty).
+         */
+        NoveltyResponse: {
+            /**
+             * Novel
+             * @description score > threshold: the models extrapolate (see [serve] novelty_action).
+             */
+            novel: boolean;
+            /**
+             * Score
+             * @description Dissimilarity Index: nearest training row's distance / their mean distance.
+             */
+            score: number;
+            /**
+             * Threshold
+             * @description The score of the 99th percentile of held-out training rows.
+             */
+            threshold: number;
+        };
         /** PredictRequest */
         PredictRequest: {
             /** @description the prop-firm account: adds `risk` to the answer */
@@ -307,6 +328,7 @@ export interface components {
             };
             /** Models Used */
             models_used: string[];
+            novelty?: components["schemas"]["NoveltyResponse"] | null;
             /**
              * P Win Long
              * @description Calibrated probability that a long wins after costs.

@@ -28,6 +28,7 @@ import numpy as np
 from trademl.errors import DataError, ModelStoreError, SchemaError
 from trademl.models.base import ModelInputs, Runtime, TradeModel, Votes, check_onnx_contract
 from trademl.models.calibration import IsotonicCalibrator
+from trademl.models.novelty import NOVELTY_FILE, NoveltyReference
 from trademl.models.onnx_session import open_session
 
 
@@ -66,6 +67,7 @@ class LGBMRuntime(Runtime):
         self.history = 1
         self._input = input_name
         self._output = output_name
+        self.novelty = None  # NoveltyReference of the training rows, when the model stored one
 
     @classmethod
     def load(cls, stored_model, threads: int | None = None) -> "LGBMRuntime":
@@ -89,8 +91,11 @@ class LGBMRuntime(Runtime):
         # the contract: one float input [n, F + 1] (the features, then the side), [n, 2] class probabilities
         check_onnx_contract(session, str(onnx_file), [(input_name, (None, len(inputs)))], [(output_name, (None, 2))],
                             only_these_outputs=False)
-        return cls(session, names, info["horizon"], calibrator, input_name, output_name, stored_model.version,
-                   stored_model.kind)
+        runtime = cls(session, names, info["horizon"], calibrator, input_name, output_name, stored_model.version,
+                      stored_model.kind)
+        if NOVELTY_FILE in stored_model.files:  # older models have none: no novelty score
+            runtime.novelty = NoveltyReference.load(stored_model.file(NOVELTY_FILE), len(names))
+        return runtime
 
     def raw_probability(self, X, side) -> np.ndarray:
         """Uncalibrated tree probability of a win for rows X [n, F] traded on ``side`` (+1/-1)."""
