@@ -115,3 +115,38 @@ def test_a_wrong_ray_address_is_a_clear_error():
         run_jobs(_square, [(1,), (2,)], workers=2, address="127.0.0.1:1", shared={"offset": 0})
     with pytest.raises(TradeMLError, match="not a Ray address"):
         run_jobs(_square, [(1,), (2,)], workers=2, address="nohost", shared={"offset": 0})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NO_RAY is not None, reason=str(NO_RAY))
+def test_train_all_each_trains_one_store_per_symbol_on_two_workers(tmp_path):
+    """Two instruments' files, --each --workers 2: a store per symbol under the model root, each
+    holding the kinds trained on that file alone, served by its own predictor."""
+    from typer.testing import CliRunner
+
+    from trademl.cli import app
+    from trademl.models.store import ModelStore
+    from trademl.predict.ensemble import EnsemblePredictor
+
+    for symbol, seed in (("NQ", 1), ("ES", 2)):
+        bars = synthetic_bars(6_000, seed=seed, edge_ic=0.2, symbol=symbol)
+        bars.drop(columns="edge").rename_axis("timestamp").reset_index().to_csv(tmp_path / f"{symbol}_1min.csv", index=False)
+    cfg_file = tmp_path / "trademl.toml"
+    cfg_file.write_text(f'[paths]\nmodel_root = "{tmp_path / "models"}"\n'
+                        '[lgbm]\nn_estimators = 30\nn_folds = 2\nmin_child_samples = 200\n'
+                        '[lstm]\nHIDDEN_SIZE = 8\nNUM_LAYERS = 1\nEPOCHS = 1\nSEQUENCE_LENGTH = 20\nN_FOLDS = 2\n'
+                        'BATCH_SIZE = 256\nTORCH_THREADS = 1\n'
+                        '[ppo]\ntotal_timesteps = 2048\nn_envs = 8\nn_steps = 64\nbatch_size = 256\nn_epochs = 1\n'
+                        '[ensemble]\nmethod = "vote"\n')
+    runner = CliRunner()
+    done = runner.invoke(app, ["train", "all", str(tmp_path / "NQ_1min.csv"), str(tmp_path / "ES_1min.csv"), "--each",
+                               "--workers", "2", "--config", str(cfg_file)])
+    assert done.exit_code == 0, done.output
+    for symbol in ("NQ", "ES"):
+        store = ModelStore(tmp_path / "models" / symbol)
+        assert {"lgb_5m", "lgb_30m"} <= set(store.kinds())
+        assert store.latest("lgb_5m").manifest["model"]["symbol"] == symbol
+        assert EnsemblePredictor(store.root, record=False).models.symbol == symbol
+    refused = runner.invoke(app, ["train", "all", str(tmp_path / "NQ_1min.csv"), "--each", "--symbol", "NQ",
+                                  "--config", str(cfg_file)])
+    assert refused.exit_code == 2 and "--each" in refused.output

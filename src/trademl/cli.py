@@ -298,15 +298,32 @@ def train_all_command(
     commission: Optional[float] = CommissionOpt,
     tz: Optional[str] = TzOpt,
     context: Optional[list[Path]] = ContextOpt,
+    each: bool = typer.Option(False, "--each", help="Each bars file is its own instrument: one store per symbol, "
+                              "<model_root>/<SYMBOL>, the files trained --workers at a time."),
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
     config: Optional[Path] = ConfigOpt,
 ):
     """LightGBM (lgb_5m, lgb_30m), the LSTM and the PPO agent on one dataset, into the model store."""
     from trademl.data.dataset import load_training_dataset
-    from trademl.models.train_all import print_trained, train_models
+    from trademl.models.train_all import print_trained, train_each, train_models
 
     cfg = load_cli_config(config, tz=tz, symbol=symbol, tick_size=tick_size, point_value=point_value,
                           commission=commission)
     out = console()
+    if each:
+        from trademl.errors import TradeMLError
+
+        if not dataset:
+            raise TradeMLError("--each needs the bars files, one per instrument", where="--each")
+        if symbol or context:
+            raise TradeMLError("--each reads each file's instrument from its contract column or name; --symbol "
+                               "and --context are for one instrument", where="--each")
+        done = train_each(list(dataset), cfg, cfg.paths.model_root, workers=workers, address=ray_address)
+        for sym, r in done.items():
+            skipped = "".join(f"; {k} skipped: {why}" for k, why in r.skipped.items())
+            out.print(f"{sym} ({r.source}): {', '.join(r.kinds)} into {Path(cfg.paths.model_root) / sym}{skipped}")
+        return
     data = load_training_dataset(_one_or_many(dataset), cfg, symbol=symbol, context=_one_or_many(context))
     trained = train_models(data, cfg, cfg.paths.model_root, progress=True, console=out)
     print_trained(trained, out)

@@ -107,6 +107,64 @@ def _train_stacker(dataset, rows, cfg, model_root, out: TrainedModels, skip_fail
     out.seconds["stacker"] = time.perf_counter() - started
 
 
+@dataclass
+class SymbolTraining:
+    """One instrument's models, as a job returns them (``train_symbol``): the store packed."""
+
+    symbol: str
+    source: str
+    store: bytes
+    kinds: list
+    skipped: dict
+    seconds: dict
+
+
+def train_symbol(path, *, config, models=None) -> SymbolTraining:
+    """Every chosen family on one bars file (its instrument from its contract column or name)."""
+    import tempfile
+
+    from trademl.data.dataset import bars_file_dataset
+    from trademl.models.store import ModelStore
+    from trademl.parallel import pack_folder
+
+    dataset = bars_file_dataset(path, config)
+    with tempfile.TemporaryDirectory(prefix="trademl-symbol-") as tmp:
+        root = Path(tmp) / "models"
+        trained = train_models(dataset, config, root, models=models, work_dir=Path(tmp) / "checkpoints", skip_failed=True)
+        ModelStore(root).root.mkdir(parents=True, exist_ok=True)
+        return SymbolTraining(dataset.symbol, str(path), pack_folder(root), list(trained.stored), dict(trained.skipped),
+                              dict(trained.seconds))
+
+
+def train_each(paths, config, model_root, *, models=None, workers: int = 1, address: str | None = None) -> dict:
+    """One store per instrument, ``<model_root>/<SYMBOL>``: each bars file trained on its own, the
+    files ``workers`` at a time (``trademl.parallel``). Returns {symbol: SymbolTraining}."""
+    import tempfile
+
+    from trademl.data.bars import bar_paths
+    from trademl.models.store import ModelStore
+    from trademl.parallel import run_jobs, threads_per_worker, unpack_folder, with_threads
+
+    files = [str(p) for p in bar_paths(paths)]
+    if len(set(files)) != len(files):
+        raise TradeMLError("a bars file is named twice", where="train all --each")
+    cfg = with_threads(config, threads_per_worker(workers, address)) if workers > 1 else config
+    results = run_jobs(train_symbol, [(f,) for f in files], workers=workers, address=address,
+                       shared={"config": cfg, "models": models})
+    symbols = [r.symbol for r in results]
+    twice = sorted({s for s in symbols if symbols.count(s) > 1})
+    if twice:
+        raise TradeMLError(f"several files are the same instrument {twice}: --each trains one store per instrument",
+                           where="train all --each", hint="merge one instrument's files by training them without --each")
+    for r in results:
+        with tempfile.TemporaryDirectory(prefix="trademl-adopt-") as tmp:
+            staged = ModelStore(unpack_folder(r.store, Path(tmp)))
+            target = ModelStore(Path(model_root) / r.symbol)
+            for kind in r.kinds:  # adopted under their own versions: a stacker still finds its base models
+                target.adopt(staged.load(kind))
+    return dict(zip(symbols, results))
+
+
 def print_trained(trained: TrainedModels, console) -> None:
     """Each trainer's own table, then what was skipped and how long it took."""
     for model in trained.models.values():
