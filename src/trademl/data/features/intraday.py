@@ -286,10 +286,15 @@ def _daily_quantiles(ctx: BarContext, values: np.ndarray) -> list:
     on a multiple of REGIME_SAMPLE_MINUTES (None for none). A 60-bar volatility moves slowly: the
     sample loses nothing of its distribution and costs a fifth of the sort; being chosen by the
     clock, it is the same sample in a request's bars as in the whole file."""
-    sampled = (ctx.stamps // NS_PER_MINUTE) % REGIME_SAMPLE_MINUTES == 0
-    grid, _ = _day_grid(ctx, np.where(np.isfinite(values) & sampled, values, np.nan), np.nan)
+    row = _days(ctx)[0]
+    n_days = len(_days(ctx)[1])
+    taken = np.flatnonzero(((ctx.stamps // NS_PER_MINUTE) % REGIME_SAMPLE_MINUTES == 0) & np.isfinite(values))
+    day_of = row[taken]
+    counts = np.bincount(day_of, minlength=n_days)
+    firsts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    grid = np.full((n_days, max(1, int(counts.max(initial=0)))), np.nan)
+    grid[day_of, np.arange(len(taken)) - firsts[day_of]] = values[taken]
     grid.sort(axis=1)  # NaN last
-    counts = np.isfinite(grid).sum(axis=1)
     probes = np.linspace(0.0, 1.0, REGIME_QUANTILES)
     return [grid[d, np.rint(probes * (n - 1)).astype(np.int64)] if n else None for d, n in enumerate(counts)]
 
