@@ -47,7 +47,8 @@ def main() -> None:
     print(f"{args.bars:,} bars, {args.folds} folds, every kind, budget small; {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}")
     one, t1 = timed(dataset, cfg, args.folds, 1)
-    print(f"workers 1 (in process): {t1:7.1f} s")
+    predict = sum(f.seconds["predict"] for f in one.folds)
+    print(f"workers 1 (in process): {t1:7.1f} s (of which predicting and trading the folds, in order: {predict:.1f} s)")
     two, t2 = timed(dataset, cfg, args.folds, 2)
     print(f"workers 2 (local Ray):  {t2:7.1f} s")
     same = same_trading(one, two) and one.to_json()["runs"] == two.to_json()["runs"]

@@ -411,8 +411,14 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
             f"({dataset.frame.index[fold.train[-1]]:%Y-%m-%d %H:%M}), testing {len(fold.test):,} bars "
             f"from {dataset.frame.index[fold.test[0]]:%Y-%m-%d %H:%M}")
     job_cfg = with_threads(cfg, threads_per_worker(workers, ray_address)) if workers > 1 else cfg
-    trained_folds = run_jobs(train_fold, [(int(f.train[0]), int(f.train[-1]) + 1) for f in folds], workers=workers,
-                             address=ray_address, shared={"dataset": dataset, "config": job_cfg, "models": models})
+    # Longest training first: the expanding folds' costs grow with their rows, and a worker that
+    # starts the biggest one while the others share the small ones finishes soonest.
+    order = sorted(range(len(folds)), key=lambda i: -len(folds[i].train))
+    jobs = run_jobs(train_fold, [(int(folds[i].train[0]), int(folds[i].train[-1]) + 1) for i in order],
+                    workers=workers, address=ray_address, shared={"dataset": dataset, "config": job_cfg, "models": models})
+    trained_folds = [None] * len(folds)
+    for i, trained in zip(order, jobs):
+        trained_folds[i] = trained
     with tempfile.TemporaryDirectory(prefix="trademl-wf-", dir=work_dir) as tmp:
         for fold, trained in zip(folds, trained_folds):
             root = Path(keep_models) / f"fold{fold.number}" if keep_models is not None else Path(tmp) / f"fold{fold.number}"
