@@ -293,20 +293,15 @@ def test_sac_learns_a_planted_edge_out_of_sample(tmp_path):
 
 
 @pytest.mark.slow
-def test_a2c_stays_mostly_flat_on_a_random_walk(tmp_path):
-    result = learned(tmp_path, 0.0, A2C_FLAT_STEPS, **A2C)
+@pytest.mark.parametrize("algo", ["a2c", "sac"])
+def test_stays_mostly_flat_on_a_random_walk(tmp_path, algo):
+    """Measured (market seed 3): A2C 1,662 trades vs 22,818 for random actions, on 4.4% of bars,
+    mean |position| 0.53 vs 2.70, PSR 0.31 (net -$16,154); SAC 3,600 vs 34,468, 9.4%, 0.16 vs
+    2.49, PSR 0.01 (net -$39,135: costs)."""
+    steps, settings = (A2C_FLAT_STEPS, A2C) if algo == "a2c" else (SAC_STEPS, SAC)
+    result = learned(tmp_path, 0.0, steps, **settings)
     m, churn = result.metrics, churning(result)
-    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)  # measured 1,662 vs 22,818
-    assert m["trades"] <= 0.15 * m["eval_decisions"], m  # 4.4%
-    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)  # 0.53 vs 2.70
-    assert no_edge_invented(m), m  # PSR 0.31, net -$16,154
-
-
-@pytest.mark.slow
-def test_sac_stays_mostly_flat_on_a_random_walk(tmp_path):
-    result = learned(tmp_path, 0.0, SAC_STEPS, **SAC)
-    m, churn = result.metrics, churning(result)
-    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)  # measured 3,600 vs 34,468
-    assert m["trades"] <= 0.15 * m["eval_decisions"], m  # 9.4%
-    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)  # 0.16 vs 2.49
-    assert no_edge_invented(m), m  # PSR 0.01 (costs), net -$39,135
+    assert m["trades"] <= 0.25 * churn["trades"], (m, churn)
+    assert m["trades"] <= 0.15 * m["eval_decisions"], m
+    assert m["mean_abs_position"] <= 0.4 * churn["mean_abs_position"], (m, churn)
+    assert no_edge_invented(m), m
