@@ -135,3 +135,15 @@ def test_metrics_count_novel_inputs(tmp_path):
         text = client.get("/metrics").text
     line = next(l for l in text.splitlines() if l.startswith("trademl_novel_inputs_total"))
     assert float(line.split()[-1]) == 2.0
+
+
+def test_the_walk_forward_turns_novel_buys_and_sells_to_hold_as_the_predictor_does():
+    from trademl.backtest.walkforward import held_when_novel
+
+    action = np.array([1, 2, 0, 1], dtype=np.int8)
+    confidence, hold = np.array([0.8, 0.7, 0.6, 0.9]), np.array([0.1, 0.2, 0.6, 0.3])
+    novel = np.array([True, False, True, False])
+    got_action, got_confidence = held_when_novel(action, confidence, hold, novel)
+    np.testing.assert_array_equal(got_action, [0, 2, 0, 1])
+    np.testing.assert_allclose(got_confidence, [0.1, 0.7, 0.6, 0.9])
+    assert held_when_novel(action, confidence, hold, None)[0] is action

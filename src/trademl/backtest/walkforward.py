@@ -129,17 +129,19 @@ def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_se
         alone[kind] = (single.action, single.confidence)
     observing = {kind: rt for kind, rt in runtimes.items() if rt.needs_account}
     stacked = _stacked_fold(stacker, runtimes, votes, inputs, dataset, rows, config, thresholds[ENSEMBLE])
+    novel = novel_rows(runtimes, dataset.X[rows], config)
     if observing:
         action, confidence, looped = _account_loop(observing, votes, list(runtimes), weights, dataset, inputs,
-                                                   bt_segments, config, limits, stacked, thresholds)
+                                                   bt_segments, config, limits, stacked, thresholds, novel)
         votes.update(looped.votes)
         alone.update(looped.alone)
         extra = looped.outputs
     elif stacked is not None:
-        action, confidence, extra = stacked.action, stacked.confidence, {}
+        action, confidence, extra = (*held_when_novel(stacked.action, stacked.confidence, _stacked_hold(stacked), novel), {})
     else:
         decision = decide({k: v.vote for k, v in votes.items()}, weights)
-        action, confidence, extra = decision.action, decision.confidence, {}
+        action, confidence, extra = (*held_when_novel(decision.action, decision.confidence,
+                                                      decision.probabilities[:, 0], novel), {})
     outputs = {f"{kind}_{name}": values for kind, v in votes.items() for name, values in v.outputs.items()}
     outputs.update(extra)
     if stacked is not None:
@@ -147,6 +149,28 @@ def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_se
                         "stacker_pnl_long": stacked.pnl_long, "stacker_pnl_short": stacked.pnl_short,
                         "stacker_contracts": stacked.contracts.astype(np.float64)})
     return FoldPrediction({k: v.vote for k, v in votes.items()}, outputs, action, confidence, alone, thresholds)
+
+
+def novel_rows(runtimes: dict, X: np.ndarray, config: Config) -> np.ndarray | None:
+    """Rows whose features are unlike the training inputs, where the predictor would answer HOLD
+    ([serve] novelty_action = "hold"; ``trademl.models.novelty``); None: no such rule here."""
+    if config.serve.novelty_action != "hold":
+        return None
+    reference = next((rt.novelty for rt in runtimes.values() if getattr(rt, "novelty", None) is not None), None)
+    return None if reference is None else reference.score(X) > reference.threshold
+
+
+def held_when_novel(action: np.ndarray, confidence: np.ndarray, hold_confidence: np.ndarray, novel):
+    """The predictor's rule on a batch: a BUY or SELL on a novel row becomes HOLD, with HOLD's confidence."""
+    if novel is None:
+        return action, confidence
+    turned = novel & (action != 0)
+    return np.where(turned, 0, action).astype(action.dtype), np.where(turned, hold_confidence, confidence)
+
+
+def _stacked_hold(stacked) -> np.ndarray:
+    """HOLD's confidence with the stacker: the probability that neither side wins (the predictor's)."""
+    return np.clip(1.0 - stacked.p_long - stacked.p_short, 0.0, 1.0)
 
 
 def _stacked_fold(stacker, runtimes: dict, votes: dict, inputs: ModelInputs, dataset, rows, config: Config,
@@ -172,12 +196,13 @@ class _Looped:
 
 
 def _account_loop(observing: dict, votes: dict, order: list, weights: dict, dataset, inputs: ModelInputs,
-                  bt_segments: np.ndarray, config: Config, limits=None, stacked=None, thresholds=None):
+                  bt_segments: np.ndarray, config: Config, limits=None, stacked=None, thresholds=None, novel=None):
     """Bar by bar through the broker: account 0 is the ensemble's, account 1 + j the j-th observing
     kind's own. At each close every observing kind sees the ensemble's account (its vote joins
     the ensemble's, unless the stacker's ``stacked`` decisions are the ensemble's) and its own (its
     decision alone); the decisions count above their ``thresholds``, move the broker's targets, and
-    fill at the next open (flat before a gap or a fold boundary).
+    fill at the next open (flat before a gap or a fold boundary). ``novel``: rows where the
+    ensemble's BUY or SELL becomes HOLD, as the predictor's novelty rule does.
     """
     from trademl.market.broker import Broker
     from trademl.segments import bars_to_end, segment_start_mask
@@ -226,9 +251,13 @@ def _account_loop(observing: dict, votes: dict, order: list, weights: dict, data
                 codes[i, 1 + j], conf[i, 1 + j] = single.action[0], single.confidence[0]
         if stacked is not None:
             codes[i, 0], conf[i, 0] = stacked.action[i], stacked.confidence[i]
+            hold_conf = _stacked_hold(stacked)[i]
         elif row_votes:
             decision = decide({k: row_votes[k][None] for k in order if k in row_votes}, weights)
             codes[i, 0], conf[i, 0] = decision.action[0], decision.confidence[0]
+            hold_conf = decision.probabilities[0][0]
+        if novel is not None and novel[i] and codes[i, 0] != 0:
+            codes[i, 0], conf[i, 0] = 0, hold_conf
         broker.signal(codes[i], conf[i] > threshold)
         bar_pnl = 0.0
         if left[i] > 0:

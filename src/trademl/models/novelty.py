@@ -34,6 +34,7 @@ CALIBRATION_ROWS = 2000  # other training rows, whose scores set the threshold
 PAIR_ROWS = 500  # rows whose pairwise distances give the mean distance
 QUANTILE = 0.99
 Z_CLIP = 50.0
+SCORE_CHUNK = 1024  # rows scored per matrix product (1024 x 2000 float64: 16 MB)
 IGNORED = ("close",)  # price levels: a new level is not a new market
 
 
@@ -79,10 +80,15 @@ class NoveltyReference:
         return z * self.weight
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Dissimilarity Index of each row of ``X`` [n, F]: nearest stored row's distance / mean distance."""
-        z = self.standardize(np.atleast_2d(X))
-        nearest = np.sqrt(np.maximum(_squared_distances(z, self.sample.astype(np.float64)).min(axis=1), 0.0))
-        return nearest / self.mean_distance
+        """Dissimilarity Index of each row of ``X`` [n, F]: nearest stored row's distance / mean distance.
+        Rows are taken SCORE_CHUNK at a time, so a fold of 100,000 bars needs no 100,000 x 2,000 matrix."""
+        X = np.atleast_2d(X)
+        sample = self.sample.astype(np.float64)
+        nearest = np.empty(len(X))
+        for lo in range(0, len(X), SCORE_CHUNK):
+            z = self.standardize(X[lo: lo + SCORE_CHUNK])
+            nearest[lo: lo + SCORE_CHUNK] = _squared_distances(z, sample).min(axis=1)
+        return np.sqrt(np.maximum(nearest, 0.0)) / self.mean_distance
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:
