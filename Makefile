@@ -25,8 +25,10 @@ demo: setup
 setup-browser:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || true
 
+# Test files spread over the cores (pytest-xdist; at most 4 workers: each one loads torch), one
+# file per worker so that a file's module fixtures are built once.
 test: setup setup-browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
