@@ -78,6 +78,13 @@ def _count_trials(db: Path) -> dict:
         return dict(con.execute("select state, count(*) from trials group by state").fetchall())
 
 
+def _running_has_settings(db: Path) -> bool:
+    """The running trial has been given its settings (a kill before that leaves none to repeat)."""
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from trial_params where trial_id in "
+                           "(select trial_id from trials where state = 'RUNNING')").fetchone()[0] > 0
+
+
 @pytest.mark.slow
 def test_a_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path):
     """SIGKILL during trial 2, then the same command: the interrupted trial runs again with the
@@ -100,9 +107,10 @@ def test_a_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path):
         if db.exists():
             try:
                 states = _count_trials(db)
+                ready = states.get("COMPLETE", 0) >= 1 and states.get("RUNNING", 0) == 1 and _running_has_settings(db)
             except sqlite3.OperationalError:  # tables not made yet, or locked: look again
-                states = {}
-            if states.get("COMPLETE", 0) >= 1 and states.get("RUNNING", 0) == 1:
+                ready = False
+            if ready:
                 break
         time.sleep(0.2)
     assert first.poll() is None, "the first run ended before it could be killed: " + first.stderr.read().decode()[-2000:]
@@ -118,7 +126,8 @@ def test_a_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path):
     study = optuna.load_study(study_name="lgbm", storage=f"sqlite:///{db}")
     killed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") is not None]
-    assert len(killed) == 1 and len(retry) == 1 and retry[0].params == killed[0].params
+    assert len(killed) == 1 and len(retry) == 1 and killed[0].params
+    assert retry[0].params == killed[0].params  # every setting the killed trial had, kept
     assert retry[0].state != optuna.trial.TrialState.FAIL
 
 
