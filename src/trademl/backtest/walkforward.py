@@ -56,6 +56,7 @@ from trademl.market.actions import direction_of
 from trademl.market.execution import ExecutionModel
 from trademl.models.base import ModelInputs, Votes, kind_order, open_runtime
 from trademl.models.stacker import STACKER_KIND
+from trademl.models.train_all import PackedModels, train_packed
 from trademl.predict.decision import choose_weights, decide
 
 ENSEMBLE = "ensemble"
@@ -473,31 +474,12 @@ def walk_forward_backtest(dataset, config: Config | None = None, *, models=None,
     return _assemble(dataset, cfg, horizon, parts, outcomes, account, stops, tuned=tuning_trials(cfg, models))
 
 
-@dataclass
-class TrainedFold:
-    """One fold's models, as a job returns them: the store packed as bytes (a remote node's disk
-    is not ours), which kinds it holds, what was skipped and the training seconds."""
-
-    store: bytes
-    kinds: list
-    skipped: dict
-    seconds: dict
+def train_fold(start: int, stop: int, *, dataset, config: Config, models) -> PackedModels:
+    """Every chosen family trained on rows ``start:stop``, packed (``train_all.train_packed``)."""
+    return train_packed(sub_dataset(dataset, np.arange(start, stop)), config, models)
 
 
-def train_fold(start: int, stop: int, *, dataset, config: Config, models) -> TrainedFold:
-    """Every chosen family trained on rows ``start:stop`` into a temporary store, packed."""
-    from trademl.models.train_all import train_models
-    from trademl.parallel import pack_folder
-
-    with tempfile.TemporaryDirectory(prefix="trademl-fold-") as tmp:
-        root = Path(tmp) / "models"
-        trained = train_models(sub_dataset(dataset, np.arange(start, stop)), config, root, models=models,
-                               work_dir=Path(tmp) / "checkpoints", skip_failed=True)
-        root.mkdir(parents=True, exist_ok=True)
-        return TrainedFold(pack_folder(root), list(trained.stored), dict(trained.skipped), dict(trained.seconds))
-
-
-def _open_fold(trained: TrainedFold, root: Path, fold, cfg: Config):
+def _open_fold(trained: PackedModels, root: Path, fold, cfg: Config):
     """The fold's store unpacked at ``root`` and opened: stored models, stacker, runtimes, weights."""
     from trademl.models.store import ModelStore
     from trademl.parallel import unpack_folder

@@ -108,32 +108,46 @@ def _train_stacker(dataset, rows, cfg, model_root, out: TrainedModels, skip_fail
 
 
 @dataclass
-class SymbolTraining:
-    """One instrument's models, as a job returns them (``train_symbol``): the store packed."""
+class PackedModels:
+    """Models trained in a job, as it returns them: the store packed as bytes (a remote node's disk
+    is not ours), the kinds it holds, what was skipped and the training seconds."""
 
-    symbol: str
-    source: str
     store: bytes
     kinds: list
     skipped: dict
     seconds: dict
 
 
-def train_symbol(path, *, config, models=None) -> SymbolTraining:
-    """Every chosen family on one bars file (its instrument from its contract column or name)."""
+def train_packed(dataset, config, models=None) -> PackedModels:
+    """``train_models`` into a temporary store, packed: what a walk-forward fold's job and an
+    instrument's job return (``trademl.parallel``)."""
     import tempfile
 
-    from trademl.data.dataset import bars_file_dataset
-    from trademl.models.store import ModelStore
     from trademl.parallel import pack_folder
 
-    dataset = bars_file_dataset(path, config)
-    with tempfile.TemporaryDirectory(prefix="trademl-symbol-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="trademl-job-") as tmp:
         root = Path(tmp) / "models"
         trained = train_models(dataset, config, root, models=models, work_dir=Path(tmp) / "checkpoints", skip_failed=True)
-        ModelStore(root).root.mkdir(parents=True, exist_ok=True)
-        return SymbolTraining(dataset.symbol, str(path), pack_folder(root), list(trained.stored), dict(trained.skipped),
-                              dict(trained.seconds))
+        root.mkdir(parents=True, exist_ok=True)  # nothing trained: still a (empty) store to pack
+        return PackedModels(pack_folder(root), list(trained.stored), dict(trained.skipped), dict(trained.seconds))
+
+
+@dataclass
+class SymbolTraining(PackedModels):
+    """One instrument's packed models (``train_symbol``), with its symbol and file."""
+
+    symbol: str = ""
+    source: str = ""
+
+
+def train_symbol(path, *, config, models=None) -> SymbolTraining:
+    """Every chosen family on one bars file (its instrument from its contract column or name)."""
+    from dataclasses import asdict
+
+    from trademl.data.dataset import bars_file_dataset
+
+    dataset = bars_file_dataset(path, config)
+    return SymbolTraining(**asdict(train_packed(dataset, config, models)), symbol=dataset.symbol, source=str(path))
 
 
 def train_each(paths, config, model_root, *, models=None, workers: int = 1, address: str | None = None) -> dict:
