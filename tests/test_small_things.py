@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,8 +51,10 @@ def test_predict_advanced_answers_with_the_system_python(trained_store, tmp_path
 
 
 def test_inspect_prints_its_table_on_stdout(tmp_path):
+    # a wide console: the table folds its cells at 80 columns, and the bundled file's path (which
+    # names es_1min_lean) is as long as the folder the repository was cloned into
     result = subprocess.run([str(REPO / ".venv" / "bin" / "trademl"), "data", "inspect"], capture_output=True,
-                            text=True, cwd=tmp_path, timeout=120)
+                            text=True, cwd=tmp_path, timeout=120, env={**os.environ, "COLUMNS": "400"})
     assert result.returncode == 0, result.stderr
     assert "19,083" in result.stdout and "es_1min_lean" in result.stdout
     assert "19,083" not in result.stderr
