@@ -48,6 +48,9 @@ class EnsemblePredictor:
 
             recorder = PredictionRecorder(log_dir or self.config.paths.log_dir)
         self.recorder = recorder
+        from trademl.predict.stream import BarStreams
+
+        self.streams = BarStreams()  # the bar stream's per-symbol state (push_bars)
 
     @property
     def models(self) -> LoadedModels:
@@ -76,12 +79,50 @@ class EnsemblePredictor:
 
     def ensemble_predict(self, market_data) -> dict:
         """The guide's call: market snapshot (dict) -> the guide's prediction (dict)."""
+        return self._recorded(market_data, self._predict)
+
+    def push_bars(self, market_data) -> dict:
+        """The bar stream (POST /v1/bars): ``{"symbol", "bars", ...the predict request's other
+        fields}``; the symbol's state takes the bars it has not seen (``trademl.predict.stream``)
+        and the answer is the prediction for its newest bar, as /v1/predict would give it with
+        the whole history."""
+        return self._recorded(market_data, self._push)
+
+    def drop_stream(self, symbol: str) -> bool:
+        """Forget a symbol's stream state (DELETE /v1/bars/{symbol}); whether there was one."""
+        return self.streams.drop(symbol.upper())
+
+    def _predict(self, market_data):
+        request = parse_request(market_data)
+        self.maybe_reload()
+        models = self.models
+        return request, predict_with(models, request, self.config), models
+
+    def _push(self, market_data):
+        from trademl.predict.request import parse_push, request_spec
+        from trademl.predict.stream import stream_key
+
+        request = parse_push(market_data)
+        self.maybe_reload()
+        models = self.models
+        if not models.runtimes:
+            return request, predict_with(models, request, self.config), models  # its clear error
+        symbol = request.symbol.upper()
+        notes: list[str] = []
+        with self.streams.lock(symbol):
+            key = stream_key(models, request_spec(request.symbol, models.contract, self.config), self.config)
+            stream = self.streams.stream(symbol, key, notes)
+            stream.take(request.bars, request.context_bars)
+            streamed = (stream.online(), stream.features.bars_seen)
+        output = predict_with(models, request, self.config, streamed=streamed)
+        output["warnings"] = notes + output["warnings"]
+        return request, output, models
+
+    def _recorded(self, market_data, answer) -> dict:
+        """``answer(market_data)`` -> (request, output, models), with the request recorded either way."""
         started = time.perf_counter()
         try:
-            request = parse_request(market_data)
-            self.maybe_reload()
-            models = self.models
-            output = predict_with(models, request, self.config)
+            request, output, models = answer(market_data)
         except TradeMLError as e:
             if self.recorder is not None:  # failed requests count in the monitor's errors by kind
                 self.recorder.record_error(e, market_data, (time.perf_counter() - started) * 1000.0)
@@ -225,13 +266,14 @@ def _check_novelty(out: dict, models: LoadedModels, given, warnings: list, hold_
             out["suggested_contracts"], out["expected_pnl"] = 0, 0.0
 
 
-def predict_with(models: LoadedModels, request: PredictRequest, config) -> dict:
-    """One validated request through one loaded set: the response dict."""
+def predict_with(models: LoadedModels, request: PredictRequest, config, streamed=None) -> dict:
+    """One validated request through one loaded set: the response dict. ``streamed``: the bar
+    stream's (OnlineFeatures, bars seen), used instead of the features of ``request.bars``."""
     if not models.runtimes:
         raise ModelStoreError("no model is loaded: " + "; ".join(models.load_errors.values()), where="model store",
                               hint="train models with `trademl train` or point --model-root at a store")
     given = request_inputs(request, models.feature_names, config, model_symbol=models.symbol,
-                           min_history=models.history, model_contract=models.contract)
+                           min_history=models.history, model_contract=models.contract, streamed=streamed)
     warnings = list(given.warnings)
     out: dict = {"timestamp": given.timestamp, "models_used": []}
     votes, ran, from_flat = {}, {}, {}

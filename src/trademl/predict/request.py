@@ -18,7 +18,7 @@ import numpy as np
 from trademl.errors import TradeMLError
 from trademl.market.broker import RECENT_ACTIONS, AccountState
 from trademl.models.base import ModelInputs
-from trademl.predict.schema import PredictRequest, describe_validation_error
+from trademl.predict.schema import BarsPush, PredictRequest, describe_validation_error
 
 MAX_JSON_DEPTH = 32  # the deepest valid request is 4 levels (batch -> requests -> sequence -> row)
 # Bars whose lows and highs lie further apart than this many ticks are refused: the volume
@@ -46,15 +46,24 @@ class RequestError(TradeMLError):
 
 def parse_request(market_data) -> PredictRequest:
     """A dict (the guide's market_data) or a PredictRequest -> a validated PredictRequest."""
+    return _validated(PredictRequest, market_data)
+
+
+def parse_push(market_data) -> BarsPush:
+    """A dict or a BarsPush (the bar stream's call) -> a validated BarsPush."""
+    return _validated(BarsPush, market_data)
+
+
+def _validated(model, market_data):
     from pydantic import ValidationError
 
-    if isinstance(market_data, PredictRequest):
+    if isinstance(market_data, model):
         return market_data
     if not isinstance(market_data, dict):
         raise RequestError(f"the request must be a JSON object, got {type(market_data).__name__}", field="body")
     market_data = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in market_data.items()}
     try:
-        return PredictRequest.model_validate(market_data)
+        return model.model_validate(market_data)
     except ValidationError as e:
         errors = e.errors(include_url=False, include_context=False, include_input=False)
         message, where = describe_validation_error(errors)
@@ -164,13 +173,15 @@ class RequestInputs:
 
 
 def request_inputs(request: PredictRequest, feature_names: list[str], config, *, model_symbol: str | None = None,
-                   min_history: int = 1, model_contract: dict | None = None) -> RequestInputs:
+                   min_history: int = 1, model_contract: dict | None = None, streamed=None) -> RequestInputs:
     """The request as ``ModelInputs`` for the models reading ``feature_names``. ``model_contract``: the
-    spec stored with the models (their manifest's ``contract``), used for a request of their instrument."""
+    spec stored with the models (their manifest's ``contract``), used for a request of their instrument.
+    ``streamed``: (OnlineFeatures, bars seen) of the symbol's bar stream (``trademl.predict.stream``),
+    used instead of computing the features of ``request.bars`` (the bars the stream just took)."""
     from trademl.market.contracts import root_of
 
     symbol = request.symbol or model_symbol or config.data.symbol
-    spec = _request_spec(symbol, model_contract, config)
+    spec = request_spec(symbol, model_contract, config)
     symbol = symbol or spec.root
     warnings = []
     if request._naive_as_utc:
@@ -182,7 +193,9 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
         raise RequestError(f"position {request.position} is beyond max_position_size {limit}", field="position")
     if request.bars is not None:
         _check_price_range(request.bars, spec.tick_size)
-        row, seq, stamp = _from_bars(request, spec, feature_names, config, warnings)
+        online, sent = streamed if streamed is not None else (_features_of_bars(request, spec, feature_names, config),
+                                                              len(request.bars))
+        row, seq, stamp = _rows_of(online, feature_names, sent, warnings)
     else:
         seq = _sequence_matrix(request.sequence, feature_names, min_history)
         row = _feature_row(request.features, feature_names, warnings) if request.features is not None else None
@@ -196,7 +209,7 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
     return RequestInputs(inputs, stamp, symbol, 1 if request.side == "long" else -1, warnings, spec)
 
 
-def _request_spec(symbol: str | None, model_contract: dict | None, config):
+def request_spec(symbol: str | None, model_contract: dict | None, config):
     """The models' stored spec when the request is for their instrument (or names none), else the symbol's."""
     from trademl.market.contracts import ContractSpec, contract_spec, root_of
 
@@ -231,27 +244,32 @@ def _room(account, unrealized_pnl: float) -> np.ndarray | None:
     return room_shares(rules_for(account.rules), account.balance + unrealized_pnl, sod, peak)[None]
 
 
-def _from_bars(request, spec, names: list[str], config, warnings: list[str]):
-    """(feature row of the last bar, the last segment's feature rows, the last bar's stamp)."""
+def _features_of_bars(request, spec, names: list[str], config):
+    """The OnlineFeatures of the request's raw bars, computed with the training code."""
     from trademl.predict.features_online import features_from_bars
 
     try:
-        online = features_from_bars(request.bars, symbol=spec.root, feature_names=names, contract=spec.to_dict(),
-                                    max_gap_minutes=config.data.max_gap_minutes, context_bars=request.context_bars)
+        return features_from_bars(request.bars, symbol=spec.root, feature_names=names, contract=spec.to_dict(),
+                                  max_gap_minutes=config.data.max_gap_minutes, context_bars=request.context_bars)
     except TradeMLError as e:
         field = e.where if (e.where or "").startswith(("bars", "context_bars")) else "bars"
         raise RequestError(e.message + (f" ({e.hint})" if e.hint else ""), field=field) from None
+
+
+def _rows_of(online, names: list[str], sent: int, warnings: list[str]):
+    """(feature row of the last bar, the last segment's feature rows, the last bar's stamp) of
+    features computed from ``sent`` bars, with the warnings a short history deserves."""
     in_segment = online.rows_in_last_segment()
     seq = online.matrix[len(online.matrix) - in_segment:]
     warming = [n for n, v in zip(names, online.matrix[-1]) if not np.isfinite(v)]
     if warming:
         warnings.append(f"{len(warming)} of {len(names)} features of the last bar are still warming up "
                         f"(send more bars): {', '.join(warming[:5])}{' ...' if len(warming) > 5 else ''}")
-    short = _short_of_history(names, len(request.bars), online.matrix[-1])
+    short = _short_of_history(names, sent, online.matrix[-1])
     if short:
         warnings.append(f"{len(short)} features read earlier days and may differ from training with "
-                        f"{len(request.bars)} bars (send {max(short.values())}): {', '.join(list(short)[:5])}")
-    return online.matrix[-1], seq, iso_utc(request.bars[-1].timestamp)
+                        f"{sent} bars (send {max(short.values())}): {', '.join(list(short)[:5])}")
+    return online.matrix[-1], seq, iso_utc(datetime.fromisoformat(online.last_timestamp))
 
 
 def _short_of_history(names: list[str], sent: int, last_row: np.ndarray) -> dict[str, int]:

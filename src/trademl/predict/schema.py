@@ -252,6 +252,16 @@ class PredictRequest(_Strict):
         return self
 
 
+class BarsPush(PredictRequest):
+    """The bar stream's call (POST /v1/bars): the symbol's newest closed bar(s), oldest first, and
+    the account as in /v1/predict. The first call may carry history to warm the state up; bars the
+    stream already took may be sent again and change nothing."""
+
+    symbol: str = Field(min_length=1, max_length=16, description="the stream's instrument, e.g. ESZ5")
+    bars: list[Bar] = Field(min_length=1, max_length=MAX_BARS, description=(
+        "closed bars, oldest first: the first call may carry history, later ones the newest bar"))
+
+
 class BatchRequest(_Strict):
     requests: list[PredictRequest] = Field(min_length=1, max_length=MAX_BATCH)
 

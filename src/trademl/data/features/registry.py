@@ -15,6 +15,7 @@ import numpy as np
 from trademl.data.features import cross_market as xm
 from trademl.data.features import indicators as ind
 from trademl.data.features import intraday as intra
+from trademl.data.features.incremental_indicators import STEPS as _INDICATOR_STEPS
 from trademl.data.features.rolling import ema_memory
 
 FEATURE_VERSION = 1
@@ -32,6 +33,8 @@ class FeatureSpec:
     crosses_segments: reads earlier segments (yesterday's levels across the daily halt): a
         chunked build must hand it the bars before the chunk.
     needs_context: reads another instrument's bars (--context).
+    step: the incremental form (``trademl.data.features.incremental``): ``step(tick_size, **params)``
+        makes an object whose ``update(bar, shared)`` gives the batch value of each new bar.
     """
 
     name: str
@@ -43,12 +46,15 @@ class FeatureSpec:
     description: str = ""
     crosses_segments: bool = False
     needs_context: bool = False
+    step: type | None = None
 
     def compute(self, ctx) -> np.ndarray:
         return self.fn(ctx, **self.params)
 
 
 FEATURES: dict[str, FeatureSpec] = {}
+# batch function -> its incremental step
+_STEPS: dict = {**_INDICATOR_STEPS}
 
 
 def _register(name, fn, params=None, *, warmup=0, history=None, needs_volume=False, description="",
@@ -57,7 +63,7 @@ def _register(name, fn, params=None, *, warmup=0, history=None, needs_volume=Fal
         raise ValueError(f"feature {name!r} registered twice")
     FEATURES[name] = FeatureSpec(
         name, fn, dict(params or {}), warmup, max(history or 0, warmup + 1), needs_volume, description,
-        crosses_segments, needs_context,
+        crosses_segments, needs_context, _STEPS.get(fn),
     )
 
 
