@@ -229,8 +229,9 @@ class PredictRequest(_Strict):
         if v is None or "timezone" not in info.data:  # a bad timezone is its own error
             return v
         naive = [i for i, b in enumerate(v) if b.timestamp.tzinfo is None]
-        for i, stamp in zip(naive, _localized([v[i].timestamp for i in naive], info.data["timezone"])):
-            v[i].timestamp, v[i]._naive = stamp, True
+        if naive:  # pandas' parsing costs milliseconds: only for stamps that need it
+            for i, stamp in zip(naive, _localized([v[i].timestamp for i in naive], info.data["timezone"])):
+                v[i].timestamp, v[i]._naive = stamp, True
         for i in range(1, len(v)):
             if v[i].timestamp <= v[i - 1].timestamp:
                 raise ValueError(f"bar {i} timestamp {v[i].timestamp.isoformat()} is not after bar {i - 1}'s")

@@ -99,26 +99,29 @@ class SymbolStream:
 
     def _new_bars(self, bars: list[RawBar]) -> list[RawBar]:
         """The bars after the stream's last one. Bars up to it may be sent again (a retry, or a bot
-        resending its last few) when they equal what the stream took; a bar it never took inside
-        the span it keeps, or one that differs, is a conflict."""
+        resending its last few) when they equal what the stream took; a bar it never took, or one
+        that differs, is a conflict."""
         last = self.last
         if last is None:
             new = bars
         else:
             known = {b.stamp: b for b, _ in self.raw} if bars[0].stamp <= last.stamp else {}
             oldest_kept = self.raw[0][0].stamp
+            # history sent again, leading up to the stream's last bar (a bot that restarted): its bars
+            # before the span the stream keeps cannot be checked, and change nothing
+            resent = any(b.stamp == last.stamp for b in bars)
             for i, bar in enumerate(bars):
                 if bar.stamp > last.stamp:
                     break
                 seen = known.get(bar.stamp)
-                if seen is None and bar.stamp >= oldest_kept:
-                    raise RequestError(f"bars[{i}] ({_iso(bar.stamp)}) is older than the stream's last bar "
-                                       f"({_iso(last.stamp)}) and not one it took: bars must come in time order",
-                                       field=f"bars[{i}]", kind="stream_conflict")
+                if seen is None and (bar.stamp >= oldest_kept or not resent):
+                    raise RequestError(f"opened at {_iso(bar.stamp)}, before the stream's last bar "
+                                       f"({_iso(last.stamp)}), and is not a bar the stream took: bars must come "
+                                       "in time order", field=f"bars[{i}]", kind="stream_conflict")
                 if seen is not None and not bar.same_values(seen):
-                    raise RequestError(f"bars[{i}] has the stamp of a bar the stream took ({_iso(bar.stamp)}) but "
-                                       "other values: a closed bar does not change (DELETE /v1/bars/{symbol} "
-                                       "starts the stream again)", field=f"bars[{i}]", kind="stream_conflict")
+                    raise RequestError(f"has the stamp of a bar the stream took ({_iso(bar.stamp)}) but other "
+                                       "values: a closed bar does not change (delete the symbol's stream to start "
+                                       "it again)", field=f"bars[{i}]", kind="stream_conflict")
             new = [b for b in bars if b.stamp > last.stamp]
         self._check_volume(new)
         return new

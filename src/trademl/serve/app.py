@@ -35,6 +35,7 @@ import re
 import time
 
 from fastapi import FastAPI, Request
+from fastapi import Path as FastAPIPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -48,6 +49,7 @@ from trademl.errors import ModelStoreError, TradeMLError
 from trademl.predict.ensemble import EnsemblePredictor
 from trademl.predict.request import RequestError, parse_json_body
 from trademl.predict.schema import (
+    BarsPush,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
@@ -57,7 +59,7 @@ from trademl.predict.schema import (
 )
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
-_ERROR_STATUS = {"validation": 422, "not_json": 422, "insufficient_input": 422, "too_large": 413, "no_model": 503, "model_store": 503,
+_ERROR_STATUS = {"validation": 422, "not_json": 422, "insufficient_input": 422, "stream_conflict": 409, "too_large": 413, "no_model": 503, "model_store": 503,
                  "unauthorized": 401, "bad_host": 400, "timeout": 408, "internal": 500}
 BATCH_CHUNK = 8  # batch requests per turn in the thread pool; between turns single requests get theirs
 BODY_TIMEOUT_S = 10.0  # a body that stops arriving for this long (a short Content-Length) is answered 408
@@ -350,10 +352,10 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
         metrics.error("internal")
         return _error("internal", "internal server error (logged on the server)", None)
 
-    def answer(request: PredictRequest) -> dict:
+    def answer(request: PredictRequest, call=None) -> dict:
         started = time.perf_counter()
         try:
-            out = predictor.ensemble_predict(request)
+            out = (call or predictor.ensemble_predict)(request)
         except RequestError as e:
             e.predictor_logged = True
             raise
@@ -399,6 +401,20 @@ def create_app(predictor: EnsemblePredictor | None, *, token: str | None = None,
         for first in range(0, len(body.requests), BATCH_CHUNK):
             out.extend(await run_in_threadpool(answer_chunk, body.requests[first:first + BATCH_CHUNK], first))
         return JSONResponse({"predictions": out})
+
+    stream_responses = {**responses, 409: {"model": ErrorResponse}}
+
+    @app.post("/v1/bars", response_model=PredictResponse, response_model_exclude_none=True, responses=stream_responses)
+    def push_bars(body: BarsPush) -> dict:
+        """The bar stream: the symbol's newest closed bar(s) (the first call may carry history) ->
+        the prediction for its newest bar, from the state the server keeps per symbol. A bar older
+        than the last one, or the last one changed, is 409; the same bar again changes nothing."""
+        return JSONResponse(answer(body, predictor.push_bars))
+
+    @app.delete("/v1/bars/{symbol}")
+    def drop_stream(symbol: str = FastAPIPath(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9._-]+$")) -> dict:
+        """Forget a symbol's stream state (the next call starts it again from its bars)."""
+        return {"symbol": symbol, "dropped": predictor.drop_stream(symbol)}
 
     def health() -> JSONResponse:
         models = predictor.models
