@@ -1,0 +1,193 @@
+"""The bar stream (issue 17): POST /v1/bars keeps per-symbol state and answers as /v1/predict.
+
+Stream = batch: bars pushed one at a time give, at every bar, the feature row of the whole
+file's batch and the response /v1/predict gives with the history. A gap restarts the state as
+the dataset does, a restart of the server changes nothing once history is resent, a retry
+changes nothing, and an older or changed bar is a clear 409.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from trademl.config import load_config
+from trademl.data.bars import bundled_sample_path, load_bars
+from trademl.data.features import compute_features
+from trademl.predict.ensemble import EnsemblePredictor
+from trademl.predict.request import RequestError
+from trademl.segments import segment_ids
+from trademl.serve.app import create_app
+
+from conftest import TINY_OVERRIDES
+
+
+def as_json_bars(frame) -> list[dict]:
+    out = []
+    for ts, r in zip(frame.index, frame.itertuples()):
+        bar = {"timestamp": ts.isoformat(), "open": r.open, "high": r.high, "low": r.low, "close": r.close}
+        if "volume" in frame:
+            bar["volume"] = r.volume
+        if "edge" in frame:
+            bar["edge"] = r.edge
+        out.append(bar)
+    return out
+
+
+@pytest.fixture(scope="module")
+def es_store(tmp_path_factory):
+    """LightGBM 5m/30m trained (tiny) on the bundled ES file's default features."""
+    from trademl.data.dataset import dataset_from_bars
+    from trademl.models.lgbm import train_lgbm
+    from trademl.models.store import ModelStore
+
+    root = tmp_path_factory.mktemp("es-stream") / "models"
+    cfg = load_config(None, {"lgbm": dict(TINY_OVERRIDES["lgbm"]), "paths": {"model_root": str(root)}})
+    bars = load_bars(bundled_sample_path(), symbol="ES")
+    train_lgbm(dataset_from_bars(bars, cfg), cfg, store=ModelStore(root))
+    return root, cfg, bars
+
+
+def without_latency(out: dict) -> dict:
+    return {k: v for k, v in out.items() if k != "latency_ms"}
+
+
+@pytest.mark.slow
+def test_the_last_2000_es_bars_streamed_give_the_batch_features_and_the_predict_response(es_store):
+    root, cfg, bars = es_store
+    predictor = EnsemblePredictor(root, cfg, record=False)
+    names = predictor.models.feature_names
+    needed = predictor.models.bars_needed()
+    batch = compute_features(bars, symbol="ES", names=names).to_numpy(np.float32)
+    rows = as_json_bars(bars)
+    start = len(rows) - 2000
+    assert len(np.unique(segment_ids(bars.iloc[start:], cfg.data.max_gap_minutes))) > 3  # gaps inside them
+    predictor.push_bars({"symbol": "ES", "bars": rows[start - needed:start]})  # warm-up history
+    stream = predictor.streams._streams["ES"]
+    for i in range(start, len(rows)):
+        pushed = predictor.push_bars({"symbol": "ES", "bars": [rows[i]]})
+        row = stream.rows[-1]
+        np.testing.assert_allclose(row, batch[i], rtol=2e-6, atol=1e-6, equal_nan=True, err_msg=f"bar {i}")
+        history = rows[max(0, i + 1 - max(needed, 1)):i + 1]
+        assert without_latency(pushed) == without_latency(
+            predictor.ensemble_predict({"symbol": "ES", "bars": history})), f"bar {i}"
+
+
+def test_the_full_ensemble_streamed_answers_as_predict_bar_by_bar(trained_store):
+    """All four kinds (LightGBM, LSTM window, PPO) and an extra column (edge) sent with each bar."""
+    predictor = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    needed = predictor.models.bars_needed()
+    rows = as_json_bars(trained_store.bars.iloc[-(needed + 120):])
+    predictor.push_bars({"symbol": "NQ", "bars": rows[:needed]})
+    for i in range(needed, len(rows)):
+        pushed = predictor.push_bars({"symbol": "NQ", "bars": [rows[i]], "position": 1, "balance": 51_000.0})
+        assert set(pushed["models_used"]) == {"lgb_5m", "lgb_30m", "lstm", "ppo"}
+        asked = predictor.ensemble_predict({"symbol": "NQ", "bars": rows[i + 1 - needed:i + 1], "position": 1,
+                                            "balance": 51_000.0})
+        assert without_latency(pushed) == without_latency(asked), f"bar {i}"
+
+
+def test_a_server_restart_between_pushes_changes_nothing_once_history_is_resent(trained_store):
+    needed = EnsemblePredictor(trained_store.root, trained_store.config, record=False).models.bars_needed()
+    rows = as_json_bars(trained_store.bars.iloc[-(needed + 30):])
+    steady = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    steady.push_bars({"symbol": "NQ", "bars": rows[:needed]})
+    before = [steady.push_bars({"symbol": "NQ", "bars": [r]}) for r in rows[needed:]]
+    restarted = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    restarted.push_bars({"symbol": "NQ", "bars": rows[:needed + 10]})
+    # the new server takes the history again (the last bar it got is resent with it: a retry)
+    resent = restarted.push_bars({"symbol": "NQ", "bars": rows[needed + 10 - needed:needed + 10]})
+    assert without_latency(resent) == without_latency(before[9])
+    after = [restarted.push_bars({"symbol": "NQ", "bars": [r]}) for r in rows[needed + 10:]]
+    assert [without_latency(a) for a in after] == [without_latency(b) for b in before[10:]]
+
+
+def test_a_retry_returns_the_same_answer_and_changes_no_state(trained_store):
+    predictor = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    rows = as_json_bars(trained_store.bars.iloc[-2000:])
+    first = predictor.push_bars({"symbol": "NQ", "bars": rows[:-1]})
+    stream = predictor.streams._streams["NQ"]
+    answer = predictor.push_bars({"symbol": "NQ", "bars": rows[-1:]})
+    seen, last_row = stream.features.bars_seen, stream.rows[-1].copy()
+    for _ in range(3):
+        assert without_latency(predictor.push_bars({"symbol": "NQ", "bars": rows[-1:]})) == without_latency(answer)
+    # the last few bars sent again with the newest one: what a bot resending a window does
+    assert without_latency(predictor.push_bars({"symbol": "NQ", "bars": rows[-5:]})) == without_latency(answer)
+    assert stream.features.bars_seen == seen and np.array_equal(stream.rows[-1], last_row, equal_nan=True)
+    assert first["timestamp"] != answer["timestamp"]
+
+
+@pytest.fixture
+def client(trained_store):
+    predictor = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    return TestClient(create_app(predictor)), as_json_bars(trained_store.bars.iloc[-1600:])
+
+
+def test_an_older_bar_or_a_changed_last_bar_is_409_and_leaves_the_state_as_it_was(client):
+    http, rows = client
+    assert http.post("/v1/bars", json={"symbol": "NQ", "bars": rows[:-2]}).status_code == 200
+    answer = http.post("/v1/bars", json={"symbol": "NQ", "bars": [rows[-2]]}).json()
+    changed = dict(rows[-2], close=rows[-2]["close"] + 0.25, high=max(rows[-2]["high"], rows[-2]["close"] + 0.25))
+    refused = http.post("/v1/bars", json={"symbol": "NQ", "bars": [changed]})
+    assert refused.status_code == 409 and refused.json()["error"]["kind"] == "stream_conflict"
+    assert "does not change" in refused.json()["error"]["message"]
+    older = dict(rows[10], timestamp="2020-01-01T00:00:00Z")
+    refused = http.post("/v1/bars", json={"symbol": "NQ", "bars": [older]})
+    assert refused.status_code == 409 and "time order" in refused.json()["error"]["message"]
+    # a bar inside the kept span that the stream never took (slipped in between two it has)
+    between = dict(rows[-3], timestamp=rows[-3]["timestamp"].replace(":00+00:00", ":30+00:00"))
+    assert http.post("/v1/bars", json={"symbol": "NQ", "bars": [between]}).status_code == 409
+    again = http.post("/v1/bars", json={"symbol": "NQ", "bars": [rows[-2]]}).json()
+    assert without_latency(again) == without_latency(answer)  # nothing moved
+    assert http.post("/v1/bars", json={"symbol": "NQ", "bars": [rows[-1]]}).status_code == 200
+
+
+def test_delete_drops_the_state_and_the_next_call_starts_again(client):
+    http, rows = client
+    http.post("/v1/bars", json={"symbol": "NQ", "bars": rows})
+    assert http.delete("/v1/bars/NQ").json() == {"symbol": "NQ", "dropped": True}
+    assert http.delete("/v1/bars/NQ").json() == {"symbol": "NQ", "dropped": False}
+    # an older bar is fine now: the stream starts again from it, warming up
+    fresh = http.post("/v1/bars", json={"symbol": "NQ", "bars": rows[:5]}).json()
+    assert any("warming up" in w for w in fresh["warnings"])
+    assert http.delete("/v1/bars/" + "X" * 40).status_code == 422
+
+
+def test_a_push_without_symbol_or_bars_or_with_features_is_a_clear_422(client):
+    http, rows = client
+    for body, field in (({"bars": rows[-1:]}, "symbol"), ({"symbol": "NQ"}, "bars"),
+                        ({"symbol": "NQ", "bars": rows[-1:], "features": [1.0]}, "body")):
+        answer = http.post("/v1/bars", json=body)
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == field
+
+
+def test_volume_on_some_bars_only_is_refused(trained_store):
+    predictor = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    rows = as_json_bars(trained_store.bars.iloc[-20:])
+    predictor.push_bars({"symbol": "NQ", "bars": rows[:10]})
+    bare = {k: v for k, v in rows[10].items() if k != "volume"}
+    with pytest.raises(RequestError, match="volume is given for some bars"):
+        predictor.push_bars({"symbol": "NQ", "bars": [bare]})
+
+
+def test_new_models_rebuild_the_stream_from_the_bars_it_kept(trained_store):
+    """A reload with another feature list: the state is rebuilt from the kept raw bars, equal to a
+    stream that read those bars with the new list from the start."""
+    from trademl.predict.stream import SymbolStream, StreamKey
+
+    rows = trained_store.bars.iloc[-400:]
+    key = StreamKey(("rsi", "ret_5", "edge"), 0.25, 60.0, 10, 300)
+    other = StreamKey(("ema_dist_20", "rvol_30"), 0.25, 60.0, 10, 300)
+    predictor = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    from trademl.predict.schema import BarsPush
+
+    push = BarsPush.model_validate({"symbol": "NQ", "bars": as_json_bars(rows)})
+    notes: list[str] = []
+    stream = predictor.streams.stream("NQ", key, notes)
+    stream.take(push.bars)
+    rebuilt = predictor.streams.stream("NQ", other, notes)
+    fresh = SymbolStream(other)
+    fresh.take(BarsPush.model_validate({"symbol": "NQ", "bars": as_json_bars(rows.iloc[-300:])}).bars)
+    assert notes and "rebuilt from its last 300 bars" in notes[0]
+    np.testing.assert_array_equal(np.array(rebuilt.rows), np.array(fresh.rows))
