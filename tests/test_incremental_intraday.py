@@ -143,7 +143,7 @@ def made_bars(first_day: str, seed: int = 0) -> pd.DataFrame:
 
 def made_context(bars: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
     """Another market on its own stamps (20 s after ours), 10% of them missing, a 50-minute stale
-    hole, a flat hour, and two hours on our own stamps that copy our prices (correlation 1)."""
+    hole, two flat hours (windows of exact zero returns), and two hours on our own stamps that copy our prices (correlation 1)."""
     rng = np.random.default_rng(seed)
     ours = bars.index.as_unit("ns").asi8
     stamps = ours + 20_000_000_000
@@ -151,7 +151,7 @@ def made_context(bars: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
     first = wall[0].normalize() + pd.Timedelta(days=1)  # made_bars' first day
     between = lambda k, start, end: np.asarray(  # noqa: E731
         (wall >= first + pd.Timedelta(days=k) + pd.Timedelta(start + ":00")) & (wall < first + pd.Timedelta(days=k) + pd.Timedelta(end + ":00")))
-    copy, flat, stale = between(3, "10:00", "12:00"), between(2, "09:00", "10:00"), between(4, "14:00", "14:50")
+    copy, flat, stale = between(3, "10:00", "12:00"), between(2, "09:00", "11:00"), between(4, "14:00", "14:50")
     stamps[copy] = ours[copy]
     close = 1800.0 * np.exp(np.cumsum(rng.normal(0, 2e-4, len(stamps))))
     close[flat] = close[np.flatnonzero(flat)[0]]
@@ -167,9 +167,11 @@ def made_context(bars: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
 @pytest.fixture(scope="module", params=["2024-10-31", "2024-03-07"], ids=["November DST", "March DST"])
 def made(request) -> pd.DataFrame:
     bars = made_bars(request.param)
-    local = bars.index.tz_convert("America/Chicago")
-    offsets = {o.total_seconds() for o in local.map(lambda t: t.utcoffset())}
-    assert offsets == {-5 * 3600.0, -6 * 3600.0}  # both sides of the DST change
+    utc = bars.index.as_unit("ns").asi8
+    offset = _wall(bars.index).as_unit("ns").asi8 - utc
+    changes = np.flatnonzero(np.diff(offset) != 0)
+    assert set(np.unique(offset) // 3_600_000_000_000) == {-5, -6}
+    assert (np.diff(utc)[changes] == 60_000_000_000).any()  # bars a minute apart across the change itself
     assert (np.diff(bars.index.asi8) > 4 * 86_400e9).any()  # the hole
     assert bars["contract"].nunique() == 2
     assert len(np.unique(segment_ids(bars, MAX_GAP))) > 10
@@ -213,10 +215,14 @@ def test_context_steps_equal_the_batch_on_made_bars(made):
     close = aligned_context_close(context, made.index.as_unit("ns").asi8, MAX_GAP)
     assert np.isnan(close).any() and np.isfinite(close).mean() > 0.8  # some missing or stale, most there
     assert_equal_to_batch(made, CONTEXT, context=context)
-    # the flat context hour gives the batch's exact 0 beta and correlation, the copied hour a clipped 1
+    # a window of the flat context's exact zero returns: the batch's beta is exactly 0 there
+    # (and so is the step's, checked above); the copied hours give a correlation of 1
     batch = compute_features(made, symbol="ES", names=["ctx_beta_60", "ctx_corr_60"], max_gap_minutes=MAX_GAP,
                              context=context)
-    assert (batch["ctx_beta_60"] == 0.0).any() and (batch["ctx_corr_60"] == 1.0).any()
+    wall = _wall(made.index)
+    flat_end = wall[0].normalize() + pd.Timedelta(days=3, hours=10, minutes=59)
+    assert batch["ctx_beta_60"].to_numpy()[np.flatnonzero(wall == flat_end)[0]] == 0.0
+    assert (batch["ctx_corr_60"] == 1.0).any()
 
 
 def test_session_clock_offsets_equal_pandas():

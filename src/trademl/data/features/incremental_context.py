@@ -26,10 +26,8 @@ class _Lagged:
         self.values = deque(maxlen=lag + 1)
 
     def push(self, x: float, bar: StreamBar) -> float:
-        if bar.new_segment:
-            self.values.clear()
         self.values.append(x)
-        if bar.since < self.lag:
+        if bar.since < self.lag:  # from here on all lag + 1 values kept are of this segment
             return math.nan
         return self.values[-1] - self.values[0]
 
