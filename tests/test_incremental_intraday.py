@@ -97,6 +97,16 @@ def _wall(index: pd.DatetimeIndex) -> pd.DatetimeIndex:
     return index.tz_convert("America/Chicago").tz_localize(None)
 
 
+def _on_day(day0: pd.Timestamp, k: int, hhmm: str) -> pd.Timestamp:
+    """Chicago wall time ``hhmm`` of the ``k``-th calendar day after ``day0``."""
+    return day0 + pd.Timedelta(days=k) + pd.Timedelta(hhmm + ":00")
+
+
+def _wall_between(wall: pd.DatetimeIndex, day0: pd.Timestamp, k: int, start: str, end: str) -> np.ndarray:
+    """Bars opened in [start, end) Chicago wall time on day ``k`` after ``day0``."""
+    return np.asarray((wall >= _on_day(day0, k, start)) & (wall < _on_day(day0, k, end)))
+
+
 def made_bars(first_day: str, seed: int = 0) -> pd.DataFrame:
     """Minute bars round the clock but the daily halt (16:00-17:00 Chicago), weekends included so
     that the DST change's night has bars: six days from ``first_day``, a hole of six days, three
@@ -104,31 +114,27 @@ def made_bars(first_day: str, seed: int = 0) -> pd.DataFrame:
     d0 = pd.Timestamp(first_day, tz="America/Chicago") - pd.Timedelta(hours=7)  # 17:00 the evening before
     index = _utc_minutes(d0, d0 + pd.Timedelta(days=6)).append(
         _utc_minutes(d0 + pd.Timedelta(days=12), d0 + pd.Timedelta(days=15)))
+    day = pd.Timestamp(first_day)
     wall = _wall(index)
-    keep = wall.hour != 16
-    day = lambda k, hhmm: pd.Timestamp(first_day) + pd.Timedelta(days=k) + pd.Timedelta(hhmm + ":00")  # noqa: E731
-    in_wall = lambda a, b: (wall >= a) & (wall < b)  # noqa: E731
-    keep &= ~in_wall(day(4, "10:00"), day(4, "10:40"))  # a 40-minute gap: a new segment inside the day
-    keep &= ~in_wall(day(4, "12:00"), day(4, "12:07"))  # a 7-minute gap: the same segment, buckets skipped
-    keep &= ~in_wall(day(5, "08:00"), day(5, "16:00"))  # a day that ends before its regular session
-    minute = (index.asi8 // 60_000_000_000)
-    off_clock = in_wall(day(1, "09:00"), day(1, "11:00")) | in_wall(day(13, "12:00"), day(13, "14:00"))
+    keep = np.asarray(wall.hour != 16)
+    keep &= ~_wall_between(wall, day, 4, "10:00", "10:40")  # a 40-minute gap: a new segment inside the day
+    keep &= ~_wall_between(wall, day, 4, "12:00", "12:07")  # a 7-minute gap: the same segment, buckets skipped
+    keep &= ~_wall_between(wall, day, 5, "08:00", "16:00")  # a day that ends before its regular session
+    minute = index.asi8 // 60_000_000_000
+    off_clock = _wall_between(wall, day, 1, "09:00", "11:00") | _wall_between(wall, day, 13, "12:00", "14:00")
     keep &= ~off_clock | (minute % 3 == 1)  # 3-minute bars opened at ..:01, ..:04, ..
-    sparse = in_wall(day(2, "13:00"), day(2, "15:30"))
+    sparse = _wall_between(wall, day, 2, "13:00", "15:30")
     keep &= ~sparse | (minute % 7 == 3)  # 7-minute bars, under the segment gap
     index = index[keep]
-    # a stretch stamped 30 s past the minute
-    wall = _wall(index)
-    shifted = np.asarray(in_wall(day(3, "09:10"), day(3, "09:50")))
     stamps = index.asi8.copy()
-    stamps[shifted] += 30_000_000_000
+    stamps[_wall_between(_wall(index), day, 3, "09:10", "09:50")] += 30_000_000_000  # 30 s past the minute
     index = pd.DatetimeIndex(stamps, tz="UTC", name="timestamp")
 
     rng = np.random.default_rng(seed)
     steps = TICK * rng.integers(-3, 4, len(index)).astype(float)
     wall = _wall(index)
     for k in (1, 2):  # two flat afternoons: rvol_60 exactly 0, in today's bars and the previous day's
-        steps[np.asarray(in_wall(day(k, "13:00"), day(k, "14:45")))] = 0.0
+        steps[_wall_between(wall, day, k, "13:00", "14:45")] = 0.0
     close = 5000.0 + np.cumsum(steps)
     open_ = np.r_[close[0], close[:-1]]
     high = np.maximum(open_, close) + TICK * rng.integers(0, 3, len(index))
@@ -136,22 +142,23 @@ def made_bars(first_day: str, seed: int = 0) -> pd.DataFrame:
     bars = pd.DataFrame({"open": open_, "high": high, "low": low, "close": close,
                          "volume": rng.integers(1, 500, len(index)).astype(float)}, index=index)
     # the roll lands inside the opening range of the day after the hole
-    bars["contract"] = np.where(wall < day(13, "08:41"), "ESZ4", "ESH5")
+    bars["contract"] = np.where(wall < _on_day(day, 13, "08:41"), "ESZ4", "ESH5")
     bars.attrs["symbol"] = "ES"
     return bars
 
 
 def made_context(bars: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
     """Another market on its own stamps (20 s after ours), 10% of them missing, a 50-minute stale
-    hole, two flat hours (windows of exact zero returns), and two hours on our own stamps that copy our prices (correlation 1)."""
+    hole, two flat hours (windows of exact zero returns), and two hours on our own stamps that
+    copy our prices (correlation 1)."""
     rng = np.random.default_rng(seed)
     ours = bars.index.as_unit("ns").asi8
     stamps = ours + 20_000_000_000
     wall = _wall(bars.index)
-    first = wall[0].normalize() + pd.Timedelta(days=1)  # made_bars' first day
-    between = lambda k, start, end: np.asarray(  # noqa: E731
-        (wall >= first + pd.Timedelta(days=k) + pd.Timedelta(start + ":00")) & (wall < first + pd.Timedelta(days=k) + pd.Timedelta(end + ":00")))
-    copy, flat, stale = between(3, "10:00", "12:00"), between(2, "09:00", "11:00"), between(4, "14:00", "14:50")
+    day = wall[0].normalize() + pd.Timedelta(days=1)  # made_bars' first day
+    copy = _wall_between(wall, day, 3, "10:00", "12:00")
+    flat = _wall_between(wall, day, 2, "09:00", "11:00")
+    stale = _wall_between(wall, day, 4, "14:00", "14:50")
     stamps[copy] = ours[copy]
     close = 1800.0 * np.exp(np.cumsum(rng.normal(0, 2e-4, len(stamps))))
     close[flat] = close[np.flatnonzero(flat)[0]]
@@ -220,7 +227,7 @@ def test_context_steps_equal_the_batch_on_made_bars(made):
     batch = compute_features(made, symbol="ES", names=["ctx_beta_60", "ctx_corr_60"], max_gap_minutes=MAX_GAP,
                              context=context)
     wall = _wall(made.index)
-    flat_end = wall[0].normalize() + pd.Timedelta(days=3, hours=10, minutes=59)
+    flat_end = _on_day(wall[0].normalize() + pd.Timedelta(days=1), 2, "10:59")
     assert batch["ctx_beta_60"].to_numpy()[np.flatnonzero(wall == flat_end)[0]] == 0.0
     assert (batch["ctx_corr_60"] == 1.0).any()
 
@@ -232,10 +239,15 @@ def test_session_clock_offsets_equal_pandas():
     ours = np.array([_utc_offset_ns(int(s)) for s in hours.as_unit("s").asi8])
     np.testing.assert_array_equal(ours, theirs)
     clock = SessionClock()
-    assert clock.at(pd.Timestamp("2024-07-01 13:30", tz="UTC").value) == clock.at(pd.Timestamp("2024-07-01 13:30", tz="UTC").value)
+
+    def at(utc: str) -> tuple[int, int]:
+        return clock.at(pd.Timestamp(utc, tz="UTC").value)
+
     # 08:30 Chicago is 13:30 UTC in summer, 14:30 UTC in winter: minute 930 of the trading day
-    assert clock.at(pd.Timestamp("2024-07-01 13:30", tz="UTC").value)[1] == 930
-    assert clock.at(pd.Timestamp("2024-12-02 14:30", tz="UTC").value)[1] == 930
+    assert at("2024-07-01 13:30")[1] == 930 and at("2024-12-02 14:30")[1] == 930
+    # the trading day turns at 17:00 Chicago (22:00 UTC in summer)
+    (before, last_minute), (after, first_minute) = at("2024-07-01 21:59"), at("2024-07-01 22:00")
+    assert after == before + 1 and (last_minute, first_minute) == (1439, 0)
 
 
 def test_block_window_sum_is_bit_for_bit_the_batch_sum():
