@@ -33,7 +33,7 @@ from trademl.data.features.incremental import StreamBar
 from trademl.data.features.intraday import (
     DAY_START_MINUTE, MAX_DAY_GAP_DAYS, REGIME_QUANTILES, REGIME_SAMPLE_MINUTES, SESSION_TIMEZONE,
 )
-from trademl.data.features.rolling import _BLOCK
+from trademl.data.features.rolling import _BLOCK  # where the batch's prefix sums restart: ours must too
 
 NS_PER_HOUR = 60 * NS_PER_MINUTE
 # minute of the trading day (0 = 17:00 Chicago) of the regular session's open and close
