@@ -143,3 +143,21 @@ def test_a_rolling_window_sums_exactly_however_long_the_stream():
             del window.values[:-window.maxlen]
     assert window.sum(3) == math.fsum([0.1, 0.2, 0.3])
     assert running != window.sum(3)  # what the running sum would have given instead
+
+
+def test_every_registered_feature_together_through_the_engine_on_the_es_file(es_bars):
+    """The intraday and context steps (tests/test_incremental_intraday.py checks each alone) wired
+    through the engine beside the indicators, sharing its bars and segments."""
+    from trademl.data.features.context import aligned_context_close
+
+    rng = np.random.default_rng(2)
+    context = es_bars[rng.random(len(es_bars)) > 0.05][["open", "high", "low", "close"]] * 1.01
+    names = list(FEATURES)
+    assert len(names) == 88  # the registry: every feature a config can name
+    batch = compute_features(es_bars, symbol="ES", names=names, context=context)
+    inc = IncrementalFeatures(names, 0.25, GAP)
+    stamps = es_bars.index.as_unit("ns").asi8
+    ctx = aligned_context_close(context, stamps, GAP)
+    rows = [inc.push(stamps[i], r.open, r.high, r.low, r.close, r.volume, r.contract, context_close=ctx[i])
+            for i, r in enumerate(es_bars.itertuples())]
+    assert_same_rows(batch, np.array(rows))

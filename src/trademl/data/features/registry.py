@@ -15,7 +15,9 @@ import numpy as np
 from trademl.data.features import cross_market as xm
 from trademl.data.features import indicators as ind
 from trademl.data.features import intraday as intra
+from trademl.data.features.incremental_context import STEPS as _CONTEXT_STEPS
 from trademl.data.features.incremental_indicators import STEPS as _INDICATOR_STEPS
+from trademl.data.features.incremental_intraday import STEPS as _INTRADAY_STEPS
 from trademl.data.features.rolling import ema_memory
 
 FEATURE_VERSION = 1
@@ -54,7 +56,7 @@ class FeatureSpec:
 
 FEATURES: dict[str, FeatureSpec] = {}
 # batch function -> its incremental step
-_STEPS: dict = {**_INDICATOR_STEPS}
+_STEPS: dict = {**_INDICATOR_STEPS, **_INTRADAY_STEPS, **_CONTEXT_STEPS}
 
 
 def _register(name, fn, params=None, *, warmup=0, history=None, needs_volume=False, description="",
@@ -262,5 +264,6 @@ def describe_features(names=None) -> list[dict]:
     ]
 
 
+assert all(spec.step is not None for spec in FEATURES.values()), "every feature has its incremental step"
 FEATURE_GROUPS["volume"] = tuple(name for name, spec in FEATURES.items() if spec.needs_volume)
 FEATURE_GROUPS["context"] = tuple(name for name, spec in FEATURES.items() if spec.needs_context)
