@@ -15,6 +15,8 @@ export type MarketData = components["schemas"]["PredictRequest"];
 export type Bar = components["schemas"]["Bar"];
 export type MLPrediction = components["schemas"]["PredictResponse"];
 export type ServiceErrorBody = components["schemas"]["ErrorResponse"];
+/** The bar stream's call (POST /v1/bars): the symbol's newest closed bar(s) and the account. */
+export type BarsPush = components["schemas"]["BarsPush"];
 
 export interface ServiceOptions {
   /** Service root, default $TRADEML_URL or http://127.0.0.1:8000. */
@@ -162,8 +164,37 @@ async function attempt(url: string, init: RequestInit, timeoutMs: number, attemp
  * or raw `bars`) -> the ensemble's prediction. Throws MLServiceError on any failure.
  */
 export async function getAdvancedPrediction(marketData: MarketData, options: ServiceOptions = {}): Promise<MLPrediction> {
+  return postForPrediction("/v1/predict", marketData, options);
+}
+
+/**
+ * The bar stream: push the symbol's newest closed bar (the first call may carry history to warm
+ * the server's state up) and get the prediction for it, as getAdvancedPrediction would give it
+ * with the whole history. Retrying is safe: a bar the server already took changes nothing. A bar
+ * older than the stream's last one, or the last one with other values, is a 409 (kind
+ * stream_conflict), never retried; dropStream(symbol) starts the stream again.
+ */
+export async function pushBar(push: BarsPush, options: ServiceOptions = {}): Promise<MLPrediction> {
+  return postForPrediction("/v1/bars", push, options);
+}
+
+/** Forget the server's stream state of `symbol` (DELETE /v1/bars/{symbol}); whether it had one. */
+export async function dropStream(symbol: string, options: ServiceOptions = {}): Promise<boolean> {
   const o = defaults(options);
-  const bad = firstNonFinite(marketData);
+  const headers: Record<string, string> = { accept: "application/json" };
+  if (o.token) headers.authorization = `Bearer ${o.token}`;
+  const response = await fetch(`${o.baseUrl}/v1/bars/${encodeURIComponent(symbol)}`, {
+    method: "DELETE", headers, signal: AbortSignal.timeout(o.timeoutMs),
+  });
+  if (!response.ok) throw await errorFrom(response, 1);
+  const body = (await response.json()) as { dropped?: unknown };
+  return body.dropped === true;
+}
+
+/** POST `body` to `path`, with the timeout, the retries and the checks every call shares. */
+async function postForPrediction(path: string, body: object, options: ServiceOptions): Promise<MLPrediction> {
+  const o = defaults(options);
+  const bad = firstNonFinite(body);
   if (bad !== null) {
     // JSON has no NaN/Infinity: JSON.stringify would send null, which the service reads as missing.
     throw new MLServiceError(`${bad} is not a finite number; send null for a missing value`, {
@@ -172,8 +203,8 @@ export async function getAdvancedPrediction(marketData: MarketData, options: Ser
   }
   const headers: Record<string, string> = { "content-type": "application/json", accept: "application/json" };
   if (o.token) headers.authorization = `Bearer ${o.token}`;
-  const init: RequestInit = { method: "POST", headers, body: JSON.stringify(marketData) };
-  const url = `${o.baseUrl}/v1/predict`;
+  const init: RequestInit = { method: "POST", headers, body: JSON.stringify(body) };
+  const url = `${o.baseUrl}${path}`;
   for (let attempts = 1; ; attempts++) {
     try {
       return await attempt(url, init, o.timeoutMs, attempts);

@@ -13,7 +13,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { getAdvancedPrediction, MLServiceError, type MarketData } from "../src/advancedMLService.js";
+import {
+  dropStream, getAdvancedPrediction, MLServiceError, pushBar, type Bar, type MarketData,
+} from "../src/advancedMLService.js";
 
 const MODEL_ROOT = process.env.TRADEML_MODEL_ROOT;
 const TRADEML_BIN = process.env.TRADEML_BIN ?? "trademl";
@@ -118,6 +120,30 @@ describe("against a live trademl serve", { skip: MODEL_ROOT ? false : "TRADEML_M
       assert.ok(e instanceof MLServiceError && e.status === 422 && e.field === "symbol");
       return true;
     });
+  });
+
+  test("pushBar streams bars: a retry gives the same answer, a changed bar is a 409 never retried", async () => {
+    const bars: Bar[] = Array.from({ length: 30 }, (_, i) => {
+      const close = 16500 + 0.25 * (i % 7);
+      return {
+        timestamp: new Date(Date.UTC(2024, 0, 2, 15, i)).toISOString(),
+        open: close, high: close + 0.5, low: close - 0.5, close, volume: 100 + i, edge: 0,
+      } as Bar;
+    });
+    const o = { baseUrl, token: TOKEN, retries: 3 };
+    await pushBar({ symbol: "NQZ5", bars: bars.slice(0, 29) }, o);
+    const last = bars[29]!;
+    const answer = await pushBar({ symbol: "NQZ5", bars: [last] }, o);
+    assert.equal(answer.timestamp, "2024-01-02T15:29:00Z");
+    assert.deepEqual(await pushBar({ symbol: "NQZ5", bars: [last] }, o), answer);
+    const changed = { ...last, close: last.close + 0.25 } as Bar;
+    await assert.rejects(pushBar({ symbol: "NQZ5", bars: [changed] }, o), (e: unknown) => {
+      assert.ok(e instanceof MLServiceError && e.status === 409 && e.serviceKind === "stream_conflict");
+      assert.equal(e.attempts, 1);
+      return true;
+    });
+    assert.equal(await dropStream("NQZ5", o), true);
+    assert.equal(await dropStream("NQZ5", o), false);
   });
 
   test("a wrong token is a 401", async () => {

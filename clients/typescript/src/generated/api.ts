@@ -38,6 +38,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/bars": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Push Bars
+         * @description The bar stream: the symbol's newest closed bar(s) (the first call may carry history) ->
+         *     the prediction for its newest bar, from the state the server keeps per symbol. A bar older
+         *     than the last one, or the last one changed, is 409; the same bar again changes nothing.
+         */
+        post: operations["push_bars_v1_bars_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/bars/{symbol}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Drop Stream
+         * @description Forget a symbol's stream state (the next call starts it again from its bars).
+         */
+        delete: operations["drop_stream_v1_bars__symbol__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/models": {
         parameters: {
             query?: never;
@@ -154,6 +196,83 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /**
+         * BarsPush
+         * @description The bar stream's call (POST /v1/bars): the symbol's newest closed bar(s), oldest first, and
+         *     the account as in /v1/predict. The first call may carry history to warm the state up; bars the
+         *     stream already took may be sent again and change nothing.
+         */
+        BarsPush: {
+            /** @description the prop-firm account: adds `risk` to the answer */
+            account?: components["schemas"]["AccountSnapshot"] | null;
+            /**
+             * Balance
+             * @description account balance; default: [account] initial_balance
+             */
+            balance?: number | null;
+            /**
+             * Bars
+             * @description closed bars, oldest first: the first call may carry history, later ones the newest bar
+             */
+            bars: components["schemas"]["Bar"][];
+            /**
+             * Context Bars
+             * @description another instrument's last raw bars (models built with --context): its aligned returns, relative strength, correlation and beta are computed from them as in training
+             */
+            context_bars?: components["schemas"]["Bar"][] | null;
+            /**
+             * Features
+             * @description features of the last bar: {name: value} or an array in schema order; null = missing
+             */
+            features?: {
+                [key: string]: number | null;
+            } | (number | null)[] | null;
+            /**
+             * Position
+             * @description contracts held, + long / - short
+             * @default 0
+             */
+            position?: number;
+            /**
+             * Recent Actions
+             * @description the last actions (0 hold, 1 buy, 2 sell), oldest first; fewer than 10 are padded with holds
+             */
+            recent_actions?: (0 | 1 | 2)[];
+            /**
+             * Sequence
+             * @description feature rows, oldest first, the last one being the current bar (LSTM and PPO input)
+             */
+            sequence?: number[][] | {
+                [key: string]: number;
+            }[] | null;
+            /**
+             * Side
+             * @description the side win_5m_prob / win_30m_prob are about
+             * @default long
+             * @enum {string}
+             */
+            side?: "long" | "short";
+            /**
+             * Symbol
+             * @description the stream's instrument, e.g. ESZ5
+             */
+            symbol: string;
+            /**
+             * Timestamp
+             * @description echoed in the output; default: the last bar's or now
+             */
+            timestamp?: string | null;
+            /**
+             * Timezone
+             * @description zone of bar timestamps without an offset, e.g. America/New_York (as `--tz`); default: UTC, with a warning
+             */
+            timezone?: string | null;
+            /**
+             * Unrealized Pnl
+             * @default 0
+             */
+            unrealized_pnl?: number;
+        };
         /** BatchRequest */
         BatchRequest: {
             /** Requests */
@@ -186,6 +305,11 @@ export interface components {
                 [key: string]: unknown;
             }[] | null;
             error: components["schemas"]["ErrorDetail"];
+        };
+        /** HTTPValidationError */
+        HTTPValidationError: {
+            /** Detail */
+            detail?: components["schemas"]["ValidationError"][];
         };
         /**
          * ModelVote
@@ -402,6 +526,19 @@ export interface components {
             /** Var Source */
             var_source?: string | null;
         };
+        /** ValidationError */
+        ValidationError: {
+            /** Context */
+            ctx?: Record<string, never>;
+            /** Input */
+            input?: unknown;
+            /** Location */
+            loc: (string | number)[];
+            /** Message */
+            msg: string;
+            /** Error Type */
+            type: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -447,6 +584,108 @@ export interface operations {
                 };
                 content: {
                     "text/plain": string;
+                };
+            };
+        };
+    };
+    push_bars_v1_bars_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BarsPush"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PredictResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    drop_stream_v1_bars__symbol__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                symbol: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };
