@@ -232,3 +232,32 @@ def test_context_bars_sent_along_give_the_cross_market_features_of_the_batch():
         rows.append(stream.rows[-1])
     assert np.isfinite(batch[:, 0]).mean() > 0.5
     np.testing.assert_allclose(np.array(rows), batch, rtol=2e-6, atol=1e-7, equal_nan=True)
+
+
+def test_streams_beyond_max_streams_are_refused_and_listed_in_v1_models(trained_store):
+    cfg = trained_store.config.model_copy(deep=True)
+    cfg.serve.max_streams = 2
+    predictor = EnsemblePredictor(trained_store.root, cfg, record=False)
+    http = TestClient(create_app(predictor))
+    rows = as_json_bars(trained_store.bars.iloc[-3:])
+    for symbol in ("NQH5", "NQM5"):
+        assert http.post("/v1/bars", json={"symbol": symbol, "bars": rows}).status_code == 200
+    refused = http.post("/v1/bars", json={"symbol": "NQU5", "bars": rows})
+    assert refused.status_code == 409 and "max_streams" in refused.json()["error"]["message"]
+    assert http.get("/v1/models").json()["streams"] == {"NQH5": 3, "NQM5": 3}
+    http.delete("/v1/bars/NQH5")
+    assert http.post("/v1/bars", json={"symbol": "NQU5", "bars": rows}).status_code == 200
+
+
+def test_a_refused_push_leaves_the_stream_untouched(trained_store):
+    """A push the request checks refuse (prices beyond one instrument's range) takes no bar: the
+    next good bar is answered as if the bad call never came."""
+    predictor = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    twin = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    rows = as_json_bars(trained_store.bars.iloc[-300:])
+    for p in (predictor, twin):
+        p.push_bars({"symbol": "NQ", "bars": rows[:-1]})
+    absurd = dict(rows[-1], high=3e38)
+    with pytest.raises(RequestError, match="ticks"):
+        predictor.push_bars({"symbol": "NQ", "bars": [absurd]})
+    assert predictor.push_bars({"symbol": "NQ", "bars": rows[-1:]}) == twin.push_bars({"symbol": "NQ", "bars": rows[-1:]})

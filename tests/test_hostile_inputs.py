@@ -208,6 +208,20 @@ CASES = [
     ("batch duplicate key", lambda n: _batch(GUIDE_EXAMPLE).replace(b'"position": 2', b'"position": 2, "position": 1'), B,
      "body", False),
 ]
+# The bar stream reads the same bars: every bar case again on POST /v1/bars, and what only a
+# stream can get wrong. A refused push changes no stream's state.
+S = "/v1/bars"
+CASES += [(f"stream: {c[0]}", c[1], S, c[3], False) for c in list(CASES) if c[0].startswith("bar ")]
+CASES += [
+    ("stream: no symbol", lambda n: _json({"bars": [_bar()]}), S, "symbol", False),
+    ("stream: symbol of 40 characters", lambda n: _bars(_bar(), symbol="N" * 40), S, "symbol", False),
+    ("stream: unknown symbol", lambda n: _bars(_bar(), symbol="ZZZZ"), S, "symbol", False),
+    ("stream: no bars", lambda n: _json({"symbol": "NQZ5"}), S, "bars", False),
+    ("stream: empty bars", lambda n: _bars(), S, "bars", False),
+    ("stream: features beside bars", lambda n: _bars(_bar(), features={"rsi": 45}), S, "body", False),
+    ("stream: bars out of order", lambda n: _bars(_bar(1), _bar(0)), S, "bars", False),
+    ("stream: bars as an object", lambda n: _json({"symbol": "NQZ5", "bars": {"0": _bar()}}), S, "bars", False),
+]
 IDS = [c[0] for c in CASES]
 assert len(CASES) >= 100 and len(set(IDS)) == len(IDS)
 CLI_SUBSET = [c[0] for c in CASES if c[4]]

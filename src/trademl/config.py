@@ -301,6 +301,10 @@ class ServeConfig(_Section):
     novelty_action: Literal["hold", "warn"] = Field("hold", description=(
         "When a request's features are unlike the training inputs (its novelty score above the model's "
         "threshold): \"hold\" answers HOLD with a warning, \"warn\" keeps the decision and only warns."))
+    # Each stream keeps ~bars_needed raw bars and its features' state (~1 MB): a cap stops a client
+    # (or a typo'd symbol in a loop) from growing the server's memory without bound.
+    max_streams: int = Field(64, ge=1, le=10_000, description=(
+        "Most symbols the bar stream (POST /v1/bars) keeps state for; one more is refused until one is dropped."))
 
 
 class MonitorConfig(_Section):

@@ -50,7 +50,7 @@ class EnsemblePredictor:
         self.recorder = recorder
         from trademl.predict.stream import BarStreams
 
-        self.streams = BarStreams()  # the bar stream's per-symbol state (push_bars)
+        self.streams = BarStreams(self.config.serve.max_streams)  # the bar stream's per-symbol state (push_bars)
 
     @property
     def models(self) -> LoadedModels:
@@ -74,6 +74,7 @@ class EnsemblePredictor:
             "history": {k: rt.history for k, rt in m.runtimes.items()},
             "bars_needed": m.bars_needed(),
             "symbol": m.symbol,
+            "streams": self.streams.symbols(),  # bars seen per streamed symbol: {} after a restart
             "model_root": str(self.store.root),
         }
 
@@ -99,7 +100,7 @@ class EnsemblePredictor:
         return request, predict_with(models, request, self.config), models
 
     def _push(self, market_data):
-        from trademl.predict.request import parse_push, request_spec
+        from trademl.predict.request import check_price_range, parse_push, request_spec
         from trademl.predict.stream import stream_key
 
         request = parse_push(market_data)
@@ -109,8 +110,10 @@ class EnsemblePredictor:
             return request, predict_with(models, request, self.config), models  # its clear error
         symbol = request.symbol.upper()
         notes: list[str] = []
+        spec = request_spec(request.symbol, models.contract, self.config)
+        check_price_range(request.bars, spec.tick_size)  # before the stream takes any of them
         with self.streams.lock(symbol):
-            key = stream_key(models, request_spec(request.symbol, models.contract, self.config), self.config)
+            key = stream_key(models, spec, self.config)
             stream = self.streams.stream(symbol, key, notes)
             stream.take(request.bars, request.context_bars)
             streamed = (stream.online(), stream.features.bars_seen)

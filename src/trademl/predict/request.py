@@ -192,7 +192,7 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
     if abs(request.position) > limit:
         raise RequestError(f"position {request.position} is beyond max_position_size {limit}", field="position")
     if request.bars is not None:
-        _check_price_range(request.bars, spec.tick_size)
+        check_price_range(request.bars, spec.tick_size)
         online, sent = streamed if streamed is not None else (_features_of_bars(request, spec, feature_names, config),
                                                               len(request.bars))
         row, seq, stamp = _rows_of(online, feature_names, sent, warnings)
@@ -282,7 +282,7 @@ def _short_of_history(names: list[str], sent: int, last_row: np.ndarray) -> dict
             if n in FEATURES and FEATURES[n].crosses_segments and sent < FEATURES[n].history and np.isfinite(v)}
 
 
-def _check_price_range(bars, tick: float) -> None:
+def check_price_range(bars, tick: float) -> None:
     """Refuse bars whose price range would size the volume profile beyond MAX_PRICE_RANGE_TICKS."""
     lows = [b.low for b in bars]
     highs = [b.high for b in bars]

@@ -186,7 +186,8 @@ class BarStreams:
     """Every symbol's stream, for one predictor. One lock per symbol: two pushes of one symbol
     never interleave, pushes of different symbols run side by side."""
 
-    def __init__(self):
+    def __init__(self, max_streams: int = 64):
+        self.max_streams = max_streams
         self._streams: dict[str, SymbolStream] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -199,6 +200,10 @@ class BarStreams:
         """The symbol's stream for ``key`` (call under ``lock(symbol)``): new, kept, or rebuilt."""
         current = self._streams.get(symbol)
         if current is None:
+            if len(self._streams) >= self.max_streams:
+                raise RequestError(f"the server already keeps {len(self._streams)} streams ([serve] max_streams): "
+                                   "delete one of them (DELETE on its bar stream) before starting another",
+                                   field="symbol", kind="stream_conflict")
             current = self._streams[symbol] = SymbolStream(key)
         elif current.key != key:
             current = self._streams[symbol] = current.rebuilt(key)
