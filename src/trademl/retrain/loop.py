@@ -162,6 +162,9 @@ def retrain(load_dataset: Callable[[], object], config=None, model_root=None, *,
         last = retrain_round(load_dataset(), cfg, model_root, kinds=kinds, say=say)
         if console is not None:
             console.print(decisions_table(last))
+            for d in last:  # one plain line each: what a log file or a narrow terminal keeps whole
+                console.print(f"{d.kind}: {d.record['outcome']}, serving {d.record.get('served_version')}: {d.reason}",
+                              markup=False, highlight=False, soft_wrap=True)
 
     def report(e: TradeMLError) -> None:
         if console is not None:
@@ -172,11 +175,12 @@ def retrain(load_dataset: Callable[[], object], config=None, model_root=None, *,
 
 
 def decisions_table(decisions: list[Decision]):
-    """A rich table of one round: kind, outcome, versions, both Sharpes and P&Ls, the p-value."""
+    """A rich table of one round: kind, outcome, versions, both Sharpes and P&Ls, the p-value (the
+    reasons follow it, one line each)."""
     from rich.table import Table
 
     t = Table(title="retrain decisions")
-    for col in ("kind", "outcome", "champion", "challenger", "Sharpe champ/chall", "P&L champ/chall", "p", "reason"):
+    for col in ("kind", "outcome", "champion", "challenger", "Sharpe champ/chall", "P&L champ/chall", "p"):
         t.add_column(col, overflow="fold")
     for d in decisions:
         r = d.record
@@ -185,7 +189,7 @@ def decisions_table(decisions: list[Decision]):
         t.add_row(d.kind, r["outcome"], _short(r.get("champion_version")), _short(r.get("challenger_version")),
                   f"{_num(champ.get('sharpe'))} / {_num(chall.get('sharpe'))}",
                   f"{_num(champ.get('total_pnl'), '${:,.0f}')} / {_num(chall.get('total_pnl'), '${:,.0f}')}",
-                  _num(r.get("test", {}).get("p_value"), "{:.4f}"), d.reason)
+                  _num(r.get("test", {}).get("p_value"), "{:.4f}"))
     return t
 
 
