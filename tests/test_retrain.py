@@ -289,6 +289,7 @@ def test_on_stationary_markets_challengers_are_promoted_at_most_at_alpha(tmp_pat
     # probability under 1%: more would say the test promotes noise. (Measured: 0 of 6; an earlier
     # per-bar test promoted 3 of 10 of these markets, which is why the test is per session.)
     alpha, n = cfg.retrain.alpha, len(STATIONARY)
+    print(f"stationary markets: {promotions} of {n} challengers promoted")
     bound = next(k for k in range(n + 1) if binom.sf(k, n, alpha) < 0.01)
     assert bound == 2
     assert promotions <= bound, f"{promotions} of {n} challengers promoted on stationary markets"

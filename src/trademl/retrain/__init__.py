@@ -10,7 +10,7 @@ One round (``trademl.retrain.loop.retrain_round``, what `trademl retrain --once`
 3. ``challenge``: each stored kind's challenger and the store's latest version of that kind (the
    champion the loader serves) are scored on the held-out span with the walk-forward's own
    decision rule, broker and costs (``predict_fold`` + ``run_backtest``), and a one-sided
-   paired test of their per-bar P&L difference decides (false-positive rate ``[retrain] alpha``);
+   paired t-test of their per-session P&L difference decides (false-positive rate ``[retrain] alpha``);
 4. a promoted challenger is adopted into the store, where it becomes ``latest`` and the server's
    hot reload serves it; a kept one is discarded with the temporary store;
 5. ``decisions``: every decision, with its figures, test and spans, is one line of the
