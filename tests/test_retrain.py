@@ -23,6 +23,7 @@ from trademl.data.dataset import dataset_from_bars, sub_dataset
 from trademl.data.synthetic import flip_edge, synthetic_bars
 from trademl.errors import InsufficientDataError, TradeMLError
 from trademl.models.store import ModelStore
+from trademl.predict.ensemble import EnsemblePredictor
 from trademl.predict.expiry import expiry_warnings, is_expired, model_ages_hours
 from trademl.retrain.challenge import MIN_SESSIONS, Score, paired_test, score_model
 from trademl.retrain.decisions import DecisionLog
@@ -194,9 +195,13 @@ def flipped(tmp_path_factory):
     root = tmp_path_factory.mktemp("flip") / "models"
     first = retrain_round(sub_dataset(dataset, np.arange(0, SESSION * 10)), cfg, root)
     champion = ModelStore(root).latest("lgb_5m")
+    serving = EnsemblePredictor(root, cfg, record=False)  # a server's predictor, up before the round
+    served_before = serving.models.versions["lgb_5m"]
     second = retrain_round(sub_dataset(dataset, np.arange(0, SESSION * 20)), cfg, root)
+    serving.maybe_reload(force=True, wait=True)  # what the server's hot reload does within reload_interval_s
     return {"cfg": cfg, "dataset": dataset, "root": root, "first": first, "second": second, "champion": champion,
-            "after": np.arange(SESSION * 20, len(dataset.frame))}
+            "after": np.arange(SESSION * 20, len(dataset.frame)), "served_before": served_before,
+            "served_after": serving.models.versions["lgb_5m"]}
 
 
 def test_after_the_flip_the_challenger_is_promoted_and_recovers(flipped):
@@ -215,6 +220,7 @@ def test_after_the_flip_the_challenger_is_promoted_and_recovers(flipped):
     store, cfg, dataset, after = ModelStore(flipped["root"]), flipped["cfg"], flipped["dataset"], flipped["after"]
     served = store.latest("lgb_5m")
     assert served.version == r["challenger_version"]
+    assert flipped["served_before"] == flipped["champion"].version and flipped["served_after"] == served.version
     old = score_model(flipped["champion"], dataset, after, cfg).figures
     new = score_model(served, dataset, after, cfg).figures
     print(f"after the round: old champion ${old['total_pnl']:,.0f}, served ${new['total_pnl']:,.0f}")
@@ -234,8 +240,6 @@ def test_every_decision_is_one_record_with_its_figures(flipped):
 
 
 def test_the_served_model_warns_once_it_is_past_its_expiration(flipped):
-    from trademl.predict.ensemble import EnsemblePredictor
-
     request = flipped["dataset"].snapshot(-1)
     fresh = EnsemblePredictor(flipped["root"], flipped["cfg"], record=False).ensemble_predict(request)
     assert not any("expiration_hours" in w for w in fresh["warnings"])  # a model minutes old, 168 h allowed
@@ -248,7 +252,6 @@ def test_the_served_model_warns_once_it_is_past_its_expiration(flipped):
 def test_the_metrics_carry_the_model_age(flipped):
     from fastapi.testclient import TestClient
 
-    from trademl.predict.ensemble import EnsemblePredictor
     from trademl.serve.app import create_app
 
     expiring = flipped["cfg"].model_copy(deep=True)
@@ -294,6 +297,20 @@ def test_on_stationary_markets_challengers_are_promoted_at_most_at_alpha(tmp_pat
     assert bound == 2
     assert promotions <= bound, f"{promotions} of {n} challengers promoted on stationary markets"
     assert kept >= 1
+
+
+def test_a_window_too_short_to_train_keeps_the_champion_and_says_why(flipped, tmp_path):
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(flipped["root"], root)
+    before = ModelStore(root).versions("lgb_5m")
+    cfg = tiny_config(retrain={"window": "1h"})  # 60 bars: fewer than LightGBM's [lgbm] min_rows
+    (decision,) = retrain_round(sub_dataset(flipped["dataset"], np.arange(0, SESSION * 20)), cfg, root)
+    assert not decision.promoted and decision.reason.startswith("no challenger: it could not be trained")
+    assert ModelStore(root).versions("lgb_5m") == before
+    last = DecisionLog(root).read()[-1]
+    assert last["outcome"] == "kept" and last["challenger_version"] is None and last["served_version"] == before[-1]
 
 
 # ----------------------------------------------------------------------------- the command
