@@ -313,6 +313,20 @@ def test_a_window_too_short_to_train_keeps_the_champion_and_says_why(flipped, tm
     assert last["outcome"] == "kept" and last["challenger_version"] is None and last["served_version"] == before[-1]
 
 
+def test_the_champion_is_the_version_the_loader_serves(flipped, tmp_path):
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(flipped["root"], root)
+    older, newest = ModelStore(root).versions("lgb_5m")
+    model_file = next(p for p in (root / "lgb_5m" / newest).iterdir() if p.name != "manifest.json")
+    model_file.write_bytes(model_file.read_bytes() + b"tampered")  # the newest fails its checksum
+    assert EnsemblePredictor(root, flipped["cfg"], record=False).models.versions["lgb_5m"] == older
+    (decision,) = retrain_round(sub_dataset(flipped["dataset"], np.arange(0, SESSION * 20)), flipped["cfg"], root)
+    assert decision.record["champion_version"] == older
+    assert decision.record["champion_skipped"][0].startswith(f"{newest}: file")
+
+
 # ----------------------------------------------------------------------------- the command
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 from trademl.config import Config, parse_duration, resolve_config
 from trademl.data.dataset import sub_dataset
-from trademl.errors import TradeMLError
+from trademl.errors import ModelStoreError, TradeMLError
 from trademl.models.store import ModelStore
 from trademl.models.train_all import check_families, train_models
 from trademl.retrain.challenge import TEST_NAME, paired_test, score_model
@@ -77,9 +77,11 @@ def retrain_round(dataset, config=None, model_root=None, *, kinds=None, say: Cal
 def _judge(kind: str, challenger, store: ModelStore, dataset, spans, cfg: Config, described: dict) -> Decision:
     """Score the challenger and the champion on the held-out span and decide (see challenge)."""
     alpha = cfg.retrain.alpha
-    champion = store.latest(kind)
+    champion, unloadable = serving_champion(store, kind)
     mine = score_model(challenger, dataset, spans.holdout, cfg)
     record = _base_record(kind, described, alpha, challenger.version, champion.version if champion else None)
+    if unloadable:
+        record["champion_skipped"] = unloadable
     record["figures"] = {"challenger": mine.figures}
     if champion is None:
         reason = f"no champion: the store has no {kind} model, so the first challenger is served"
@@ -96,10 +98,22 @@ def _judge(kind: str, challenger, store: ModelStore, dataset, spans, cfg: Config
     return Decision(kind, promoted, reason, {**record, "outcome": "promoted" if promoted else "kept", "reason": reason})
 
 
+def serving_champion(store: ModelStore, kind: str):
+    """(the version of ``kind`` the loader serves, or None; why newer ones were passed over): the
+    newest version that passes the store's checks, as ``trademl.predict.loader`` picks it, so a
+    corrupt newest version is not the champion a challenger is judged against."""
+    passed_over = []
+    for version in reversed(store.versions(kind)):
+        try:
+            return store.load(kind, version), passed_over
+        except ModelStoreError as e:
+            passed_over.append(f"{version}: {e.message}")
+    return None, passed_over
+
+
 def _not_trained(kind: str, why: str, store: ModelStore, described: dict, cfg: Config) -> Decision:
-    champion = store.versions(kind)
     reason = f"no challenger: it could not be trained on the window ({why})"
-    record = _base_record(kind, described, cfg.retrain.alpha, None, champion[-1] if champion else None)
+    record = _base_record(kind, described, cfg.retrain.alpha, None, _served(store, kind))
     return Decision(kind, False, reason, {**record, "outcome": "kept", "reason": reason})
 
 
@@ -109,8 +123,8 @@ def _base_record(kind: str, described: dict, alpha: float, challenger: str | Non
 
 
 def _served(store: ModelStore, kind: str) -> str | None:
-    versions = store.versions(kind)
-    return versions[-1] if versions else None
+    served, _ = serving_champion(store, kind)
+    return served.version if served is not None else None
 
 
 # ----------------------------------------------------------------------------- the schedule
