@@ -20,7 +20,7 @@ from trademl.data.dataset import sub_dataset
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.models.store import ModelStore
 from trademl.models.train_all import check_families, train_models
-from trademl.retrain.challenge import TEST_NAME, paired_test, score_model
+from trademl.retrain.challenge import MIN_SESSIONS, TEST_NAME, paired_test, score_model
 from trademl.retrain.decisions import DecisionLog
 from trademl.retrain.spans import plan_spans, purge_gap
 
@@ -93,6 +93,8 @@ def _judge(kind: str, challenger, store: ModelStore, dataset, spans, cfg: Config
     promoted = test.p_value < alpha
     difference = ("no sessions" if math.isnan(test.mean_difference) else
                   f"{test.mean_difference:+,.0f} $/session over {test.sessions} sessions")
+    if test.sessions < MIN_SESSIONS:
+        difference += f"; a test needs {MIN_SESSIONS} sessions: lengthen [retrain] holdout"
     reason = (f"better beyond noise: p = {test.p_value:.4g} < alpha {alpha:g} ({difference})" if promoted else
               f"not better beyond noise: p = {test.p_value:.4g} >= alpha {alpha:g} ({difference})")
     return Decision(kind, promoted, reason, {**record, "outcome": "promoted" if promoted else "kept", "reason": reason})
