@@ -35,6 +35,7 @@ _PUBLIC = {
     "run_backtest": "trademl.backtest.engine",
     "walk_forward_backtest": "trademl.backtest.walkforward",
     "train_models": "trademl.models.train_all",
+    "retrain_round": "trademl.retrain.loop",
 }
 __all__ = sorted(_PUBLIC)
 

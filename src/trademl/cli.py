@@ -564,6 +564,68 @@ def backtest_command(
                     symbol=symbol, context=_one_or_many(context), workers=workers, ray_address=ray_address)
 
 
+@app.command("retrain")
+@friendly_errors
+def retrain_command(
+    bars: Optional[list[Path]] = BarsFilesArg,
+    window: Optional[str] = typer.Option(None, "--window", help="Bar time the challengers train on, e.g. 60d, 12h "
+                                         "(default: [retrain] window)."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Newest bar time champion and challenger are "
+                                          "judged on, after a purge gap (default: [retrain] holdout)."),
+    every: Optional[str] = typer.Option(None, "--every", help="Wall-clock time between rounds, e.g. 1d (default: "
+                                        "[retrain] every); the bars are read again each round."),
+    once: bool = typer.Option(False, "--once", help="One round, then exit (default: a round every --every, forever)."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="Families to retrain, comma-separated: lgbm, lstm, ppo "
+                                        "(default: [retrain] kinds)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="False-positive rate of a promotion (default: "
+                                          "[retrain] alpha)."),
+    model_root: Optional[Path] = ModelRootOpt,
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Retrain on N generated NQ bars with a planted "
+                                            "edge (a feature named edge) instead of bars files."),
+    edge_ic: float = typer.Option(0.15, "--edge-ic", help="Strength of the planted edge of --synthetic (0: random walk)."),
+    flip_at: Optional[float] = typer.Option(None, "--flip-at", help="--synthetic: the planted edge changes sign from "
+                                            "this share of the bars on (0.5: midway), a regime change."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --synthetic bars."),
+    symbol: Optional[str] = SymbolOpt,
+    tz: Optional[str] = TzOpt,
+    config: Optional[Path] = ConfigOpt,
+):
+    """Train challengers on the latest window, promote each over the served champion only when better
+    beyond noise on a purged span after the window; every decision into <model_root>/retrain/decisions.jsonl."""
+    from trademl.config import parse_duration
+    from trademl.retrain.loop import retrain
+
+    given = {"window": window, "holdout": holdout, "every": every, "alpha": alpha,
+             "kinds": [k.strip() for k in kinds.split(",") if k.strip()] if kinds is not None else None}
+    for name in ("window", "holdout", "every"):
+        if given[name] is not None:
+            parse_duration(given[name], f"--{name}")  # a bad value names its option, before any work
+    cfg = load_cli_config(config, tz=tz, symbol=symbol,
+                          overrides={"retrain": {k: v for k, v in given.items() if v is not None}})
+    root = model_root or Path(cfg.paths.model_root)
+    load, cfg = _retrain_source(_one_or_many(bars), cfg, synthetic, edge_ic, flip_at, seed, symbol)
+    retrain(load, cfg, root, once=once, console=console())
+
+
+def _retrain_source(bars, cfg, synthetic, edge_ic, flip_at, seed, symbol):
+    """(a function giving the dataset of a round, the config it needs): the bars files read anew
+    each round, or the generated bars (with the flip of --flip-at)."""
+    from trademl.errors import TradeMLError
+
+    if synthetic is None:
+        if flip_at is not None:
+            raise TradeMLError("--flip-at changes generated bars: give it with --synthetic N", where="--flip-at")
+        from trademl.data.dataset import load_training_dataset
+
+        return (lambda: load_training_dataset(bars, cfg, symbol=symbol)), cfg
+    if bars is not None:
+        raise TradeMLError("give bars files or --synthetic N, not both", where="--synthetic")
+    from trademl.backtest.walkforward import synthetic_dataset
+
+    dataset, cfg = synthetic_dataset(synthetic, edge_ic, seed, cfg, flip_at)
+    return (lambda: dataset), cfg
+
+
 @app.command("tune")
 @friendly_errors
 def tune_command(

@@ -3,7 +3,7 @@
 Settings come from pydantic defaults, then `trademl.toml` (or the file named by
 ``--config`` / ``TRADEML_CONFIG``), then command-line flags. Section names follow the
 flow: [data], [costs], [account], [lgbm], [lstm], [ppo], [ensemble], [backtest], [serve],
-[monitor]. Each setting has one home: code that needs a default reads it from here
+[monitor], [retrain]. Each setting has one home: code that needs a default reads it from here
 (``resolve_config``), never retypes it.
 Where the guide names a setting (SEQUENCE_LENGTH, initial_balance, clip_epsilon, ...)
 the field has exactly that name. Every field carries its meaning as a ``description``;
@@ -307,6 +307,57 @@ class ServeConfig(_Section):
         "Most symbols the bar stream (POST /v1/bars) keeps state for; one more is refused until one is dropped."))
 
 
+DURATION_UNITS = {"min": 60, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value, where: str = "duration") -> float:
+    """A duration as [retrain] takes it ("60d", "12h", "90min", "2w") -> seconds, else a TradeMLError
+    naming ``where``: a typo in a window must never become a silent default."""
+    text = str(value).strip().lower()
+    for unit in sorted(DURATION_UNITS, key=len, reverse=True):  # "min" before "m"
+        number = text.removesuffix(unit).strip()
+        if text.endswith(unit) and number:
+            try:
+                amount = float(number)
+            except ValueError:
+                break
+            if amount > 0 and amount == amount and amount != float("inf"):
+                return amount * DURATION_UNITS[unit]
+            break
+    raise TradeMLError(f"{value!r} is not a duration: give a positive number and a unit (min, h, d, w), e.g. 60d",
+                       where=where)
+
+
+class RetrainConfig(_Section):
+    """`trademl retrain`: challengers trained on the latest window of bars, promoted over the
+    served champion only when better beyond noise on a purged span after their window
+    (trademl.retrain); and when a served model counts as too old."""
+
+    window: str = Field("60d", description=(
+        "Bar time each challenger trains on (60d, 12h, 90min, 2w): the span ending a purge gap before the "
+        "held-out span."))
+    holdout: str = Field("10d", description=(
+        "The most recent bar time both the challenger and the champion are scored on; the challenger never saw it."))
+    every: str = Field("1d", description="Time between retraining rounds of `trademl retrain --every` (wall clock).")
+    alpha: float = Field(0.05, gt=0, le=0.5, description=(
+        "False-positive rate of a promotion: a challenger no better than the champion is promoted with at most "
+        "this probability (one-sided test of the per-bar P&L difference)."))
+    kinds: list[str] = Field(default_factory=lambda: ["lgbm"], min_length=1, description=(
+        "Model families retrained (lgbm, lstm, ppo); each stored kind of a family is challenged on its own."))
+    expiration_hours: float = Field(168.0, ge=0, description=(
+        "A served model older than this (its manifest's created_at) adds a warning to every prediction and "
+        "trademl_model_expired 1 in /metrics; 0: models never expire."))
+
+    @field_validator("window", "holdout", "every")
+    @classmethod
+    def _durations(cls, value: str, info) -> str:
+        try:
+            parse_duration(value, f"[retrain] {info.field_name}")
+        except TradeMLError as e:
+            raise ValueError(e.message) from None
+        return value
+
+
 class MonitorConfig(_Section):
     """The monitor: drift and calibration alerts over the prediction log."""
 
@@ -448,6 +499,7 @@ class Config(_Section):
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)

@@ -733,12 +733,13 @@ def verdict(result: WalkForwardResult) -> str:
             + ("a significant edge (> 0.95)" if significant else "NO significant edge (<= 0.95)"))
 
 
-def synthetic_dataset(n_bars: int, edge_ic: float, seed: int, config: Config):
+def synthetic_dataset(n_bars: int, edge_ic: float, seed: int, config: Config, flip_at: float | None = None):
     """A dataset of ``n_bars`` generated NQ bars (``trademl.data.synthetic``) whose planted
     ``edge`` column (rank IC ``edge_ic`` with the next 5 bars' return) is a feature, as in
-    `trademl train ppo --synthetic`. Returns (dataset, the config with that feature)."""
+    `trademl train ppo --synthetic`; ``flip_at``: the edge changes sign from that share of the
+    bars on (``flip_edge``). Returns (dataset, the config with that feature)."""
     from trademl.data.dataset import dataset_from_bars
-    from trademl.data.synthetic import synthetic_bars
+    from trademl.data.synthetic import flip_edge, synthetic_bars
 
     if not (isinstance(n_bars, int) and n_bars > 0):
         raise TradeMLError(f"the number of synthetic bars must be a positive whole number, not {n_bars!r}",
@@ -749,8 +750,11 @@ def synthetic_dataset(n_bars: int, edge_ic: float, seed: int, config: Config):
     cfg = config.model_copy(deep=True)
     if "edge" not in cfg.data.extra_feature_columns:
         cfg.data.extra_feature_columns = [*cfg.data.extra_feature_columns, "edge"]
+    if flip_at is not None and not 0 < flip_at < 1:
+        raise TradeMLError(f"the edge's flip must be a share of the bars strictly between 0 and 1, not {flip_at!r}",
+                           where="--flip-at")
     bars = synthetic_bars(n_bars, seed=seed, edge_ic=edge_ic, edge_horizon=5, symbol="NQ")
-    return dataset_from_bars(bars, cfg), cfg
+    return dataset_from_bars(bars if flip_at is None else flip_edge(bars, flip_at), cfg), cfg
 
 
 def honesty_lines(result: WalkForwardResult) -> str:

@@ -153,6 +153,20 @@ def synthetic_bars(
     return bars
 
 
+def flip_edge(bars: pd.DataFrame, at: float) -> pd.DataFrame:
+    """``bars`` whose planted edge changes sign from the share ``at`` of the bars on (0 < at < 1):
+    ``edge`` is negated there, so its IC with the forward return is -edge_ic after the flip and the
+    prices stay the same. A regime change a model trained before it gets exactly wrong, the
+    market `trademl retrain` has to notice."""
+    if not 0 < at < 1:
+        raise ValueError(f"the flip must fall inside the bars (0 < at < 1), not {at!r}")
+    out = bars.copy()
+    start = int(len(out) * at)
+    out.iloc[start:, out.columns.get_loc("edge")] *= -1.0
+    out.attrs = {**bars.attrs, "source": f"{bars.attrs.get('source', 'synthetic')}, edge flipped at row {start}"}
+    return out
+
+
 def forward_log_return(close: np.ndarray, horizon: int) -> np.ndarray:
     """log(close[t+h] / close[t]); NaN for the last h bars."""
     out = np.full(len(close), np.nan)

@@ -22,6 +22,7 @@ from trademl.errors import ModelStoreError, TradeMLError
 from trademl.market.actions import ACTION_NAMES
 from trademl.models.base import ModelInputs, Votes
 from trademl.predict.decision import decide
+from trademl.predict.expiry import expiry_warnings
 from trademl.predict.loader import LoadedModels, ModelLoader
 from trademl.predict.request import RequestError, parse_request, request_inputs
 from trademl.predict.schema import PredictRequest
@@ -317,6 +318,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config, streamed
             # the account's room and the Kelly size of the risk block cap the probability's size
             out["suggested_contracts"] = int(min(out["suggested_contracts"], out["risk"]["suggested_contracts"]))
     _check_novelty(out, models, given, warnings, hold_confidence, config)
+    warnings += expiry_warnings({k: models.created.get(k) for k in out["models_used"]}, config.retrain.expiration_hours)
     out["warnings"] = warnings
     out["model_versions"] = {k: models.versions[k] for k in out["models_used"]}
     if models.stacker is not None:

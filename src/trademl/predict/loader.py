@@ -52,6 +52,7 @@ class LoadedModels:
     contracts: dict[str, dict | None] = field(default_factory=dict)  # per kind: the spec it was trained with
     stacker: StackerRuntime | None = None  # decides when present (trademl.models.stacker)
     stacker_note: str | None = None  # why the vote decides instead, when it does
+    created: dict[str, str | None] = field(default_factory=dict)  # per kind: its manifest's created_at
 
     @property
     def contract(self) -> dict | None:
@@ -174,7 +175,7 @@ class ModelLoader:
         return None, None, None, bad
 
     def _load(self, listing: dict[str, tuple[str, ...]], previous: LoadedModels | None) -> LoadedModels:
-        runtimes, versions, metrics, symbols, errors, contracts = {}, {}, {}, {}, {}, {}
+        runtimes, versions, metrics, symbols, errors, contracts, created = {}, {}, {}, {}, {}, {}, {}
         self._failed = {key: v for key, v in self._failed.items() if key[1] in listing.get(key[0], ())}
         for kind, on_disk in listing.items():
             if kind == STACKER_KIND:
@@ -189,10 +190,10 @@ class ModelLoader:
                 runtimes[kind], versions[kind] = runtime, chosen
                 if stored is None:  # the one in service, kept
                     metrics[kind], symbols[kind] = previous.metrics.get(kind, {}), previous.symbols.get(kind)
-                    contracts[kind] = previous.contracts.get(kind)
+                    contracts[kind], created[kind] = previous.contracts.get(kind), previous.created.get(kind)
                 else:
                     metrics[kind], symbols[kind] = stored.manifest.get("metrics") or {}, _model_symbol(stored)
-                    contracts[kind] = _model_contract(stored)
+                    contracts[kind], created[kind] = _model_contract(stored), stored.manifest.get("created_at")
             if bad:
                 errors[kind] = "; ".join(bad) + (f"; serving {kind} {chosen}" if chosen else "")
         names = _common_schema(runtimes, versions, errors)
@@ -203,7 +204,8 @@ class ModelLoader:
         stacker, stacker_note = self._load_stacker(listing.get(STACKER_KIND, ()), previous, versions, names)
         return LoadedModels(runtimes, versions, newest, errors, names, weights, weight_warning, symbol,
                             metrics, {k: symbols.get(k) for k in runtimes}, dict(listing),
-                            {k: contracts.get(k) for k in runtimes}, stacker, stacker_note)
+                            {k: contracts.get(k) for k in runtimes}, stacker, stacker_note,
+                            {k: created.get(k) for k in runtimes})
 
     def _load_stacker(self, on_disk: tuple[str, ...], previous: LoadedModels | None, versions: dict,
                       names: list[str]):

@@ -47,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.predict.ensemble import EnsemblePredictor
+from trademl.predict.expiry import is_expired, model_ages_hours
 from trademl.predict.request import RequestError, parse_json_body
 from trademl.predict.schema import (
     BarsPush,
@@ -109,6 +110,35 @@ class _LoadedModels(Collector):
         yield weight
 
 
+class _ModelAges(Collector):
+    """Each served model's age (its manifest's created_at) and whether it is past [retrain]
+    expiration_hours, read at scrape time (``trademl.predict.expiry``)."""
+
+    def __init__(self, predictor: EnsemblePredictor):
+        self.predictor = predictor
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("trademl_model_age_hours", "Hours since the served model was trained, per kind.",
+                                  labels=["kind"]),
+                GaugeMetricFamily("trademl_model_expired", "1 when the served model is older than [retrain] "
+                                  "expiration_hours, per kind.", labels=["kind"]))
+
+    def describe(self):
+        return list(self._families())
+
+    def collect(self):
+        age, expired = self._families()
+        config = getattr(self.predictor, "config", None)
+        limit = config.retrain.expiration_hours if config is not None else 0.0
+        for kind, hours in model_ages_hours(getattr(self.predictor.models, "created", {})).items():
+            if hours is not None:
+                age.add_metric([kind], hours)
+            expired.add_metric([kind], 1.0 if is_expired(hours, limit) else 0.0)
+        yield age
+        yield expired
+
+
 class _LogWriteFailures(Collector):
     """The prediction log's failed writes (the recorder counts them; read at scrape time)."""
 
@@ -146,6 +176,7 @@ class Metrics:
                              "(novelty score above the model's threshold).", registry=self.registry)
         if predictor is not None:
             self.registry.register(_LoadedModels(predictor))
+            self.registry.register(_ModelAges(predictor))
         self.registry.register(_LogWriteFailures(self._recorder))
         self.started = time.time()
         uptime = Gauge("trademl_uptime_seconds", "Seconds since the server started.", registry=self.registry)
