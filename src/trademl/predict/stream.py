@@ -92,9 +92,11 @@ class SymbolStream:
         (kind stream_conflict) for a bar older than the last one or a changed last bar, before any
         state changes: a refused call leaves the stream as it was."""
         new = self._new_bars([RawBar.of(b) for b in bars])
-        context = [RawBar.of(b) for b in context_bars or ()]
+        context = [RawBar.of(b) for b in context_bars or ()]  # in time order (the request's rule)
+        at = 0
         for bar in new:
-            self._push(bar, self._context_as_of(bar.stamp, context))
+            at = self._take_context(bar.stamp, context, at)
+            self._push(bar, self._context_close(bar.stamp))
         return len(new)
 
     def _new_bars(self, bars: list[RawBar]) -> list[RawBar]:
@@ -142,12 +144,18 @@ class SymbolStream:
                                    kind="stream_conflict")
             self.has_volume = has
 
-    def _context_as_of(self, stamp: int, context: list[RawBar]) -> float:
+    def _take_context(self, stamp: int, context: list[RawBar], at: int) -> int:
+        """Advance through the call's context bars to the last one opened at or before ``stamp``
+        (one pass over them for the whole call); the index of the first one not taken."""
+        while at < len(context) and context[at].stamp <= stamp:
+            if self.context_stamp is None or context[at].stamp > self.context_stamp:
+                self.context_stamp, self.context_close = context[at].stamp, context[at].close
+            at += 1
+        return at
+
+    def _context_close(self, stamp: int) -> float:
         """The context's close as of our bar (aligned_context_close's rule: its last bar opened at or
         before ours, at most max_gap_minutes old), from the context bars seen so far."""
-        for bar in context:
-            if bar.stamp <= stamp and (self.context_stamp is None or bar.stamp > self.context_stamp):
-                self.context_stamp, self.context_close = bar.stamp, bar.close
         if self.context_stamp is None or stamp - self.context_stamp > self.key.max_gap_minutes * 60e9:
             return math.nan
         return self.context_close
@@ -200,11 +208,12 @@ class BarStreams:
         """The symbol's stream for ``key`` (call under ``lock(symbol)``): new, kept, or rebuilt."""
         current = self._streams.get(symbol)
         if current is None:
-            if len(self._streams) >= self.max_streams:
-                raise RequestError(f"the server already keeps {len(self._streams)} streams ([serve] max_streams): "
-                                   "delete one of them (DELETE on its bar stream) before starting another",
-                                   field="symbol", kind="stream_conflict")
-            current = self._streams[symbol] = SymbolStream(key)
+            with self._guard:  # the cap holds however many new symbols arrive at once
+                if len(self._streams) >= self.max_streams:
+                    raise RequestError(f"the server already keeps {len(self._streams)} streams ([serve] max_streams): "
+                                       "delete one of them (DELETE on its bar stream) before starting another",
+                                       field="symbol", kind="stream_conflict")
+                current = self._streams[symbol] = SymbolStream(key)
         elif current.key != key:
             current = self._streams[symbol] = current.rebuilt(key)
             warnings.append(f"the models changed: the {symbol} stream was rebuilt from its last {len(current.raw)} bars")
