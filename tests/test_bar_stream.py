@@ -261,3 +261,32 @@ def test_a_refused_push_leaves_the_stream_untouched(trained_store):
     with pytest.raises(RequestError, match="ticks"):
         predictor.push_bars({"symbol": "NQ", "bars": [absurd]})
     assert predictor.push_bars({"symbol": "NQ", "bars": rows[-1:]}) == twin.push_bars({"symbol": "NQ", "bars": rows[-1:]})
+
+
+def test_a_stream_warmed_from_a_bars_file_answers_as_one_warmed_by_a_push(trained_store, tmp_path, caplog):
+    """`trademl serve --stream-bars NQ=FILE` after a restart: the next one-bar push is answered as
+    by a server that took the same history in a push; an unreadable file is logged, not fatal."""
+    from trademl.serve.app import warm_streams
+
+    needed = EnsemblePredictor(trained_store.root, trained_store.config, record=False).models.bars_needed()
+    frame = trained_store.bars.iloc[-(needed + 50):-1]
+    path = tmp_path / "nq.parquet"
+    frame.to_parquet(path)
+    warmed = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    warm_streams(warmed, [("NQ", path), ("ES", tmp_path / "missing.csv")], trained_store.config)
+    assert "not warmed" in caplog.text and "missing.csv" in caplog.text
+    pushed = EnsemblePredictor(trained_store.root, trained_store.config, record=False)
+    pushed.push_bars({"symbol": "NQ", "bars": as_json_bars(frame.iloc[-needed:])})
+    last = as_json_bars(trained_store.bars.iloc[-1:])
+    assert warmed.describe()["streams"] == {"NQ": needed}
+    assert warmed.push_bars({"symbol": "NQ", "bars": last}) == pushed.push_bars({"symbol": "NQ", "bars": last})
+
+
+def test_stream_bars_option_must_be_symbol_equals_file():
+    from trademl.cli import _symbol_and_file
+    from trademl.errors import TradeMLError
+
+    assert _symbol_and_file("ESZ5=bars/es.csv") == ("ESZ5", __import__("pathlib").Path("bars/es.csv"))
+    for bad in ("ESZ5", "=x.csv", "ESZ5="):
+        with pytest.raises(TradeMLError, match="SYMBOL=FILE"):
+            _symbol_and_file(bad)

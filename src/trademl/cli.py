@@ -450,14 +450,28 @@ def serve_command(
     port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port, 1..65535 (default: [serve] port)."),
     model_root: Optional[Path] = ModelRootOpt,
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Prediction logs (default: paths.log_dir of the config)."),
+    stream_bars: Optional[list[str]] = typer.Option(
+        None, "--stream-bars", help="SYMBOL=FILE: start that symbol's bar stream (POST /v1/bars) from the file's last "
+                                    "bars, e.g. after a restart. Repeat it for several symbols."),
     config: Optional[Path] = ConfigOpt,
 ):
-    """The HTTP service: POST /v1/predict, /v1/predict/batch; GET /healthz, /v1/models, /metrics.
+    """The HTTP service: POST /v1/predict, /v1/predict/batch, /v1/bars; GET /healthz, /v1/models, /metrics.
 
     Beyond loopback it needs a bearer token of at least 16 characters in [serve] token_env."""
     from trademl.serve.app import serve
 
-    serve(config, model_root, host, port, log_dir)
+    serve(config, model_root, host, port, log_dir, [_symbol_and_file(item) for item in stream_bars or ()])
+
+
+def _symbol_and_file(item: str) -> tuple[str, Path]:
+    """--stream-bars SYMBOL=FILE, else a clear error."""
+    from trademl.errors import TradeMLError
+
+    symbol, sep, path = item.partition("=")
+    if not sep or not symbol.strip() or not path.strip():
+        raise TradeMLError(f"--stream-bars {item!r} is not SYMBOL=FILE", where="--stream-bars",
+                           hint="e.g. --stream-bars ESZ5=bars/es_1min.csv")
+    return symbol.strip(), Path(path.strip())
 
 
 @app.command("monitor")

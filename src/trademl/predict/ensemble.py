@@ -90,6 +90,22 @@ class EnsemblePredictor:
         the whole history."""
         return self._recorded(market_data, self._push)
 
+    def warm_stream(self, symbol: str, bars) -> int:
+        """Rebuild a symbol's stream from a bars frame (``load_bars``; after a restart, before the bot's
+        next call): its last ``bars_needed`` bars are taken as a first push would take them. The
+        number of bars the stream has seen; a bad frame is a RequestError naming the bar."""
+        from trademl.predict.request import parse_push
+
+        models = self.models
+        if not models.runtimes:
+            raise ModelStoreError("no model is loaded: nothing to warm a stream for", where="model store")
+        tail = bars.iloc[-(models.bars_needed() or models.history):]
+        columns = [c for c in ("open", "high", "low", "close", "volume") if c in tail.columns]
+        columns += [c for c in models.feature_names if c in tail.columns and c not in columns]  # extra columns
+        rows = [{"timestamp": ts.isoformat(), **dict(zip(columns, map(float, values)))}
+                for ts, values in zip(tail.index, tail[columns].itertuples(index=False))]
+        return self._take(parse_push({"symbol": symbol, "bars": rows}), models, [])[1]
+
     def drop_stream(self, symbol: str) -> bool:
         """Forget a symbol's stream state (DELETE /v1/bars/{symbol}); whether there was one."""
         return self.streams.drop(symbol.upper())
@@ -101,26 +117,31 @@ class EnsemblePredictor:
         return request, predict_with(models, request, self.config), models
 
     def _push(self, market_data):
-        from trademl.predict.request import check_price_range, parse_push, request_spec
-        from trademl.predict.stream import stream_key
+        from trademl.predict.request import parse_push
 
         request = parse_push(market_data)
         self.maybe_reload()
         models = self.models
         if not models.runtimes:
             return request, predict_with(models, request, self.config), models  # its clear error
-        symbol = request.symbol.upper()
         notes: list[str] = []
-        spec = request_spec(request.symbol, models.contract, self.config)
-        check_price_range(request.bars, spec.tick_size)  # before the stream takes any of them
-        with self.streams.lock(symbol):
-            key = stream_key(models, spec, self.config)
-            stream = self.streams.stream(symbol, key, notes)
-            stream.take(request.bars, request.context_bars)
-            streamed = (stream.online(), stream.features.bars_seen)
+        streamed = self._take(request, models, notes)
         output = predict_with(models, request, self.config, streamed=streamed)
         output["warnings"] = notes + output["warnings"]
         return request, output, models
+
+    def _take(self, request, models, notes: list[str]):
+        """The symbol's stream takes the push's new bars: (its OnlineFeatures, bars seen)."""
+        from trademl.predict.request import check_price_range, request_spec
+        from trademl.predict.stream import stream_key
+
+        spec = request_spec(request.symbol, models.contract, self.config)
+        check_price_range(request.bars, spec.tick_size)  # before the stream takes any of them
+        symbol = request.symbol.upper()
+        with self.streams.lock(symbol):
+            stream = self.streams.stream(symbol, stream_key(models, spec, self.config), notes)
+            stream.take(request.bars, request.context_bars)
+            return stream.online(), stream.features.bars_seen
 
     def _recorded(self, market_data, answer) -> dict:
         """``answer(market_data)`` -> (request, output, models), with the request recorded either way."""

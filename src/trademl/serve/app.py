@@ -532,18 +532,35 @@ def check_port(port: int) -> int:
 
 
 def build_app(config=None, model_root=None, log_dir=None, *, host: str | None = None, record: bool = True,
-              check_host: bool = False, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+              check_host: bool = False, body_timeout_s: float = BODY_TIMEOUT_S, stream_bars=()) -> FastAPI:
     """The app from a config (what `trademl serve` runs and what tests use). ``check_host``:
-    bound to loopback, answer only Host headers naming loopback (what ``serve`` does)."""
+    bound to loopback, answer only Host headers naming loopback (what ``serve`` does).
+    ``stream_bars``: (symbol, bars file) pairs whose bar streams start warm (``warm_streams``)."""
     from trademl.config import resolve_config
 
     cfg = resolve_config(config)
     host = host or cfg.serve.host
     token = resolve_token(cfg.serve.token_env, host)
     predictor = EnsemblePredictor(model_root, cfg, record=record, log_dir=log_dir)
+    warm_streams(predictor, stream_bars, cfg)
     allowed = (LOOPBACK_NAMES | {host.lower()}) if check_host and is_loopback(host) else None
     return create_app(predictor, token=token, max_body_bytes=cfg.serve.max_body_bytes, max_batch=cfg.serve.max_batch,
                       allowed_hosts=allowed, body_timeout_s=body_timeout_s)
+
+
+def warm_streams(predictor: EnsemblePredictor, stream_bars, config) -> None:
+    """Start each (symbol, bars file)'s bar stream from the file (after a restart, so the bot's next
+    one-bar push is answered from full state). A file that cannot be read or fits no model is
+    logged and skipped: the service starts anyway, and that stream warms up from the next call's
+    history instead."""
+    from trademl.data.bars import load_bars
+
+    for symbol, path in stream_bars:
+        try:
+            seen = predictor.warm_stream(symbol, load_bars(path, symbol=symbol, tz=config.data.timezone))
+            log.info("bar stream %s warmed from %s (%d bars)", symbol, path, seen)
+        except TradeMLError as e:
+            log.warning("bar stream %s not warmed from %s: %s", symbol, path, e)
 
 
 def _timed_h11_protocol(header_timeout_s: float = HEADER_TIMEOUT_S):
@@ -582,7 +599,8 @@ def _timed_h11_protocol(header_timeout_s: float = HEADER_TIMEOUT_S):
     return TimedH11Protocol
 
 
-def serve(config=None, model_root=None, host: str | None = None, port: int | None = None, log_dir=None) -> None:
+def serve(config=None, model_root=None, host: str | None = None, port: int | None = None, log_dir=None,
+          stream_bars=()) -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
@@ -591,6 +609,6 @@ def serve(config=None, model_root=None, host: str | None = None, port: int | Non
     cfg = resolve_config(config)
     host = host or cfg.serve.host
     port = check_port(cfg.serve.port if port is None else port)
-    app = build_app(cfg, model_root, log_dir, host=host, check_host=True)
+    app = build_app(cfg, model_root, log_dir, host=host, check_host=True, stream_bars=stream_bars)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=_timed_h11_protocol(),
                 timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
