@@ -30,6 +30,7 @@ _PUBLIC = {
     "ModelInputs": "trademl.models.base",
     "Votes": "trademl.models.base",
     "EnsemblePredictor": "trademl.predict.ensemble",
+    "IncrementalFeatures": "trademl.data.features.incremental",
     "Broker": "trademl.market.broker",
     "ExecutionModel": "trademl.market.execution",
     "run_backtest": "trademl.backtest.engine",
