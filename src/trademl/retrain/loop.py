@@ -95,6 +95,8 @@ def _judge(kind: str, challenger, store: ModelStore, dataset, spans, cfg: Config
                   f"{test.mean_difference:+,.0f} $/session over {test.sessions} sessions")
     if test.sessions < MIN_SESSIONS:
         difference += f"; a test needs {MIN_SESSIONS} sessions: lengthen [retrain] holdout"
+    if not mine.figures.get("trades") and not theirs.figures.get("trades"):
+        difference += "; neither traded: no decision cleared the confidence threshold in force"
     reason = (f"better beyond noise: p = {test.p_value:.4g} < alpha {alpha:g} ({difference})" if promoted else
               f"not better beyond noise: p = {test.p_value:.4g} >= alpha {alpha:g} ({difference})")
     return Decision(kind, promoted, reason, {**record, "outcome": "promoted" if promoted else "kept", "reason": reason})
