@@ -148,3 +148,42 @@ def test_hostile_stamps_and_bodies_are_exit_2_not_tracebacks(trained_store, tmp_
         result = run([TRADEML, "predict", "--model-root", str(trained_store.root), "--no-log"], body, tmp_path)
         assert result.returncode == 2 and b"Traceback" not in result.stderr, result.stderr[-1000:]
         assert only_json(result.stdout)["error"]["field"] == field
+
+
+# `trademl predict` through Typer, which the console script's fast path (trademl.cli.main) skips.
+TYPER_PREDICT = [sys.executable, "-c", "import sys; from trademl.cli import app; app(sys.argv[1:], prog_name='trademl')", "predict"]
+# The fast path, reporting on stderr whether Typer, click or rich were imported after all.
+FAST_PREDICT_WATCHED = [sys.executable, "-c", (
+    "import atexit, sys; from trademl.cli import main;"
+    "atexit.register(lambda: print('cli modules:', sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'click', 'rich'}),"
+    " file=sys.stderr)); main()"), "predict"]
+
+
+@pytest.mark.parametrize("case", ["good", "malformed json", "no model store", "--config= form"])
+def test_the_fast_path_answers_exactly_as_the_typer_command(case, trained_store, tmp_path):
+    body, args = json.dumps(GUIDE_EXAMPLE).encode(), ["--model-root", str(trained_store.root), "--no-log"]
+    if case == "malformed json":
+        body = b'{"symbol": "NQZ5", "features": {'
+    elif case == "no model store":
+        args = ["--model-root", str(tmp_path / "empty"), "--no-log"]
+    elif case == "--config= form":
+        (tmp_path / "trademl.toml").write_text("[serve]\nmax_body_bytes = 100\n")  # the guide's example is larger
+        args = [f"--config={tmp_path / 'trademl.toml'}", "--model-root", str(trained_store.root), "--no-log"]
+    typer_way = run(TYPER_PREDICT + args, body, tmp_path)
+    fast = run([TRADEML, "predict"] + args, body, tmp_path)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (typer_way.returncode, typer_way.stdout, typer_way.stderr)
+    expected_code = {"good": 0, "malformed json": 2, "no model store": 3, "--config= form": 2}[case]
+    assert fast.returncode == expected_code, fast.stderr.decode()[-2000:]
+    only_json(fast.stdout)
+    watched = run(FAST_PREDICT_WATCHED + args, body, tmp_path)
+    assert watched.stdout == fast.stdout and watched.returncode == fast.returncode
+    assert watched.stderr.decode().splitlines()[-1] == "cli modules: []"
+
+
+def test_predict_command_lines_the_fast_parser_is_unsure_of_go_to_typer(tmp_path):
+    """--help, an unknown option, a missing value: Typer's own messages and exit codes."""
+    for args in (["--help"], ["--model-rot", "x"], ["--model-root"], ["-cfoo.toml"], ["extra"]):
+        fast = run([TRADEML, "predict"] + args, b"", tmp_path)
+        typer_way = run(TYPER_PREDICT + args, b"", tmp_path)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (typer_way.returncode, typer_way.stdout, typer_way.stderr), args
+        assert fast.returncode == (0 if args == ["--help"] else 2), (args, fast.stderr)
