@@ -2,11 +2,11 @@
 
 The commands are a Typer app in ``trademl.cli.commands``; ``from trademl.cli import app``
 still finds it. This module itself imports nothing heavy: a bot that starts one
-``trademl predict`` per decision pays for every import, and Typer with its click and its
-parsing alone cost ~0.3 s of a cold start (issue 17). So ``main`` answers ``predict`` here,
-its three options read by argparse, and hands every other command line to Typer, as does any
-predict command line the fast parser is not sure of (``--help``, a typo, an unusual option
-form): Typer's messages and exit codes stay the one source for those.
+``trademl predict`` per decision pays for every import, and Typer's import and parsing cost
+~0.08 s of a ~0.65 s cold start (issue 17; measured in bench/bench_predict.py). So ``main``
+answers ``predict`` here, its three options read by argparse, and hands every other command
+line to Typer, as does any predict command line the fast parser is not sure of (``--help``, a
+typo, an unusual option form): Typer's messages and exit codes stay the one source for those.
 """
 
 from __future__ import annotations
