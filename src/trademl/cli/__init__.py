@@ -12,6 +12,7 @@ typo, an unusual option form): Typer's messages and exit codes stay the one sour
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import sys
@@ -33,11 +34,15 @@ _ANSI = {"red": "\x1b[31m", "yellow": "\x1b[33m"}
 
 
 def main() -> None:
-    """The console script: `trademl predict` without Typer, every other command through it."""
+    """The console script: `trademl predict` without Typer, every other command through it.
+    A predict answered here ends the process itself, with its exit code (see _exit_now)."""
     args = sys.argv[1:]
     if args[:1] == ["predict"]:
         options = _fast_predict_options(args[1:])
         if options is not None:
+            # One request, then exit: the cyclic collector's ~100 passes over the objects of the
+            # imports (~0.03 s) would free nothing that the exit does not.
+            gc.disable()
             _exit_now(_predict(options))
     importlib.import_module("trademl.cli.commands").app()
 
