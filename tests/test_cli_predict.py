@@ -151,7 +151,8 @@ def test_hostile_stamps_and_bodies_are_exit_2_not_tracebacks(trained_store, tmp_
 
 
 # `trademl predict` through Typer, which the console script's fast path (trademl.cli.main) skips.
-TYPER_PREDICT = [sys.executable, "-c", "import sys; from trademl.cli import app; app(sys.argv[1:], prog_name='trademl')", "predict"]
+TYPER_PREDICT = [sys.executable, "-c", "import sys; from trademl.cli import app; app(sys.argv[1:], prog_name='trademl')",
+                 "predict"]
 # The libraries a prediction never needs: the CLI's (the fast path skips Typer) and the training's.
 NOT_FOR_PREDICT = {"typer", "click", "rich", "torch", "lightgbm", "sklearn", "pandas", "gymnasium", "stable_baselines3"}
 
