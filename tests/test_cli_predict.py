@@ -148,3 +148,71 @@ def test_hostile_stamps_and_bodies_are_exit_2_not_tracebacks(trained_store, tmp_
         result = run([TRADEML, "predict", "--model-root", str(trained_store.root), "--no-log"], body, tmp_path)
         assert result.returncode == 2 and b"Traceback" not in result.stderr, result.stderr[-1000:]
         assert only_json(result.stdout)["error"]["field"] == field
+
+
+# `trademl predict` through Typer, which the console script's fast path (trademl.cli.main) skips.
+TYPER_PREDICT = [sys.executable, "-c", "import sys; from trademl.cli import app; app(sys.argv[1:], prog_name='trademl')",
+                 "predict"]
+# The libraries a prediction never needs: the CLI's (the fast path skips Typer) and the training's.
+NOT_FOR_PREDICT = {"typer", "click", "rich", "torch", "lightgbm", "sklearn", "pandas", "gymnasium", "stable_baselines3"}
+
+
+def imported_packages(importtime_stderr: bytes) -> set[str]:
+    """The top-level packages named by `python -X importtime`'s lines (the fast path exits without
+    the interpreter's teardown, so an atexit hook would not see its modules)."""
+    lines = [line for line in importtime_stderr.decode().splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in lines[1:]}
+
+
+def _logs(cwd: Path) -> tuple[list[str], list[tuple]]:
+    """The files a run left in logs/ and the prediction log's rows (not their wall-clock stamps)."""
+    logs = cwd / "logs"
+    if not logs.exists():
+        return [], []
+    files = sorted(p.name for p in logs.iterdir())  # before a reader of ours opens the database
+    db = sqlite3.connect(logs / "predictions.sqlite")
+    try:
+        rows = db.execute("SELECT symbol, recommendation, confidence, output_json FROM predictions").fetchall()
+    finally:
+        db.close()
+    return files, rows
+
+
+@pytest.mark.parametrize("case", ["good", "good, logged", "malformed json", "no model store", "--config= form"])
+def test_the_fast_path_answers_exactly_as_the_typer_command(case, trained_store, tmp_path):
+    body, args = json.dumps(GUIDE_EXAMPLE).encode(), ["--model-root", str(trained_store.root), "--no-log"]
+    if case == "good, logged":
+        args = args[:2]
+    elif case == "malformed json":
+        body = b'{"symbol": "NQZ5", "features": {'
+    elif case == "no model store":
+        args = ["--model-root", str(tmp_path / "empty"), "--no-log"]
+    elif case == "--config= form":
+        (tmp_path / "trademl.toml").write_text("[serve]\nmax_body_bytes = 100\n")  # the guide's example is larger
+        args = [f"--config={tmp_path / 'trademl.toml'}", "--model-root", str(trained_store.root), "--no-log"]
+    ways = {}
+    for name, entry in (("typer", TYPER_PREDICT), ("fast", [TRADEML, "predict"])):
+        (tmp_path / name).mkdir()
+        ways[name] = run(entry + args, body, tmp_path / name)
+        ways[name + " logs"] = _logs(tmp_path / name)
+    fast, typer_way = ways["fast"], ways["typer"]
+    assert (fast.returncode, fast.stdout, fast.stderr) == (typer_way.returncode, typer_way.stdout, typer_way.stderr)
+    expected_code = {"good": 0, "good, logged": 0, "malformed json": 2, "no model store": 3, "--config= form": 2}[case]
+    assert fast.returncode == expected_code, fast.stderr.decode()[-2000:]
+    only_json(fast.stdout)
+    # the same log files (the SQLite WAL checkpointed into the file, as at an interpreter's exit) and rows
+    assert ways["fast logs"] == ways["typer logs"]
+    assert (case == "good, logged") == bool(ways["fast logs"][1])
+    watched = run([sys.executable, "-X", "importtime", TRADEML, "predict"] + args, body, tmp_path)
+    assert watched.stdout == fast.stdout and watched.returncode == fast.returncode
+    assert "numpy" in imported_packages(watched.stderr)
+    assert imported_packages(watched.stderr) & NOT_FOR_PREDICT == set()
+
+
+def test_predict_command_lines_the_fast_parser_is_unsure_of_go_to_typer(tmp_path):
+    """--help, an unknown option, a missing value: Typer's own messages and exit codes."""
+    for args in (["--help"], ["--model-rot", "x"], ["--model-root"], ["-cfoo.toml"], ["extra"]):
+        fast = run([TRADEML, "predict"] + args, b"", tmp_path)
+        typer_way = run(TYPER_PREDICT + args, b"", tmp_path)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (typer_way.returncode, typer_way.stdout, typer_way.stderr), args
+        assert fast.returncode == (0 if args == ["--help"] else 2), (args, fast.stderr)

@@ -92,6 +92,14 @@ class PredictionRecorder:
         self._line = _guide_logger(self.log_dir / "predictions.log", self._failed)
         self._prediction_log()  # open it now (retried on each write while it cannot be opened)
 
+    def close(self) -> None:
+        """Close this thread's connection to the SQLite prediction log (reopened by the next write).
+        A one-shot caller that is done closes it, so its WAL is checkpointed into the file then,
+        not left to the interpreter's exit (which `trademl predict` skips, see trademl.cli)."""
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+
     def _prediction_log(self):
         if self._sqlite is None:
             try:

@@ -26,7 +26,7 @@ def predict_stdio(stdin, stdout, *, model_root=None, config=None, record: bool =
     never changes the answer (see recorder.py).
     """
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    code = 0
+    code, predictor = 0, None
     try:
         from trademl.config import resolve_config
 
@@ -34,7 +34,8 @@ def predict_stdio(stdin, stdout, *, model_root=None, config=None, record: bool =
         buffer = getattr(stdin, "buffer", stdin)
         body = parse_json_body(buffer.read(cfg.serve.max_body_bytes + 1), cfg.serve.max_body_bytes)
         parse_request(body)  # a malformed request fails before any model is loaded
-        result = EnsemblePredictor(model_root, cfg, record=record).ensemble_predict(body)
+        predictor = EnsemblePredictor(model_root, cfg, record=record)
+        result = predictor.ensemble_predict(body)
     except RequestError as e:
         result, code = e.to_json(), EXIT_NO_MODEL if e.kind == "no_model" else EXIT_BAD_REQUEST
     except TradeMLError as e:
@@ -48,7 +49,11 @@ def predict_stdio(stdin, stdout, *, model_root=None, config=None, record: bool =
         code = EXIT_INTERNAL
     if code:
         print(f"error: {result['error']['message']}", file=sys.stderr)
-    # ASCII-escaped: a lone surrogate or control character from the request cannot break the line
-    stdout.write(json.dumps(result, default=json_default, ensure_ascii=True) + "\n")
-    stdout.flush()
+    try:
+        # ASCII-escaped: a lone surrogate or control character from the request cannot break the line
+        stdout.write(json.dumps(result, default=json_default, ensure_ascii=True) + "\n")
+        stdout.flush()
+    finally:
+        if predictor is not None and predictor.recorder is not None:
+            predictor.recorder.close()  # after the answer: the log's checkpoint never delays it
     return code
