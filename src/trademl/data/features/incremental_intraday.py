@@ -20,6 +20,7 @@ The rules are the batch's, restated per bar:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections import deque
 from datetime import datetime, timezone
@@ -129,7 +130,7 @@ def _distance_ticks(close: float, level: float, tick_size: float) -> float:
 # Higher timeframes -----------------------------------------------------------------------------
 
 
-class _HigherBarStep:
+class _HigherBarStep(ABC):
     """Builds clock-aligned ``minutes`` bars per segment; subclasses say what they read of the
     completed ones. The value is fixed for the whole run of a higher bar: it reads only bars that
     closed before the run began."""
@@ -158,8 +159,9 @@ class _HigherBarStep:
             cur[5] = bar.close
         return self.value
 
+    @abstractmethod
     def _read_completed(self) -> float:
-        raise NotImplementedError
+        """The feature's value from ``self.completed`` (the last completed higher bars)."""
 
 
 class HigherReturnStep(_HigherBarStep):
