@@ -290,3 +290,16 @@ def test_stream_bars_option_must_be_symbol_equals_file():
     for bad in ("ESZ5", "=x.csv", "ESZ5="):
         with pytest.raises(TradeMLError, match="SYMBOL=FILE"):
             _symbol_and_file(bad)
+
+
+def test_metrics_count_the_streams_and_their_bars(client):
+    http, rows = client
+    http.post("/v1/bars", json={"symbol": "NQ", "bars": rows[:40]})
+    http.post("/v1/bars", json={"symbol": "NQ", "bars": rows[40:41]})
+    assert http.post("/v1/bars", json={"symbol": "NQ", "bars": rows[:1]}).status_code == 200  # taken: a retry
+    changed = dict(rows[0], close=rows[0]["close"] + 0.25, high=max(rows[0]["high"], rows[0]["close"] + 0.25))
+    assert http.post("/v1/bars", json={"symbol": "NQ", "bars": [changed]}).status_code == 409
+    metrics = http.get("/metrics").text
+    assert "trademl_streams 1.0" in metrics
+    assert 'trademl_stream_bars{symbol="NQ"} 41.0' in metrics
+    assert 'trademl_errors_total{kind="stream_conflict"} 1.0' in metrics

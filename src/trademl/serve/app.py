@@ -110,6 +110,32 @@ class _LoadedModels(Collector):
         yield weight
 
 
+class _BarStreams(Collector):
+    """The bar stream's state, read at scrape time: how many symbols keep one and the bars each has
+    taken (at most [serve] max_streams series: the label's values are bounded)."""
+
+    def __init__(self, predictor: EnsemblePredictor):
+        self.predictor = predictor
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("trademl_streams", "Symbols whose bar stream (POST /v1/bars) keeps state."),
+                GaugeMetricFamily("trademl_stream_bars", "Bars a symbol's stream has taken since it started.",
+                                  labels=["symbol"]))
+
+    def describe(self):
+        return list(self._families())
+
+    def collect(self):
+        count, bars = self._families()
+        symbols = self.predictor.streams.symbols()
+        count.add_metric([], len(symbols))
+        for symbol, seen in symbols.items():
+            bars.add_metric([symbol], seen)
+        yield count
+        yield bars
+
+
 class _ModelAges(Collector):
     """Each served model's age (its manifest's created_at) and whether it is past [retrain]
     expiration_hours, read at scrape time (``trademl.predict.expiry``)."""
@@ -177,6 +203,7 @@ class Metrics:
         if predictor is not None:
             self.registry.register(_LoadedModels(predictor))
             self.registry.register(_ModelAges(predictor))
+            self.registry.register(_BarStreams(predictor))
         self.registry.register(_LogWriteFailures(self._recorder))
         self.started = time.time()
         uptime = Gauge("trademl_uptime_seconds", "Seconds since the server started.", registry=self.registry)
