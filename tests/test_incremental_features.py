@@ -21,7 +21,7 @@ import pytest
 from trademl.config import resolve_config
 from trademl.data.bars import bundled_sample_path, load_bars
 from trademl.data.features import FEATURES, compute_features
-from trademl.data.features.incremental import IncrementalFeatures, RollingWindow, SegmentTracker
+from trademl.data.features.incremental import IncrementalFeatures, RollingWindow, SegmentTracker, stream_bars
 from trademl.data.features.registry import DEFAULT_FEATURES, FEATURE_GROUPS
 from trademl.market.contracts import spec_of_bars
 from trademl.segments import segment_ids
@@ -31,15 +31,13 @@ GAP = resolve_config().data.max_gap_minutes
 SINGLE_TIMEFRAME = [n for n in FEATURES if n not in FEATURE_GROUPS["intraday"] and n not in FEATURE_GROUPS["context"]]
 
 
-def streamed(bars: pd.DataFrame, names: list[str], tick: float) -> np.ndarray:
-    """The rows a stream fed ``bars`` one at a time gives."""
+def streamed(bars: pd.DataFrame, names: list[str], tick: float, context: pd.DataFrame | None = None) -> np.ndarray:
+    """The rows a stream fed ``bars`` one at a time gives (``context``: another instrument's bars)."""
+    from trademl.data.features.context import aligned_context_close
+
     inc = IncrementalFeatures(names, tick, GAP)
-    stamps = bars.index.as_unit("ns").asi8
-    cols = [bars[c].to_numpy(np.float64) for c in ("open", "high", "low", "close")]
-    volume = bars["volume"].to_numpy(np.float64) if "volume" in bars else np.full(len(bars), np.nan)
-    contract = bars["contract"].to_numpy() if "contract" in bars else [None] * len(bars)
-    return np.array([inc.push(stamps[i], cols[0][i], cols[1][i], cols[2][i], cols[3][i], volume[i], contract[i])
-                     for i in range(len(bars))], dtype=np.float32)
+    ctx = None if context is None else aligned_context_close(context, bars.index.as_unit("ns").asi8, GAP)
+    return np.array([inc.take(bar) for bar in stream_bars(bars, GAP, ctx)], dtype=np.float32)
 
 
 def assert_same_rows(batch: pd.DataFrame, stream: np.ndarray) -> None:
@@ -148,16 +146,9 @@ def test_a_rolling_window_sums_exactly_however_long_the_stream():
 def test_every_registered_feature_together_through_the_engine_on_the_es_file(es_bars):
     """The intraday and context steps (tests/test_incremental_intraday.py checks each alone) wired
     through the engine beside the indicators, sharing its bars and segments."""
-    from trademl.data.features.context import aligned_context_close
-
     rng = np.random.default_rng(2)
     context = es_bars[rng.random(len(es_bars)) > 0.05][["open", "high", "low", "close"]] * 1.01
     names = list(FEATURES)
     assert len(names) == 88  # the registry: every feature a config can name
     batch = compute_features(es_bars, symbol="ES", names=names, context=context)
-    inc = IncrementalFeatures(names, 0.25, GAP)
-    stamps = es_bars.index.as_unit("ns").asi8
-    ctx = aligned_context_close(context, stamps, GAP)
-    rows = [inc.push(stamps[i], r.open, r.high, r.low, r.close, r.volume, r.contract, context_close=ctx[i])
-            for i, r in enumerate(es_bars.itertuples())]
-    assert_same_rows(batch, np.array(rows))
+    assert_same_rows(batch, streamed(es_bars, names, 0.25, context))

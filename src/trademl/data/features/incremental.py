@@ -218,8 +218,12 @@ class IncrementalFeatures:
     def push(self, stamp: int, open_: float, high: float, low: float, close: float, volume: float = math.nan,
              contract=None, extras: dict | None = None, context_close: float = math.nan) -> np.ndarray:
         """The feature row of this bar (the next one of the stream; the caller checks the order)."""
-        bar = self.tracker.bar(int(stamp), float(open_), float(high), float(low), float(close), float(volume),
-                               contract, float(context_close))
+        return self.take(self.tracker.bar(int(stamp), float(open_), float(high), float(low), float(close),
+                                          float(volume), contract, float(context_close)), extras)
+
+    def take(self, bar: StreamBar, extras: dict | None = None) -> np.ndarray:
+        """The feature row of a StreamBar already placed in its segment (``push`` places it; a
+        whole frame comes as StreamBars from ``stream_bars``)."""
         self.last_bar = bar
         self.shared.advance(bar)
         self.bars_seen += 1

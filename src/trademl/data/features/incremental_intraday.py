@@ -79,6 +79,11 @@ class TradingDays:
         self.new_day = False
         self.prev_ok = False
 
+    def roll(self, today: float) -> float:
+        """Yesterday's level once today's is ``today``: it, on a new day that may read the day before
+        (NaN where it may not); call after ``advance``, only when ``new_day``."""
+        return today if self.prev_ok else math.nan
+
     def advance(self, bar: StreamBar) -> None:
         day_no, self.minute = self.clock.at(bar.stamp)
         first = self.day_no is None
@@ -230,7 +235,7 @@ class OpeningRangeDistanceStep:
         days = self.days
         days.advance(bar)
         if days.new_day:
-            self.yesterday = self.today if days.prev_ok else math.nan
+            self.yesterday = days.roll(self.today)
             self.today = math.nan
         if RTH_OPEN_IN_DAY <= days.minute < RTH_OPEN_IN_DAY + self.minutes:
             self.today = _extreme(self.today, bar.high if self.take_max else bar.low, self.take_max)
@@ -273,7 +278,7 @@ class PreviousDayDistanceStep:
         days = self.days
         days.advance(bar)
         if days.new_day:
-            self.yesterday = self.today if days.prev_ok else math.nan
+            self.yesterday = days.roll(self.today)
             self.today = math.nan
         self.today = self._with(bar, days.minute)
         return _distance_ticks(bar.close, self.yesterday, self.tick_size)
