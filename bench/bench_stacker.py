@@ -10,7 +10,7 @@ what ``trademl backtest --synthetic 30000 --edge-ic X --budget small --folds 3 -
 * random walk (IC 0): the share of bars it said BUY or SELL (target <= 1%), and no candidate's
   deflated Sharpe at 0.95 or above.
 
-    .venv/bin/python bench/bench_stacker.py [--bars 30000] [--folds 3] [--json OUT]
+    .venv/bin/python bench/bench_stacker.py [--bars 30000] [--folds 3] [--seed 0] [--json OUT]
 
 About 4-5 minutes per market on two cores.
 """
@@ -26,11 +26,11 @@ from trademl.backtest.walkforward import ENSEMBLE, backtest_models
 from trademl.config import load_config
 
 
-def walk_forward(bars: int, edge_ic: float, folds: int) -> dict:
+def walk_forward(bars: int, edge_ic: float, folds: int, seed: int = 0) -> dict:
     cfg = load_config(None, {"backtest": {"confidence_threshold": "auto"}})
     started = time.perf_counter()
     result = backtest_models(None, cfg, synthetic=bars, edge_ic=edge_ic, budget="small", n_folds=folds,
-                             out=f"artifacts/bench/stacker_ic{edge_ic:g}.html")
+                             seed=seed, out=f"artifacts/bench/stacker_ic{edge_ic:g}.html")
     out = result.to_json()
     out["seconds"] = time.perf_counter() - started
     signals = result.signals  # a BUY/SELL that counted: above its fold's threshold
@@ -49,10 +49,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bars", type=int, default=30_000)
     ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="the generated markets' seed")
     ap.add_argument("--json", help="write both results here")
     args = ap.parse_args()
-    edge = walk_forward(args.bars, 0.15, args.folds)
-    walk = walk_forward(args.bars, 0.0, args.folds)
+    edge = walk_forward(args.bars, 0.15, args.folds, args.seed)
+    walk = walk_forward(args.bars, 0.0, args.folds, args.seed)
     ens = edge["runs"][ENSEMBLE]
     name, sharpe = best_single(edge["runs"])
     candidates = [k for k in walk["runs"] if k not in ("flat", "buy_and_hold", "random")]

@@ -126,9 +126,26 @@ def test_the_decision_reads_the_expected_pnl_from_the_payoff(fitted):
     assert 0.05 < trade.mean() < 0.95
     assert np.all(d.confidence[trade] > 0.6) and np.all(d.expected_pnl[trade] > 0)
     assert np.all((d.contracts[trade] >= 1) & (d.contracts[trade] <= 3)) and np.all(d.contracts[~trade] == 0)
-    # The auto threshold is one of the grid's, and so is each model alone's.
+    # The auto threshold is one of the grid's, and so is the informative model's alone.
     assert params["threshold_auto"] in st.THRESHOLD_GRID
-    assert set(params["alone_thresholds"]) == {"good", "noise"}
+    assert set(params["alone_thresholds"]) == {"good", "noise"} and params["alone_thresholds"]["good"] in st.THRESHOLD_GRID
+
+
+def test_without_evidence_every_candidate_holds_at_the_auto_threshold():
+    """Votes that know nothing (the outcomes drawn apart from them): no threshold beats chance
+    on the rows, so the auto threshold is NO_EDGE, for the stacker and each model alone alike.
+    An uncalibrated vote share is above the grid's top (0.7) on many rows, so the grid's top as
+    the fallback would have let that model alone trade on no evidence."""
+    votes, rows, outcomes, _ = planted(6_000, seed=3)
+    _, _, unrelated, _ = planted(6_000, seed=4)
+    confident = np.random.default_rng(5).dirichlet([8, 1, 1], 6_000)[:, [1, 0, 2]]  # buy share > 0.7 on ~half
+    assert (confident.max(axis=1) > max(st.THRESHOLD_GRID)).mean() > 0.3
+    params, metrics = fit_stacker({"noise": votes["noise"], "confident": confident}, rows, NAMES, unrelated, horizon=5)
+    assert params["threshold_auto"] == st.NO_EDGE and set(metrics["threshold_sharpe"].values()) == {None}
+    assert params["alone_thresholds"] == {"noise": st.NO_EDGE, "confident": st.NO_EDGE}
+    runtime = st.StackerRuntime(params)
+    d = runtime.decide({"noise": votes["noise"], "confident": confident}, rows, NAMES, max_contracts=5)
+    assert d.threshold == st.NO_EDGE and (d.action == 0).all() and (d.contracts == 0).all()
 
 
 @pytest.mark.parametrize("tamper", ["wrong shape", "not finite", "not json", "base rate"])
@@ -239,8 +256,15 @@ def test_the_predictor_answers_with_the_stacker(stacked_store):
     # With auto, the threshold is the stacker's own choice.
     auto = cfg.model_copy(deep=True)
     auto.backtest.confidence_threshold = "auto"
-    out = EnsemblePredictor(root, auto, record=False).ensemble_predict(_bars_request(dataset.frame, row, models.bars_needed()))
+    served = EnsemblePredictor(root, auto, record=False)
+    out = served.ensemble_predict(_bars_request(dataset.frame, row, models.bars_needed()))
     assert out["threshold"] == models.stacker.threshold_auto
+    # A stacker that found no edge on its rows: HOLD at auto, and the response says why.
+    served.models.stacker.threshold_auto = st.NO_EDGE
+    for r in (row, row - 7, row - 19):
+        out = served.ensemble_predict(_bars_request(dataset.frame, r, models.bars_needed()))
+        assert out["ensemble_recommendation"] == "HOLD" and out["threshold"] == st.NO_EDGE
+        assert out["suggested_contracts"] == 0 and any("beat chance at no threshold" in w for w in out["warnings"])
 
 
 def test_a_stacker_fitted_on_other_versions_is_not_used(stacked_store, tmp_path):

@@ -268,7 +268,7 @@ class BacktestConfig(_Section):
     confidence_threshold: float | Literal["auto"] = Field(0.7, description=(
         "The guide's rule: BUY/SELL move the position by one contract, only above this confidence (with the "
         "stacker: the probability that the trade wins after costs). \"auto\": the stacker's threshold, chosen "
-        "on its validation span from 0.5, 0.55, ..., 0.7."))
+        "on its validation span from 0.5, 0.55, ..., 0.7; 1 (nothing clears it: HOLD) where none beat chance there."))
     n_folds: int = Field(4, description="Walk-forward folds (each trains the models on the past, trades the fold).")
     hold_bars: int | None = Field(None, ge=1, description=(
         "None: the guide's rule (a position changes only on a counted signal); N: each counted BUY/SELL holds "

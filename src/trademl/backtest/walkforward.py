@@ -95,15 +95,14 @@ class FoldPrediction:
 def fold_thresholds(config: Config, stacker, kinds) -> dict:
     """The thresholds in force in one fold: [backtest] confidence_threshold for every run, or with
     "auto" the ones the fold's stacker chose on its validation span (``trademl.models.stacker``)."""
-    from trademl.models.stacker import THRESHOLD_GRID
+    from trademl.models.stacker import NO_EDGE
 
     t = config.backtest.confidence_threshold
     if t != "auto":
         return {ENSEMBLE: float(t), **{k: float(t) for k in kinds}}
-    if stacker is None:  # no stacker in this fold (too few rows): the grid's most cautious threshold
-        return {ENSEMBLE: max(THRESHOLD_GRID), **{k: max(THRESHOLD_GRID) for k in kinds}}
-    return {ENSEMBLE: stacker.threshold_auto,
-            **{k: stacker.alone_thresholds.get(k, max(THRESHOLD_GRID)) for k in kinds}}
+    if stacker is None:  # no stacker in this fold (too few rows): no evidence, every candidate holds
+        return {ENSEMBLE: NO_EDGE, **{k: NO_EDGE for k in kinds}}
+    return {ENSEMBLE: stacker.threshold_auto, **{k: stacker.alone_thresholds.get(k, NO_EDGE) for k in kinds}}
 
 
 def open_runtimes(stored: dict) -> dict:

@@ -26,9 +26,12 @@ base models' serving runtimes give there:
   over that side's trades in the span, in dollars per contract after costs;
 * ``threshold_auto``: the threshold of ``THRESHOLD_GRID`` whose decisions, from the cross-fitted
   probabilities, had the best per-bar Sharpe on the span among those better than chance there
-  (``THRESHOLD_T`` standard errors), else the grid's highest (what ``confidence_threshold =
-  "auto"`` uses); the same choice for each base model alone, from its own vote (the
-  walk-forward's ``<kind> alone`` runs).
+  (``THRESHOLD_T`` standard errors), else ``NO_EDGE``: nothing clears it, so the candidate holds
+  (what ``confidence_threshold = "auto"`` uses); the same choice for each base model alone,
+  from its own vote (the walk-forward's ``<kind> alone`` runs). Without evidence every
+  candidate holds alike: the grid's highest threshold as the fallback held a calibrated
+  probability back but let an uncalibrated vote share (the PPO agent's action probability,
+  above 0.7 on most bars) trade on no evidence at all.
 
 The decision (``StackerRuntime.decide``, numpy only; the predictor and the walk-forward call
 it): BUY or SELL only when that side's expected P&L is positive and its probability is above
@@ -63,6 +66,7 @@ L2_C = 0.1  # scikit-learn's C (inverse L2 strength) of the logistic regressions
 VOTE_FLOOR = 1e-4  # votes are clipped into [floor, 1 - floor] before their logit
 MIN_TRADES = 30  # a threshold with fewer decisions on the stacker's rows is not chosen
 THRESHOLD_T = 1.645  # ... nor one whose decisions' Sharpe there is within one-sided 95% of chance
+NO_EDGE = 1.0  # the auto threshold when no threshold beat chance: no probability or vote share exceeds it
 SIDES = ("long", "short")
 _ERF = np.vectorize(math.erf, otypes=[np.float64])  # numpy has no erf; serving needs no scipy
 

@@ -61,7 +61,7 @@ def best_threshold(actions_at, pnl_long, pnl_short, horizon: int = 1) -> tuple[f
     """The grid threshold with the best per-bar Sharpe among those whose decisions were better
     than chance on the rows (at least MIN_TRADES of them, and a Sharpe above THRESHOLD_T standard
     errors, counting one independent outcome per ``horizon`` bars since the trades overlap; ties:
-    the higher threshold); the highest of the grid when none was. Returns (threshold,
+    the higher threshold); ``NO_EDGE`` (the candidate holds) when none was. Returns (threshold,
     {threshold: sharpe or None})."""
     scores = {}
     for t in st.THRESHOLD_GRID:
@@ -70,7 +70,7 @@ def best_threshold(actions_at, pnl_long, pnl_short, horizon: int = 1) -> tuple[f
         scores[t] = sharpe if trades >= st.MIN_TRADES and sharpe * np.sqrt(n) > st.THRESHOLD_T else None
     usable = {t: s for t, s in scores.items() if s is not None}
     if not usable:
-        return max(st.THRESHOLD_GRID), scores
+        return st.NO_EDGE, scores
     best = max(usable.values())
     return max(t for t, s in usable.items() if s == best), scores
 
@@ -164,7 +164,7 @@ def _choose_thresholds(params: dict, metrics: dict, out_of_fold: dict, votes: di
     e_long, e_short = runtime.expected_pnl(out_of_fold["long"], "long"), runtime.expected_pnl(out_of_fold["short"], "short")
     stacked = lambda t: st.choose_action(out_of_fold["long"], out_of_fold["short"], e_long, e_short, t)  # noqa: E731
     params["threshold_auto"], scores = best_threshold(stacked, pnl["long"], pnl["short"], params["horizon"])
-    params["alone_thresholds"] = {}
+    params["alone_thresholds"], alone_scores = {}, {}
     for kind, v in votes.items():
         # A model alone is the vote of one model: its argmax (ties to HOLD) with that share as its
         # confidence (``trademl.predict.decision.decide`` with one model).
@@ -172,9 +172,11 @@ def _choose_thresholds(params: dict, metrics: dict, out_of_fold: dict, votes: di
         filled = np.where(voted[:, None], v, 0.0)
         action, confidence = np.argmax(filled, axis=1), filled.max(axis=1)
         alone = lambda t, a=action, c=confidence, ok=voted: np.where(ok & (c > t), a, 0)  # noqa: E731
-        params["alone_thresholds"][kind] = best_threshold(alone, pnl["long"], pnl["short"], params["horizon"])[0]
+        params["alone_thresholds"][kind], alone_scores[kind] = best_threshold(alone, pnl["long"], pnl["short"],
+                                                                              params["horizon"])
     metrics["threshold_auto"] = params["threshold_auto"]
     metrics["threshold_sharpe"] = {f"{t:g}": s for t, s in scores.items()}
+    metrics["alone_threshold_sharpe"] = {k: {f"{t:g}": s for t, s in v.items()} for k, v in alone_scores.items()}
     metrics["alone_thresholds"] = params["alone_thresholds"]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.market.actions import ACTION_NAMES
 from trademl.models.base import ModelInputs, Votes
+from trademl.models.stacker import NO_EDGE
 from trademl.predict.decision import decide
 from trademl.predict.expiry import expiry_warnings
 from trademl.predict.loader import LoadedModels, ModelLoader
@@ -231,7 +232,7 @@ def _beside_flat_account(rt, inputs: ModelInputs):
     return mine, v.vote[n:]
 
 
-def _stacked(out: dict, models: LoadedModels, given, votes: dict, config) -> float:
+def _stacked(out: dict, models: LoadedModels, given, votes: dict, config, warnings: list) -> float:
     """The stacker's decision (``trademl.models.stacker``) into ``out``: what the walk-forward
     trades too. ``votes`` holds the agents that observe an account as read from a flat one.
     Returns HOLD's confidence (the probability that neither side wins), for a blocked trade."""
@@ -245,6 +246,9 @@ def _stacked(out: dict, models: LoadedModels, given, votes: dict, config) -> flo
     out["expected_pnl"] = float(d.expected_pnl[0])
     out["suggested_contracts"] = int(d.contracts[0])
     out["threshold"] = float(d.threshold)
+    if d.threshold >= NO_EDGE:
+        warnings.append("the stacker's decisions beat chance at no threshold on its validation rows: at the auto "
+                        "threshold it recommends HOLD (set [backtest] confidence_threshold to trade anyway)")
     return float(np.clip(1.0 - d.p_long[0] - d.p_short[0], 0.0, 1.0))
 
 
@@ -323,7 +327,7 @@ def predict_with(models: LoadedModels, request: PredictRequest, config, streamed
     out["votes"] = {k: dict(zip(("hold", "buy", "sell"), (float(x) for x in v.vote[-1]))) for k, v in ran.items()}
     if models.stacker is not None:
         hold_confidence = _stacked(out, models, given, {**votes, **{k: from_flat[k] for k in votes if k in from_flat}},
-                                   config)
+                                   config, warnings)
     else:
         hold_confidence = _voted(out, models, votes, warnings)
     if request.account is not None:
