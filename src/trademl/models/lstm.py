@@ -24,6 +24,7 @@ stopped and ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import errno
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,11 @@ from trademl.models.base import skill
 KIND = "lstm"
 VALID_FRACTION = 0.2
 ONNX_TOLERANCE = 1e-5
+# The int8 graph against the float one on the training windows: the signal probabilities and the
+# risk within INT8_TOLERANCE, the movement (a log return whose predictions spread little) in
+# step with it, correlated at INT8_MOVEMENT_CORR; far below what one more training seed moves them.
+INT8_TOLERANCE = 2e-2
+INT8_MOVEMENT_CORR = 0.999
 CLASS_NAMES = ("hold", "buy", "sell")
 
 
@@ -285,6 +291,8 @@ def _write_version(store, net, result, task, dataset, lc, metrics, ends, span):
             raise OSError(errno.ENOSPC if "space" in str(e).lower() else errno.EIO,
                           f"model.pt: {str(e).splitlines()[0][:200]}") from None
         w.manifest["onnx_max_abs_diff"] = _check_onnx(net, result, task, ends, w.path / "model.onnx")
+        w.manifest["onnx_graph"] = (_int8_graph(w.path / "model.onnx", _check_windows(result, task, ends))
+                                    if lc.serve_int8 else {"precision": "float32", "note": "[lstm] serve_int8 = false"})
         w.manifest["architecture"] = lc.architecture  # also in config; here so a stored model says what it is
         w.manifest["outputs"] = {"signal_probs": list(CLASS_NAMES), "movement": "log return", "risk": "[0, 1]"}
     return w.stored
@@ -311,6 +319,66 @@ def _check_onnx(net, result, task, ends, onnx_path: Path) -> float:
     if worst > ONNX_TOLERANCE:
         raise ModelStoreError(f"ONNX export differs from PyTorch by {worst:.2e} (> {ONNX_TOLERANCE})", where="model.onnx")
     return worst
+
+
+def _check_windows(result, task, ends, n: int = 256) -> np.ndarray:
+    """The last ``n`` training windows, normalised as served: what the int8 graph is judged on."""
+    from trademl.models.lstm_train import Batcher
+
+    return Batcher(task, result.normalizer, result.movement_scale).inputs(ends[-min(n, len(ends)):]).numpy()
+
+
+def _int8_graph(onnx_path: Path, windows: np.ndarray) -> dict:
+    """Replace the float graph at ``onnx_path`` by its dynamic int8 quantisation (ONNX Runtime's
+    DynamicQuantizeLSTM) when the graph has an LSTM, whose recurrent weights, read again at
+    every step, are what int8 makes cheap (the heads stay float), and when its outputs on
+    ``windows`` stay within INT8_TOLERANCE / INT8_MOVEMENT_CORR of the float graph's; else keep
+    the float graph. Returns the manifest's ``onnx_graph`` entry: the precision stored and the
+    differences measured."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from trademl.models.lstm_model import INPUT_NAME
+    from trademl.models.onnx_session import open_session
+
+    if not any(node.op_type == "LSTM" for node in onnx.load(str(onnx_path)).graph.node):
+        return {"precision": "float32", "note": "no LSTM node: int8 pays off in the recurrence only"}
+    int8_path = onnx_path.with_name("model.int8.onnx")
+    try:
+        with _quiet_root_logger():  # its advice to pre-process a graph for static quantisation, on every call
+            quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
+        float_out, int8_out = (open_session(p).run(None, {INPUT_NAME: windows}) for p in (onnx_path, int8_path))
+        (p0, m0, r0), (p1, m1, r1) = float_out, int8_out
+        diff = {"signal_probs": float(np.abs(p1 - p0).max()), "risk": float(np.abs(r1 - r0).max()),
+                "movement_corr": _correlation(np.ravel(m0), np.ravel(m1))}
+        if max(diff["signal_probs"], diff["risk"]) > INT8_TOLERANCE or diff["movement_corr"] < INT8_MOVEMENT_CORR:
+            return {"precision": "float32", "int8_vs_float": diff,
+                    "note": f"the int8 graph departed from the float one on {len(windows)} training windows"}
+        int8_path.replace(onnx_path)
+        return {"precision": "int8", "method": "onnxruntime.quantization.quantize_dynamic (LSTM nodes, QInt8 weights)",
+                "int8_vs_float": diff, "windows": int(len(windows))}
+    finally:
+        int8_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantiser warns through the root logger; drop its records meanwhile."""
+    import logging
+
+    root, drop = logging.getLogger(), (lambda record: False)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r; 1 when both are constant and equal (nothing to rank), 0 when only one is."""
+    if np.std(a) == 0 or np.std(b) == 0:
+        return 1.0 if np.allclose(a, b, atol=1e-9) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 class _Progress:
