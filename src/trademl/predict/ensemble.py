@@ -246,7 +246,7 @@ def _stacked(out: dict, models: LoadedModels, given, votes: dict, config, warnin
     out["expected_pnl"] = float(d.expected_pnl[0])
     out["suggested_contracts"] = int(d.contracts[0])
     out["threshold"] = float(d.threshold)
-    if d.threshold >= NO_EDGE:
+    if threshold == "auto" and d.threshold >= NO_EDGE:
         warnings.append("the stacker's decisions beat chance at no threshold on its validation rows: at the auto "
                         "threshold it recommends HOLD (set [backtest] confidence_threshold to trade anyway)")
     return float(np.clip(1.0 - d.p_long[0] - d.p_short[0], 0.0, 1.0))
