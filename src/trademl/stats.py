@@ -50,3 +50,23 @@ def sharpe_standard_error(sharpe: float, n_obs: int, skew: float = 0.0, kurtosis
         return math.nan
     variance = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
     return math.sqrt(variance / (n_obs - 1)) if variance > 0 else math.nan
+
+
+def overlapping_mean_t(values, horizon: int) -> float:
+    """The t-statistic of the mean of per-bar P&L whose trades overlap over ``horizon`` bars (an
+    h-bar trade opened on any bar): the mean over its Hansen-Hodrick standard error, whose
+    long-run variance sums the autocovariances up to lag h - 1 unweighted, exact for the MA(h-1)
+    such overlap makes under the null of unpredictable returns. Sparse decisions overlap less
+    than a trade on every bar, so this counts them for what they are; where that variance is not
+    positive (a short, odd sample) it falls back to the conservative bound, one independent
+    outcome per ``horizon`` bars. 0 for a constant series."""
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n < 2 or not x.std() > 0:
+        return 0.0
+    d = x - x.mean()
+    gamma0 = d @ d / n
+    long_run = gamma0 + 2 * sum(d[k:] @ d[:-k] / n for k in range(1, min(horizon, n)))
+    if not long_run > 0:
+        long_run = gamma0 * max(1, horizon)
+    return float(x.mean() / math.sqrt(long_run / n))

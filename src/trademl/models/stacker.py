@@ -26,7 +26,8 @@ base models' serving runtimes give there:
   over that side's trades in the span, in dollars per contract after costs;
 * ``threshold_auto``: the threshold of ``THRESHOLD_GRID`` whose decisions, from the cross-fitted
   probabilities, had the best per-bar Sharpe on the span among those better than chance there
-  (``THRESHOLD_T`` standard errors), else ``NO_EDGE``: nothing clears it, so the candidate holds
+  (``THRESHOLD_T`` standard errors of the mean, with the overlap of the trades counted:
+  ``trademl.stats.overlapping_mean_t``), else ``NO_EDGE``: nothing clears it, so the candidate holds
   (what ``confidence_threshold = "auto"`` uses); the same choice for each base model alone,
   from its own vote (the walk-forward's ``<kind> alone`` runs). Without evidence every
   candidate holds alike: the grid's highest threshold as the fallback held a calibrated
@@ -65,7 +66,7 @@ CROSS_FIT_BLOCKS = 5  # time blocks of the out-of-fold scores the isotonic map a
 L2_C = 0.1  # scikit-learn's C (inverse L2 strength) of the logistic regressions
 VOTE_FLOOR = 1e-4  # votes are clipped into [floor, 1 - floor] before their logit
 MIN_TRADES = 30  # a threshold with fewer decisions on the stacker's rows is not chosen
-THRESHOLD_T = 1.645  # ... nor one whose decisions' Sharpe there is within one-sided 95% of chance
+THRESHOLD_T = 1.645  # ... nor one whose decisions' mean P&L there is within one-sided 95% of chance
 NO_EDGE = 1.0  # the auto threshold when no threshold beat chance: no probability or vote share exceeds it
 SIDES = ("long", "short")
 _ERF = np.vectorize(math.erf, otypes=[np.float64])  # numpy has no erf; serving needs no scipy

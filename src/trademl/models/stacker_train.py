@@ -49,9 +49,14 @@ def trade_outcomes(dataset, rows: np.ndarray, horizon: int, config):
             pnl_long, pnl_short)
 
 
+def realised_pnl(action: np.ndarray, pnl_long: np.ndarray, pnl_short: np.ndarray) -> np.ndarray:
+    """The per-bar P&L of the decisions: that side's trade where BUY / SELL, 0 where HOLD."""
+    return np.where(action == 1, pnl_long, np.where(action == 2, pnl_short, 0.0))
+
+
 def per_bar_sharpe(action: np.ndarray, pnl_long: np.ndarray, pnl_short: np.ndarray) -> tuple[float, int]:
     """(mean / sd of the per-bar P&L of the decisions, 0 where HOLD; the number of trades)."""
-    realised = np.where(action == 1, pnl_long, np.where(action == 2, pnl_short, 0.0))
+    realised = realised_pnl(action, pnl_long, pnl_short)
     trades = int((action != 0).sum())
     sd = realised.std()
     return (float(realised.mean() / sd) if sd > 0 else 0.0), trades
@@ -59,15 +64,18 @@ def per_bar_sharpe(action: np.ndarray, pnl_long: np.ndarray, pnl_short: np.ndarr
 
 def best_threshold(actions_at, pnl_long, pnl_short, horizon: int = 1) -> tuple[float, dict]:
     """The grid threshold with the best per-bar Sharpe among those whose decisions were better
-    than chance on the rows (at least MIN_TRADES of them, and a Sharpe above THRESHOLD_T standard
-    errors, counting one independent outcome per ``horizon`` bars since the trades overlap; ties:
-    the higher threshold); ``NO_EDGE`` (the candidate holds) when none was. Returns (threshold,
-    {threshold: sharpe or None})."""
+    than chance on the rows (at least MIN_TRADES of them, and a mean P&L above THRESHOLD_T of its
+    standard errors, which count the overlap of the ``horizon``-bar trades:
+    ``trademl.stats.overlapping_mean_t``; ties: the higher threshold); ``NO_EDGE`` (the candidate
+    holds) when none was. Returns (threshold, {threshold: sharpe or None})."""
+    from trademl.stats import overlapping_mean_t
+
     scores = {}
     for t in st.THRESHOLD_GRID:
-        sharpe, trades = per_bar_sharpe(actions_at(t), pnl_long, pnl_short)
-        n = len(pnl_long) / max(1, horizon)
-        scores[t] = sharpe if trades >= st.MIN_TRADES and sharpe * np.sqrt(n) > st.THRESHOLD_T else None
+        action = actions_at(t)
+        sharpe, trades = per_bar_sharpe(action, pnl_long, pnl_short)
+        significant = overlapping_mean_t(realised_pnl(action, pnl_long, pnl_short), horizon) > st.THRESHOLD_T
+        scores[t] = sharpe if trades >= st.MIN_TRADES and significant else None
     usable = {t: s for t, s in scores.items() if s is not None}
     if not usable:
         return st.NO_EDGE, scores
