@@ -54,14 +54,6 @@ def realised_pnl(action: np.ndarray, pnl_long: np.ndarray, pnl_short: np.ndarray
     return np.where(action == 1, pnl_long, np.where(action == 2, pnl_short, 0.0))
 
 
-def per_bar_sharpe(action: np.ndarray, pnl_long: np.ndarray, pnl_short: np.ndarray) -> tuple[float, int]:
-    """(mean / sd of the per-bar P&L of the decisions, 0 where HOLD; the number of trades)."""
-    realised = realised_pnl(action, pnl_long, pnl_short)
-    trades = int((action != 0).sum())
-    sd = realised.std()
-    return (float(realised.mean() / sd) if sd > 0 else 0.0), trades
-
-
 def best_threshold(actions_at, pnl_long, pnl_short, horizon: int = 1) -> tuple[float, dict]:
     """The grid threshold with the best per-bar Sharpe among those whose decisions were better
     than chance on the rows (at least MIN_TRADES of them, and a mean P&L above THRESHOLD_T of its
@@ -73,9 +65,11 @@ def best_threshold(actions_at, pnl_long, pnl_short, horizon: int = 1) -> tuple[f
     scores = {}
     for t in st.THRESHOLD_GRID:
         action = actions_at(t)
-        sharpe, trades = per_bar_sharpe(action, pnl_long, pnl_short)
-        significant = overlapping_mean_t(realised_pnl(action, pnl_long, pnl_short), horizon) > st.THRESHOLD_T
-        scores[t] = sharpe if trades >= st.MIN_TRADES and significant else None
+        realised = realised_pnl(action, pnl_long, pnl_short)
+        sd = realised.std()
+        sharpe = float(realised.mean() / sd) if sd > 0 else 0.0  # per bar, 0 where HOLD
+        enough = int((action != 0).sum()) >= st.MIN_TRADES
+        scores[t] = sharpe if enough and overlapping_mean_t(realised, horizon) > st.THRESHOLD_T else None
     usable = {t: s for t, s in scores.items() if s is not None}
     if not usable:
         return st.NO_EDGE, scores
