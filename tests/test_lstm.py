@@ -303,6 +303,14 @@ def assert_lstm_summary_matches(output: str, stored) -> None:
     assert (f"walk-forward OOS on {cv['n_test']:,} sequences: accuracy {cv['accuracy']:.3f} "
             f"(majority class {cv['majority_accuracy']:.3f}), movement corr {cv['movement_corr']:.3f}, "
             f"risk MAE {cv['risk_mae']:.3f}") in lines
+    graph = stored.manifest["onnx_graph"]
+    assert graph["precision"] in ("int8", "float32")
+    if graph["precision"] == "int8":  # the precision served, and what the store checked it against
+        d = graph["int8_vs_float"]
+        assert (f"served in int8: within {max(d['signal_probs'], d['risk']):.4f} of the float graph on "
+                f"{graph['windows']} training windows (movement r {d['movement_corr']:.4f})") in lines
+    else:
+        assert any(line.startswith("served in float32: ") for line in lines)
     files = sorted(stored.manifest["files"])
     assert "written: " + ", ".join(files) in lines
     assert {"model.onnx", "normalizer.json"} <= set(files) and all(stored.file(f).is_file() for f in files)

@@ -438,5 +438,12 @@ def stored_summary(stored) -> str:
             f"(majority class {cv['majority_accuracy']:.3f}), movement corr {cv['movement_corr']:.3f}, "
             f"risk MAE {cv['risk_mae']:.3f}"
         )
+    graph = stored.manifest.get("onnx_graph") or {}
+    if graph.get("precision") == "int8":
+        d = graph["int8_vs_float"]
+        lines.append(f"served in int8: within {max(d['signal_probs'], d['risk']):.4f} of the float graph on "
+                     f"{graph['windows']} training windows (movement r {d['movement_corr']:.4f})")
+    elif graph:
+        lines.append(f"served in float32: {graph.get('note', '')}")
     lines.append("written: " + ", ".join(sorted(stored.manifest["files"])))
     return "\n".join(lines)
