@@ -17,6 +17,7 @@ import pytest
 from scipy.stats import binom
 from typer.testing import CliRunner
 
+from test_walkforward import config_with
 from trademl.cli import app
 from trademl.config import load_config, parse_duration
 from trademl.data.dataset import dataset_from_bars, sub_dataset
@@ -66,10 +67,7 @@ holdout = "6d"
 
 
 def tiny_config(**sections):
-    overrides = {k: dict(v) for k, v in TINY.items()}
-    for k, v in sections.items():
-        overrides.setdefault(k, {}).update(v)
-    return load_config(None, overrides)
+    return config_with(TINY, **sections)
 
 
 # ----------------------------------------------------------------------------- units

@@ -38,11 +38,16 @@ TINY = {
 }
 
 
-def tiny_config(**sections):
-    overrides = {k: dict(v) for k, v in TINY.items()}
+def config_with(base: dict, **sections):
+    """The config of ``base``'s sections, each updated by the same section of ``sections``."""
+    overrides = {k: dict(v) for k, v in base.items()}
     for k, v in sections.items():
         overrides.setdefault(k, {}).update(v)
     return load_config(None, overrides)
+
+
+def tiny_config(**sections):
+    return config_with(TINY, **sections)
 
 
 # ----------------------------------------------------------------------------- units
