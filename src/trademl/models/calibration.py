@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -69,7 +70,13 @@ class IsotonicCalibrator:
         return cls(tuple(float(v) for v in knots_x), tuple(float(v) for v in knots_y))
 
     def apply(self, raw) -> np.ndarray:
-        return np.interp(np.asarray(raw, dtype=np.float64), self.x, self.y)
+        x, y = self._knots
+        return np.interp(np.asarray(raw, dtype=np.float64), x, y)
+
+    @cached_property
+    def _knots(self) -> tuple[np.ndarray, np.ndarray]:
+        """The knots as arrays, once (np.interp would convert the tuples on every call)."""
+        return np.asarray(self.x, dtype=np.float64), np.asarray(self.y, dtype=np.float64)
 
     def to_dict(self) -> dict:
         return {"method": "isotonic-piecewise-linear", "x": list(self.x), "y": list(self.y)}

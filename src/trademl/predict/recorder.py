@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from trademl.errors import ModelStoreError, TradeMLError
-from trademl.predict.request import iso_utc
+from trademl.predict.request import iso_utc, sequence_values
 from trademl.predict.schema import PredictRequest
 
 
@@ -55,7 +55,7 @@ def _array_fields(request: PredictRequest):
         keys = sorted(s[0])
         yield "sequence", (keys, [[row[k] for k in keys] for row in s])
     elif s is not None:
-        yield "sequence", (None, s)
+        yield "sequence", (None, sequence_values(request))
     if request.bars is not None:
         extras = sorted({k for b in request.bars for k in (b.model_extra or {})})
         cols = ["timestamp", "open", "high", "low", "close", "volume", *extras]

@@ -197,7 +197,7 @@ def request_inputs(request: PredictRequest, feature_names: list[str], config, *,
                                                               len(request.bars))
         row, seq, stamp = _rows_of(online, feature_names, sent, warnings)
     else:
-        seq = _sequence_matrix(request.sequence, feature_names, min_history)
+        seq = _sequence_matrix(request, feature_names, min_history)
         row = _feature_row(request.features, feature_names, warnings) if request.features is not None else None
         stamp = None
     if request.timestamp is not None:
@@ -310,24 +310,34 @@ def _feature_row(features, names: list[str], warnings: list[str]) -> np.ndarray:
         if len(features) != width:
             raise RequestError(f"features has {len(features)} values; the models read {width} (in schema order, see GET /v1/models)", field="features")
         return _as_float32([np.nan if v is None else v for v in features], lambda w: f"features[{w[0]}]")
-    unknown = [k for k in features if k not in set(names)]
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [k for k in features if k not in index]
     if unknown:
         raise RequestError(f"unknown features {unknown[:5]}; the models read {width} features (GET /v1/models lists them)",
                            field=f"features.{unknown[0]}")
     row = np.full(width, np.nan)
-    index = {n: i for i, n in enumerate(names)}
     for k, v in features.items():
         if v is not None:
             row[index[k]] = v
     row = _as_float32(row, lambda w: f"features.{names[w[0]]}")
-    missing = [n for n, v in zip(names, row) if not np.isfinite(v)]
+    missing = [names[i] for i in np.flatnonzero(~np.isfinite(row))]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         warnings.append(f"{len(missing)} of {width} features missing, treated as missing values by LightGBM: {shown}")
     return row
 
 
-def _sequence_matrix(sequence, names: list[str], needed: int) -> np.ndarray | None:
+def sequence_values(request: PredictRequest) -> np.ndarray:
+    """A sequence of value rows (not of {name: value} rows) as float64 [rows, cols], converted once
+    per request: the models read it, and so does the prediction log's digest (the conversion of
+    2,400 Python floats is most of either's cost)."""
+    if request._sequence64 is None:
+        request._sequence64 = np.asarray(request.sequence, dtype=np.float64)
+    return request._sequence64
+
+
+def _sequence_matrix(request: PredictRequest, names: list[str], needed: int) -> np.ndarray | None:
+    sequence = request.sequence
     if sequence is None:
         return None
     width = len(names)
@@ -342,7 +352,7 @@ def _sequence_matrix(sequence, names: list[str], needed: int) -> np.ndarray | No
     else:
         if len(sequence[0]) != width:
             raise RequestError(f"sequence rows have {len(sequence[0])} values; the models read {width}", field="sequence[0]")
-        seq = _as_float32(sequence, lambda w: f"sequence[{w[0]}][{w[1]}]")
+        seq = _as_float32(sequence_values(request), lambda w: f"sequence[{w[0]}][{w[1]}]")
     if len(seq) < needed:
         raise RequestError(f"sequence has {len(seq)} rows; the models need {needed} (the last {needed} are used when more are sent)",
                            field="sequence")

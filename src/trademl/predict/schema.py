@@ -170,6 +170,7 @@ class PredictRequest(_Strict):
     side: Literal["long", "short"] = Field(default="long", description="the side win_5m_prob / win_30m_prob are about")
     account: AccountSnapshot | None = Field(default=None, description="the prop-firm account: adds `risk` to the answer")
     _naive_as_utc: bool = PrivateAttr(default=False)  # bars had naive stamps and no timezone: warned
+    _sequence64: object = PrivateAttr(default=None)  # trademl.predict.request.sequence_values, converted once
 
     @field_validator("timestamp")
     @classmethod

@@ -111,6 +111,18 @@ class LGBMRuntime(Runtime):
         rows = np.ascontiguousarray(np.column_stack([X, side]), dtype=np.float32)
         return self.session.run([self._output], {self._input: rows})[0][:, 1].astype(np.float64)
 
+    def _raw_both_sides(self, rows: np.ndarray) -> np.ndarray:
+        """[2m] raw probabilities of rows [m, F] traded long, then short: one ONNX call whose input
+        is built in place (this is the serving path; ``raw_probability`` checks arbitrary inputs)."""
+        m, width = rows.shape
+        if width != len(self.feature_names):
+            raise DataError(f"expected features of shape [n, {len(self.feature_names)}], got {list(rows.shape)}",
+                            where=f"{self.kind} input")
+        x = np.empty((2 * m, width + 1), np.float32)
+        x[:m, :width], x[m:, :width] = rows, rows
+        x[:m, width], x[m:, width] = 1.0, -1.0
+        return self.session.run([self._output], {self._input: x})[0][:, 1].astype(np.float64)
+
     def predict_win(self, X, side) -> np.ndarray:
         """Calibrated win probability [n]."""
         return self.calibrator.apply(self.raw_probability(X, side))
@@ -126,7 +138,7 @@ class LGBMRuntime(Runtime):
         p_long, p_short = np.full(n, np.nan), np.full(n, np.nan)
         m = int(usable.sum())
         if m:
-            both = self.predict_win(np.concatenate([rows[usable], rows[usable]]), np.r_[np.ones(m), -np.ones(m)])
+            both = self.calibrator.apply(self._raw_both_sides(rows[usable] if m < n else rows))
             p_long[usable], p_short[usable] = both[:m], both[m:]
         reason = None if m == n else "every feature of the last bar is missing (warm-up: send more bars)"
         return Votes(self.kind, lgbm_vote(p_long, p_short), {"win_long": p_long, "win_short": p_short},
