@@ -9,7 +9,11 @@ starts). Both are then run as topstep-50k evaluation accounts on the same held-o
 trading day, carried day after day, judged by ``apply_rules``), and on the plain held-out
 evaluation (net P&L, agent / oracle).
 
-    .venv/bin/python bench/bench_ppo_rules.py [--timesteps 1000000] [--bars 200000] [--seeds 7 8]
+    .venv/bin/python bench/bench_ppo_rules.py [--timesteps 1000000] [--bars 200000] [--seeds 7 8] [--gamma 0.9]
+
+``--gamma`` sets [ppo] gamma for both agents (default: the config's, 0.5). The summary pools
+the seeds and, since accounts of one agent share its training, also compares the agents seed by
+seed: the mean per-seed difference in breach share with a t statistic over seeds.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import json
 import tempfile
 import time
+
+import numpy as np
 
 from trademl.config import Config
 from trademl.data.synthetic import synthetic_bars
@@ -29,8 +35,11 @@ from trademl.risk.rules import rules_for
 PRESET = "topstep-50k"
 
 
-def train_one(bars, seed: int, timesteps: int, rules: str | None, folder: str, eval_fraction: float):
+def train_one(bars, seed: int, timesteps: int, rules: str | None, folder: str, eval_fraction: float,
+              gamma: float | None = None):
     cfg = Config()
+    if gamma is not None:
+        cfg.ppo.gamma = gamma
     cfg.data.extra_feature_columns = ["edge"]
     cfg.ppo.total_timesteps, cfg.ppo.seed, cfg.ppo.eval_fraction = timesteps, seed, eval_fraction
     cfg.ppo.account_rules = rules
@@ -42,7 +51,7 @@ def train_one(bars, seed: int, timesteps: int, rules: str | None, folder: str, e
     account = evaluate_under_rules(deterministic_actions(result.model), result.prepared,
                                    rules_for(PRESET))
     m = result.metrics
-    return {"trained_under": rules or "no rules", "seed": seed, "seconds": round(seconds, 1),
+    return {"trained_under": rules or "no rules", "seed": seed, "gamma": cfg.ppo.gamma, "seconds": round(seconds, 1),
             "held_out_net_pnl": m["net_pnl"], "agent_vs_oracle": m.get("pnl_vs_oracle"),
             "mean_abs_position": m["mean_abs_position"], **{f"account_{k}": v for k, v in account.items()
                                                               if k not in ("note", "rules")}}
@@ -55,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8])
     ap.add_argument("--eval-fraction", type=float, default=0.3)
     ap.add_argument("--variants", nargs="+", default=["plain", "rules"], choices=["plain", "rules"])
+    ap.add_argument("--gamma", type=float, default=None, help="[ppo] gamma of both agents (default: the config's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     bars = synthetic_bars(args.bars, seed=3, edge_ic=0.15, edge_horizon=5)
@@ -62,11 +72,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:
             for rules in [{"plain": None, "rules": PRESET}[v] for v in args.variants]:
-                rows.append(train_one(bars, seed, args.timesteps, rules, folder, args.eval_fraction))
+                rows.append(train_one(bars, seed, args.timesteps, rules, folder, args.eval_fraction, args.gamma))
                 print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps(summary(rows), indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+
+
+def summary(rows: list[dict]) -> dict:
+    """Pooled breach shares per agent kind, and the per-seed paired comparison (rules - plain)."""
+    out = {}
+    for kind in ("no rules", PRESET):
+        mine = [r for r in rows if r["trained_under"] == kind]
+        if mine:
+            out[kind] = {"fresh_breached": sum(round(r["account_breach_share"] * r["account_accounts"]) for r in mine),
+                         "fresh_accounts": sum(r["account_accounts"] for r in mine),
+                         "near_limit_breach_share": round(float(np.mean([r["account_near_limits"]["breach_share"]
+                                                                         for r in mine])), 4)}
+    pairs = {}
+    for r in rows:
+        pairs.setdefault(r["seed"], {})[r["trained_under"]] = r
+    both = [p for p in pairs.values() if len(p) == 2]
+    for name, share in (("fresh", lambda r: r["account_breach_share"]),
+                        ("near_limit", lambda r: r["account_near_limits"]["breach_share"])):
+        d = np.array([share(p[PRESET]) - share(p["no rules"]) for p in both])
+        if len(d) > 1:
+            sd = float(d.std(ddof=1))
+            out[f"{name}_paired"] = {"seeds": len(d), "mean_difference": round(float(d.mean()), 4),
+                                     "t_over_seeds": round(float(d.mean() / (sd / np.sqrt(len(d)))), 2) if sd > 0
+                                     else None, "rules_lower_in": int((d < 0).sum()), "ties": int((d == 0).sum())}
+    return out
 
 
 if __name__ == "__main__":
