@@ -88,8 +88,7 @@ class NoveltyReference:
         nearest = np.empty(len(X))
         for lo in range(0, len(X), SCORE_CHUNK):
             z = self.standardize(X[lo: lo + SCORE_CHUNK])
-            d = (z * z).sum(axis=1)[:, None] + sample_norms[None, :] - 2.0 * z @ sample.T
-            nearest[lo: lo + SCORE_CHUNK] = d.min(axis=1)
+            nearest[lo: lo + SCORE_CHUNK] = _squared_distances(z, sample, sample_norms).min(axis=1)
         return np.sqrt(np.maximum(nearest, 0.0)) / self.mean_distance
 
     @cached_property
@@ -128,6 +127,7 @@ class NoveltyReference:
         return {"score": round(score, 4), "threshold": round(self.threshold, 4), "novel": bool(score > self.threshold)}
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """||a_i - b_j||^2 for every pair, as one matrix product."""
-    return (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
+def _squared_distances(a: np.ndarray, b: np.ndarray, b_norms: np.ndarray | None = None) -> np.ndarray:
+    """||a_i - b_j||^2 for every pair, as one matrix product (``b_norms``: the rows' of b, if known)."""
+    b_norms = (b * b).sum(axis=1) if b_norms is None else b_norms
+    return (a * a).sum(axis=1)[:, None] + b_norms[None, :] - 2.0 * a @ b.T
