@@ -1,6 +1,7 @@
 """Prediction latency: in-process ensemble, the HTTP service under load, and CLI cold start.
 
     .venv/bin/python bench/bench_predict.py [--model-root DIR] [--retrain] [--seconds 10] [--parts inproc,http,cold,batch]
+        [--pin] [--rate 200]
 
 1. ``EnsemblePredictor.ensemble_predict`` with all four models and the stacker deciding (the
    guide's input: features of the last bar + a SEQUENCE_LENGTH sequence, with an account, so
@@ -349,6 +350,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="HTTP load duration")
     ap.add_argument("--parts", default="inproc,http,cold,batch", help="comma list of inproc, http, cold, batch")
     ap.add_argument("--pin", action="store_true", help="HTTP part: server on core 0, load client on core 1 (taskset)")
+    ap.add_argument("--rate", type=float, default=200.0, help="HTTP part: requests per second (issue 17: 200)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     root = args.model_root or DEFAULT_ROOT
@@ -363,8 +365,8 @@ def main() -> int:
     skipped = {"p50_ms": float("nan"), "p99_ms": float("nan")}
     inproc = bench_in_process(root, request) if "inproc" in parts else skipped
     voted = bench_in_process(root, request, method="vote") if "inproc" in parts else skipped
-    http = bench_http(root, request, args.seconds, pinned=args.pin) if "http" in parts else dict(
-        skipped, rate=200.0, clients=8, errors=0, n=0, server_counted=0, server_predict_mean_ms=float("nan"),
+    http = bench_http(root, request, args.seconds, rate=args.rate, pinned=args.pin) if "http" in parts else dict(
+        skipped, rate=args.rate, clients=8, errors=0, n=0, server_counted=0, server_predict_mean_ms=float("nan"),
         server_cpu_ms_per_request=float("nan"))
     batch = bench_batch(root, request, args.seconds) if "batch" in parts else None
     cold = bench_cold_start(root) if "cold" in parts else {k: float("nan") for k in (

@@ -282,3 +282,24 @@ def test_a_version_1_log_gains_the_side_column_and_keeps_its_rows(tmp_path):
     log.append(dict(_record(5), side="short"))
     frame = log.query()
     assert len(frame) == 2 and pd.isna(frame["side"].iloc[0]) and frame["side"].iloc[1] == "short"
+
+
+def test_the_request_digest_reads_the_numbers_as_sent_and_once():
+    """The same request gives the same digest whether or not the models read its sequence first
+    (the float64 values are converted once and shared); a change float32 cannot see changes it."""
+    import numpy as np
+
+    from trademl.predict.recorder import request_digest
+    from trademl.predict.request import parse_request, sequence_values
+
+    sequence = np.random.default_rng(0).normal(size=(60, 5)).tolist()
+    body = {"symbol": "NQ", "features": [1.0, 2.0, None, 4.0, 5.0], "sequence": sequence, "position": 1}
+    fresh = request_digest(parse_request(body))
+    read_first = parse_request(body)
+    assert sequence_values(read_first).dtype == np.float64
+    assert request_digest(read_first) == fresh
+    nudged = [row[:] for row in sequence]
+    nudged[7][3] = float(np.nextafter(nudged[7][3], np.inf))  # one float64 ulp: the same float32
+    assert np.float32(nudged[7][3]) == np.float32(sequence[7][3])
+    assert request_digest(parse_request(dict(body, sequence=nudged))) != fresh
+    assert request_digest(parse_request(dict(body, position=2))) != fresh
