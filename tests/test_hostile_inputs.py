@@ -355,3 +355,57 @@ def test_the_prediction_log_refuses_a_stamp_the_monitor_cannot_read(tmp_path, st
     assert log.count() == 0
     log.append({"timestamp": "2199-12-31T23:59:59Z", "output": output})
     assert len(log.query()) == 1  # the last year stored still reads back
+
+
+def _strict_or_error(raw: bytes):
+    from trademl.predict.json_body import _strict_json
+    from trademl.predict.request import RequestError
+
+    try:
+        return _strict_json(raw, raw.decode("utf-8"))
+    except (RequestError, UnicodeDecodeError) as e:
+        return e
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_the_fast_json_path_accepts_only_what_the_strict_one_decodes_alike(names, name):
+    """Every body of the table: the fast decoder either hands it to the strict one, or gives the
+    value the strict one gives (JSON's NaN is compared as NaN)."""
+    from trademl.predict.json_body import _UNSURE, _fast_json
+
+    raw = _case(name)[1](names)
+    fast = _fast_json(raw)
+    if fast is not _UNSURE:
+        strict = _strict_or_error(raw)
+        assert not isinstance(strict, Exception), (name, strict)
+        assert json.dumps(fast, sort_keys=True) == json.dumps(strict, sort_keys=True), name
+
+
+@pytest.mark.parametrize("body, why", [
+    (b'{"a": 1, "b": {"c": 2, "c": 3}}', "a key twice in a nested object"),
+    (b'{"a/b": 1, "a\\/b": 2}', "one key spelled two ways"),
+    (b'{"r\\u0073i": 1, "rsi": 2}', "a unicode escape"),
+    (b"[" * 33 + b"]" * 33, "nesting beyond 32"),
+    (b'{"a": [1, 2', "not JSON"),
+])
+def test_the_fast_json_path_hands_doubtful_bodies_to_the_strict_one(body, why):
+    from trademl.predict.json_body import _UNSURE, _fast_json, parse_json_body
+    from trademl.predict.request import RequestError
+
+    assert _fast_json(body) is _UNSURE, why
+    with pytest.raises(RequestError, match="not valid JSON"):
+        parse_json_body(body, MAX_BODY)
+
+
+def test_the_fast_json_path_reads_strings_that_look_like_structure():
+    """Quotes, colons and brackets inside strings are not structure; equal keys in different
+    objects are not duplicates; a bigger-than-int64 integer and NaN come through as the stdlib's."""
+    from trademl.predict.json_body import _UNSURE, _fast_json
+
+    raw = (b'{"s": "a\\":[{b", "t": {"s": 1, "u": "]}\\\\"}, "x": [{"s": 2}, {"s": 3}], '
+           b'"big": 123456789012345678901234567890, "n": NaN, "e": "\xe2\x82\xac"}')
+    fast = _fast_json(raw)
+    assert fast is not _UNSURE
+    strict = _strict_or_error(raw)
+    assert json.dumps(fast, sort_keys=True) == json.dumps(strict, sort_keys=True)
+    assert fast["s"] == 'a":[{b' and fast["t"]["u"] == "]}\\" and fast["big"] == 123456789012345678901234567890

@@ -9,7 +9,6 @@ malformed is a ``RequestError`` naming the field, never a silent HOLD.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -20,7 +19,6 @@ from trademl.market.broker import RECENT_ACTIONS, AccountState
 from trademl.models.base import ModelInputs
 from trademl.predict.schema import BarsPush, PredictRequest, describe_validation_error
 
-MAX_JSON_DEPTH = 32  # the deepest valid request is 4 levels (batch -> requests -> sequence -> row)
 # Bars whose lows and highs lie further apart than this many ticks are refused: the volume
 # profile's histogram is sized by that range (one bar priced 4e9..1e308 asked for TiBs).
 # 100,000 ticks is 25,000 points of NQ or ES, more than the index itself moves in years.
@@ -68,90 +66,6 @@ def _validated(model, market_data):
         errors = e.errors(include_url=False, include_context=False, include_input=False)
         message, where = describe_validation_error(errors)
         raise RequestError(message, field=where, detail=errors) from None
-
-
-def parse_json_body(data: bytes | str, max_bytes: int):
-    """Bytes of one request -> the decoded JSON value, or RequestError (too large, not JSON).
-
-    Strict: the bytes must be UTF-8, an object must not name a key twice, and containers
-    nest at most MAX_JSON_DEPTH deep. NaN and Infinity are decoded (as FastAPI does) so that
-    validation rejects them naming the field they are in, rather than as an anonymous
-    syntax error.
-    """
-    raw = data.encode() if isinstance(data, str) else data
-    if len(raw) > max_bytes:
-        raise RequestError(f"request is larger than {max_bytes} bytes", field="body", kind="too_large")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RequestError(f"request is not valid UTF-8 (byte {e.start})", field="body", kind="not_json") from None
-    try:
-        value = json.loads(text, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as e:
-        raise RequestError(f"request is not valid JSON: key {e.key!r} appears twice in one object", field="body",
-                           kind="not_json") from None
-    except RecursionError:
-        raise RequestError(f"request is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", field="body",
-                           kind="not_json") from None
-    except ValueError as e:
-        raise RequestError(f"request is not valid JSON: {str(e)[:200]}", field="body", kind="not_json") from None
-    if _too_deep(value):
-        raise RequestError(f"request is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", field="body",
-                           kind="not_json")
-    if b"\\u" in raw and _has_lone_surrogate(value):  # only an escape can spell one in UTF-8 text
-        raise RequestError("request is not valid JSON: a \\u escape names a lone surrogate (not a character)",
-                           field="body", kind="not_json")
-    return value
-
-
-def _has_lone_surrogate(value) -> bool:
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            try:
-                node.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(node, dict):
-            stack.extend(node)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key[:100]
-
-
-def _unique_keys(pairs: list) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise _DuplicateKey(k)
-            seen.add(k)
-    return out
-
-
-def _too_deep(value) -> bool:
-    """Whether containers nest deeper than MAX_JSON_DEPTH (an explicit stack: no recursion)."""
-    if not isinstance(value, (dict, list)):
-        return False
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth + 1 > MAX_JSON_DEPTH:
-                    return True
-                stack.append((child, depth + 1))
-    return False
 
 
 def iso_utc(dt: datetime) -> str:

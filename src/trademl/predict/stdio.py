@@ -10,7 +10,8 @@ import sys
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.predict.ensemble import EnsemblePredictor
 from trademl.predict.recorder import json_default
-from trademl.predict.request import RequestError, parse_json_body, parse_request
+from trademl.predict.json_body import parse_json_body
+from trademl.predict.request import RequestError, parse_request
 
 EXIT_BAD_REQUEST = 2
 EXIT_NO_MODEL = 3

@@ -48,7 +48,8 @@ from prometheus_client.registry import Collector
 from trademl.errors import ModelStoreError, TradeMLError
 from trademl.predict.ensemble import EnsemblePredictor
 from trademl.predict.expiry import is_expired, model_ages_hours
-from trademl.predict.request import RequestError, parse_json_body
+from trademl.predict.json_body import parse_json_body
+from trademl.predict.request import RequestError
 from trademl.predict.schema import (
     BarsPush,
     BatchRequest,
