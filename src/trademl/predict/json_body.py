@@ -21,6 +21,9 @@ _UNSURE = object()
 # Below this the standard library is as fast (the guide's example, 200 bytes: 15 us strict, 40 us
 # fast); a 49 KB snapshot takes 0.6 ms fast against 1.3-2.0 ms strict.
 FAST_JSON_BYTES = 2048
+# More quotes and brackets than this (a snapshot has ~200; a batch of 256 one-bar requests
+# ~6,700) and the Python pass over them would cost more than the strict path.
+FAST_JSON_MARKS = 4096
 
 
 def parse_json_body(data: bytes | str, max_bytes: int):
@@ -48,40 +51,38 @@ def _fast_json(raw: bytes):
     """``raw`` decoded by pydantic-core's parser, or _UNSURE where the strict path must decide.
 
     A guide-size snapshot is ~49 KB, mostly numbers: ``json.loads`` with the checks takes
-    ~1.6 ms of it, on the server's event loop, and pydantic-core's parser ~0.3 ms. That parser
-    keeps the last of two equal keys and nests deeper than MAX_JSON_DEPTH, so one pass over the
-    raw bytes' strings and brackets follows: a key seen twice in one object, or nesting too
-    deep, hands the body to the strict path. So does anything the
-    parser refuses, and any body with a ``\\u`` or ``\\/`` escape, the only ways to spell one
-    key two ways or a lone surrogate. What the fast path accepts, the strict path decodes to
-    the same value (tests/test_hostile_inputs.py runs both).
+    1.3-2.0 ms of it, on the server's event loop, and pydantic-core's parser ~0.3 ms. That
+    parser keeps the last of two equal keys and nests deeper than MAX_JSON_DEPTH, so a pass
+    over the raw bytes' quotes and brackets checks both. The strict path takes any body with
+    a backslash (an escape can spell one key two ways, or a lone surrogate), any with more than
+    FAST_JSON_MARKS quotes and brackets (a body of strings and objects, where that pass would
+    cost more than it saves), and any the parser refuses. What the fast path accepts, the
+    strict path decodes to the same value (tests/test_hostile_inputs.py checks every body of
+    its table).
     """
-    if b"\\u" in raw or b"\\/" in raw:
+    if b"\\" in raw:
+        return _UNSURE
+    b = np.frombuffer(raw, np.uint8)
+    marks = np.flatnonzero((b == 0x22) | (b == 0x5B) | (b == 0x5D) | (b == 0x7B) | (b == 0x7D))
+    if len(marks) > FAST_JSON_MARKS:
         return _UNSURE
     try:
         value = from_json(raw, allow_inf_nan=True)
     except ValueError:
         return _UNSURE
-    return value if _keys_unique_and_shallow(raw) else _UNSURE
+    return value if _keys_unique_and_shallow(raw, marks.tolist()) else _UNSURE
 
 
-def _keys_unique_and_shallow(raw: bytes) -> bool:
-    """Whether no object of the (valid JSON) ``raw`` names a key twice and nothing nests beyond
-    MAX_JSON_DEPTH. numpy finds the quotes, backslashes and brackets (~200 in a snapshot, whose
-    ~2,400 numbers a Python loop or a regular expression would have to step over); a loop over
-    them tells strings from structure: a backslash in a string escapes the next byte."""
-    b = np.frombuffer(raw, np.uint8)
-    marks = np.flatnonzero((b == 0x22) | (b == 0x5C) | (b == 0x5B) | (b == 0x5D) | (b == 0x7B) | (b == 0x7D))
+def _keys_unique_and_shallow(raw: bytes, marks: list[int]) -> bool:
+    """Whether no object of ``raw`` (valid JSON without escapes) names a key twice and nothing
+    nests beyond MAX_JSON_DEPTH, read from the positions of its quotes and brackets (``marks``,
+    found by numpy: a snapshot has ~200 beside ~2,400 numbers a Python loop would step over)."""
     objects: list = []  # a set of keys per open object, None per open list
-    string_start, escaped = -1, -1  # where the open string began (-1: none); the byte a backslash escapes
-    for i in marks.tolist():
+    string_start = -1  # where the open string began; -1 outside strings
+    for i in marks:
         c = raw[i]
         if string_start >= 0:
-            if i == escaped:
-                continue
-            if c == 0x5C:
-                escaped = i + 1
-            elif c == 0x22:  # the string closes: a key when a colon follows
+            if c == 0x22:  # the string closes: a key when a colon follows
                 if objects and objects[-1] is not None and _COLON.match(raw, i + 1):
                     key = raw[string_start:i]
                     if key in objects[-1]:
@@ -94,7 +95,7 @@ def _keys_unique_and_shallow(raw: bytes) -> bool:
             objects.append(None if c == 0x5B else set())
             if len(objects) > MAX_JSON_DEPTH:
                 return False
-        else:  # ] } (a backslash outside a string is not JSON, and the parser accepted it)
+        else:  # ] }
             objects.pop()
     return True
 
