@@ -170,5 +170,3 @@ def _too_deep(value) -> bool:
                     return True
                 stack.append((child, depth + 1))
     return False
-
-

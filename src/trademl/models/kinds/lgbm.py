@@ -99,28 +99,34 @@ class LGBMRuntime(Runtime):
 
     def raw_probability(self, X, side) -> np.ndarray:
         """Uncalibrated tree probability of a win for rows X [n, F] traded on ``side`` (+1/-1)."""
+        X = self._checked(X)
+        side = np.broadcast_to(np.asarray(side, dtype=np.float32), (X.shape[0],))
+        if not np.all((side == 1) | (side == -1)):
+            raise DataError("side must be +1 (long) or -1 (short)", where=f"{self.kind} input")
+        return self._run(X, side)
+
+    def _raw_both_sides(self, rows) -> np.ndarray:
+        """[2m] raw probabilities of rows [m, F] traded long, then short, in one ONNX call (the
+        serving path: the sides are known good, so only the rows are checked)."""
+        rows = self._checked(rows)
+        m = len(rows)
+        return self._run(np.concatenate([rows, rows]), np.r_[np.ones(m, np.float32), -np.ones(m, np.float32)])
+
+    def _checked(self, X) -> np.ndarray:
+        """Feature rows as float32 [n, F], or a DataError naming the shape the model reads."""
         X = np.asarray(X, dtype=np.float32)
         if X.ndim == 1:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise DataError(f"expected features of shape [n, {len(self.feature_names)}], got {list(X.shape)}",
                             where=f"{self.kind} input")
-        side = np.broadcast_to(np.asarray(side, dtype=np.float32), (X.shape[0],))
-        if not np.all((side == 1) | (side == -1)):
-            raise DataError("side must be +1 (long) or -1 (short)", where=f"{self.kind} input")
-        rows = np.ascontiguousarray(np.column_stack([X, side]), dtype=np.float32)
-        return self.session.run([self._output], {self._input: rows})[0][:, 1].astype(np.float64)
+        return X
 
-    def _raw_both_sides(self, rows: np.ndarray) -> np.ndarray:
-        """[2m] raw probabilities of rows [m, F] traded long, then short: one ONNX call whose input
-        is built in place (this is the serving path; ``raw_probability`` checks arbitrary inputs)."""
-        m, width = rows.shape
-        if width != len(self.feature_names):
-            raise DataError(f"expected features of shape [n, {len(self.feature_names)}], got {list(rows.shape)}",
-                            where=f"{self.kind} input")
-        x = np.empty((2 * m, width + 1), np.float32)
-        x[:m, :width], x[m:, :width] = rows, rows
-        x[:m, width], x[m:, width] = 1.0, -1.0
+    def _run(self, X: np.ndarray, side: np.ndarray) -> np.ndarray:
+        """The graph's win probability of rows [n, F] with their side [n]: the input [n, F + 1] filled in place."""
+        n, width = X.shape
+        x = np.empty((n, width + 1), np.float32)
+        x[:, :width], x[:, width] = X, side
         return self.session.run([self._output], {self._input: x})[0][:, 1].astype(np.float64)
 
     def predict_win(self, X, side) -> np.ndarray:
