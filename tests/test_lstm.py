@@ -130,6 +130,27 @@ def test_onnx_runtime_equals_pytorch(edge_run, tmp_path):
             assert np.all((got["risk"] >= 0) & (got["risk"] <= 1))
 
 
+def test_a_window_gets_the_same_answer_alone_and_beside_others(edge_run):
+    """The int8 graph quantises each call's input over everything in it, so the runtime scores
+    one window per call: a backtest scoring a span then decides exactly what the predictor, which
+    scores one window, does. Measured first: 1e-4 apart in one batch, and a flipped decision."""
+    ds, cfg, _ = edge_run
+    stored = ModelStore(cfg.paths.model_root).load("lstm", feature_names=ds.feature_names)
+    runtime = LSTMRuntime.load(stored)
+    assert stored.manifest["onnx_graph"]["precision"] == "int8" and runtime.windows_per_call == 1
+    task, ends = sequence_task(ds, cfg)
+    windows = windows_at(task.X, ends[100:164], 8)
+    together = runtime.heads(windows)
+    for i in (0, 17, 63):
+        alone = runtime.heads(windows[i])
+        for head in ("hold", "buy", "sell", "movement", "risk"):
+            assert alone[head][0] == together[head][i], (i, head)
+    # what one call of all 64 would have given instead: not the served answers
+    x = ((windows - runtime.mean) / runtime.std).astype(np.float32)
+    one_call = runtime.session.run(runtime._outputs, {runtime._input: x})[0]
+    assert np.abs(one_call[:, 1] - together["buy"]).max() > 0
+
+
 def stored_weights(stored):
     return stored.manifest["metrics"]["final"]["class_weights"]
 

@@ -228,10 +228,10 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path, me
             broker.fill_target(left[j] == 1, close[row], open_[row + 1], close[row + 1])
 
     np.testing.assert_array_equal(got_action, expected["action"].to_numpy()[replayed])
-    # The same decision code on the same inputs; the one difference left is ONNX Runtime's
-    # float32 LSTM, which rounds a window scored in a batch of 1,024 (the walk-forward) up to
-    # ~6e-8 away from the same window scored alone (the predictor): measured 3.3e-9 at most
-    # in the confidence. Every recommendation, and so every position, is identical.
+    # The same decision code on the same inputs. The LSTM is served in int8 here, one window per
+    # ONNX call in the walk-forward as in the predictor (scored 1,024 at once, its answers moved by
+    # ~1e-4 and one decision flipped); a float graph, 16 windows per call, rounds ~3e-8 away from
+    # one window alone. Every recommendation, and so every position, is identical.
     np.testing.assert_allclose(got_conf, expected["confidence"].to_numpy()[replayed], rtol=0, atol=1e-7)
     assert (got_action != 0).sum() > 50 and (got_conf > threshold).sum() > 10, "the fold must trade to mean anything"
     # the PPO agent was asked with long, short and flat accounts (the stacked ensemble of this

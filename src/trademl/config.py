@@ -174,7 +174,9 @@ class LSTMConfig(_Section):
     serve_int8: bool = Field(True, description=(
         "Serve the graph with its LSTM nodes quantised to int8 (ONNX Runtime's dynamic quantisation) when its "
         "outputs stay within 0.02 of the float graph's on the training windows (the movement correlated at "
-        "0.999); the manifest's onnx_graph says which was stored. About 1.8x faster at batch 1 on an AVX2 core."))
+        "0.999); the manifest's onnx_graph says which was stored. About 1.8x faster at batch 1 on an AVX2 core. "
+        "It scores one window per call everywhere (its input scale is taken over the whole call, so windows "
+        "scored together would get other answers than the one the predictor serves)."))
     attention_heads: int = Field(4, ge=1, description="Attention heads of the transformer (HIDDEN_SIZE must divide by it).")
     # Resumes are bit-identical on the CPU; CUDA kernels are not all deterministic.
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
