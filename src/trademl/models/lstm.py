@@ -338,6 +338,7 @@ def _int8_graph(onnx_path: Path, windows: np.ndarray) -> dict:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from trademl.models.kinds.lstm import run_windows
     from trademl.models.lstm_model import INPUT_NAME
     from trademl.models.onnx_session import open_session
 
@@ -348,9 +349,7 @@ def _int8_graph(onnx_path: Path, windows: np.ndarray) -> dict:
         with _quiet_root_logger():  # its advice to pre-process a graph for static quantisation, on every call
             quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
         float_out = open_session(onnx_path).run(None, {INPUT_NAME: windows})
-        int8_session = open_session(int8_path)  # judged one window per call, as the runtime serves it
-        int8_out = [np.concatenate(part) for part in zip(*(int8_session.run(None, {INPUT_NAME: windows[i: i + 1]})
-                                                            for i in range(len(windows))))]
+        int8_out = run_windows(open_session(int8_path), windows, 1)  # one window per call, as it is served
         (p0, m0, r0), (p1, m1, r1) = float_out, int8_out
         diff = {"signal_probs": float(np.abs(p1 - p0).max()), "risk": float(np.abs(r1 - r0).max()),
                 "movement_corr": _correlation(np.ravel(m0), np.ravel(m1))}

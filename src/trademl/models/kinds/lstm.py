@@ -27,6 +27,14 @@ FLOAT_WINDOWS_PER_CALL = 16
 HEADS = ("hold", "buy", "sell", "movement", "risk")
 
 
+def run_windows(session, x: np.ndarray, per_call: int, outputs=None) -> list[np.ndarray]:
+    """The graph's outputs for normalised windows ``x`` [n, T, F], ``per_call`` windows per ONNX
+    call (1 for an int8 graph: see ``LSTMRuntime.windows_per_call``)."""
+    name = session.get_inputs()[0].name
+    calls = [session.run(outputs, {name: x[lo: lo + per_call]}) for lo in range(0, max(len(x), 1), per_call)]
+    return calls[0] if len(calls) == 1 else [np.concatenate(part) for part in zip(*calls)]
+
+
 class LSTMRuntime(Runtime):
     kind_pattern = "lstm"
     order = 20
@@ -94,9 +102,7 @@ class LSTMRuntime(Runtime):
         """RAW windows [n, T, F] (or one [T, F]) -> hold, buy, sell, movement, risk, each [n]; a
         window's answer does not depend on the windows scored with it (``windows_per_call``)."""
         x = ((self._check(seq) - self.mean) / self.std).astype(np.float32, copy=False)
-        step = self.windows_per_call
-        calls = [self.session.run(self._outputs, {self._input: x[lo: lo + step]}) for lo in range(0, max(len(x), 1), step)]
-        probs, movement, risk = (np.concatenate(part) for part in zip(*calls)) if len(calls) != 1 else calls[0]
+        probs, movement, risk = run_windows(self.session, x, self.windows_per_call, self._outputs)
         return {"hold": probs[:, 0], "buy": probs[:, 1], "sell": probs[:, 2],
                 "movement": np.ravel(movement), "risk": np.clip(np.ravel(risk), 0.0, 1.0)}
 
