@@ -95,6 +95,29 @@ def test_removing_the_informative_model_moves_toward_the_base_rate(fitted):
     assert np.abs(blank - full).mean() < 0.02
 
 
+def test_two_models_that_see_the_same_edge_share_it_and_none_is_bet_against():
+    """The meta-model weights each kind by its own slope, with the side's sign: a second, noisier
+    copy of the good model adds weight in the same direction (a free regression on both let the
+    pair fight over the edge), and a model whose votes run against the outcomes gets none, so the
+    stacker never bets against a model."""
+    votes, rows, outcomes, truth = planted(8_000, seed=6)
+    rng = np.random.default_rng(7)
+    echo = np.clip(votes["good"] + rng.normal(scale=0.05, size=votes["good"].shape), 0.01, 0.99)
+    echo /= echo.sum(axis=1, keepdims=True)
+    contrary = votes["good"][:, [0, 2, 1]]  # buys where the good model sells
+    params, _ = fit_stacker({"good": votes["good"], "echo": echo, "contrary": contrary}, rows, NAMES, outcomes, horizon=5)
+    for side, sign in (("long", 1.0), ("short", -1.0)):
+        coef = np.asarray(params["coef"][side])
+        view = {k: coef[2 * j] for j, k in enumerate(params["kinds"])}  # the buy logit's weight; sell's is its negative
+        np.testing.assert_allclose(coef[1:6:2], -coef[0:6:2])
+        assert sign * view["good"] > 0 and sign * view["echo"] > 0
+        assert view["contrary"] == 0.0
+        assert np.all(coef[6:] == 0.0)  # no presence or context weights unless asked for
+    p_long = st.StackerRuntime(params).probabilities({"good": votes["good"], "echo": echo, "contrary": contrary},
+                                                      rows, NAMES, len(rows))[0]
+    assert np.corrcoef(p_long, truth[0])[0, 1] > 0.9
+
+
 def test_the_decision_rule_and_the_bet_size():
     p_long = np.array([0.80, 0.60, 0.60, 0.30, 0.72, 0.75])
     p_short = np.array([0.10, 0.20, 0.20, 0.65, 0.71, 0.75])
@@ -200,7 +223,8 @@ def test_tampered_parameters_are_refused(fitted, tamper):
 
 @pytest.fixture(scope="module")
 def stacked_store(tmp_path_factory):
-    """LightGBM 5m / 30m and their stacker, trained by ``train all`` on 12,000 synthetic bars."""
+    """LightGBM 5m / 30m and their stacker, trained by ``train all`` on 12,000 synthetic bars (IC 0.25:
+    the tiny models must see enough edge for some trades to pay after costs)."""
     from tests.conftest import TINY_OVERRIDES
     from trademl.config import load_config
     from trademl.data.dataset import dataset_from_bars
@@ -211,7 +235,7 @@ def stacked_store(tmp_path_factory):
     overrides = {k: dict(v) for k, v in TINY_OVERRIDES.items()}
     overrides["paths"] = {"model_root": str(root)}
     cfg = load_config(None, overrides)
-    bars = synthetic_bars(12_000, seed=3, edge_ic=0.15, symbol="NQ")
+    bars = synthetic_bars(12_000, seed=3, edge_ic=0.25, symbol="NQ")
     dataset = dataset_from_bars(bars, cfg)
     trained = train_models(dataset, cfg, root, models=("lgbm",))
     return root, cfg, bars, dataset, trained

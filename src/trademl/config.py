@@ -263,6 +263,9 @@ class EnsembleConfig(_Section):
         "train on the rest."))
     min_stack_rows: int = Field(1500, ge=200, description=(
         "Fewest rows for the stacker (and for the base models beside it); fewer: no stacker, the vote decides."))
+    context_inputs: bool = Field(False, description=(
+        "The meta-model also reads which models are present and the bar's context (log ATR, time of day); "
+        "off: on the planted-edge walk-forward they cost the stacker's decisions out of sample (bench/README.md)."))
     horizon: int = Field(5, gt=0, description=(
         "The trade the confidence is about: entered at the next open, closed this many bars later "
         "(a labelled horizon; else the shortest one)."))

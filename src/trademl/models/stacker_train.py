@@ -16,6 +16,8 @@ import numpy as np
 from trademl.errors import InsufficientDataError, ModelStoreError
 from trademl.models import stacker as st
 
+METHOD = ("per side: each kind's view weighted by its own logistic slope (non-negative), an L2 logistic "
+          "regression on the combined score, isotonic on cross-fitted scores")
 
 def stack_split(dataset, config):
     """(rows the base models train on, rows the stacker fits on) or (all rows, None, why not)."""
@@ -90,34 +92,76 @@ def _masked_copies(values, present, context, copies: int, seed: int):
     return np.concatenate(out_v), np.concatenate(out_p), np.tile(context, (copies + 1, 1))
 
 
-def _logistic(X: np.ndarray, y: np.ndarray):
+def _logistic(X: np.ndarray, y: np.ndarray, C: float = st.L2_C):
     """(coefficients, intercept) of the L2 logistic regression (scikit-learn) of y on X."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=st.L2_C, max_iter=2000).fit(X, y)
+    model = LogisticRegression(C=C, max_iter=2000).fit(X, y)
     return model.coef_[0], float(model.intercept_[0])
 
 
-def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int) -> np.ndarray:
-    """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): time
-    blocks of the n rows, each scored by a regression fitted on the other blocks, less ``horizon``
-    rows either side of it (whose outcomes overlap the block's)."""
-    n = len(X) // (copies + 1)
-    scores = np.empty(len(X))
+def combination_weights(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float) -> np.ndarray:
+    """[K] each kind's weight in the combined score: the slope of a one-input logistic regression
+    of y on the kind's view (its standardised buy logit less its sell logit) over the rows where it
+    voted, kept only with the side's sign (``sign`` +1 long, -1 short; Breiman's non-negative
+    stacking: a model is never bet against)."""
+    weights = np.zeros(n_kinds)
+    for j in range(n_kinds):
+        voted = X[:, 2 * n_kinds + j] > 0.5
+        if voted.sum() < st.MIN_VOTED_ROWS or len(np.unique(y[voted])) < 2:
+            continue
+        view = (X[voted, 2 * j] - X[voted, 2 * j + 1])[:, None]
+        slope = _logistic(view, y[voted], C=1.0)[0][0]
+        weights[j] = slope if slope * sign > 0 else 0.0
+    return weights
+
+
+def meta_regression(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float, context: bool):
+    """(coefficients over ``design``'s columns, intercept) of the meta-model of one side.
+
+    Two stages, because a few thousand rows cannot pay for a free regression on every input: the
+    kinds' views are combined with ``combination_weights`` (one slope each, fitted alone, so two
+    models that see the same edge do not fight over it), then an L2 logistic regression of y on the
+    combined score, and with ``context`` on the presence flags and the context inputs too. The
+    product is linear in ``design``, so it is served as one coefficient vector."""
+    w = combination_weights(X, y, n_kinds, sign)
+    views = np.zeros(2 * n_kinds)
+    views[0::2], views[1::2] = w, -w
+    score = X[:, :2 * n_kinds] @ views
+    spread = float(score.std()) or 1.0
+    extra = slice(2 * n_kinds, X.shape[1]) if context else slice(0, 0)
+    coef, intercept = _logistic(np.column_stack([score / spread, X[:, extra]]), y)
+    out = np.zeros(X.shape[1])
+    out[:2 * n_kinds] = views * coef[0] / spread
+    out[extra] = coef[1:]
+    return out, intercept
+
+
+def _time_blocks(n: int, copies: int, horizon: int):
+    """(held, train) masks over ``copies`` + 1 stacked copies of n rows, per time block of the n
+    rows: the block, and every row but the block and ``horizon`` rows either side of it (whose
+    outcomes overlap the block's)."""
     edges = np.linspace(0, n, st.CROSS_FIT_BLOCKS + 1).astype(int)
     t = np.tile(np.arange(n), copies + 1)  # each stacked row's bar
     for lo, hi in zip(edges[:-1], edges[1:]):
-        held = (t >= lo) & (t < hi)
-        train = (t < lo - horizon) | (t >= hi + horizon)
-        coef, intercept = _logistic(X[train], y[train])
+        yield (t >= lo) & (t < hi), (t < lo - horizon) | (t >= hi + horizon)
+
+
+def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int, fit) -> np.ndarray:
+    """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): each
+    time block scored by the regression ``fit(X, y)`` fitted on the other blocks (``_time_blocks``)."""
+    scores = np.empty(len(X))
+    for held, train in _time_blocks(len(X) // (copies + 1), copies, horizon):
+        coef, intercept = fit(X[train], y[train])
         scores[held] = st.sigmoid(X[held] @ coef + intercept)
     return scores
 
 
 def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcomes, *, horizon: int,
-                seed: int = 0) -> tuple[dict, dict]:
+                seed: int = 0, use_context: bool = False) -> tuple[dict, dict]:
     """(the stacker's parameters, its metrics) from the base kinds' votes on the stacking rows,
-    the rows' features and ``trade_outcomes``. See ``trademl.models.stacker``."""
+    the rows' features and ``trade_outcomes``; ``use_context``: the meta-model also reads the presence
+    flags and the bar's context ([ensemble] context_inputs). See ``trademl.models.stacker``."""
     from trademl.models.calibration import IsotonicCalibrator, expected_calibration_error
 
     won_long, won_short, pnl_long, pnl_short = outcomes
@@ -139,13 +183,14 @@ def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcome
               "context_mean": scaling.context_mean.tolist(), "context_scale": scaling.context_scale.tolist(),
               "context_features": list(st.CONTEXT_FEATURES), "coef": {}, "intercept": {}, "calibration": {},
               "base_rate": {}, "average_win": {}, "average_loss": {}}
-    metrics = {"rows": n, "kinds": kinds, "method": "L2 logistic regression per side, isotonic on cross-fitted scores"}
+    metrics = {"rows": n, "kinds": kinds, "context_inputs": bool(use_context), "method": METHOD}
     out_of_fold = {}
-    for side in st.SIDES:
+    for side, sign in zip(st.SIDES, (1.0, -1.0)):
         y = np.tile(won[side], st.MASKED_COPIES + 1)
-        oof = cross_fitted_scores(X, y, st.MASKED_COPIES, horizon)
+        fit = lambda X_, y_, s=sign: meta_regression(X_, y_, len(kinds), s, use_context)  # noqa: E731
+        oof = cross_fitted_scores(X, y, st.MASKED_COPIES, horizon, fit)
         calibrator = IsotonicCalibrator.fit(oof[informed], y[informed])
-        coef, intercept = _logistic(X, y)
+        coef, intercept = fit(X, y)
         wins, losses = pnl[side][pnl[side] > 0], pnl[side][pnl[side] <= 0]
         params["coef"][side], params["intercept"][side] = coef.tolist(), intercept
         params["calibration"][side] = calibrator.to_dict()
@@ -194,11 +239,12 @@ def train_stacker(dataset, stored: dict, rows: np.ndarray, config, model_root):
     votes = {k: open_runtime(stored[k]).predict(inputs).vote for k in kinds}
     horizon = stack_horizon(dataset, config)
     params, metrics = fit_stacker(votes, dataset.X[rows], dataset.feature_names,
-                                  trade_outcomes(dataset, rows, horizon, config), horizon=horizon)
+                                  trade_outcomes(dataset, rows, horizon, config), horizon=horizon,
+                                  use_context=config.ensemble.context_inputs)
     index = dataset.frame.index
     span = {"start": index[rows[0]].isoformat(), "end": index[rows[-1]].isoformat(), "rows": int(len(rows))}
     info = {"base_versions": {k: stored[k].version for k in kinds}, "horizon": horizon,
-            "symbol": dataset.symbol, "method": "L2 logistic regression per side + isotonic calibration"}
+            "symbol": dataset.symbol, "method": METHOD}
     try:
         with ModelStore(model_root).writer(st.STACKER_KIND, feature_schema=dataset.manifest["feature_schema"],
                                            training_span=span, metrics=metrics, model=info,
