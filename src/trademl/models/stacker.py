@@ -74,6 +74,7 @@ MASKED_COPIES = 3  # copies of each row with base models dropped at random (besi
 DROP_PROBABILITY = 0.5
 CROSS_FIT_BLOCKS = 5  # time blocks of the out-of-fold scores the isotonic map and thresholds are fitted on
 L2_C = 0.1  # scikit-learn's C (inverse L2 strength) of the logistic regression on the combined score
+VIEW_C = 1.0  # ... and of each kind's one-input regression (one slope: little to shrink)
 MIN_VOTED_ROWS = 100  # a kind that voted on fewer of the rows gets no weight
 VOTE_FLOOR = 1e-4  # votes are clipped into [floor, 1 - floor] before their logit
 MIN_TRADES = 30  # a threshold with fewer decisions on the stacker's rows is not chosen

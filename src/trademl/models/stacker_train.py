@@ -19,6 +19,7 @@ from trademl.models import stacker as st
 METHOD = ("per side: each kind's view weighted by its own logistic slope (non-negative), an L2 logistic "
           "regression on the combined score, isotonic on cross-fitted scores")
 
+
 def stack_split(dataset, config):
     """(rows the base models train on, rows the stacker fits on) or (all rows, None, why not)."""
     ens = config.ensemble
@@ -111,7 +112,7 @@ def combination_weights(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float)
         if voted.sum() < st.MIN_VOTED_ROWS or len(np.unique(y[voted])) < 2:
             continue
         view = (X[voted, 2 * j] - X[voted, 2 * j + 1])[:, None]
-        slope = _logistic(view, y[voted], C=1.0)[0][0]
+        slope = _logistic(view, y[voted], C=st.VIEW_C)[0][0]
         weights[j] = slope if slope * sign > 0 else 0.0
     return weights
 
@@ -137,21 +138,17 @@ def meta_regression(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float, con
     return out, intercept
 
 
-def _time_blocks(n: int, copies: int, horizon: int):
-    """(held, train) masks over ``copies`` + 1 stacked copies of n rows, per time block of the n
-    rows: the block, and every row but the block and ``horizon`` rows either side of it (whose
-    outcomes overlap the block's)."""
+def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int, fit) -> np.ndarray:
+    """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): time
+    blocks of the n rows, each scored by the regression ``fit(X, y)`` fitted on the other blocks,
+    less ``horizon`` rows either side of it (whose outcomes overlap the block's)."""
+    n = len(X) // (copies + 1)
+    scores = np.empty(len(X))
     edges = np.linspace(0, n, st.CROSS_FIT_BLOCKS + 1).astype(int)
     t = np.tile(np.arange(n), copies + 1)  # each stacked row's bar
     for lo, hi in zip(edges[:-1], edges[1:]):
-        yield (t >= lo) & (t < hi), (t < lo - horizon) | (t >= hi + horizon)
-
-
-def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int, fit) -> np.ndarray:
-    """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): each
-    time block scored by the regression ``fit(X, y)`` fitted on the other blocks (``_time_blocks``)."""
-    scores = np.empty(len(X))
-    for held, train in _time_blocks(len(X) // (copies + 1), copies, horizon):
+        held = (t >= lo) & (t < hi)
+        train = (t < lo - horizon) | (t >= hi + horizon)
         coef, intercept = fit(X[train], y[train])
         scores[held] = st.sigmoid(X[held] @ coef + intercept)
     return scores
