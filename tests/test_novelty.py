@@ -1,6 +1,7 @@
 """Novelty (issue 17): the Dissimilarity Index of a request's features against the training
 inputs. Held-out inputs like the training ones are flagged <= 5% of the time, a volatility
-regime 5x the training one >= 90%, bars of a market that behaves otherwise >= 90%; the predictor
+regime 5x the training one >= 90%, bars of another instrument >= 90% (by the index, or by a close off
+the training instrument's tick grid); the predictor
 says so, turns the decision to HOLD (or only warns), and counts it in /metrics."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def synthetic_reference():
 
 
 def _flagged(ref, X) -> float:
-    return float((ref.score(X) > ref.threshold).mean())
+    return float(ref.novel(X).mean())
 
 
 def test_inputs_like_the_training_ones_are_rarely_flagged(synthetic_reference):
@@ -57,6 +58,42 @@ def test_another_market_that_behaves_otherwise_is_flagged():
     assert _flagged(ref, _features(btc, "ES", names)[0]) >= 0.90
 
 
+@pytest.fixture(scope="module")
+def es_reference():
+    """A reference of the bundled ES file's first 70%, with ES's tick grid, and the features of the rest."""
+    X, names = _features(load_bars(bundled_sample_path()), "ES")
+    cut = int(len(X) * 0.7)
+    return NoveltyReference.fit(X[:cut], names, tick_size=0.25), names, X[cut:]
+
+
+def test_another_instrument_is_told_by_its_price_grid(es_reference):
+    """SPY bars read as ES, and 6E bars in their own ticks, move like ES in ticks (the index alone
+    flags few of them), but their closes are not whole ES ticks: >= 90% flagged; ES's own later
+    span stays under 5%."""
+    ref, names, later = es_reference
+    assert ref.tick_size == 0.25 and not ref.off_grid(later).any() and _flagged(ref, later) <= 0.05
+    spy = _features(load_bars("../shared/data/spy_1min_2011_ninjatrader.txt", symbol="ES"), "ES", names)[0]
+    euro = _features(load_bars("../shared/data/6e_1min_2024-01.csv.gz", symbol="6E"), "6E", names)[0]
+    for other in (spy, euro):
+        assert _flagged(ref, other) >= 0.90
+    assert (ref.score(euro) > ref.threshold).mean() < 0.5  # what the index alone sees: the grid is what tells
+
+
+def test_the_grid_check_is_off_when_the_training_prices_are_not_on_the_grid(es_reference):
+    ref, names, later = es_reference
+    X = later.copy()
+    X[:, names.index("close")] *= 1.0001  # a ratio-adjusted series: its prices are no longer whole ticks
+    adjusted = NoveltyReference.fit(X, names, tick_size=0.25)
+    assert adjusted.tick_size == 0.0 and not adjusted.off_grid(X).any()
+    row = later[-1].copy()
+    row[names.index("close")] += 0.1
+    assert ref.off_grid(row)[0] and ref.novel(row)[0] and ref.describe(row)["off_tick_grid"] is True
+    row[names.index("close")] = np.nan  # a request without a close says nothing about the grid
+    assert not ref.off_grid(row)[0]
+    no_tick = NoveltyReference.fit(later, names)
+    assert no_tick.tick_size == 0.0 and not no_tick.off_grid(row + 0.1).any()
+
+
 def test_missing_features_add_no_distance_and_price_levels_are_ignored(synthetic_reference):
     ref, names = synthetic_reference
     centre = ref.center.copy()
@@ -74,6 +111,15 @@ def test_a_reference_of_other_features_is_refused(tmp_path, synthetic_reference)
     path = tmp_path / "novelty.npz"
     ref.save(path)
     assert NoveltyReference.load(path, len(names)).threshold == pytest.approx(ref.threshold)
+    gridded = NoveltyReference.fit(ref.sample.astype(np.float64) + 100.0, names, tick_size=0.25)
+    gridded = NoveltyReference(gridded.center, gridded.scale, gridded.weight, gridded.sample, gridded.mean_distance,
+                               gridded.threshold, 0.25, names.index("close"))
+    gridded.save(path)
+    loaded = NoveltyReference.load(path, len(names))
+    assert (loaded.tick_size, loaded.price_column) == (0.25, names.index("close"))
+    with np.load(path) as f:  # a reference written before the grid check: loads, and checks no grid
+        np.savez(path.with_name("old.npz"), **{k: f[k] for k in f.files if k not in ("tick_size", "price_column")})
+    assert NoveltyReference.load(path.with_name("old.npz"), len(names)).tick_size == 0.0
     with pytest.raises(ModelStoreError, match="does not fit"):
         NoveltyReference.load(path, len(names) + 1)
     path.write_bytes(b"not an npz")
@@ -103,13 +149,17 @@ def test_the_predictor_scores_every_request_and_holds_when_novel(tmp_path, actio
                 bb_width_20=row["bb_width_20"] * 25, atr_ticks_14=row["atr_ticks_14"] * 25,
                 bar_range_ticks=row["bar_range_ticks"] * 25, edge=4.0)
     novel = predictor.ensemble_predict({"features": wild})
-    assert novel["novelty"]["novel"] is True
+    assert novel["novelty"]["novel"] is True and novel["novelty"]["off_tick_grid"] is False
     assert any("unlike the training inputs" in w for w in novel["warnings"])
-    if action == "hold":  # the vote said BUY or SELL; novelty turned it to HOLD
-        assert novel["ensemble_recommendation"] == "HOLD"
-        assert any("turned to HOLD" in w for w in novel["warnings"])
-    else:
-        assert novel["ensemble_recommendation"] in ("BUY", "SELL")
+    off_grid = predictor.ensemble_predict({"features": dict(row, close=row["close"] + 0.1)})
+    assert off_grid["novelty"]["off_tick_grid"] is True and off_grid["novelty"]["novel"] is True
+    assert any("whole number of the training instrument's ticks" in w for w in off_grid["warnings"])
+    for out in (novel, off_grid):
+        if action == "hold":  # the vote said BUY or SELL; novelty turned it to HOLD
+            assert out["ensemble_recommendation"] == "HOLD"
+            assert any("turned to HOLD" in w for w in out["warnings"])
+        else:
+            assert out["ensemble_recommendation"] in ("BUY", "SELL")
 
 
 def test_metrics_count_novel_inputs(tmp_path):

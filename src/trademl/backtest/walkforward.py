@@ -157,7 +157,7 @@ def novel_rows(runtimes: dict, X: np.ndarray, config: Config) -> np.ndarray | No
     if config.serve.novelty_action != "hold":
         return None
     reference = next((rt.novelty for rt in runtimes.values() if getattr(rt, "novelty", None) is not None), None)
-    return None if reference is None else reference.score(X) > reference.threshold
+    return None if reference is None else reference.novel(X)
 
 
 def held_when_novel(action: np.ndarray, confidence: np.ndarray, hold_confidence: np.ndarray, novel):

@@ -529,7 +529,8 @@ def _save(store, kind, horizon, dataset, rows, config, metrics, booster, onnx_by
     # Training distribution of the features (one row per bar, not per side) for drift checks.
     one_per_bar = rows.X[np.unique(rows.bar, return_index=True)[1], :-1]
     reference = feature_reference(one_per_bar, dataset.feature_names)
-    novelty = NoveltyReference.fit(one_per_bar, dataset.feature_names, seed=config.lgbm.seed)
+    novelty = NoveltyReference.fit(one_per_bar, dataset.feature_names, seed=config.lgbm.seed,
+                                   tick_size=dataset.spec.tick_size)
     import lightgbm
 
     try:

@@ -285,8 +285,12 @@ def _check_novelty(out: dict, models: LoadedModels, given, warnings: list, hold_
     out["novelty"] = reference.describe(row)
     if not out["novelty"]["novel"]:
         return
-    warnings.append(f"the features are unlike the training inputs (novelty {out['novelty']['score']:.2f} > "
-                    f"{out['novelty']['threshold']:.2f}): the models extrapolate")
+    if out["novelty"]["off_tick_grid"]:
+        warnings.append(f"the close is not a whole number of the training instrument's ticks ({reference.tick_size:g}): "
+                        "another instrument's price, the models extrapolate")
+    else:
+        warnings.append(f"the features are unlike the training inputs (novelty {out['novelty']['score']:.2f} > "
+                        f"{out['novelty']['threshold']:.2f}): the models extrapolate")
     if config.serve.novelty_action == "hold" and out["ensemble_recommendation"] != "HOLD":
         warnings.append(f"{out['ensemble_recommendation']} turned to HOLD ([serve] novelty_action = \"hold\")")
         out["ensemble_recommendation"] = "HOLD"

@@ -295,7 +295,10 @@ class NoveltyResponse(BaseModel):
 
     score: float = Field(ge=0.0, description="Dissimilarity Index: nearest training row's distance / their mean distance.")
     threshold: float = Field(gt=0.0, description="The score of the 99th percentile of held-out training rows.")
-    novel: bool = Field(description="score > threshold: the models extrapolate (see [serve] novelty_action).")
+    off_tick_grid: bool = Field(False, description=(
+        "The close is not a whole number of the training instrument's ticks: another instrument's price."))
+    novel: bool = Field(description=(
+        "score > threshold or off_tick_grid: the models extrapolate (see [serve] novelty_action)."))
 
 
 class ModelVote(BaseModel):

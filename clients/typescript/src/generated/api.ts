@@ -330,9 +330,15 @@ export interface components {
         NoveltyResponse: {
             /**
              * Novel
-             * @description score > threshold: the models extrapolate (see [serve] novelty_action).
+             * @description score > threshold or off_tick_grid: the models extrapolate (see [serve] novelty_action).
              */
             novel: boolean;
+            /**
+             * Off Tick Grid
+             * @description The close is not a whole number of the training instrument's ticks: another instrument's price.
+             * @default false
+             */
+            off_tick_grid?: boolean;
             /**
              * Score
              * @description Dissimilarity Index: nearest training row's distance / their mean distance.
