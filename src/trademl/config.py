@@ -10,7 +10,8 @@ the field has exactly that name. Every field carries its meaning as a ``descript
 `trademl config show` prints them with the values as resolved.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: pydantic would compile every field's annotation
+# string when the models are built, a cost each cold `trademl predict` pays (issue 17).
 
 import os
 import tomllib

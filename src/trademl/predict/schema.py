@@ -10,7 +10,8 @@ The response has exactly the guide's fields plus ``warnings`` and ``model_versio
 the fields of a model that did not run are left out (``exclude_none``).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: pydantic would compile every field's annotation
+# string when the models are built, a cost each cold `trademl predict` pays (issue 17).
 
 import math
 from datetime import datetime, timezone
@@ -271,7 +272,15 @@ class BatchRequest(_Strict):
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class RiskResponse(BaseModel):
+class _Response(BaseModel):
+    """What the service answers: these models validate nothing on the predict path (the predictor
+    builds plain dicts), they describe it to OpenAPI and the tests. Their validators are built on
+    first use, not at import: a cold `trademl predict` never needs them (issue 17)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class RiskResponse(_Response):
     """What the account's rules allow for this trade (trademl.risk.advice)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -288,7 +297,7 @@ class RiskResponse(BaseModel):
     reason: str | None = None
 
 
-class NoveltyResponse(BaseModel):
+class NoveltyResponse(_Response):
     """How unlike the training inputs this request's features are (trademl.models.novelty)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -301,7 +310,7 @@ class NoveltyResponse(BaseModel):
         "score > threshold or off_tick_grid: the models extrapolate (see [serve] novelty_action)."))
 
 
-class ModelVote(BaseModel):
+class ModelVote(_Response):
     """One model's vote over (hold, buy, sell)."""
 
     hold: Probability
@@ -309,7 +318,7 @@ class ModelVote(BaseModel):
     sell: Probability
 
 
-class PredictResponse(BaseModel):
+class PredictResponse(_Response):
     """Exactly the guide's fields, plus warnings and model_versions. Absent = that model did not run."""
 
     model_config = ConfigDict(extra="forbid")
@@ -348,17 +357,17 @@ class PredictResponse(BaseModel):
     novelty: NoveltyResponse | None = None
 
 
-class BatchResponse(BaseModel):
+class BatchResponse(_Response):
     predictions: list[PredictResponse]
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_Response):
     message: str
     field: str | None = None
     kind: str = "validation"
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(_Response):
     """What every failed request gets: one message naming the field, plus pydantic's list when there is one."""
 
     error: ErrorDetail

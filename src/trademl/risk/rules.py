@@ -23,7 +23,8 @@ rulebook for your account and override any value (``rules_for("topstep-50k",
 daily_loss_limit=None)``).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: pydantic would compile every field's annotation
+# string when the models are built, a cost each cold `trademl predict` pays (issue 17).
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
