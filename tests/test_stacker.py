@@ -185,6 +185,40 @@ def test_without_evidence_every_candidate_holds_at_the_auto_threshold():
     assert held >= 14
 
 
+def _graded_trades(seed: int, mean_by_band, n: int = 6_000):
+    """Long trades on generated rows with a confidence uniform on [0.45, 0.75): a trade's P&L is
+    drawn around ``mean_by_band(confidence)`` dollars (sd 20). Returns (actions_at, pnl_long,
+    pnl_short) for ``best_threshold``: BUY above the threshold, else HOLD."""
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(0.45, 0.75, n)
+    pnl_long = mean_by_band(confidence) + rng.normal(0.0, 20.0, n)
+    return (lambda t: np.where(confidence > t, 1, 0)), pnl_long, -pnl_long
+
+
+def test_the_auto_threshold_rises_only_past_trades_that_lose():
+    """A known answer: trades with confidence in (0.5, 0.6] lose 6 dollars on average, those
+    above 0.6 win 8. The rule starts at the lowest threshold that beats chance (0.5) and rises
+    past each band whose dropped trades lose beyond 1.645 standard errors: to 0.6, not beyond
+    (0.65 would drop winners). Where the trades in (0.5, 0.55] break even, 0.55 has the better
+    Sharpe on every one of 20 markets (the same mean, less variance: the grid's best Sharpe, the
+    rule before, took it on all 20), but they lose nothing, so the rule stays at 0.5; and where
+    every trade above 0.5 wins alike it stays there on nearly every market."""
+    from trademl.models.stacker_train import best_threshold
+
+    losing_band = lambda c: np.where(c > 0.6, 8.0, -6.0)  # noqa: E731
+    chosen = [best_threshold(*_graded_trades(seed, losing_band))[0] for seed in range(10)]
+    assert chosen.count(0.6) >= 9, chosen
+    break_even_band = lambda c: np.where(c > 0.55, 3.0, 0.0)  # noqa: E731
+    chosen = [best_threshold(*_graded_trades(seed, break_even_band))[0] for seed in range(20)]
+    assert chosen.count(0.5) >= 17, chosen
+    flat = lambda c: np.full_like(c, 3.0)  # noqa: E731
+    chosen = [best_threshold(*_graded_trades(seed, flat))[0] for seed in range(20)]
+    assert chosen.count(0.5) >= 17, chosen
+    # nothing beats chance: every candidate holds
+    threshold, scores = best_threshold(*_graded_trades(0, lambda c: np.zeros_like(c) - 1.0))
+    assert threshold == st.NO_EDGE and set(scores.values()) == {None}
+
+
 @pytest.mark.parametrize("tamper", ["wrong shape", "not finite", "not json", "base rate"])
 def test_tampered_parameters_are_refused(fitted, tamper):
     _, params, _ = fitted

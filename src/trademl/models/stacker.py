@@ -34,10 +34,11 @@ base models' serving runtimes give there:
 * with no base model present the answer is the span's base rate, by construction;
 * the expected P&L of a side is ``p * average win - (1 - p) * average loss``, both averages
   over that side's trades in the span, in dollars per contract after costs;
-* ``threshold_auto``: the threshold of ``THRESHOLD_GRID`` whose decisions, from the cross-fitted
-  probabilities, had the best per-bar Sharpe on the span among those better than chance there
-  (``THRESHOLD_T`` standard errors of the mean, with the overlap of the trades counted:
-  ``trademl.stats.overlapping_mean_t``), else ``NO_EDGE``: nothing clears it, so the candidate holds
+* ``threshold_auto``: the lowest threshold of ``THRESHOLD_GRID`` whose decisions, from the
+  cross-fitted probabilities, were better than chance on the span (``THRESHOLD_T`` standard
+  errors of the mean, with the overlap of the trades counted: ``trademl.stats.overlapping_mean_t``),
+  raised only where the trades a higher one drops lost beyond ``THRESHOLD_T`` standard errors
+  (``stacker_train.best_threshold``), else ``NO_EDGE``: nothing clears it, so the candidate holds
   (what ``confidence_threshold = "auto"`` uses); the same choice for each base model alone,
   from its own vote (the walk-forward's ``<kind> alone`` runs). Without evidence every
   candidate holds alike: the grid's highest threshold as the fallback held a calibrated
