@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trademl.backtest.walkforward import ENSEMBLE, backtest_segments, budget_config, walk_forward_backtest
+from trademl.backtest.walkforward import ENSEMBLE, backtest_segments, budget_config, trial_actions, walk_forward_backtest
 from trademl.config import load_config
 from trademl.models.stacker import NO_EDGE, THRESHOLD_GRID
 from trademl.data.dataset import dataset_from_bars
@@ -19,6 +19,7 @@ from trademl.data.splits import label_window_overlap
 from trademl.data.synthetic import synthetic_bars
 from trademl.errors import TradeMLError
 from trademl.market.contracts import contract_spec
+from trademl.market.actions import direction_of
 from trademl.market.broker import Broker
 from trademl.market.execution import ExecutionModel
 from trademl.models.train_all import check_families
@@ -194,6 +195,13 @@ def test_planted_edge_gives_a_significant_out_of_sample_sharpe():
     for f in result.folds:
         if f.thresholds[ENSEMBLE] == NO_EDGE:
             assert not counted[result.signals["fold"] == f.number].any()
+    # A fold trades exactly as the trial at its threshold does there (the novelty rule's holds too).
+    counted_action = np.where(counted, result.signals["action"].to_numpy(), 0)
+    for f in result.folds:
+        if f.thresholds[ENSEMBLE] in THRESHOLD_GRID:
+            in_fold = (result.signals["fold"] == f.number).to_numpy()
+            trial = direction_of(trial_actions(result.outputs, f.thresholds[ENSEMBLE]))
+            np.testing.assert_array_equal(trial[in_fold], counted_action[in_fold])
     # Every threshold of the grid was tried on every fold: each is a candidate of the DSR.
     assert {f"{ENSEMBLE} at {t:g}" for t in THRESHOLD_GRID} <= set(result.table.index)
     assert row["dsr_trials"] == 5 + len(THRESHOLD_GRID)

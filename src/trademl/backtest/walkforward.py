@@ -148,6 +148,8 @@ def predict_fold(runtimes: dict, weights: dict, dataset, rows: np.ndarray, bt_se
         outputs.update({"stacker_p_win_long": stacked.p_long, "stacker_p_win_short": stacked.p_short,
                         "stacker_pnl_long": stacked.pnl_long, "stacker_pnl_short": stacked.pnl_short,
                         "stacker_contracts": stacked.contracts.astype(np.float64)})
+        if novel is not None:  # where the novelty rule held the ensemble: its threshold trials hold there too
+            outputs["stacker_novel_held"] = novel.astype(np.float64)
     return FoldPrediction({k: v.vote for k, v in votes.items()}, outputs, action, confidence, alone, thresholds)
 
 
@@ -603,20 +605,32 @@ def _threshold_trials(bars: pd.DataFrame, strategy, outputs: pd.DataFrame, cfg: 
     every fold alike, beside the one chosen per fold. Each is a candidate of the deflated Sharpe
     and the PBO: every threshold the choice looked at was tried."""
     from trademl.backtest.engine import run_backtest
-    from trademl.models.stacker import THRESHOLD_GRID, choose_action
+    from trademl.models.stacker import THRESHOLD_GRID
 
     if cfg.backtest.confidence_threshold != "auto" or "stacker_p_win_long" not in outputs:
         return {}
-    cols = [np.nan_to_num(outputs[c].to_numpy(np.float64), nan=-np.inf if c.startswith("stacker_pnl") else 0.0)
-            for c in ("stacker_p_win_long", "stacker_p_win_short", "stacker_pnl_long", "stacker_pnl_short")]
     trials = {}
     for t in THRESHOLD_GRID:
-        action = direction_of(choose_action(*cols, t))
+        action = direction_of(trial_actions(outputs, t))
         name = f"{ENSEMBLE} at {t:g}"
         trials[name] = run_backtest(bars, pd.DataFrame({"action": action, "confidence": 1.0}, index=bars.index),
                                     spec=strategy.model.spec, segments=strategy.segments, name=name, config=cfg,
                                     confidence_threshold=ALL_COUNTED, hold_bars=hold)
     return trials
+
+
+def trial_actions(outputs: pd.DataFrame, threshold: float) -> np.ndarray:
+    """The stacked ensemble's actions (0 HOLD, 1 BUY, 2 SELL) at one threshold on every test bar:
+    the stacker's rule (``choose_action``), then HOLD where the novelty rule held the ensemble, so a
+    fold whose auto threshold is ``threshold`` trades exactly as this trial does there."""
+    from trademl.models.stacker import choose_action
+
+    cols = [np.nan_to_num(outputs[c].to_numpy(np.float64), nan=-np.inf if c.startswith("stacker_pnl") else 0.0)
+            for c in ("stacker_p_win_long", "stacker_p_win_short", "stacker_pnl_long", "stacker_pnl_short")]
+    action = choose_action(*cols, threshold)
+    if "stacker_novel_held" in outputs:
+        action = np.where(outputs["stacker_novel_held"].to_numpy() > 0.5, 0, action)
+    return action
 
 
 def candidate_pbo(runs: dict, candidates: list[str]) -> float:
