@@ -85,7 +85,8 @@ def best_threshold(actions_at, pnl_long, pnl_short, horizon: int = 1) -> tuple[f
         return st.NO_EDGE, scores
     chosen = usable[0]
     for t in usable[1:]:
-        # what raising the threshold changes, bar by bar: minus the P&L of the trades it drops
+        # what raising the threshold changes, bar by bar: minus the P&L of the trades it drops (or,
+        # where only the other side still clears it, that side's trade instead)
         if overlapping_mean_t(realised[t] - realised[chosen], horizon) > st.THRESHOLD_T:
             chosen = t
     return chosen, scores
