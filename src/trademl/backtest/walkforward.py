@@ -628,9 +628,11 @@ def trial_actions(outputs: pd.DataFrame, threshold: float) -> np.ndarray:
     cols = [np.nan_to_num(outputs[c].to_numpy(np.float64), nan=-np.inf if c.startswith("stacker_pnl") else 0.0)
             for c in ("stacker_p_win_long", "stacker_p_win_short", "stacker_pnl_long", "stacker_pnl_short")]
     action = choose_action(*cols, threshold)
-    if "stacker_novel_held" in outputs:
-        action = np.where(outputs["stacker_novel_held"].to_numpy() > 0.5, 0, action)
-    return action
+    if "stacker_novel_held" not in outputs:
+        return action
+    novel = outputs["stacker_novel_held"].to_numpy() > 0.5
+    unused = np.zeros(len(action))  # the trials trade at confidence 1: only the actions matter here
+    return held_when_novel(action, unused, unused, novel)[0]
 
 
 def candidate_pbo(runs: dict, candidates: list[str]) -> float:
