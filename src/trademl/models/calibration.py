@@ -3,7 +3,8 @@
 - ``IsotonicCalibrator``: a monotone piecewise-linear map from raw model probability to
   calibrated probability, fitted on out-of-fold predictions by scikit-learn's
   ``IsotonicRegression`` on equal-count bins, stored as JSON knots and applied with
-  ``np.interp``.
+  ``np.interp``; with ``probability=False`` the same map onto any real outcome (the stacker's
+  expected P&L in dollars from its probability).
 - Scores of a probability forecast: AUC (scikit-learn) with a confidence interval that
   respects serial correlation (clustered DeLong), log-loss and Brier score (scikit-learn),
   expected calibration error and the reliability table behind it.
@@ -38,8 +39,10 @@ class IsotonicCalibrator:
     y: tuple[float, ...]
 
     @classmethod
-    def fit(cls, raw: np.ndarray, labels: np.ndarray, max_bins: int = 50, min_bin_rows: int = 200) -> "IsotonicCalibrator":
-        """Isotonic regression (scikit-learn's) of the bins' win rate on their mean raw score.
+    def fit(cls, raw: np.ndarray, labels: np.ndarray, max_bins: int = 50, min_bin_rows: int = 200,
+            probability: bool = True) -> "IsotonicCalibrator":
+        """Isotonic regression (scikit-learn's) of the bins' win rate on their mean raw score;
+        ``probability=False``: of the bins' mean outcome (any real value, not clipped).
 
         Each block that the regression pools becomes one knot, at its rows' mean score: the
         map runs through the blocks' centres rather than along their edges (as sklearn's own
@@ -66,7 +69,7 @@ class IsotonicCalibrator:
         starts = segment_start_mask(fitted)  # runs of equal fitted values
         block = np.cumsum(starts) - 1
         knots_x = np.bincount(block, weights=weight * x) / np.bincount(block, weights=weight)
-        knots_y = np.clip(fitted[starts], PROB_FLOOR, 1 - PROB_FLOOR)
+        knots_y = np.clip(fitted[starts], PROB_FLOOR, 1 - PROB_FLOOR) if probability else fitted[starts]
         return cls(tuple(float(v) for v in knots_x), tuple(float(v) for v in knots_y))
 
     def apply(self, raw) -> np.ndarray:
@@ -82,7 +85,7 @@ class IsotonicCalibrator:
         return {"method": "isotonic-piecewise-linear", "x": list(self.x), "y": list(self.y)}
 
     @classmethod
-    def from_dict(cls, d: dict, *, where: str = "calibration") -> "IsotonicCalibrator":
+    def from_dict(cls, d: dict, *, where: str = "calibration", probability: bool = True) -> "IsotonicCalibrator":
         try:
             x = np.asarray(d["x"], dtype=np.float64)
             y = np.asarray(d["y"], dtype=np.float64)
@@ -92,10 +95,11 @@ class IsotonicCalibrator:
             x.ndim == 1 and len(x) >= 1 and len(x) == len(y)
             and np.all(np.isfinite(x)) and np.all(np.isfinite(y))
             and np.all(np.diff(x) > 0) and np.all(np.diff(y) >= 0)
-            and np.all((y >= 0) & (y <= 1))
+            and (not probability or np.all((y >= 0) & (y <= 1)))
         )
         if not ok:
-            raise ModelStoreError("calibration map is not a monotone map into [0, 1]", where=where)
+            raise ModelStoreError("calibration map is not a monotone map" + (" into [0, 1]" if probability else ""),
+                                  where=where)
         return cls(tuple(x.tolist()), tuple(y.tolist()))
 
 

@@ -17,7 +17,10 @@ base models' serving runtimes give there:
   rate instead of adding confidence;
 * per side, two stages (``trademl.models.stacker_train.meta_regression``): each kind's view (its
   buy logit less its sell logit) gets the slope of a logistic regression of the side's win on
-  that view alone, kept only with the side's sign (Breiman's non-negative stacking); an L2
+  that view alone, kept only with the side's sign (Breiman's non-negative stacking) and shrunk
+  by its evidence, ``max(0, 1 - (NOISE_Z / z)^2)`` with z's standard error clustered over
+  blocks of CLUSTER_BARS bars (``stacker_train.view_slope``: a slow vote on a few thousand
+  overlapping trades has a few dozen independent looks); an L2
   logistic regression of the win on the combined score (with ``[ensemble] context_inputs``, on
   the presence flags and the context too) follows. Fitted weights are the forecast-combination
   puzzle's loser on small samples: a free regression on every input (tried until 2026-12-02)
@@ -32,8 +35,14 @@ base models' serving runtimes give there:
   time block of the span scored by a meta-model fitted on the other blocks, purged of
   overlapping outcomes) turns its score into the probability served;
 * with no base model present the answer is the span's base rate, by construction;
-* the expected P&L of a side is ``p * average win - (1 - p) * average loss``, both averages
-  over that side's trades in the span, in dollars per contract after costs;
+* the expected P&L of a side, in dollars per contract after costs, is a monotone map of its
+  probability: an isotonic regression of the span's trade P&L on the calibrated cross-fitted
+  probabilities (``IsotonicCalibrator`` with ``probability=False``). A trade's win and its
+  P&L are not the same bet: ``p * average win - (1 - p) * average loss`` with the span's
+  unconditional averages (until 2026-12-04) gave up the trades whose wins run larger than
+  average where the probability is high; on one generated market it sold on no bar of a fold
+  whose probability of a short win passed 0.5 on 73% of them, since the span's average loss
+  (370 dollars) outweighed its average win (331);
 * ``threshold_auto``: the lowest threshold of ``THRESHOLD_GRID`` whose decisions, from the
   cross-fitted probabilities, were better than chance on the span (``THRESHOLD_T`` standard
   errors of the mean, with the overlap of the trades counted: ``trademl.stats.overlapping_mean_t``),
@@ -77,6 +86,8 @@ CROSS_FIT_BLOCKS = 5  # time blocks of the out-of-fold scores the isotonic map a
 L2_C = 0.1  # scikit-learn's C (inverse L2 strength) of the logistic regression on the combined score
 VIEW_C = 1.0  # ... and of each kind's one-input regression (one slope: little to shrink)
 MIN_VOTED_ROWS = 100  # a kind that voted on fewer of the rows gets no weight
+NOISE_Z = 2.0  # a kind's slope within this many standard errors of 0 gets no weight; beyond, 1 - (NOISE_Z / z)^2 of it
+CLUSTER_BARS = 30  # the blocks of bars its standard error treats as one look (the longest label horizon)
 VOTE_FLOOR = 1e-4  # votes are clipped into [floor, 1 - floor] before their logit
 MIN_TRADES = 30  # a threshold with fewer decisions on the stacker's rows is not chosen
 THRESHOLD_T = 1.645  # ... nor one whose decisions' mean P&L there is within one-sided 95% of chance
@@ -209,10 +220,20 @@ class StackerRuntime:
         self.base_rate = {s: float(params["base_rate"][s]) for s in SIDES}
         self.average_win = {s: float(params["average_win"][s]) for s in SIDES}
         self.average_loss = {s: float(params["average_loss"][s]) for s in SIDES}
+        self.pnl_maps = {s: self._pnl_map(params, s) for s in SIDES}
         self.threshold_auto = float(params["threshold_auto"])
         self.alone_thresholds = {k: float(v) for k, v in params.get("alone_thresholds", {}).items()}
         self.version = version
         self.base_versions = dict(base_versions or {})
+
+    def _pnl_map(self, params: dict, side: str):
+        """The side's expected P&L as a monotone map of its probability; a stacker stored before
+        the map (2026-12-04) has the straight line p * average win - (1 - p) * average loss."""
+        from trademl.models.calibration import IsotonicCalibrator
+
+        if "pnl_map" in params:
+            return IsotonicCalibrator.from_dict(params["pnl_map"][side], where=STACKER_FILE, probability=False)
+        return IsotonicCalibrator((0.0, 1.0), (-self.average_loss[side], self.average_win[side]))
 
     @classmethod
     def load(cls, stored) -> "StackerRuntime":
@@ -257,7 +278,8 @@ class StackerRuntime:
         return out[0], out[1], informed
 
     def expected_pnl(self, p: np.ndarray, side: str) -> np.ndarray:
-        return p * self.average_win[side] - (1 - p) * self.average_loss[side]
+        """Dollars per contract after costs that the side's trade is expected to make at probability ``p``."""
+        return self.pnl_maps[side].apply(p)
 
     def decide(self, votes: dict, rows, feature_names: list[str], *, threshold: float | None = None,
                max_contracts: int = 1) -> StackedDecision:

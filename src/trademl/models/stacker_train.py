@@ -11,13 +11,16 @@ exactly those versions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from trademl.errors import InsufficientDataError, ModelStoreError
 from trademl.models import stacker as st
 
-METHOD = ("per side: each kind's view weighted by its own logistic slope (non-negative), an L2 logistic "
-          "regression on the combined score, isotonic on cross-fitted scores")
+METHOD = ("per side: each kind's view weighted by its own logistic slope (non-negative, shrunk by its "
+          "cluster-robust z), an L2 logistic regression on the combined score, isotonic on cross-fitted scores; "
+          "expected P&L isotonic in the probability")
 
 
 def stack_split(dataset, config):
@@ -113,31 +116,54 @@ def _logistic(X: np.ndarray, y: np.ndarray, C: float = st.L2_C):
     return model.coef_[0], float(model.intercept_[0])
 
 
-def combination_weights(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float) -> np.ndarray:
+def view_slope(view: np.ndarray, y: np.ndarray, bars: np.ndarray) -> tuple[float, float]:
+    """(slope, z) of the one-input logistic regression of y on ``view``; z's standard error is
+    the cluster-robust sandwich over blocks of CLUSTER_BARS bars (``bars``: each row's bar), so
+    neither the overlap of the trades' outcomes nor a slow vote's persistence counts as
+    independent evidence (a 30-minute model's vote moves little from one bar to the next: on a
+    few thousand bars it has a few dozen independent looks, not a few thousand)."""
+    slope, intercept = _logistic(view[:, None], y, C=st.VIEW_C)
+    slope = float(slope[0])
+    p = st.sigmoid(intercept + slope * view)
+    X = np.column_stack([np.ones_like(view), view])
+    hessian_inv = np.linalg.pinv((X * (p * (1 - p))[:, None]).T @ X)
+    _, cluster = np.unique(bars // st.CLUSTER_BARS, return_inverse=True)
+    score = np.zeros((cluster.max() + 1, 2))
+    np.add.at(score, cluster, X * (y - p)[:, None])
+    variance = (hessian_inv @ (score.T @ score) @ hessian_inv)[1, 1]
+    return slope, (slope / math.sqrt(variance) if variance > 0 else 0.0)
+
+
+def combination_weights(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float, bars: np.ndarray) -> np.ndarray:
     """[K] each kind's weight in the combined score: the slope of a one-input logistic regression
     of y on the kind's view (its standardised buy logit less its sell logit) over the rows where it
     voted, kept only with the side's sign (``sign`` +1 long, -1 short; Breiman's non-negative
-    stacking: a model is never bet against)."""
+    stacking: a model is never bet against), and shrunk by its evidence: times
+    ``max(0, 1 - (NOISE_Z / z)^2)``, z from ``view_slope``. A slope within NOISE_Z standard errors
+    of 0 gets no weight; a clear one keeps nearly all of it. Without the shrinkage the weak and
+    slow kinds (the 30-minute LightGBM, the LSTM) took weights as large as the strong ones' on
+    the stacker's rows and diluted them on the test bars (2026-12-04, bench/README)."""
     weights = np.zeros(n_kinds)
     for j in range(n_kinds):
         voted = X[:, 2 * n_kinds + j] > 0.5
         if voted.sum() < st.MIN_VOTED_ROWS or len(np.unique(y[voted])) < 2:
             continue
-        view = (X[voted, 2 * j] - X[voted, 2 * j + 1])[:, None]
-        slope = _logistic(view, y[voted], C=st.VIEW_C)[0][0]
-        weights[j] = slope if slope * sign > 0 else 0.0
+        slope, z = view_slope(X[voted, 2 * j] - X[voted, 2 * j + 1], y[voted], bars[voted])
+        if slope * sign > 0 and abs(z) > st.NOISE_Z:
+            weights[j] = slope * (1.0 - (st.NOISE_Z / z) ** 2)
     return weights
 
 
-def meta_regression(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float, context: bool):
+def meta_regression(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float, context: bool, bars: np.ndarray):
     """(coefficients over ``design``'s columns, intercept) of the meta-model of one side.
 
     Two stages, because a few thousand rows cannot pay for a free regression on every input: the
     kinds' views are combined with ``combination_weights`` (one slope each, fitted alone, so two
     models that see the same edge do not fight over it), then an L2 logistic regression of y on the
     combined score, and with ``context`` on the presence flags and the context inputs too. The
-    product is linear in ``design``, so it is served as one coefficient vector."""
-    w = combination_weights(X, y, n_kinds, sign)
+    product is linear in ``design``, so it is served as one coefficient vector. ``bars``: each
+    row's bar (the masked copies of a row share it)."""
+    w = combination_weights(X, y, n_kinds, sign, bars)
     views = np.zeros(2 * n_kinds)
     views[0::2], views[1::2] = w, -w
     score = X[:, :2 * n_kinds] @ views
@@ -152,8 +178,8 @@ def meta_regression(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float, con
 
 def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int, fit) -> np.ndarray:
     """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): time
-    blocks of the n rows, each scored by the regression ``fit(X, y)`` fitted on the other blocks,
-    less ``horizon`` rows either side of it (whose outcomes overlap the block's)."""
+    blocks of the n rows, each scored by the regression ``fit(X, y, bars)`` fitted on the other
+    blocks, less ``horizon`` rows either side of it (whose outcomes overlap the block's)."""
     n = len(X) // (copies + 1)
     scores = np.empty(len(X))
     edges = np.linspace(0, n, st.CROSS_FIT_BLOCKS + 1).astype(int)
@@ -161,7 +187,7 @@ def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int,
     for lo, hi in zip(edges[:-1], edges[1:]):
         held = (t >= lo) & (t < hi)
         train = (t < lo - horizon) | (t >= hi + horizon)
-        coef, intercept = fit(X[train], y[train])
+        coef, intercept = fit(X[train], y[train], t[train])
         scores[held] = st.sigmoid(X[held] @ coef + intercept)
     return scores
 
@@ -188,21 +214,28 @@ def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcome
     scaling = st.Scaling.fit(values, context)
     copies = _masked_copies(values, present, context, st.MASKED_COPIES, seed)
     X, informed = st.design(*copies, scaling), copies[1].any(axis=1)
+    bars = np.tile(np.arange(n), st.MASKED_COPIES + 1)  # each stacked row's bar
     params = {"kinds": kinds, "horizon": int(horizon), "mean": scaling.mean.tolist(), "scale": scaling.scale.tolist(),
               "context_mean": scaling.context_mean.tolist(), "context_scale": scaling.context_scale.tolist(),
               "context_features": list(st.CONTEXT_FEATURES), "coef": {}, "intercept": {}, "calibration": {},
-              "base_rate": {}, "average_win": {}, "average_loss": {}}
+              "base_rate": {}, "pnl_map": {}, "average_win": {}, "average_loss": {}}
     metrics = {"rows": n, "kinds": kinds, "context_inputs": bool(use_context), "method": METHOD}
     out_of_fold = {}
     for side, sign in zip(st.SIDES, (1.0, -1.0)):
         y = np.tile(won[side], st.MASKED_COPIES + 1)
-        fit = lambda X_, y_, s=sign: meta_regression(X_, y_, len(kinds), s, use_context)  # noqa: E731
+        fit = lambda X_, y_, b_, s=sign: meta_regression(X_, y_, len(kinds), s, use_context, b_)  # noqa: E731
         oof = cross_fitted_scores(X, y, st.MASKED_COPIES, horizon, fit)
         calibrator = IsotonicCalibrator.fit(oof[informed], y[informed])
-        coef, intercept = fit(X, y)
+        calibrated = calibrator.apply(oof[informed])
+        # the expected P&L of the side's trade given its probability, on the same rows
+        pnl_map = IsotonicCalibrator.fit(calibrated, np.tile(pnl[side], st.MASKED_COPIES + 1)[informed],
+                                         probability=False)
+        coef, intercept = fit(X, y, bars)
+        metrics[f"weights_{side}"] = dict(zip(kinds, combination_weights(X, y, len(kinds), sign, bars).tolist()))
         wins, losses = pnl[side][pnl[side] > 0], pnl[side][pnl[side] <= 0]
         params["coef"][side], params["intercept"][side] = coef.tolist(), intercept
         params["calibration"][side] = calibrator.to_dict()
+        params["pnl_map"][side] = pnl_map.to_dict()
         params["base_rate"][side] = float(won[side].mean())
         params["average_win"][side] = float(wins.mean()) if len(wins) else 0.0
         params["average_loss"][side] = float(-losses.mean()) if len(losses) else 0.0
