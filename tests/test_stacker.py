@@ -66,16 +66,44 @@ def test_the_probability_is_calibrated_out_of_sample(fitted):
 
 
 def test_with_every_model_missing_it_is_the_base_rate(fitted):
+    """Nothing present: the training base rate. The stacker is fitted on the span and its mirror
+    image (``stacker_train.mirrored``), so its base rate is the span's rate of a winning trade
+    on either side, the same for both; here the two sides' own rates are within 0.01 of it."""
     runtime, params, _ = fitted
     votes, rows, outcomes, _ = planted(8_000, seed=0)  # the training rows: their base rate
+    either = (outcomes[0].mean() + outcomes[1].mean()) / 2
     missing = {k: np.full((500, 3), np.nan) for k in votes}
     p_long, p_short, informed = runtime.probabilities(missing, rows[:500], NAMES, 500)
     assert not informed.any()
-    assert np.allclose(p_long, outcomes[0].mean(), atol=1e-12) and np.allclose(p_short, outcomes[1].mean(), atol=1e-12)
-    assert params["base_rate"]["long"] == pytest.approx(outcomes[0].mean())
+    assert np.allclose(p_long, either, atol=1e-12) and np.allclose(p_short, either, atol=1e-12)
+    assert params["base_rate"]["long"] == pytest.approx(either) == params["base_rate"]["short"]
+    assert abs(either - outcomes[0].mean()) < 0.01 and abs(either - outcomes[1].mean()) < 0.01
     d = runtime.decide(missing, rows[:500], NAMES, threshold=0.5, max_contracts=5)
     assert (d.action == 0).all()  # no information, no trade
-    np.testing.assert_allclose(d.confidence, 1 - outcomes[0].mean() - outcomes[1].mean(), atol=1e-12)
+    np.testing.assert_allclose(d.confidence, 1 - 2 * either, atol=1e-12)
+
+
+def test_the_mirrored_fit_leans_to_no_side():
+    """A span that drifted up (a long's planted win probability 0.1 higher, a short's 0.1 lower,
+    whatever the votes say) teaches the stacker nothing about the next days' direction: on
+    fresh rows without the drift both sides' probabilities average alike and match the
+    outcomes, and a vote and its mirror image get mirrored answers."""
+    from trademl.models.calibration import expected_calibration_error
+
+    votes, rows, _, (p_long, p_short) = planted(8_000, seed=21)
+    u = np.random.default_rng(22).random(8_000)
+    won_long, won_short = (u < p_long + 0.1).astype(float), (u > 1 - (p_short - 0.1)).astype(float)
+    assert won_long.mean() - won_short.mean() > 0.15
+    drifted = (won_long, won_short, np.where(won_long > 0, WIN, -LOSS), np.where(won_short > 0, WIN, -LOSS))
+    runtime = st.StackerRuntime(fit_stacker(votes, rows, NAMES, drifted, horizon=5)[0])
+    votes, rows, outcomes, _ = planted(20_000, seed=23)
+    p_long, p_short, _ = runtime.probabilities(votes, rows, NAMES, len(rows))
+    assert abs(p_long.mean() - p_short.mean()) < 0.01
+    assert expected_calibration_error(p_long, outcomes[0]) < 0.02 and expected_calibration_error(p_short, outcomes[1]) < 0.02
+    mirror = {k: v[:, [0, 2, 1]] for k, v in votes.items()}
+    m_long, m_short, _ = runtime.probabilities(mirror, rows, NAMES, len(rows))
+    np.testing.assert_allclose(m_long, p_short, atol=1e-6)
+    np.testing.assert_allclose(m_short, p_long, atol=1e-6)
 
 
 def test_removing_the_informative_model_moves_toward_the_base_rate(fitted):

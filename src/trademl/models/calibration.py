@@ -55,14 +55,22 @@ class IsotonicCalibrator:
         if len(raw) == 0:
             raise ValueError("cannot calibrate on no predictions")
         # Equal-count bins first: they keep the fit small and one lucky handful of rows
-        # from setting a knot of its own.
+        # from setting a knot of its own. Rows of one tied score share the bin of its first
+        # row, so the map does not depend on the rows' order (a meta-model with no weight
+        # scores whole blocks alike; a mirrored fit lists the same rows in another order).
         n_bins = int(max(1, min(max_bins, len(raw) // max(1, min_bin_rows))))
         order = np.argsort(raw, kind="stable")
         edges = np.linspace(0, len(raw), n_bins + 1).astype(int)
+        by_position = np.searchsorted(edges, np.arange(len(raw)), side="right") - 1
+        first_of_tie = np.searchsorted(raw[order], raw[order], side="left")
         bin_of = np.empty(len(raw), dtype=np.int64)
-        bin_of[order] = np.searchsorted(edges, np.arange(len(raw)), side="right") - 1
+        bin_of[order] = np.unique(by_position[first_of_tie], return_inverse=True)[1]  # no empty bins
+        n_bins = int(bin_of.max()) + 1
         weight = np.bincount(bin_of, minlength=n_bins).astype(np.float64)
-        x = np.bincount(bin_of, weights=raw, minlength=n_bins) / weight  # ascending
+        # ascending; rounded so that bins of one tied score get one x (a mean of k equal values
+        # can differ from them in the last bit, and the regression would then see distinct
+        # scores and alternate between two fits)
+        x = np.round(np.bincount(bin_of, weights=raw, minlength=n_bins) / weight, 12)
         y = np.bincount(bin_of, weights=labels, minlength=n_bins) / weight
         iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x, y, sample_weight=weight)
         fitted = iso.predict(x)  # bins of one pooled block (ties in x included) share one value

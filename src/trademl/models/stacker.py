@@ -86,6 +86,7 @@ CROSS_FIT_BLOCKS = 5  # time blocks of the out-of-fold scores the isotonic map a
 L2_C = 0.1  # scikit-learn's C (inverse L2 strength) of the logistic regression on the combined score
 VIEW_C = 1.0  # ... and of each kind's one-input regression (one slope: little to shrink)
 MIN_VOTED_ROWS = 100  # a kind that voted on fewer of the rows gets no weight
+MIRRORED = True  # fitted on the span and its mirror image (stacker_train.mirrored): no lean to a side
 NOISE_Z = 2.0  # a kind's slope within this many standard errors of 0 gets no weight; beyond, 1 - (NOISE_Z / z)^2 of it
 CLUSTER_BARS = 30  # the blocks of bars its standard error treats as one look (the longest label horizon)
 VOTE_FLOOR = 1e-4  # votes are clipped into [floor, 1 - floor] before their logit

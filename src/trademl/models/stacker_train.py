@@ -95,12 +95,13 @@ def best_threshold(actions_at, pnl_long, pnl_short, horizon: int = 1) -> tuple[f
     return chosen, scores
 
 
-def _masked_copies(values, present, context, copies: int, seed: int):
-    """The rows, then ``copies`` copies with each base kind dropped with DROP_PROBABILITY."""
+def _masked_copies(values, present, context, copies: int, seed: int, bars: np.ndarray):
+    """The rows, then ``copies`` copies with each base kind dropped with DROP_PROBABILITY; the
+    draw is per bar (``bars``: each row's), so a row and its mirror image lose the same kinds."""
     rng = np.random.default_rng(seed)
     out_v, out_p = [values], [present]
     for _ in range(copies):
-        kept = present & (rng.random(present.shape) >= st.DROP_PROBABILITY)
+        kept = present & (rng.random((bars.max() + 1, present.shape[1])) >= st.DROP_PROBABILITY)[bars]
         v = values.copy()
         v[~np.repeat(kept, 2, axis=1)] = np.nan  # a kind's two logits go with it
         out_v.append(v)
@@ -176,20 +177,34 @@ def meta_regression(X: np.ndarray, y: np.ndarray, n_kinds: int, sign: float, con
     return out, intercept
 
 
-def cross_fitted_scores(X: np.ndarray, y: np.ndarray, copies: int, horizon: int, fit) -> np.ndarray:
-    """Out-of-fold raw scores of every row of ``X`` (``copies`` + 1 stacked copies of n rows): time
-    blocks of the n rows, each scored by the regression ``fit(X, y, bars)`` fitted on the other
-    blocks, less ``horizon`` rows either side of it (whose outcomes overlap the block's)."""
-    n = len(X) // (copies + 1)
+def cross_fitted_scores(X: np.ndarray, y: np.ndarray, bars: np.ndarray, horizon: int, fit) -> np.ndarray:
+    """Out-of-fold raw scores of every row of ``X`` (``bars``: each row's bar; the masked and
+    mirrored copies of a bar share it): time blocks of the bars, each scored by the regression
+    ``fit(X, y, bars)`` fitted on the other blocks, less ``horizon`` bars either side of it (whose
+    outcomes overlap the block's)."""
     scores = np.empty(len(X))
-    edges = np.linspace(0, n, st.CROSS_FIT_BLOCKS + 1).astype(int)
-    t = np.tile(np.arange(n), copies + 1)  # each stacked row's bar
+    edges = np.linspace(0, bars.max() + 1, st.CROSS_FIT_BLOCKS + 1).astype(int)
     for lo, hi in zip(edges[:-1], edges[1:]):
-        held = (t >= lo) & (t < hi)
-        train = (t < lo - horizon) | (t >= hi + horizon)
-        coef, intercept = fit(X[train], y[train], t[train])
+        held = (bars >= lo) & (bars < hi)
+        train = (bars < lo - horizon) | (bars >= hi + horizon)
+        coef, intercept = fit(X[train], y[train], bars[train])
         scores[held] = st.sigmoid(X[held] @ coef + intercept)
     return scores
+
+
+def mirrored(votes: dict, rows: np.ndarray, won: dict, pnl: dict):
+    """The span's rows and their mirror images (each vote's buy and sell swapped, the long's and
+    the short's outcomes swapped), and each row's bar: (votes, rows, won, pnl, bars).
+
+    Why: a span of a day or two holds the market's drift of those days, and a meta-model fitted
+    on it alone learns that drift as a lean to one side (its intercepts), which the next days
+    do not repeat. Fitted on the span and its mirror, the stacker reads only what the models
+    say and the costs: both sides get the same map."""
+    flip = lambda d: {"long": np.concatenate([d["long"], d["short"]]),  # noqa: E731
+                      "short": np.concatenate([d["short"], d["long"]])}
+    both = {k: np.concatenate([v, v[:, [0, 2, 1]]]) for k, v in votes.items()}
+    n = len(rows)
+    return both, np.concatenate([rows, rows]), flip(won), flip(pnl), np.tile(np.arange(n), 2)
 
 
 def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcomes, *, horizon: int,
@@ -209,12 +224,15 @@ def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcome
     rows = np.asarray(rows, np.float64)[known]
     won = {"long": won_long[known], "short": won_short[known]}
     pnl = {"long": pnl_long[known], "short": pnl_short[known]}
-    values, present = st.raw_inputs(votes, kinds, n)
-    context = st.context_inputs(rows, feature_names, n)
+    fit_votes, fit_rows, fit_won, fit_pnl, bar_of = (mirrored(votes, rows, won, pnl) if st.MIRRORED else
+                                                     (votes, rows, won, pnl, np.arange(n)))
+    m = len(bar_of)
+    values, present = st.raw_inputs(fit_votes, kinds, m)
+    context = st.context_inputs(fit_rows, feature_names, m)
     scaling = st.Scaling.fit(values, context)
-    copies = _masked_copies(values, present, context, st.MASKED_COPIES, seed)
+    copies = _masked_copies(values, present, context, st.MASKED_COPIES, seed, bar_of)
     X, informed = st.design(*copies, scaling), copies[1].any(axis=1)
-    bars = np.tile(np.arange(n), st.MASKED_COPIES + 1)  # each stacked row's bar
+    bars = np.tile(bar_of, st.MASKED_COPIES + 1)  # each stacked row's bar
     params = {"kinds": kinds, "horizon": int(horizon), "mean": scaling.mean.tolist(), "scale": scaling.scale.tolist(),
               "context_mean": scaling.context_mean.tolist(), "context_scale": scaling.context_scale.tolist(),
               "context_features": list(st.CONTEXT_FEATURES), "coef": {}, "intercept": {}, "calibration": {},
@@ -222,24 +240,24 @@ def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcome
     metrics = {"rows": n, "kinds": kinds, "context_inputs": bool(use_context), "method": METHOD}
     out_of_fold = {}
     for side, sign in zip(st.SIDES, (1.0, -1.0)):
-        y = np.tile(won[side], st.MASKED_COPIES + 1)
+        y = np.tile(fit_won[side], st.MASKED_COPIES + 1)
         fit = lambda X_, y_, b_, s=sign: meta_regression(X_, y_, len(kinds), s, use_context, b_)  # noqa: E731
-        oof = cross_fitted_scores(X, y, st.MASKED_COPIES, horizon, fit)
+        oof = cross_fitted_scores(X, y, bars, horizon, fit)
         calibrator = IsotonicCalibrator.fit(oof[informed], y[informed])
         calibrated = calibrator.apply(oof[informed])
         # the expected P&L of the side's trade given its probability, on the same rows
-        pnl_map = IsotonicCalibrator.fit(calibrated, np.tile(pnl[side], st.MASKED_COPIES + 1)[informed],
+        pnl_map = IsotonicCalibrator.fit(calibrated, np.tile(fit_pnl[side], st.MASKED_COPIES + 1)[informed],
                                          probability=False)
         coef, intercept = fit(X, y, bars)
         metrics[f"weights_{side}"] = dict(zip(kinds, combination_weights(X, y, len(kinds), sign, bars).tolist()))
-        wins, losses = pnl[side][pnl[side] > 0], pnl[side][pnl[side] <= 0]
+        wins, losses = fit_pnl[side][fit_pnl[side] > 0], fit_pnl[side][fit_pnl[side] <= 0]
         params["coef"][side], params["intercept"][side] = coef.tolist(), intercept
         params["calibration"][side] = calibrator.to_dict()
         params["pnl_map"][side] = pnl_map.to_dict()
-        params["base_rate"][side] = float(won[side].mean())
+        params["base_rate"][side] = float(fit_won[side].mean())
         params["average_win"][side] = float(wins.mean()) if len(wins) else 0.0
         params["average_loss"][side] = float(-losses.mean()) if len(losses) else 0.0
-        out_of_fold[side] = calibrator.apply(oof[:n])  # the unmasked rows
+        out_of_fold[side] = calibrator.apply(oof[:n])  # the span's own rows, unmasked
         metrics[f"ece_{side}_out_of_fold"] = float(expected_calibration_error(out_of_fold[side], won[side]))
         metrics[f"base_rate_{side}"] = params["base_rate"][side]
     _choose_thresholds(params, metrics, out_of_fold, votes, pnl)
