@@ -164,7 +164,9 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path, me
     overrides["backtest"] = {"n_folds": 2, "confidence_threshold": 0.2}
     overrides["ensemble"] = {"method": method, "min_stack_rows": 600}  # fold 0 trains on 3,272 rows: 818 to stack
     cfg = load_config(None, overrides)
-    bars = synthetic_bars(10_000, seed=5, edge_ic=0.15, symbol="NQ")
+    # IC 0.3: these tiny models' edge at 0.15 is within two clustered standard errors on the
+    # fold's 818 stacker rows, so the stacker gives them no weight and never trades
+    bars = synthetic_bars(10_000, seed=5, edge_ic=0.3, symbol="NQ")
     ds = dataset_from_bars(bars, cfg)
     result = walk_forward_backtest(ds, cfg, keep_models=tmp_path / "folds")
     fold = result.folds[0]
@@ -234,10 +236,10 @@ def test_the_predictor_bar_by_bar_gives_the_walk_forwards_decisions(tmp_path, me
     # one window alone. Every recommendation, and so every position, is identical.
     np.testing.assert_allclose(got_conf, expected["confidence"].to_numpy()[replayed], rtol=0, atol=1e-7)
     assert (got_action != 0).sum() > 50 and (got_conf > threshold).sum() > 10, "the fold must trade to mean anything"
-    # the PPO agent was asked with long, short and flat accounts (the stacked ensemble of this
-    # market only sells: its accounts are short and flat)
-    assert (reported < 0).sum() > 20 and (reported == 0).sum() >= 3
-    assert method == "stacked" or (reported > 0).sum() > 20
+    # the PPO agent was asked with open and flat accounts: long, short and flat with the vote; the
+    # stacked ensemble of this market mostly buys (its accounts are long, a few short, and flat)
+    assert max((reported < 0).sum(), (reported > 0).sum()) > 20 and (reported == 0).sum() >= 3
+    assert method == "stacked" or min((reported < 0).sum(), (reported > 0).sum()) > 20
     # The account the bot reported is the one the walk-forward traded.
     assert broker.position[0] == 0
     # The walk-forward scores the PPO agent's two accounts (the ensemble's, its own) in one
