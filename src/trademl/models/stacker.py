@@ -34,7 +34,11 @@ base models' serving runtimes give there:
 * an isotonic map (``IsotonicCalibrator``) fitted on the meta-model's cross-fitted scores (each
   time block of the span scored by a meta-model fitted on the other blocks, purged of
   overlapping outcomes) turns its score into the probability served;
-* with no base model present the answer is the span's base rate, by construction;
+* the rows are the span's and their mirror images (``stacker_train.mirrored``: buy and sell
+  votes swapped, the long's and the short's outcomes swapped), so the stacker learns no lean to
+  the side the span's day or two drifted to, which the next days do not repeat;
+* with no base model present the answer is the base rate, by construction: the span's rate of
+  a winning trade on either side (the mirror makes the two sides' rates one);
 * the expected P&L of a side, in dollars per contract after costs, is a monotone map of its
   probability: an isotonic regression of the span's trade P&L on the calibrated cross-fitted
   probabilities (``IsotonicCalibrator`` with ``probability=False``). A trade's win and its
@@ -86,7 +90,6 @@ CROSS_FIT_BLOCKS = 5  # time blocks of the out-of-fold scores the isotonic map a
 L2_C = 0.1  # scikit-learn's C (inverse L2 strength) of the logistic regression on the combined score
 VIEW_C = 1.0  # ... and of each kind's one-input regression (one slope: little to shrink)
 MIN_VOTED_ROWS = 100  # a kind that voted on fewer of the rows gets no weight
-MIRRORED = True  # fitted on the span and its mirror image (stacker_train.mirrored): no lean to a side
 NOISE_Z = 2.0  # a kind's slope within this many standard errors of 0 gets no weight; beyond, 1 - (NOISE_Z / z)^2 of it
 CLUSTER_BARS = 30  # the blocks of bars its standard error treats as one look (the longest label horizon)
 VOTE_FLOOR = 1e-4  # votes are clipped into [floor, 1 - floor] before their logit

@@ -224,8 +224,7 @@ def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcome
     rows = np.asarray(rows, np.float64)[known]
     won = {"long": won_long[known], "short": won_short[known]}
     pnl = {"long": pnl_long[known], "short": pnl_short[known]}
-    fit_votes, fit_rows, fit_won, fit_pnl, bar_of = (mirrored(votes, rows, won, pnl) if st.MIRRORED else
-                                                     (votes, rows, won, pnl, np.arange(n)))
+    fit_votes, fit_rows, fit_won, fit_pnl, bar_of = mirrored(votes, rows, won, pnl)
     m = len(bar_of)
     values, present = st.raw_inputs(fit_votes, kinds, m)
     context = st.context_inputs(fit_rows, feature_names, m)
