@@ -248,7 +248,9 @@ def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcome
         pnl_map = IsotonicCalibrator.fit(calibrated, np.tile(fit_pnl[side], st.MASKED_COPIES + 1)[informed],
                                          probability=False)
         coef, intercept = fit(X, y, bars)
-        metrics[f"weights_{side}"] = dict(zip(kinds, combination_weights(X, y, len(kinds), sign, bars).tolist()))
+        # each kind's served coefficient on its standardised buy logit (the sell logit's is its
+        # negative); 0: no weight (wrong-signed, or within NOISE_Z standard errors of nothing)
+        metrics[f"weights_{side}"] = dict(zip(kinds, coef[0:2 * len(kinds):2].tolist()))
         wins, losses = fit_pnl[side][fit_pnl[side] > 0], fit_pnl[side][fit_pnl[side] <= 0]
         params["coef"][side], params["intercept"][side] = coef.tolist(), intercept
         params["calibration"][side] = calibrator.to_dict()
