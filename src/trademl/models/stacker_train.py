@@ -207,6 +207,14 @@ def mirrored(votes: dict, rows: np.ndarray, won: dict, pnl: dict):
     return both, np.concatenate([rows, rows]), flip(won), flip(pnl), np.tile(np.arange(n), 2)
 
 
+def mirrored_coefficients(coef: np.ndarray, n_kinds: int) -> np.ndarray:
+    """The meta-model of the other side: each kind's buy and sell logit coefficients swapped (the
+    first 2K columns of ``design``), the presence flags and the context as they are."""
+    out = coef.copy()
+    out[0:2 * n_kinds:2], out[1:2 * n_kinds:2] = coef[1:2 * n_kinds:2], coef[0:2 * n_kinds:2]
+    return out
+
+
 def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcomes, *, horizon: int,
                 seed: int = 0, use_context: bool = False) -> tuple[dict, dict]:
     """(the stacker's parameters, its metrics) from the base kinds' votes on the stacking rows,
@@ -237,28 +245,30 @@ def fit_stacker(votes: dict, rows: np.ndarray, feature_names: list[str], outcome
               "context_features": list(st.CONTEXT_FEATURES), "coef": {}, "intercept": {}, "calibration": {},
               "base_rate": {}, "pnl_map": {}, "average_win": {}, "average_loss": {}}
     metrics = {"rows": n, "kinds": kinds, "context_inputs": bool(use_context), "method": METHOD}
-    out_of_fold = {}
-    for side, sign in zip(st.SIDES, (1.0, -1.0)):
-        y = np.tile(fit_won[side], st.MASKED_COPIES + 1)
-        fit = lambda X_, y_, b_, s=sign: meta_regression(X_, y_, len(kinds), s, use_context, b_)  # noqa: E731
-        oof = cross_fitted_scores(X, y, bars, horizon, fit)
-        calibrator = IsotonicCalibrator.fit(oof[informed], y[informed])
-        calibrated = calibrator.apply(oof[informed])
-        # the expected P&L of the side's trade given its probability, on the same rows
-        pnl_map = IsotonicCalibrator.fit(calibrated, np.tile(fit_pnl[side], st.MASKED_COPIES + 1)[informed],
-                                         probability=False)
-        coef, intercept = fit(X, y, bars)
-        # each kind's served coefficient on its standardised buy logit (the sell logit's is its
-        # negative); 0: no weight (wrong-signed, or within NOISE_Z standard errors of nothing)
-        metrics[f"weights_{side}"] = dict(zip(kinds, coef[0:2 * len(kinds):2].tolist()))
-        wins, losses = fit_pnl[side][fit_pnl[side] > 0], fit_pnl[side][fit_pnl[side] <= 0]
-        params["coef"][side], params["intercept"][side] = coef.tolist(), intercept
+    # One fit: on the mirrored rows the short's meta-model is the long's with each kind's buy and
+    # sell inputs swapped (their scalings are equal), and its probability on the span's row i is
+    # the long's on that row's mirror image, row n + i.
+    y = np.tile(fit_won["long"], st.MASKED_COPIES + 1)
+    fit = lambda X_, y_, b_: meta_regression(X_, y_, len(kinds), 1.0, use_context, b_)  # noqa: E731
+    oof = cross_fitted_scores(X, y, bars, horizon, fit)
+    calibrator = IsotonicCalibrator.fit(oof[informed], y[informed])
+    p = calibrator.apply(oof)
+    # the expected P&L of the trade given its probability, on the same rows
+    pnl_map = IsotonicCalibrator.fit(p[informed], np.tile(fit_pnl["long"], st.MASKED_COPIES + 1)[informed],
+                                     probability=False)
+    coef, intercept = fit(X, y, bars)
+    wins, losses = fit_pnl["long"][fit_pnl["long"] > 0], fit_pnl["long"][fit_pnl["long"] <= 0]
+    out_of_fold = {"long": p[:n], "short": p[n:2 * n]}  # the span's own rows, unmasked
+    for side, side_coef in zip(st.SIDES, (coef, mirrored_coefficients(coef, len(kinds)))):
+        params["coef"][side], params["intercept"][side] = side_coef.tolist(), intercept
         params["calibration"][side] = calibrator.to_dict()
         params["pnl_map"][side] = pnl_map.to_dict()
-        params["base_rate"][side] = float(fit_won[side].mean())
+        params["base_rate"][side] = float(fit_won["long"].mean())  # the span's rate of a win on either side
         params["average_win"][side] = float(wins.mean()) if len(wins) else 0.0
         params["average_loss"][side] = float(-losses.mean()) if len(losses) else 0.0
-        out_of_fold[side] = calibrator.apply(oof[:n])  # the span's own rows, unmasked
+        # each kind's served coefficient on its standardised buy logit (the sell logit's is its
+        # negative); 0: no weight (wrong-signed, or within NOISE_Z standard errors of nothing)
+        metrics[f"weights_{side}"] = dict(zip(kinds, side_coef[0:2 * len(kinds):2].tolist()))
         metrics[f"ece_{side}_out_of_fold"] = float(expected_calibration_error(out_of_fold[side], won[side]))
         metrics[f"base_rate_{side}"] = params["base_rate"][side]
     _choose_thresholds(params, metrics, out_of_fold, votes, pnl)
